@@ -1,0 +1,3 @@
+from transformer_lab.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Token embeddings scaled by √d_model, plus position, then dropout (§3.4, §3.5, §5.4).
+
+Why √d_model: with Xavier-initialised (small) embedding rows, scaling brings the token signal to
+the same order as the unit-amplitude sinusoids; it also matters when the table is shared with the
+output projection, whose natural scale is smaller.
+
+Shapes: tokens (B, T) int64 -> (B, T, D).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from transformer_lab.nn.positions import PositionEncoding
+
+
+def check_tokens(tokens: Tensor, vocab_size: int, name: str = "tokens") -> None:
+    """ValueError for a tensor that cannot be a batch of token ids (instead of an IndexError deep
+    inside ``nn.Embedding``, or a device-side assert on CUDA)."""
+    if not isinstance(tokens, Tensor):
+        raise ValueError(f"{name}: expected a LongTensor of shape (B, T), got {type(tokens).__name__}")
+    if tokens.dim() != 2:
+        raise ValueError(f"{name}: expected shape (B, T), got {tuple(tokens.shape)}")
+    if tokens.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name}: expected integer token ids (torch.long), got {tokens.dtype}")
+    if tokens.size(0) == 0 or tokens.size(1) == 0:
+        raise ValueError(f"{name}: empty batch, shape {tuple(tokens.shape)}; expected B >= 1 and T >= 1")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name}: token id {bad} is out of range; expected 0 <= id < vocab_size={vocab_size}")
+
+
+class TokenEmbedding(nn.Module):
+    """Lookup table times √d_model. Shapes: (B, T) -> (B, T, D)."""
+
+    def __init__(self, vocab_size: int, d_model: int):
+        super().__init__()
+        self.vocab_size, self.d_model = vocab_size, d_model
+        self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
+        nn.init.normal_(self.weight)  # replaced by the model's Xavier init
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        check_tokens(tokens, self.vocab_size)
+        return nn.functional.embedding(tokens, self.weight) * math.sqrt(self.d_model)
+
+
+class Embeddings(nn.Module):
+    """Dropout(TokenEmbedding(tokens) + position), the input of either stack (§5.4: dropout on "the
+    sums of the embeddings and the positional encodings")."""
+
+    def __init__(self, token: TokenEmbedding, position: PositionEncoding, dropout: float):
+        super().__init__()
+        self.token = token
+        self.position = position
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+        x = self.token(tokens)  # (B, T, D)
+        if positions is None:
+            positions = torch.arange(tokens.size(1), device=tokens.device)  # (T,)
+        return self.dropout(self.position.add_to_embeddings(x, positions))

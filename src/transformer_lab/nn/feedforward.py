@@ -1,0 +1,39 @@
+"""Position-wise feed-forward network (§3.3): FFN(x) = max(0, x W_1 + b_1) W_2 + b_2.
+
+The same two linear maps apply to every position independently (a 1×1 convolution). ReLU is the
+paper's; GELU (BERT, GPT) and SwiGLU (Shazeer 2020, "GLU Variants Improve Transformer":
+FFN(x) = (Swish(x W_1) ⊙ x W_3) W_2, a third matrix of the same size) are options.
+
+Shapes: x (B, T, D) -> (B, T, D); hidden width d_ff.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = ("relu", "gelu", "swiglu")
+
+
+class PositionwiseFeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        self.w_1 = nn.Linear(d_model, d_ff)
+        self.w_3 = nn.Linear(d_model, d_ff) if activation == "swiglu" else None  # gate
+        self.w_2 = nn.Linear(d_ff, d_model)
+        # deviation: the paper has no dropout inside the FFN (only on its output, in the residual
+        # connection); tensor2tensor's relu_dropout and nn.TransformerEncoderLayer do. Default 0.
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.w_1(x)  # (B, T, d_ff)
+        if self.activation == "relu":
+            h = F.relu(h)
+        elif self.activation == "gelu":
+            h = F.gelu(h)
+        else:
+            h = F.silu(h) * self.w_3(x)
+        return self.w_2(self.dropout(h))  # (B, T, D)

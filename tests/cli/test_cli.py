@@ -1,0 +1,62 @@
+"""The command line: help everywhere, the main job end to end on a short run, the benchmark's JSON."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from transformer_lab.cli.main import main
+from transformer_lab.training.checkpoint import load_checkpoint
+
+COMMANDS = [[], ["train"], ["model"], ["model", "summary"], ["bench"], ["bench", "model"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_help_on_every_command(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: transformer-lab" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "transformer_lab", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "transformer-lab" in out.stdout
+
+
+def test_train_demo_short_run_writes_everything(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["train", "--out", str(out), "--max-steps", "60", "--n-test", "40", "--no-progress", "--seed", "3"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 60 and 0.0 <= summary["exact_match"] <= 1.0
+    rows = (out / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    losses = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
+    assert losses[-1] < 0.6 * losses[0]  # it learns
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ck = load_checkpoint(out / "checkpoint")
+    assert ck.meta["exact_match"] == summary["exact_match"]
+
+
+def test_bad_argument_is_a_clean_error(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), "--max-steps", "0", "--no-progress"]) == 2
+    assert "max_steps" in capsys.readouterr().err
+
+
+def test_bench_model_json_has_ours_peer_ratio(capsys):
+    rc = main(["bench", "model", "--preset", "tiny", "--vocab-size", "100", "--batch", "4", "--length", "8",
+               "--steps", "1", "--rounds", "1", "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"ours", "peer", "ratio"} <= set(result)
+    assert result["ratio"] == pytest.approx(result["ours"] / result["peer"], rel=1e-2)
+    assert result["inference"]["peer_name"] == "torch.nn.TransformerEncoder"
+
+
+@pytest.mark.slow
+def test_default_demo_reaches_high_exact_match(tmp_path):
+    """The README's main job with its defaults (about 2 minutes on 2 cores)."""
+    assert main(["train", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["exact_match"] >= 0.95

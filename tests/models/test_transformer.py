@@ -1,0 +1,126 @@
+"""The assembled model: gradients, tying, initialisation, parameter count, bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import padded_batch
+from transformer_lab.cli.main import main
+from transformer_lab.models.presets import preset
+from transformer_lab.models.summary import parameter_summary
+from transformer_lab.models.transformer import Transformer, TransformerConfig
+
+V = 37
+
+
+def tiny(**kw) -> Transformer:
+    return Transformer(preset("tiny", src_vocab_size=V, tgt_vocab_size=V, **kw))
+
+
+@pytest.mark.parametrize("kw", [{}, {"norm_first": True, "activation": "swiglu", "position": "learned",
+                                     "share_embeddings": False}])
+def test_every_parameter_receives_a_gradient(kw):
+    model = tiny(**kw)
+    src, tgt = padded_batch(3, 7, V), padded_batch(3, 6, V)
+    model(src, tgt).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_embeddings_tied_across_source_target_and_output():
+    model = tiny()
+    w = model.src_embed.token.weight
+    assert model.tgt_embed.token.weight is w and model.generator.proj.weight is w
+    untied = tiny(share_embeddings=False)
+    assert untied.tgt_embed.token.weight is not untied.src_embed.token.weight
+
+
+def test_xavier_uniform_initialisation():
+    model = tiny()
+    w = model.encoder.layers[0].ffn.w_1.weight  # (d_ff, d_model)
+    bound = math.sqrt(6 / sum(w.shape))
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+
+
+def base_param_count_by_hand(V=37000, d=512, d_ff=2048, N=6) -> int:
+    attention = 4 * (d * d + d)  # W_Q, W_K, W_V, W_O with biases
+    ffn = d * d_ff + d_ff + d_ff * d + d
+    norm = 2 * d
+    encoder = N * (attention + ffn + 2 * norm)
+    decoder = N * (2 * attention + ffn + 3 * norm)
+    embeddings = V * d  # one table: source, target and output projection tied; sinusoids have none
+    return encoder + decoder + embeddings
+
+
+def test_base_parameter_count_matches_hand_computation():
+    summary = parameter_summary(Transformer(preset("base")))
+    assert summary["total"] == base_param_count_by_hand() == 63_082_496
+    assert 63e6 <= summary["total"] <= 65e6  # the paper reports 65 M
+    assert sum(summary["components"].values()) == summary["total"] == sum(summary["detail"].values())
+
+
+def test_model_summary_cli_json(capsys):
+    assert main(["model", "summary", "--preset", "base", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total"] == base_param_count_by_hand()
+    assert out["components"]["encoder"] == 6 * (4 * (512 * 512 + 512) + 2 * 512 * 2048 + 2048 + 512 + 4 * 512)
+    assert out["components"]["generator"] == 0  # tied
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(d_model=100, n_heads=8), "n_heads"),
+        (dict(activation="tanh"), "activation"),
+        (dict(position="rope2"), "position"),
+        (dict(dropout=1.5), "dropout"),
+        (dict(src_vocab_size=10, tgt_vocab_size=12), "share_embeddings"),
+        (dict(n_encoder_layers=0), "n_encoder_layers"),
+    ],
+)
+def test_bad_config_names_the_field(kw, field):
+    with pytest.raises(ValueError, match=field):
+        TransformerConfig(**kw)
+
+
+def test_unknown_or_mistyped_config_keys_are_errors():
+    with pytest.raises(ValueError, match="unknown key"):
+        preset("tiny", d_modle=64)
+    with pytest.raises(ValueError, match="d_model"):
+        preset("tiny", d_model="128")
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
+
+
+@pytest.mark.parametrize(
+    "make_src, message",
+    [
+        (lambda: torch.tensor([[1, 2, V]]), f"token id {V} is out of range"),
+        (lambda: torch.tensor([[1, -1, 2]]), "token id -1 is out of range"),
+        (lambda: torch.zeros(0, 5, dtype=torch.long), "empty batch"),
+        (lambda: torch.zeros(2, 0, dtype=torch.long), "empty batch"),
+        (lambda: torch.tensor([1.0, 2.0]), "expected shape"),
+        (lambda: torch.tensor([[1.0, 2.0]]), "integer token ids"),
+        (lambda: torch.ones(1, 65, dtype=torch.long), "max_len=64"),
+    ],
+)
+def test_bad_tokens_are_clear_value_errors(make_src, message):
+    model = tiny()
+    with pytest.raises(ValueError, match=message):
+        model(make_src(), torch.ones(1, 3, dtype=torch.long))
+
+
+def test_bad_masks_and_mismatched_batches_are_errors():
+    model = tiny()
+    src, tgt = padded_batch(2, 5, V), padded_batch(2, 4, V)
+    with pytest.raises(ValueError, match="src_mask"):
+        model.encode(src, src_mask=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="tgt_mask"):
+        model.decode(model.encode(src), src, tgt, tgt_mask=torch.ones(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="batch size"):
+        model.decode(model.encode(src), src, tgt[:1])

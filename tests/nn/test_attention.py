@@ -1,0 +1,153 @@
+"""Attention: the explicit reference path against F.scaled_dot_product_attention, gradcheck, and
+the fully-masked-row contract."""
+
+import math
+
+import pytest
+import torch
+
+from transformer_lab.nn.attention import MultiHeadAttention, fast_attention, reference_attention
+from transformer_lab.nn.masks import causal_mask, combine_masks, padding_mask
+
+B, H, TQ, TK, DH = 3, 4, 5, 7, 8
+
+
+def qkv(dtype=torch.float32):
+    return (torch.randn(B, H, TQ, DH, dtype=dtype), torch.randn(B, H, TK, DH, dtype=dtype),
+            torch.randn(B, H, TK, DH, dtype=dtype))
+
+
+def random_mask():
+    m = torch.rand(B, 1, TQ, TK) > 0.3
+    m[..., 0] = True  # every row keeps at least one key
+    return m
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "random", "causal+padding"])
+def test_reference_and_fast_paths_agree(mask_kind):
+    q, k, v = qkv()
+    tokens = torch.tensor([[5] * TK, [5] * 4 + [0] * 3, [5] * 2 + [0] * 5])
+    mask = {
+        "none": None,
+        "padding": padding_mask(tokens, 0),
+        "random": random_mask(),
+        "causal+padding": combine_masks(padding_mask(tokens[:, :TQ], 0), causal_mask(TQ)),
+    }[mask_kind]
+    if mask_kind == "causal+padding":
+        k, v = k[:, :, :TQ], v[:, :, :TQ]
+    ref = reference_attention(q, k, v, mask)
+    fast = fast_attention(q, k, v, mask)
+    torch.testing.assert_close(fast.output, ref.output, atol=1e-6, rtol=0)
+
+
+def test_reference_is_equation_one():
+    """softmax(QKᵀ/√d_k)V computed independently, in float64."""
+    q, k, v = qkv(torch.float64)
+    mask = random_mask()
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(DH)
+    scores = torch.where(mask, scores, torch.tensor(float("-inf"), dtype=torch.float64))
+    expected = torch.softmax(scores, -1) @ v
+    res = reference_attention(q, k, v, mask)
+    torch.testing.assert_close(res.output, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(res.weights.sum(-1), torch.ones(B, H, TQ, dtype=torch.float64))
+    assert (res.weights[~mask.expand(B, H, TQ, TK)] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("path", [reference_attention, fast_attention], ids=["reference", "fast"])
+def test_fully_masked_row_gives_zeros_and_finite_grads(dtype, path):
+    q, k, v = (t.to(dtype).requires_grad_() for t in qkv())
+    mask = random_mask()
+    mask[1, :, 2, :] = False  # query 2 of sequence 1 sees no key
+    mask[2] = False  # sequence 2 sees nothing at all
+    out = path(q, k, v, mask).output
+    assert torch.isfinite(out.float()).all()
+    assert (out[1, :, 2] == 0).all() and (out[2] == 0).all()
+    out.float().sum().backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad.float()).all()
+    assert (q.grad[2] == 0).all()
+
+
+def test_masked_keys_do_not_leak():
+    """Huge values at masked key/value positions change nothing at real positions."""
+    q, k, v = qkv()
+    tokens = torch.tensor([[5] * TK, [5] * 4 + [0] * 3, [5] * 2 + [0] * 5])
+    mask = padding_mask(tokens, 0)
+    out = fast_attention(q, k, v, mask).output
+    k2, v2 = k.clone(), v.clone()
+    hidden = (tokens == 0)[:, None, :, None].expand_as(k2)
+    k2[hidden], v2[hidden] = 1e4, 1e4
+    for path in (fast_attention, reference_attention):
+        torch.testing.assert_close(path(q, k2, v2, mask).output, out, atol=1e-5, rtol=0)
+
+
+def test_gradcheck_multi_head_attention_float64():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(d_model=8, n_heads=2, impl="reference").double()
+    x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    mem = torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)[:, None, None, :]
+    assert torch.autograd.gradcheck(lambda a, b: mha(a, b, mask).output, (x, mem), eps=1e-6, atol=1e-5)
+    sdpa = MultiHeadAttention(d_model=8, n_heads=2, impl="sdpa").double()
+    sdpa.load_state_dict(mha.state_dict())
+    assert torch.autograd.gradcheck(lambda a: sdpa(a, a, causal_mask(3)).output, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_multi_head_matches_per_head_loop():
+    """Concat(head_1..head_h) W_O with head_i = Attention(Q W_Q^i, K W_K^i, V W_V^i), one head at a time."""
+    mha = MultiHeadAttention(d_model=12, n_heads=3).eval()
+    x, mem = torch.randn(2, 4, 12), torch.randn(2, 6, 12)
+    out = mha(x, mem).output
+    heads = []
+    for i in range(3):
+        sl = slice(4 * i, 4 * i + 4)
+        q = x @ mha.w_q.weight[sl].T + mha.w_q.bias[sl]
+        k = mem @ mha.w_k.weight[sl].T + mha.w_k.bias[sl]
+        v = mem @ mha.w_v.weight[sl].T + mha.w_v.bias[sl]
+        heads.append(torch.softmax(q @ k.transpose(1, 2) / 2.0, -1) @ v)
+    expected = mha.w_o(torch.cat(heads, -1))
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_need_weights_returns_weights_and_same_output():
+    mha = MultiHeadAttention(d_model=16, n_heads=4).eval()
+    x, mem = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    with_w = mha(x, mem, need_weights=True)
+    without = mha(x, mem)
+    assert with_w.weights.shape == (2, 4, 3, 5) and without.weights is None
+    torch.testing.assert_close(with_w.output, without.output, atol=1e-6, rtol=0)
+
+
+def test_attention_dropout_only_in_training():
+    mha = MultiHeadAttention(d_model=16, n_heads=4, dropout=0.5)
+    x = torch.randn(2, 6, 16)
+    mha.eval()
+    torch.testing.assert_close(mha(x, x).output, mha(x, x).output)
+    mha.train()
+    assert not torch.allclose(mha(x, x).output, mha(x, x).output)
+
+
+@pytest.mark.parametrize(
+    "bad_mask, message",
+    [
+        (torch.ones(2, 5, dtype=torch.bool), "not broadcastable"),
+        (torch.ones(2, 1, 3, 4, dtype=torch.bool), "not broadcastable"),
+        (torch.ones(2, 1, 1, 5), "torch.bool"),
+        (torch.ones(2, 1, 1, 5, dtype=torch.int64), "torch.bool"),
+    ],
+)
+def test_bad_mask_is_a_clear_error(bad_mask, message):
+    mha = MultiHeadAttention(d_model=8, n_heads=2)
+    with pytest.raises(ValueError, match=message):
+        mha(torch.randn(2, 3, 8), torch.randn(2, 5, 8), bad_mask)
+
+
+def test_heads_must_divide_width_and_shapes_are_checked():
+    with pytest.raises(ValueError, match="divisible"):
+        MultiHeadAttention(d_model=10, n_heads=3)
+    mha = MultiHeadAttention(d_model=8, n_heads=2)
+    with pytest.raises(ValueError, match="query"):
+        mha(torch.randn(2, 3, 6), torch.randn(2, 3, 8))
+    with pytest.raises(ValueError, match="key_value"):
+        mha(torch.randn(2, 3, 8), torch.randn(3, 3, 8))

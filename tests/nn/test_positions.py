@@ -1,0 +1,55 @@
+"""Position encodings: the sinusoidal table's formula and its linear-shift property (§3.5)."""
+
+import math
+
+import pytest
+import torch
+
+from transformer_lab.nn.positions import LearnedPositionEmbedding, SinusoidalPositionEncoding, sinusoid_table
+
+
+def test_table_is_the_papers_formula():
+    d, table = 16, sinusoid_table(50, 16)
+    for pos in (0, 1, 7, 49):
+        for i in range(d // 2):
+            angle = pos / 10000 ** (2 * i / d)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-7)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-7)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 17, 100])
+def test_shift_by_k_is_a_fixed_linear_map(k):
+    """PE(pos+k) = M(k) PE(pos), M(k) block-diagonal 2x2 rotations built from PE(k) alone:
+    [sin(ω(p+k)), cos(ω(p+k))] = [[cos ωk, sin ωk], [-sin ωk, cos ωk]] [sin ωp, cos ωp]."""
+    d = 512
+    table = sinusoid_table(512 + k, d)
+    sin_k, cos_k = table[k, 0::2], table[k, 1::2]  # (d/2,)
+    M = torch.zeros(d, d)
+    idx = torch.arange(0, d, 2)
+    M[idx, idx], M[idx, idx + 1] = cos_k, sin_k
+    M[idx + 1, idx], M[idx + 1, idx + 1] = -sin_k, cos_k
+    pos = torch.arange(512)
+    shifted = table[pos] @ M.T
+    assert (shifted - table[pos + k]).abs().max().item() <= 1e-5
+
+
+def test_sinusoidal_has_no_parameters_and_adds_to_embeddings():
+    pe = SinusoidalPositionEncoding(8, max_len=20)
+    assert list(pe.parameters()) == []
+    assert "table" not in pe.state_dict()  # recomputed, never stored in checkpoints
+    x = torch.zeros(2, 5, 8)
+    torch.testing.assert_close(pe.add_to_embeddings(x, torch.arange(5)), sinusoid_table(20, 8)[:5].expand(2, 5, 8))
+
+
+@pytest.mark.parametrize("cls", [SinusoidalPositionEncoding, LearnedPositionEmbedding])
+def test_position_beyond_table_is_a_clear_error(cls):
+    pe = cls(8, max_len=10)
+    with pytest.raises(ValueError, match="max_len=10"):
+        pe.add_to_embeddings(torch.zeros(1, 11, 8), torch.arange(11))
+
+
+def test_learned_positions_are_trained_parameters():
+    pe = LearnedPositionEmbedding(8, max_len=10)
+    out = pe.add_to_embeddings(torch.zeros(1, 4, 8), torch.arange(4))
+    out.sum().backward()
+    assert pe.embedding.weight.grad[:4].abs().sum() > 0 and pe.embedding.weight.grad[4:].abs().sum() == 0
