@@ -18,16 +18,17 @@ from transformer_lab.models.transformer import Transformer
 V = 41
 
 
-def build(norm_first: bool, activation: str = "relu") -> Transformer:
+def build(norm_first: bool, activation: str = "relu", impl: str = "sdpa") -> Transformer:
     cfg = preset("tiny", src_vocab_size=V, tgt_vocab_size=V, n_encoder_layers=2, n_decoder_layers=3,
-                 norm_first=norm_first, activation=activation)
+                 norm_first=norm_first, activation=activation, attention_impl=impl)
     return Transformer(cfg).eval()
 
 
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
-def test_matches_torch_nn_transformer(norm_first, activation):
-    model = build(norm_first, activation)
+@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+def test_matches_torch_nn_transformer(norm_first, activation, impl):
+    model = build(norm_first, activation, impl)
     ref = to_torch_transformer(model).eval()
     src = padded_batch(4, 9, V)  # padded rows: key-padding masks in use
     tgt = padded_batch(4, 7, V)

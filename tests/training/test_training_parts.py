@@ -99,3 +99,24 @@ def test_greedy_decode_picks_argmax_and_stops_at_eos():
                 assert out[b, t] == 0  # after </s>, padding
             else:
                 assert out[b, t] == logp[b, t].argmax()
+
+
+def test_same_seed_gives_bitwise_identical_losses():
+    """RELIABILITY 5: two CPU runs with one seed."""
+    from transformer_lab.cli.train import batch_stream
+    from transformer_lab.data.synthetic import DateTask
+    from transformer_lab.training.trainer import TrainOptions, train
+
+    train_pairs, _ = DateTask(first_year=1990, last_year=1991, n_test=10).pairs()
+    vocab = Vocab(DateTask.symbols())
+
+    def run():
+        torch.manual_seed(7)
+        model = Transformer(preset("tiny", src_vocab_size=len(vocab), tgt_vocab_size=len(vocab)))
+        res = train(model, batch_stream(train_pairs, vocab, 16, seed=7),
+                    TrainOptions(max_steps=8, warmup=20, log_every=1, progress=False))
+        return [r["loss"] for r in res.history], model.encoder.layers[0].ffn.w_1.weight.clone()
+
+    (l1, w1), (l2, w2) = run(), run()
+    assert l1 == l2 and torch.equal(w1, w2)
+    assert l1[-1] < l1[0]

@@ -6,7 +6,6 @@ En-De). The small presets train on 2 CPU cores; their vocabulary is set by the d
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from transformer_lab.config import from_dict
@@ -31,6 +30,3 @@ def preset(name: str, **overrides: Any) -> TransformerConfig:
     return from_dict(TransformerConfig, values, where=f"preset {name!r}")
 
 
-def describe(cfg: TransformerConfig) -> str:
-    keys = ("d_model", "n_heads", "d_ff", "n_encoder_layers", "n_decoder_layers", "dropout")
-    return ", ".join(f"{k}={getattr(cfg, k)}" for k in keys if k in {f.name for f in dataclasses.fields(cfg)})

@@ -37,7 +37,7 @@ class TransformerConfig:
     attention_dropout: float | None = None  # on attention weights; None = same as dropout
     activation: str = "relu"
     norm_first: bool = False  # False: post-LN as in the paper
-    position: str = "sinusoidal"
+    position: str = "sinusoidal"  # "sinusoidal" (paper), "learned", or "rotary" (inside self-attention)
     max_len: int = 512
     share_embeddings: bool = True  # tie source, target and output embeddings (§3.4); needs one vocabulary
     pad_id: int = 0
@@ -103,7 +103,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = c = config
         block = c.block()
-        self.position = build_position_encoding(c.position, c.d_model, c.max_len)
+        self.position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads)
         src_token = TokenEmbedding(c.src_vocab_size, c.d_model)
         tgt_token = src_token if c.share_embeddings else TokenEmbedding(c.tgt_vocab_size, c.d_model)
         self.src_embed = Embeddings(src_token, self.position, c.dropout)

@@ -96,13 +96,46 @@ class LearnedPositionEmbedding(PositionEncoding):
         return x + self.embedding(positions)
 
 
+class RotaryPositionEncoding(PositionEncoding):
+    """Rotary position embedding (Su et al. 2021, RoFormer): inside each head, the pair
+    (x_2i, x_2i+1) of q and of k is rotated by the angle pos·θ_i, θ_i = 10000^(-2i/Dh), the
+    frequencies of the paper's sinusoids. A rotation by m·θ against one by n·θ leaves
+    q_m·k_n a function of m - n only: relative position, with no parameters and no length limit.
+    Nothing is added to the embeddings.
+    """
+
+    acts_in_attention = True
+
+    def __init__(self, d_head: int, base: float = 10000.0):
+        super().__init__()
+        if d_head % 2:
+            raise ValueError(f"d_head: rotary needs an even head width, got {d_head}")
+        theta = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)
+        self.register_buffer("theta", theta.float(), persistent=False)  # (Dh/2,)
+
+    def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
+        angles = pos.to(self.theta.dtype)[..., None] * self.theta  # (T, Dh/2) or (B, T, Dh/2)
+        if angles.dim() == 3:
+            angles = angles[:, None]  # (B, 1, T, Dh/2): one position row per sequence
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x_even, x_odd = x[..., 0::2], x[..., 1::2]  # (B, H, T, Dh/2) each
+        out = torch.stack([x_even * cos - x_odd * sin, x_even * sin + x_odd * cos], dim=-1)
+        return out.flatten(-2)  # (B, H, T, Dh), pairs interleaved back
+
+    def rotate_qk(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        return self._rotate(q, q_pos), self._rotate(k, k_pos)
+
+
 POSITION_ENCODINGS = {
     "sinusoidal": SinusoidalPositionEncoding,
     "learned": LearnedPositionEmbedding,
+    "rotary": RotaryPositionEncoding,
 }
 
 
-def build_position_encoding(kind: str, d_model: int, max_len: int) -> PositionEncoding:
+def build_position_encoding(kind: str, d_model: int, max_len: int, n_heads: int = 1) -> PositionEncoding:
+    if kind == "rotary":
+        return RotaryPositionEncoding(d_model // n_heads)
     try:
         cls = POSITION_ENCODINGS[kind]
     except KeyError:
