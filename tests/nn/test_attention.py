@@ -151,3 +151,16 @@ def test_heads_must_divide_width_and_shapes_are_checked():
         mha(torch.randn(2, 3, 6), torch.randn(2, 3, 8))
     with pytest.raises(ValueError, match="key_value"):
         mha(torch.randn(2, 3, 8), torch.randn(3, 3, 8))
+
+
+def test_score_bias_paths_agree():
+    """An additive score bias (the hook ALiBi/T5-style encodings use), with a padding mask."""
+    q, k, v = qkv()
+    bias = -0.3 * (torch.arange(TQ)[:, None] - torch.arange(TK)[None, :]).abs().float()  # (T_q, T_k)
+    bias = bias.expand(1, H, TQ, TK) * torch.linspace(0.5, 2, H)[None, :, None, None]
+    mask = random_mask()
+    ref = reference_attention(q, k, v, mask, bias=bias)
+    torch.testing.assert_close(fast_attention(q, k, v, mask, bias=bias).output, ref.output, atol=1e-6, rtol=0)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(DH) + bias
+    expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v
+    torch.testing.assert_close(ref.output, expected, atol=1e-6, rtol=0)

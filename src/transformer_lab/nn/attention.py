@@ -70,7 +70,7 @@ def fast_attention(
     attn_mask = mask
     if bias is not None:
         # SDPA takes one mask: a float mask is added to the scores, so fold the bool mask in.
-        attn_mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+        attn_mask = bias if mask is None else torch.where(mask, bias, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     if mask is not None:
         # Kernels differ on fully masked rows (some give NaN); pin the contract: zeros.
