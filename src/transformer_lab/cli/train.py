@@ -72,6 +72,12 @@ def exact_match(model: Transformer, pairs: Pairs, vocab: Vocab, batch_size: int 
 
 
 def run(args: argparse.Namespace) -> int:
+    opts = TrainOptions(  # validated before any work starts
+        max_steps=args.max_steps, warmup=args.warmup, lr_factor=args.lr_factor,
+        time_budget_s=None if args.time_budget is None else args.time_budget * 60, progress=not args.no_progress,
+    )
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected >= 1, got {args.batch_size}")
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,10 +92,6 @@ def run(args: argparse.Namespace) -> int:
     log.info("model: preset %s, %s parameters, %d threads", args.preset, f"{n_params:,}", torch.get_num_threads())
     save_json(cfg, out / "config.json")
 
-    opts = TrainOptions(
-        max_steps=args.max_steps, warmup=args.warmup, lr_factor=args.lr_factor,
-        time_budget_s=None if args.time_budget is None else args.time_budget * 60, progress=not args.no_progress,
-    )
     result = train(model, batch_stream(train_pairs, vocab, args.batch_size, args.seed), opts)
 
     accuracy, outputs = exact_match(model, test_pairs, vocab)
