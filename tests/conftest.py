@@ -16,3 +16,33 @@ def padded_batch(b: int, max_len: int, vocab: int, pad_id: int = 0, min_len: int
     x = torch.randint(pad_id + 1, vocab, (b, max_len))
     x[torch.arange(max_len)[None, :] >= lengths[:, None]] = pad_id
     return x
+
+
+def shared_data_dir():
+    """Real data for tests: $TRANSFORMER_LAB_DATA, else ../shared/data beside the repository.
+    Missing data fails under CI (CI=true) and skips elsewhere, with the reason."""
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("TRANSFORMER_LAB_DATA") or str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    path = Path(root)
+    if not (path / "multi30k").is_dir():
+        message = f"real data not found at {path} (set TRANSFORMER_LAB_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    return shared_data_dir()
+
+
+def read_lines(path) -> list[str]:
+    """Lines of a plain or .gz text file, without their newline."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return f.read().splitlines()

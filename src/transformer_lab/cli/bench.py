@@ -42,6 +42,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--json", action="store_true", help="print one JSON object")
     m.set_defaults(func=bench_model)
 
+    t = bsub.add_parser("tokenizer", help="our tokenizers vs HF tokenizers on Multi30k English train",
+                        description="Train each algorithm with ours and with HF tokenizers on the same corpus, then "
+                                    "encode it with our readable tokenizer and with the fast backend (HF tokenizers "
+                                    "built from the same vocabulary): lines/s and the ratio ours/peer.")
+    t.add_argument("--algo", default="all", choices=["all", "bpe", "bytelevel", "wordpiece"])
+    t.add_argument("--data", default=None, help="corpus file (default: $TRANSFORMER_LAB_DATA/multi30k/train.en.gz)")
+    t.add_argument("--vocab-size", type=int, default=8000, help="bytelevel and wordpiece vocabulary")
+    t.add_argument("--merges", type=int, default=8000, help="bpe merges")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(func=bench_tokenizer)
+
 
 def _time_rounds(fns: dict[str, Callable[[], None]], steps: int, rounds: int) -> dict[str, float]:
     """Median seconds per call of each function, rounds interleaved; one untimed warm-up call each."""
@@ -140,4 +151,111 @@ def bench_model(args: argparse.Namespace) -> int:
         print(f"{'train tgt tok/s':24}{result['ours']:>12,.0f}{result['peer']:>12,.0f}{result['ratio']:>8.2f}   (peer: nn.Transformer)")
         i = result["inference"]
         print(f"{'encoder infer tok/s':24}{i['ours']:>12,.0f}{i['peer']:>12,.0f}{i['ratio']:>8.2f}   (peer: nn.TransformerEncoder)")
+    return 0
+
+
+def _corpus_path(arg: str | None):
+    import os
+    from pathlib import Path
+
+    if arg:
+        return Path(arg)
+    root = os.environ.get("TRANSFORMER_LAB_DATA")
+    if not root:
+        raise ValueError("--data: give a corpus file, or set TRANSFORMER_LAB_DATA to a folder holding multi30k/train.en.gz")
+    return Path(root) / "multi30k" / "train.en.gz"
+
+
+def _hf_trained(algo: str, lines: list[str], size: int):
+    """The peer trainer of each algorithm in HF tokenizers, configured like ours."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import ByteLevelBPETokenizer as HFByteLevel
+    from tokenizers import models, normalizers, pre_tokenizers, trainers
+
+    if algo == "bytelevel":
+        tok = HFByteLevel()
+        tok.train_from_iterator(lines, vocab_size=size, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
+        return tok
+    if algo == "wordpiece":
+        tok = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+                                            show_progress=False)
+    else:
+        tok = HFTokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
+        tok.pre_tokenizer = pre_tokenizers.Split(" ", "removed")
+        trainer = trainers.BpeTrainer(vocab_size=size, min_frequency=2, end_of_word_suffix="</w>",
+                                      special_tokens=["<pad>", "<unk>", "<s>", "</s>"], show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    return tok
+
+
+def _ours_trained(algo: str, lines: list[str], size: int):
+    if algo == "bpe":
+        from transformer_lab.tokenizers.bpe import BPETokenizer
+
+        return BPETokenizer.train(lines, size)
+    if algo == "bytelevel":
+        from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
+
+        return ByteLevelBPETokenizer.train(lines, size)
+    from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
+
+    return WordPieceTokenizer.train(lines, size, min_frequency=1)
+
+
+def bench_tokenizer(args: argparse.Namespace) -> int:
+    from transformer_lab.tokenizers.fast import FastTokenizer
+    from transformer_lab.tokenizers.io import read_corpus
+
+    path = _corpus_path(args.data)
+    lines = read_corpus([path])
+    algos = ["bpe", "bytelevel", "wordpiece"] if args.algo == "all" else [args.algo]
+    results = {}
+    for algo in algos:
+        size = args.merges if algo == "bpe" else args.vocab_size
+        t0 = time.perf_counter()
+        ours = _ours_trained(algo, lines, size)
+        t_train_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _hf_trained(algo, lines, size)
+        t_train_peer = time.perf_counter() - t0
+        fast = FastTokenizer.from_tokenizer(ours)  # same vocabulary, Rust implementation
+        t0 = time.perf_counter()
+        ids_ours = [ours.encode(line) for line in lines]
+        t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ids_fast = fast.encode_batch(lines)
+        t_peer = time.perf_counter() - t0
+        results[algo] = {
+            "vocab_size": ours.vocab_size,
+            "ours": round(len(lines) / t_ours, 1),
+            "peer": round(len(lines) / t_peer, 1),
+            "ratio": round(t_peer / t_ours, 4),
+            "identical_ids": ids_ours == ids_fast,
+            "train_s_ours": round(t_train_ours, 2),
+            "train_s_peer": round(t_train_peer, 2),
+        }
+    total_ours = sum(len(lines) / r["ours"] for r in results.values())
+    total_peer = sum(len(lines) / r["peer"] for r in results.values())
+    summary = {
+        "benchmark": "tokenizer",
+        "corpus": str(path),
+        "lines": len(lines),
+        "unit": "lines/s encoded (ours: readable Python; peer: HF tokenizers, same vocabulary)",
+        "ours": round(len(results) * len(lines) / total_ours, 1),
+        "peer": round(len(results) * len(lines) / total_peer, 1),
+        "ratio": round(total_peer / total_ours, 4),
+        "algorithms": results,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{path}: {len(lines)} lines")
+        print(f"{'algorithm':12}{'vocab':>7}{'ours l/s':>11}{'HF l/s':>11}{'ratio':>8}{'same ids':>10}{'train ours':>12}{'train HF':>10}")
+        for algo, r in results.items():
+            print(f"{algo:12}{r['vocab_size']:>7}{r['ours']:>11,.0f}{r['peer']:>11,.0f}{r['ratio']:>8.3f}"
+                  f"{str(r['identical_ids']):>10}{r['train_s_ours']:>11.1f}s{r['train_s_peer']:>9.1f}s")
+        print("The training pipeline encodes with the fast backend (ids identical, checked above).")
     return 0

@@ -1,0 +1,29 @@
+"""The encoded-corpus cache: same ids as our reference tokenizer, reused, and invalidated by changes."""
+
+from transformer_lab.tokenizers import cache as cache_mod
+from transformer_lab.tokenizers.cache import encode_file_cached
+from transformer_lab.tokenizers.fast import FastTokenizer
+from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
+
+
+def test_cache_hit_miss_and_invalidation(tmp_path, monkeypatch):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat\nthe dog ran\n\nthe cat ran\n")
+    ours = WordPieceTokenizer.train(corpus.read_text().splitlines() * 5, vocab_size=30)
+    fast = FastTokenizer.from_tokenizer(ours)
+    first = encode_file_cached(corpus, fast, tmp_path / "cache")
+    assert first == [ours.encode(line) for line in corpus.read_text().splitlines()]
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    calls = []
+    monkeypatch.setattr(cache_mod, "read_lines", lambda p: calls.append(p) or iter(()))
+    assert encode_file_cached(corpus, fast, tmp_path / "cache") == first  # served from the cache
+    assert calls == []
+    monkeypatch.undo()
+
+    corpus.write_text("the dog sat\n")  # new content -> new key, recomputed
+    assert encode_file_cached(corpus, fast, tmp_path / "cache") == [ours.encode("the dog sat")]
+    other = FastTokenizer.from_tokenizer(WordPieceTokenizer.train(["a b c d"] * 3, vocab_size=12))
+    encode_file_cached(corpus, other, tmp_path / "cache")  # another tokenizer -> another key
+    names = [p.name for p in (tmp_path / "cache").iterdir()]
+    assert len(names) == 3 and not any(n.startswith(".") for n in names)
