@@ -119,3 +119,13 @@ def test_bad_vocab_files(tmp_path):
         WordPieceTokenizer.from_vocab_file(nospecial)
     with pytest.raises(ValueError, match="smaller than the alphabet"):
         WordPieceTokenizer.train(["abcdefghij klmnop"], vocab_size=8)
+
+
+def test_reads_hf_tokenizer_json_of_the_real_model(vocab_path, ours, shared_data):
+    """The reverse direction: HF's own tokenizer.json for all-MiniLM-L6-v2 loads into our class."""
+    from transformer_lab.tokenizers.io import load_tokenizer
+
+    from_json = load_tokenizer(os.path.join(os.path.dirname(vocab_path), "tokenizer.json"))
+    assert isinstance(from_json, WordPieceTokenizer) and from_json.lowercase
+    lines = read_lines(shared_data / "multi30k" / "val.de.gz")
+    assert [from_json.encode(t) for t in lines] == [ours.encode(t) for t in lines]
