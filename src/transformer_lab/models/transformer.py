@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding
 from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.layers import BlockConfig, Decoder, DecoderLayer, Encoder, EncoderLayer
-from transformer_lab.nn.masks import check_mask, cross_attention_mask, decoder_self_mask, padding_mask
+from transformer_lab.nn.kv_cache import DecoderCache
+from transformer_lab.nn.masks import causal_mask, check_mask, cross_attention_mask, decoder_self_mask, padding_mask
 from transformer_lab.nn.positions import POSITION_ENCODINGS, build_position_encoding
 
 
@@ -145,20 +146,29 @@ class Transformer(nn.Module):
         tgt: Tensor,
         tgt_mask: Tensor | None = None,
         record_cross_attention: bool = False,
+        cache: DecoderCache | None = None,
     ) -> Tensor:
-        """Shapes: memory (B, S, D), src (B, S) for its padding, tgt (B, T) -> hidden (B, T, D)."""
+        """Shapes: memory (B, S, D), src (B, S) for its padding, tgt (B, T) -> hidden (B, T, D).
+
+        With ``cache`` (incremental decoding), ``tgt`` holds only the new positions, which follow the
+        ``cache.length`` cached ones; the target then has no padding (decoders feed real tokens).
+        """
         if memory.dim() != 3 or memory.shape[:2] != src.shape:
             raise ValueError(f"memory: expected (B, S, D) matching src {tuple(src.shape)}, got {tuple(memory.shape)}")
-        x = self.tgt_embed(tgt)  # (B, T, D)
+        offset = 0 if cache is None else cache.length
+        positions = torch.arange(offset, offset + tgt.size(1), device=tgt.device)
+        x = self.tgt_embed(tgt, positions)  # (B, T, D)
         if tgt.size(0) != src.size(0):
             raise ValueError(f"tgt: batch size {tgt.size(0)} differs from src batch size {src.size(0)}")
-        if tgt_mask is None:
-            tgt_mask = decoder_self_mask(tgt, self.config.pad_id)
         b, t = tgt.shape
-        check_mask(tgt_mask, b, self.config.n_heads, t, t, "tgt_mask")
+        if tgt_mask is None:
+            tgt_mask = decoder_self_mask(tgt, self.config.pad_id) if cache is None else causal_mask(t, tgt.device, offset)
+        check_mask(tgt_mask, b, self.config.n_heads, t, offset + t, "tgt_mask")
         cross_mask = cross_attention_mask(src, self.config.pad_id)
-        pos = torch.arange(t, device=tgt.device)
-        return self.decoder(x, memory, tgt_mask, cross_mask, pos, record_cross_attention)
+        return self.decoder(x, memory, tgt_mask, cross_mask, positions, record_cross_attention, cache)
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache.empty(self.config.n_decoder_layers)
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Teacher-forced log-probabilities. Shapes: src (B, S), tgt (B, T) -> (B, T, V)."""

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_lab.nn.kv_cache import AttentionCache
 from transformer_lab.nn.masks import check_mask
 from transformer_lab.nn.positions import PositionEncoding
 
@@ -140,10 +141,13 @@ class MultiHeadAttention(nn.Module):
         q_pos: Tensor | None = None,
         k_pos: Tensor | None = None,
         need_weights: bool = False,
+        cache: AttentionCache | None = None,
     ) -> AttentionResult:
         """Shapes: query (B, T_q, D), key_value (B, T_k, D), mask -> (B, H, T_q, T_k) broadcast.
 
         Returns output (B, T_q, D) and, with ``need_weights``, weights (B, H, T_q, T_k).
+        With ``cache``, the keys are the cached ones followed by the new ones (T_k counts both);
+        ``k_pos`` are the new keys' positions.
         """
         if query.dim() != 3 or query.size(-1) != self.d_model:
             raise ValueError(f"query: expected (B, T_q, {self.d_model}), got {tuple(query.shape)}")
@@ -152,19 +156,25 @@ class MultiHeadAttention(nn.Module):
                 f"key_value: expected (B={query.size(0)}, T_k, {self.d_model}), got {tuple(key_value.shape)}"
             )
         b, t_q, _ = query.shape
-        if mask is not None:
-            check_mask(mask, b, self.n_heads, t_q, key_value.size(1))
-
         use_reference = need_weights or self.impl == "reference"
-        if use_reference:
-            q, k, v = self.w_q(query), self.w_k(key_value), self.w_v(key_value)
+        if cache is not None and cache.static and cache.k is not None:
+            # cross-attention after the first step: the encoder's K/V are cached
+            q, k, v = self._split(self.w_q(query)), cache.k, cache.v
         else:
-            q, k, v = self._fused_projections(query, key_value)
-        q, k, v = self._split(q), self._split(k), self._split(v)  # (B, H, T, Dh)
+            if use_reference:
+                q, k, v = self.w_q(query), self.w_k(key_value), self.w_v(key_value)
+            else:
+                q, k, v = self._fused_projections(query, key_value)
+            q, k, v = self._split(q), self._split(k), self._split(v)  # (B, H, T, Dh)
+            if self.position is not None and q_pos is not None and k_pos is not None:
+                q, k = self.position.rotate_qk(q, k, q_pos, k_pos)
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, H, T_cached + T_new, Dh)
+        if mask is not None:
+            check_mask(mask, b, self.n_heads, t_q, k.size(2))
         bias = None
         if self.position is not None and q_pos is not None and k_pos is not None:
-            q, k = self.position.rotate_qk(q, k, q_pos, k_pos)
-            bias = self.position.score_bias(q_pos, k_pos)
+            bias = self.position.score_bias(q_pos, torch.arange(k.size(2), device=k.device) if cache is not None else k_pos)
 
         p = self.dropout if self.training else 0.0
         attend = reference_attention if use_reference else fast_attention

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from transformer_lab.nn.attention import MultiHeadAttention
 from transformer_lab.nn.feedforward import PositionwiseFeedForward
+from transformer_lab.nn.kv_cache import AttentionCache, DecoderCache
 from transformer_lab.nn.positions import PositionEncoding
 
 
@@ -95,11 +96,13 @@ class DecoderLayer(nn.Module):
         cross_mask: Tensor | None,
         pos: Tensor | None = None,
         record_cross_attention: bool = False,
+        self_cache: AttentionCache | None = None,
+        cross_cache: AttentionCache | None = None,
     ) -> Tensor:
-        x = self.sublayers[0](x, lambda h: self.self_attn(h, h, self_mask, pos, pos).output)
+        x = self.sublayers[0](x, lambda h: self.self_attn(h, h, self_mask, pos, pos, cache=self_cache).output)
 
         def cross(h: Tensor) -> Tensor:
-            res = self.cross_attn(h, memory, cross_mask, need_weights=record_cross_attention)
+            res = self.cross_attn(h, memory, cross_mask, need_weights=record_cross_attention, cache=cross_cache)
             self.cross_weights = res.weights
             return res.output
 
@@ -137,7 +140,9 @@ class Decoder(nn.Module):
         cross_mask: Tensor | None,
         pos: Tensor | None = None,
         record_cross_attention: bool = False,
+        cache: DecoderCache | None = None,
     ) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, memory, self_mask, cross_mask, pos, record_cross_attention)
+        for i, layer in enumerate(self.layers):
+            caches = (cache.self_attn[i], cache.cross_attn[i]) if cache is not None else (None, None)
+            x = layer(x, memory, self_mask, cross_mask, pos, record_cross_attention, *caches)
         return self.norm(x)

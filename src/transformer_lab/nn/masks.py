@@ -25,14 +25,18 @@ def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
     return (tokens != pad_id)[:, None, None, :]
 
 
-def causal_mask(t: int, device: torch.device | str | None = None) -> Tensor:
+def causal_mask(t: int, device: torch.device | str | None = None, offset: int = 0) -> Tensor:
     """Sequence (look-ahead) mask of the decoder, §3.2.3: position i attends to positions <= i.
 
-    Shapes: -> (1, 1, T, T), lower triangle True.
+    ``offset`` cached positions precede the ``t`` new ones (incremental decoding): new query i sits
+    at position offset + i and sees keys 0..offset + i.
+    Shapes: -> (1, 1, T, offset + T), True on and below the shifted diagonal.
     """
     if t <= 0:
         raise ValueError(f"t: expected a positive length, got {t}")
-    return torch.ones(t, t, dtype=torch.bool, device=device).tril()[None, None]
+    if offset < 0:
+        raise ValueError(f"offset: expected >= 0, got {offset}")
+    return torch.ones(t, offset + t, dtype=torch.bool, device=device).tril(diagonal=offset)[None, None]
 
 
 def combine_masks(*masks: Tensor | None) -> Tensor | None:

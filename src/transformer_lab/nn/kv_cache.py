@@ -1,0 +1,67 @@
+"""Key/value caches for incremental decoding.
+
+At decoding step t the decoder needs keys and values of every earlier position; recomputing them
+makes generating T tokens O(T²) in projections. A cache keeps each attention layer's K and V
+(already split into heads and, for rotary, rotated):
+
+* self-attention: grows by the new positions every step;
+* cross-attention: the encoder output's K and V, computed once on the first step (``static``).
+
+Beam search reorders the rows (each surviving beam continues some earlier beam): ``reorder``.
+Shapes: k, v (B, H, T_cached, Dh).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class AttentionCache:
+    static: bool = False  # True: K/V of a fixed sequence (cross-attention), set once
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new positions' K/V and return all of them."""
+        if self.static:
+            if self.k is None:
+                self.k, self.v = k, v
+            return self.k, self.v
+        if self.k is not None:
+            k = torch.cat([self.k, k], dim=2)  # (B, H, T_cached + T_new, Dh)
+            v = torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+    def reorder(self, index: Tensor) -> None:
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+@dataclass
+class DecoderCache:
+    """One self-attention and one cross-attention cache per decoder layer."""
+
+    self_attn: list[AttentionCache] = field(default_factory=list)
+    cross_attn: list[AttentionCache] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, n_layers: int) -> "DecoderCache":
+        return cls([AttentionCache() for _ in range(n_layers)], [AttentionCache(static=True) for _ in range(n_layers)])
+
+    @property
+    def length(self) -> int:
+        """Positions decoded so far."""
+        return self.self_attn[0].length if self.self_attn else 0
+
+    def reorder(self, index: Tensor) -> None:
+        for c in (*self.self_attn, *self.cross_attn):
+            c.reorder(index)
