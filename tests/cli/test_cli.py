@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from transformer_lab.cli.main import main
-from transformer_lab.training.checkpoint import load_checkpoint
+from transformer_lab.tasks import dates
 
 COMMANDS = [[], ["train"], ["model"], ["model", "summary"], ["bench"], ["bench", "model"]]
 
@@ -35,9 +35,11 @@ def test_train_demo_short_run_writes_everything(tmp_path):
     header = rows[0].split(",")
     losses = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
     assert losses[-1] < 0.6 * losses[0]  # it learns
-    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ck = load_checkpoint(out / "checkpoint")
-    assert ck.meta["exact_match"] == summary["exact_match"]
+    for png in ("loss.png", "lr.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, vocab = dates.load(out / "checkpoints" / "last")
+    accuracy, _ = dates.exact_match(model, dates.DateTask(n_test=40, seed=3).pairs()[1], vocab)
+    assert accuracy == summary["exact_match"]  # the checkpoint is the model that was scored
 
 
 def test_bad_argument_is_a_clean_error(tmp_path, capsys):
@@ -60,3 +62,12 @@ def test_default_demo_reaches_high_exact_match(tmp_path):
     """The README's main job with its defaults (about 2 minutes on 2 cores)."""
     assert main(["train", "--out", str(tmp_path), "--no-progress"]) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["exact_match"] >= 0.95
+
+
+def test_nan_loss_stops_with_a_message_naming_the_step(tmp_path, capsys):
+    rc = main(["train", "--out", str(tmp_path / "r"), "--max-steps", "20", "--lr", "1e12", "--warmup", "1",
+               "--n-test", "10", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "loss is nan at step" in err or "loss is inf at step" in err
+    assert not (tmp_path / "r" / "checkpoints").exists()  # nothing written from a diverged run

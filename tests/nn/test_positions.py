@@ -99,3 +99,15 @@ def test_rotary_model_plugs_in_without_changing_layers():
                              attention_impl="reference")).eval()
     ref.load_state_dict(model.state_dict())
     torch.testing.assert_close(ref(src, tgt), out, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rotary_angles_stay_exact_in_low_precision(dtype):
+    """In bf16, 257 == 256; the angles must still be computed in float32."""
+    rope = RotaryPositionEncoding(8).to(dtype)
+    x = torch.randn(1, 1, 2, 8)
+    pos = torch.tensor([256, 257])
+    low, _ = rope.rotate_qk(x.to(dtype), x.to(dtype), pos, pos)
+    ref, _ = RotaryPositionEncoding(8).rotate_qk(x, x, pos, pos)
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.02)
+    assert not torch.allclose(low[0, 0, 0].float(), low[0, 0, 1].float(), atol=1e-2)

@@ -80,6 +80,11 @@ def _train_step(model: torch.nn.Module, src: torch.Tensor, tgt_in: torch.Tensor,
 
 
 def bench_model(args: argparse.Namespace) -> int:
+    for name in ("steps", "rounds", "batch", "length"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name}: expected >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, EOFError, ArithmeticError) as e:  # bad input, files, NaN loss
         print(f"transformer-lab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,6 +6,8 @@ Specials come first, at fixed ids: <pad>=0, <s>=1 (begin), </s>=2 (end), <unk>=3
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +21,7 @@ PAD, BOS, EOS, UNK = range(4)
 
 class Vocab:
     def __init__(self, symbols: Sequence[str]):
-        dupes = sorted({s for s in symbols if list(symbols).count(s) > 1})
+        dupes = sorted(s for s, n in Counter(symbols).items() if n > 1)
         if dupes:
             raise ValueError(f"symbols: duplicate entries {dupes[:10]}")
         clash = sorted(set(symbols) & set(SPECIALS))
@@ -87,3 +89,26 @@ def make_batch(pairs: Sequence[tuple[Sequence[str], Sequence[str]]], vocab: Voca
     src = pad_sequences([vocab.encode(s, eos=True) for s, _ in pairs])
     tgt = [vocab.encode(t) for _, t in pairs]
     return Batch(src, pad_sequences([[BOS] + t for t in tgt]), pad_sequences([t + [EOS] for t in tgt]))
+
+
+class ShuffledBatches:
+    """Fixed-size batches of ``pairs`` in a fresh seeded order each epoch (a ``BatchSource``)."""
+
+    def __init__(self, pairs: Sequence[tuple[Sequence[str], Sequence[str]]], vocab: Vocab, batch_size: int, seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        if len(pairs) < batch_size:
+            raise ValueError(f"batch_size: {batch_size} is more than the {len(pairs)} training pairs")
+        self.pairs, self.vocab, self.batch_size, self.seed = pairs, vocab, batch_size, seed
+
+    def __len__(self) -> int:
+        return len(self.pairs) // self.batch_size
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        order = list(range(len(self.pairs)))
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        n = self.batch_size
+        return [order[i : i + n] for i in range(0, len(order) - n + 1, n)]
+
+    def make(self, indices: Sequence[int]) -> Batch:
+        return make_batch([self.pairs[i] for i in indices], self.vocab)

@@ -35,7 +35,9 @@ class TransformerConfig:
     n_encoder_layers: int = 6
     n_decoder_layers: int = 6
     dropout: float = 0.1  # P_drop: sub-layer outputs and embedding sums (§5.4)
-    attention_dropout: float | None = None  # on attention weights; None = same as dropout
+    # deviation: dropout on the attention weights is not in the paper's §5.4; it is tensor2tensor's
+    # (attention_dropout) and nn.Transformer's, and issue 2 asks for it. None = same as dropout.
+    attention_dropout: float | None = None
     activation: str = "relu"
     norm_first: bool = False  # False: post-LN as in the paper
     position: str = "sinusoidal"  # "sinusoidal" (paper), "learned", or "rotary" (inside self-attention)

@@ -47,7 +47,7 @@ def reference_attention(
     """Eq. 1 written out. Shapes: q (B, H, T_q, Dh), k, v (B, H, T_k, Dh) -> (B, H, T_q, Dh)."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T_q, T_k)
     if bias is not None:
-        scores = scores + bias
+        scores = scores + bias.to(scores.dtype)
     if mask is not None:
         # The dtype's lowest finite value, not -inf: a fully masked row then softmaxes to a
         # uniform row instead of NaN, and is zeroed just below.

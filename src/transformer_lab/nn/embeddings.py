@@ -61,5 +61,12 @@ class Embeddings(nn.Module):
     def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
         x = self.token(tokens)  # (B, T, D)
         if positions is None:
+            limit = self.position.max_len
+            if limit is not None and tokens.size(1) > limit:  # checked by shape: no device sync
+                raise ValueError(
+                    f"positions: sequence of length {tokens.size(1)} needs position {tokens.size(1) - 1}, but the "
+                    f"position table holds max_len={limit} positions (0..{limit - 1}); shorten the input or "
+                    f"build the model with a larger max_len"
+                )
             positions = torch.arange(tokens.size(1), device=tokens.device)  # (T,)
         return self.dropout(self.position.add_to_embeddings(x, positions))

@@ -110,11 +110,13 @@ class RotaryPositionEncoding(PositionEncoding):
         super().__init__()
         if d_head % 2:
             raise ValueError(f"d_head: rotary needs an even head width, got {d_head}")
-        theta = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)
-        self.register_buffer("theta", theta.float(), persistent=False)  # (Dh/2,)
+        self.d_head, self.base = d_head, base
 
     def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
-        angles = pos.to(self.theta.dtype)[..., None] * self.theta  # (T, Dh/2) or (B, T, Dh/2)
+        # Angles always in float32, whatever the model's dtype: in bf16, positions 256 and 257 are
+        # the same number, and pos·θ loses whole radians.
+        theta = self.base ** (-torch.arange(0, self.d_head, 2, dtype=torch.float32, device=x.device) / self.d_head)
+        angles = pos.to(torch.float32)[..., None] * theta  # (T, Dh/2) or (B, T, Dh/2)
         if angles.dim() == 3:
             angles = angles[:, None]  # (B, 1, T, Dh/2): one position row per sequence
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)

@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from transformer_lab.tokenizers.base import Tokenizer
+from transformer_lab.tokenizers.merges import apply_merges
 from transformer_lab.tokenizers.special import SEQ2SEQ_SPECIALS
 
 logger = logging.getLogger(__name__)
@@ -365,12 +366,8 @@ class BPETokenizer(Tokenizer):
         cached = self._cache.get(word)
         if cached is not None:
             return cached
-        symbols = spell(word, self.version)
-        while len(symbols) > 1:
-            ranked = [(self.ranks[p], p) for p in zip(symbols, symbols[1:]) if p in self.ranks]
-            if not ranked:
-                break
-            symbols = merge_pair(symbols, min(ranked)[1])
+        # Lowest rank first at all occurrences, left to right; a heap keeps long words O(n log n).
+        symbols = tuple(apply_merges(spell(word, self.version), self.ranks))
         if symbols[-1] == EOW:  # 0.1: the marker was never merged
             symbols = symbols[:-1]
         elif symbols[-1].endswith(EOW):

@@ -2,13 +2,15 @@
 
     DIR/model.safetensors   weights (tied tensors stored once)
     DIR/config.json         the resolved TransformerConfig
-    DIR/vocab.json          the vocabulary
     DIR/meta.json           step, metrics, anything small
+    DIR/train_state.pt      optional: optimizer, scheduler, RNG, data position (tensors and plain
+                            Python values only; read with torch.load(weights_only=True))
+    DIR/...                 optional task files (vocabulary, tokenizer folder)
 
 Written atomically: everything goes to a temporary sibling folder first, which then replaces DIR by
 renames. A crash mid-save leaves the previous checkpoint intact (as DIR, or as DIR.old in the
-instant between the two renames, which ``load_checkpoint`` falls back to); a partial folder is
-never taken for a checkpoint.
+instant between the two renames, which ``load_model`` falls back to); a partial folder is never
+taken for a checkpoint.
 """
 
 from __future__ import annotations
@@ -18,18 +20,24 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import safetensors
 import safetensors.torch
+import torch
 
 from transformer_lab.config import from_dict, save_json
-from transformer_lab.data.vocab import Vocab
 from transformer_lab.models.transformer import Transformer, TransformerConfig
 
-FILES = ("model.safetensors", "config.json", "vocab.json", "meta.json")
+REQUIRED = ("model.safetensors", "config.json", "meta.json")
+TRAIN_STATE = "train_state.pt"
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -37,7 +45,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(directory: str | Path, model: Transformer, vocab: Vocab, meta: dict[str, Any]) -> Path:
+def save_checkpoint(
+    directory: str | Path,
+    model: Transformer,
+    meta: dict[str, Any],
+    extra: dict[str, Callable[[Path], Any]] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically. ``extra`` maps a file or folder name to a function writing it."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
@@ -46,37 +61,49 @@ def save_checkpoint(directory: str | Path, model: Transformer, vocab: Vocab, met
     tmp.mkdir()
     safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
     save_json(model.config, tmp / "config.json")
-    vocab.save(tmp / "vocab.json")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    for name in FILES:
-        with open(tmp / name, "rb+") as f:
-            os.fsync(f.fileno())
-    shutil.rmtree(old, ignore_errors=True)
+    if train_state is not None:
+        torch.save(train_state, tmp / TRAIN_STATE)
+    for name, write in (extra or {}).items():
+        write(tmp / name)
+    _fsync_tree(tmp)
     if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)  # stale: DIR itself is the good copy
         directory.rename(old)
+    # else DIR.old, if any, is the only good copy (an earlier save died between its renames):
+    # it stays until the new one is in place.
     tmp.rename(directory)
-    _fsync_dir(directory.parent)
+    fd = os.open(directory.parent, os.O_RDONLY)  # make the renames durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
+def resolve_checkpoint(directory: str | Path) -> Path:
+    """The folder to read: DIR, or DIR.old after a crash between the two renames of a save."""
+    directory = Path(directory)
+    if not directory.exists() and directory.with_name(directory.name + ".old").exists():
+        directory = directory.with_name(directory.name + ".old")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no checkpoint folder here (expected {', '.join(REQUIRED)})")
+    missing = [n for n in REQUIRED if not (directory / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory}: not a complete checkpoint, missing {missing}")
+    return directory
+
+
 @dataclass
-class Checkpoint:
+class LoadedModel:
     model: Transformer
-    vocab: Vocab
     meta: dict[str, Any]
     path: Path
 
 
-def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> Checkpoint:
-    directory = Path(directory)
-    if not directory.exists() and directory.with_name(directory.name + ".old").exists():
-        directory = directory.with_name(directory.name + ".old")  # crash between the two renames
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no checkpoint folder here (expected {', '.join(FILES)})")
-    missing = [n for n in FILES if not (directory / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{directory}: not a complete checkpoint, missing {missing}")
+def load_model(directory: str | Path, map_location: str = "cpu") -> LoadedModel:
+    directory = resolve_checkpoint(directory)
     config = from_dict(TransformerConfig, json.loads((directory / "config.json").read_text()),
                        where=str(directory / "config.json"))
     model = Transformer(config)
@@ -90,13 +117,19 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> Checkpo
     wrong = [f"{k}: stored {stored[k]}, config needs {expected[k]}" for k in stored if k in expected and stored[k] != expected[k]]
     if wrong:
         raise ValueError(f"{weights}: weights do not fit the config; shape mismatch in {len(wrong)} tensors: " + "; ".join(wrong[:8]))
+    model.to(map_location)
     missing_keys, unexpected = safetensors.torch.load_model(model, str(weights), strict=False, device=map_location)
     if missing_keys or unexpected:
         raise ValueError(
             f"{weights}: weights do not fit the config; "
             f"missing {sorted(missing_keys)[:10]}, unexpected {sorted(unexpected)[:10]}"
         )
-    vocab = Vocab.load(directory / "vocab.json")
-    if len(vocab) != config.tgt_vocab_size:
-        raise ValueError(f"{directory}: vocab.json has {len(vocab)} symbols, config says {config.tgt_vocab_size}")
-    return Checkpoint(model, vocab, json.loads((directory / "meta.json").read_text()), directory)
+    return LoadedModel(model, json.loads((directory / "meta.json").read_text()), directory)
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any]:
+    """Optimizer, scheduler, RNG and data position, never unpickling arbitrary objects."""
+    path = resolve_checkpoint(directory) / TRAIN_STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: this checkpoint has no training state to resume from")
+    return torch.load(path, map_location="cpu", weights_only=True)

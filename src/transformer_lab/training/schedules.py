@@ -8,6 +8,8 @@ poor (Xiong et al. 2020; Liu et al. 2020).
 
 from __future__ import annotations
 
+import math
+
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -27,3 +29,38 @@ def noam_scheduler(optimizer: Optimizer, d_model: int, warmup: int, factor: floa
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = 1.0
     return LambdaLR(optimizer, lambda i: noam_lr(i + 1, d_model, warmup, factor))
+
+
+def warmup_linear_lr(step: int, peak: float, warmup: int, total: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return peak * step / warmup
+    return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def warmup_cosine_lr(step: int, peak: float, warmup: int, total: int) -> float:
+    """Linear warm-up to ``peak``, then half a cosine down to 0 at ``total``."""
+    if step < warmup:
+        return peak * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+SCHEDULES = ("noam", "linear", "cosine", "constant")
+
+
+def build_scheduler(optimizer: Optimizer, kind: str, lr: float, warmup: int, total: int, d_model: int) -> LambdaLR:
+    """``noam``: the paper's formula times ``lr`` (a factor, 1.0 = the paper); the others: ``lr`` is the
+    peak rate. Step k of training (1-based) uses the rate of step k."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {kind!r}")
+    if kind == "noam":
+        return noam_scheduler(optimizer, d_model, warmup, lr)
+    fn = {
+        "linear": lambda s: warmup_linear_lr(s, lr, warmup, total),
+        "cosine": lambda s: warmup_cosine_lr(s, lr, warmup, total),
+        "constant": lambda s: lr * min(1.0, s / max(1, warmup)),
+    }[kind]
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = 1.0
+    return LambdaLR(optimizer, lambda i: fn(i + 1))
