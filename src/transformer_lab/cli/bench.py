@@ -42,6 +42,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--json", action="store_true", help="print one JSON object")
     m.set_defaults(func=bench_model)
 
+    tr = bsub.add_parser("translation", help="training step in the translation pipeline vs nn.Transformer",
+                         description="Target tokens/s of training steps on the same Multi30k token-bucket batches "
+                                     "(same sizes, weights, loss and Adam): ours vs torch.nn.Transformer, rounds "
+                                     "interleaved in one process.")
+    tr.add_argument("--model", default="multi30k", choices=sorted(PRESETS))
+    tr.add_argument("--steps", type=int, default=6, help="batches per round")
+    tr.add_argument("--rounds", type=int, default=3)
+    tr.add_argument("--max-tokens", type=int, default=4000)
+    tr.add_argument("--cache-dir", default=None)
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=bench_translation)
+
+    dec = bsub.add_parser("decode", help="decoding speed with and without the KV cache",
+                          description="Sentences/s translating Multi30k validation sentences, greedy and beam 4, "
+                                      "with the KV cache (ours) against without it (peer: the same model "
+                                      "re-running the decoder over the whole prefix each step).")
+    dec.add_argument("--checkpoint", default=None, help="a trained translation checkpoint (default: untrained multi30k model)")
+    dec.add_argument("--sentences", type=int, default=100)
+    dec.add_argument("--beams", default="1,4")
+    dec.add_argument("--cache-dir", default=None)
+    dec.add_argument("--json", action="store_true")
+    dec.set_defaults(func=bench_decode)
+
     t = bsub.add_parser("tokenizer", help="our tokenizers vs HF tokenizers on Multi30k English train",
                         description="Train each algorithm with ours and with HF tokenizers on the same corpus, then "
                                     "encode it with our readable tokenizer and with the fast backend (HF tokenizers "
@@ -263,4 +286,94 @@ def bench_tokenizer(args: argparse.Namespace) -> int:
             print(f"{algo:12}{r['vocab_size']:>7}{r['ours']:>11,.0f}{r['peer']:>11,.0f}{r['ratio']:>8.3f}"
                   f"{str(r['identical_ids']):>10}{r['train_s_ours']:>11.1f}s{r['train_s_peer']:>9.1f}s")
         print("The training pipeline encodes with the fast backend (ids identical, checked above).")
+    return 0
+
+
+def _multi30k_data(cache_dir):
+    from pathlib import Path
+
+    from transformer_lab.tasks import translation as tr
+
+    files = (tr.named_files("multi30k", "de", "en", "train"), tr.named_files("multi30k", "de", "en", "valid"))
+    return tr.prepare_data(*files, cache_dir=Path(cache_dir) if cache_dir else None)
+
+
+def bench_translation(args: argparse.Namespace) -> int:
+    from transformer_lab.tasks import translation as tr
+    from transformer_lab.training.losses import label_smoothed_cross_entropy
+
+    data = _multi30k_data(args.cache_dir)
+    torch.manual_seed(0)
+    ours = tr.build_model(data, args.model, max_len=100)
+    peer = TorchTransformerPeer(ours)
+    buckets = tr.batches(data, args.max_tokens, seed=0)
+    batches = [buckets.make(ix) for ix in buckets.epoch(0)[: args.steps]]
+    n_tokens = sum(b.n_tokens for b in batches)
+
+    def runner(model):
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+
+        def run() -> None:
+            for b in batches:
+                res = label_smoothed_cross_entropy(model.logits(b.src, b.tgt_in), b.tgt_out, 0.1, tr.PAD)
+                opt.zero_grad(set_to_none=True)
+                (res.loss / res.n_tokens).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+
+        return run
+
+    t = _time_rounds({"ours": runner(ours), "peer": runner(peer)}, 1, args.rounds)
+    result = {"benchmark": "translation", "unit": "target tokens/s (train steps on Multi30k de-en token buckets)",
+              "model": args.model, "batches_per_round": len(batches), "max_tokens": args.max_tokens,
+              "ours": round(n_tokens / t["ours"], 1), "peer": round(n_tokens / t["peer"], 1),
+              "ratio": round(t["peer"] / t["ours"], 3), "peer_name": "torch.nn.Transformer", "threads": torch.get_num_threads()}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{'':24}{'ours':>10}{'peer':>10}{'ratio':>8}")
+        print(f"{'train tgt tok/s':24}{result['ours']:>10,.0f}{result['peer']:>10,.0f}{result['ratio']:>8.2f}   (peer: nn.Transformer, same batches)")
+    return 0
+
+
+def bench_decode(args: argparse.Namespace) -> int:
+    from transformer_lab.tasks import translation as tr
+    from transformer_lab.training.checkpoint import load_model
+
+    data = _multi30k_data(args.cache_dir)
+    if args.checkpoint:
+        from transformer_lab.cli.translate import _resolve
+
+        loaded = load_model(_resolve(args.checkpoint))
+        model = loaded.model
+        tok_src, tok_tgt = tr.load_tokenizers(loaded.path)
+    else:
+        torch.manual_seed(0)
+        model, tok_src, tok_tgt = tr.build_model(data, "multi30k", max_len=100), data.tokenizer_src, data.tokenizer_tgt
+    model.eval()
+    sentences = data.valid_src[: args.sentences]
+    rows = {}
+    for beam in [int(b) for b in args.beams.split(",")]:
+        times = {}
+        outputs = {}
+        for name, cache in (("cached", True), ("uncached", False)):
+            t0 = time.perf_counter()
+            outputs[name] = tr.translate(model, tok_src, tok_tgt, sentences, beam=beam, use_cache=cache)
+            times[name] = time.perf_counter() - t0
+        rows[f"beam{beam}"] = {"ours": round(len(sentences) / times["cached"], 2),
+                               "peer": round(len(sentences) / times["uncached"], 2),
+                               "ratio": round(times["uncached"] / times["cached"], 3),
+                               "identical_output": outputs["cached"] == outputs["uncached"]}
+    first = next(iter(rows.values()))
+    result = {"benchmark": "decode", "unit": "sentences/s (Multi30k val, de-en)", "sentences": len(sentences),
+              "trained": bool(args.checkpoint), "ours": first["ours"], "peer": first["peer"], "ratio": first["ratio"],
+              "peer_name": "same model without KV cache", "by_beam": rows}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{len(sentences)} sentences, {'trained' if args.checkpoint else 'untrained'} model")
+        print(f"{'':10}{'cached s/s':>12}{'uncached s/s':>14}{'speed-up':>10}{'same output':>13}")
+        for k, r in rows.items():
+            print(f"{k:10}{r['ours']:>12.2f}{r['peer']:>14.2f}{r['ratio']:>10.2f}{str(r['identical_output']):>13}")
     return 0

@@ -26,7 +26,7 @@ TASK_PRESETS = ["dates", "multi30k-de-en", "multi30k-en-de", "multi30k-fr-en", "
 # Per-task defaults for options left unset on the command line.
 DEFAULTS = {
     "dates": dict(model="tiny", max_steps=2000, warmup=400, lr=1.0, schedule="noam", batch_size=64, eval_every=0),
-    "translation": dict(model="multi30k", max_steps=100_000, warmup=800, lr=1.0, schedule="noam", eval_every=500),
+    "translation": dict(model="multi30k", max_steps=100_000, warmup=1000, lr=0.7, schedule="noam", eval_every=500),
 }
 
 
@@ -138,7 +138,7 @@ def _run_translation(args, cfg: TrainConfig, out: Path, device: str, resume: Pat
         valid_files = tr.named_files(args.data, src, tgt, "valid")
     cache = Path(args.cache_dir) if args.cache_dir else None
     data = tr.prepare_data(train_files, valid_files, args.vocab_size, not args.separate_vocab, args.max_len, cache)
-    model = tr.build_model(data, args.model)
+    model = tr.build_model(data, args.model, max_len=args.max_len)
     log.info("data: %d training pairs (%d skipped as longer than %d tokens), %d validation; vocabulary %d%s",
              len(data.train), data.train.skipped_long, args.max_len, len(data.valid), data.tokenizer_tgt.vocab_size,
              " (joint)" if data.joint else " per side")

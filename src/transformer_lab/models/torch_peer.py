@@ -87,5 +87,10 @@ class TorchTransformerPeer(nn.Module):
         self.transformer = to_torch_transformer(model)
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        h = self.transformer(self.src_embed(src), self.tgt_embed(tgt), **torch_masks(src, tgt, self.pad_id))
-        return self.generator(h)
+        return self.generator(self._hidden(src, tgt))
+
+    def logits(self, src: Tensor, tgt: Tensor) -> Tensor:
+        return self.generator.proj(self._hidden(src, tgt))
+
+    def _hidden(self, src: Tensor, tgt: Tensor) -> Tensor:
+        return self.transformer(self.src_embed(src), self.tgt_embed(tgt), **torch_masks(src, tgt, self.pad_id))

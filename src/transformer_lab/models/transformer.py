@@ -175,3 +175,7 @@ class Transformer(nn.Module):
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Teacher-forced log-probabilities. Shapes: src (B, S), tgt (B, T) -> (B, T, V)."""
         return self.generator(self.decode(self.encode(src), src, tgt))
+
+    def logits(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """Teacher-forced scores before the softmax, for a fused loss. Shapes: -> (B, T, V)."""
+        return self.generator.proj(self.decode(self.encode(src), src, tgt))

@@ -110,11 +110,19 @@ def prepare_data(
     enc_train = filter_long(*encode_pairs(train_files, train), max_len)
     if enc_train.skipped_long:
         log.warning("skipped %d training pairs longer than %d tokens (--max-len)", enc_train.skipped_long, max_len)
-    enc_valid = filter_long(*encode_pairs(valid_files, valid), None)
+    enc_valid = filter_long(*encode_pairs(valid_files, valid), max_len)
+    if enc_valid.skipped_long:
+        log.warning("validation loss leaves out %d pairs longer than %d tokens", enc_valid.skipped_long, max_len)
     return TranslationData(tok_src, tok_tgt, enc_train, valid.src, valid.tgt, enc_valid)
 
 
-def build_model(data: TranslationData, model_preset: str = "multi30k", **overrides) -> Transformer:
+def build_model(data: TranslationData, model_preset: str = "multi30k", max_len: int | None = None, **overrides) -> Transformer:
+    """The preset's model sized for the data; the position table covers ``max_len`` tokens plus
+    <s>/</s> (raised from the preset's when needed)."""
+    if max_len is not None:
+        from transformer_lab.models.presets import PRESETS
+
+        overrides.setdefault("max_len", max(PRESETS[model_preset].get("max_len", 512), max_len + 2))
     cfg = preset(model_preset, src_vocab_size=data.tokenizer_src.vocab_size,
                  tgt_vocab_size=data.tokenizer_tgt.vocab_size, share_embeddings=data.joint, **overrides)
     return Transformer(cfg)

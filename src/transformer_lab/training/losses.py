@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -31,3 +34,15 @@ def label_smoothed_nll(log_probs: Tensor, target: Tensor, epsilon: float, pad_id
     smooth = -log_probs.mean(dim=-1)  # (B, T)
     loss = (1.0 - epsilon) * nll + epsilon * smooth
     return LossResult(loss[real].sum(), nll[real].sum().detach(), int(real.sum()))
+
+
+def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float, pad_id: int) -> LossResult:
+    """The same loss from logits, on PyTorch's fused kernel (the training fast path; a test holds it
+    equal to ``label_smoothed_nll``). Shapes: logits (B, T, V), target (B, T)."""
+    if logits.shape[:-1] != target.shape:
+        raise ValueError(f"target: shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
+    flat, tgt = logits.reshape(-1, logits.size(-1)), target.reshape(-1)
+    loss = F.cross_entropy(flat, tgt, ignore_index=pad_id, label_smoothing=epsilon, reduction="sum")
+    with torch.no_grad():
+        nll = F.cross_entropy(flat, tgt, ignore_index=pad_id, reduction="sum") if epsilon else loss.detach()
+    return LossResult(loss, nll, int((target != pad_id).sum()))

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformer_lab.data.vocab import Batch
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.training.checkpoint import load_model, load_train_state, save_checkpoint
-from transformer_lab.training.losses import label_smoothed_nll
+from transformer_lab.training.losses import label_smoothed_cross_entropy
 from transformer_lab.training.schedules import SCHEDULES, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -238,9 +238,10 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
         return torch.autocast("cuda", dtype=dtype)
 
-    def train_step(self, batches: list[Batch]) -> dict:
-        """One optimizer step over ``batches`` (micro-batches): the loss is normalised by the total
-        number of target tokens, so k micro-batches of b equal one batch of k·b."""
+    def backward(self, batches: list[Batch]) -> dict:
+        """Gradients of one optimizer step over ``batches`` (micro-batches), accumulated in .grad. The
+        loss is normalised by the total number of target tokens, so k micro-batches of b sentences
+        give the gradients of one batch of k·b."""
         self.model.train()
         total = sum(b.n_tokens for b in batches)
         loss_sum, nll_sum = 0.0, 0.0
@@ -248,8 +249,8 @@ class Trainer:
         for b in batches:
             src, tgt_in, tgt_out = (t.to(self.device, non_blocking=True) for t in (b.src, b.tgt_in, b.tgt_out))
             with self._autocast():
-                logp = self.model(src, tgt_in)
-            res = label_smoothed_nll(logp.float(), tgt_out, self.cfg.label_smoothing, self.model.config.pad_id)
+                logits = self.model.logits(src, tgt_in)
+            res = label_smoothed_cross_entropy(logits.float(), tgt_out, self.cfg.label_smoothing, self.model.config.pad_id)
             loss = res.loss / total
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -258,15 +259,18 @@ class Trainer:
             self.scaler.scale(loss).backward()
             loss_sum += float(res.loss.detach())
             nll_sum += float(res.nll)
+        return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": total}
+
+    def train_step(self, batches: list[Batch]) -> dict:
+        row = self.backward(batches)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = None
         if self.cfg.clip_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm))
-        lr = self.scheduler.get_last_lr()[0]
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        row["lr"] = self.scheduler.get_last_lr()[0]
         self.scaler.step(self.optimizer)  # skipped (and the scale lowered) if fp16 gradients overflowed
         self.scaler.update()
         self.scheduler.step()
-        return {"loss": loss_sum / total, "nll": nll_sum / total, "lr": lr, "tokens": total, "grad_norm": grad_norm}
+        return row
 
     def fit(self) -> TrainResult:
         cfg, st = self.cfg, self.state

@@ -1,0 +1,141 @@
+"""The translation pipeline: parallel data checks, token buckets, Multi30k lookup, and a tiny model
+that learns (BLEU from sacrebleu rises over the untrained model)."""
+
+import gzip
+import json
+import urllib.error
+
+import pytest
+import torch
+
+from conftest import read_lines
+from transformer_lab.cli.main import main
+from transformer_lab.data import parallel
+from transformer_lab.data.parallel import EncodedPairs, TokenBuckets, filter_long, multi30k_files, read_parallel
+from transformer_lab.tasks import translation as tr
+
+
+def write(path, lines):
+    path.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+def test_misaligned_files_are_an_error_naming_both(tmp_path):
+    a, b = write(tmp_path / "a.de", ["eins", "zwei", "drei"]), write(tmp_path / "b.en", ["one", "two"])
+    with pytest.raises(ValueError, match=r"a.de has 3 lines, .*b.en has 2"):
+        read_parallel(a, b)
+
+
+def test_empty_sides_and_long_pairs_are_counted_skips(tmp_path):
+    a = write(tmp_path / "a", ["eins", "", "drei", "vier"])
+    b = write(tmp_path / "b", ["one", "two", "   ", "four"])
+    data = read_parallel(a, b)
+    assert data.src == ["eins", "vier"] and data.tgt == ["one", "four"] and data.skipped_empty == 2
+    kept = filter_long([[1] * 3, [1] * 9, [1] * 2], [[1] * 2, [1] * 2, [1] * 12], max_len=8)
+    assert len(kept) == 1 and kept.skipped_long == 2
+
+
+def test_token_buckets_cap_padded_size_and_cover_each_pair_once():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 40, (500,), generator=g).tolist()
+    pairs = EncodedPairs([[5] * n for n in lengths], [[6] * (n // 2 + 1) for n in lengths])
+    buckets = TokenBuckets(pairs, max_tokens=400, bos=2, eos=3, pad=0, seed=1)
+    for e in (0, 1):
+        seen = sorted(i for batch in buckets.epoch(e) for i in batch)
+        assert seen == list(range(500))
+    assert buckets.epoch(0) != buckets.epoch(1) and buckets.epoch(1) == buckets.epoch(1)
+    for batch in buckets.epoch(0):
+        b = buckets.make(batch)
+        assert b.src.numel() <= 400 and b.tgt_in.numel() <= 400
+        assert (b.tgt_in[:, 0] == 2).all()
+    with pytest.raises(ValueError, match="longest pair"):
+        TokenBuckets(pairs, max_tokens=20, bos=2, eos=3, pad=0)
+
+
+def test_multi30k_offline_says_which_files_to_put_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFORMER_LAB_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(parallel.urllib.request, "urlopen", offline)
+    with pytest.raises(FileNotFoundError) as e:
+        multi30k_files("de", "en", "train")
+    message = str(e.value)
+    assert "train.de.gz" in message and "train.en.gz" in message and str(tmp_path / "cache") in message
+    assert not list((tmp_path / "cache").rglob("*.gz"))  # no half-written file left behind
+
+
+def test_multi30k_found_in_data_dir(shared_data, monkeypatch):
+    monkeypatch.setenv("TRANSFORMER_LAB_DATA", str(shared_data))
+    src, tgt = multi30k_files("de", "en", "test")
+    assert src.name == "test_2016_flickr.de.gz" and len(read_lines(src)) == len(read_lines(tgt)) == 1000
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shared_data, tmp_path_factory):
+    """Train a tiny model on 300 short Multi30k pairs (memorising them); returns the run folder
+    and the files. Validation = 40 of the training pairs, so a few seconds of training show."""
+    tmp = tmp_path_factory.mktemp("mt")
+    de = read_lines(shared_data / "multi30k" / "train.de.gz")
+    en = read_lines(shared_data / "multi30k" / "train.en.gz")
+    short = [i for i in range(len(de)) if len(de[i]) < 50 and len(en[i]) < 50][:300]
+    de, en = [de[i] for i in short], [en[i] for i in short]
+    files = [write(tmp / n, lines) for n, lines in (("tr.de", de), ("tr.en", en), ("va.de", de[:40]), ("va.en", en[:40]))]
+    args = ["train", "--train-src", str(files[0]), "--train-tgt", str(files[1]), "--valid-src", str(files[2]),
+            "--valid-tgt", str(files[3]), "--model", "tiny", "--vocab-size", "500", "--max-steps", "160",
+            "--schedule", "constant", "--lr", "0.002", "--warmup", "20", "--max-tokens", "800",
+            "--eval-every", "80", "--bleu-sample", "40", "--out", str(tmp / "run"), "--cache-dir", str(tmp / "cache"),
+            "--no-progress"]
+    assert main(args) == 0
+    return tmp / "run", files
+
+
+def test_tiny_pipeline_learns(tiny_run):
+    run, files = tiny_run
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    bleus = [float(v) for v in (r.split(",")[header.index("val_bleu")] for r in rows[1:]) if v]
+    assert len(bleus) == 2  # validated at step 80 and at the end
+    from transformer_lab.tasks.translation import corpus_scores, load_tokenizers, translate
+    from transformer_lab.training.checkpoint import load_model
+
+    loaded = load_model(run / "checkpoints" / "best")
+    tok_src, tok_tgt = load_tokenizers(loaded.path)
+    src, ref = read_lines(files[2]), read_lines(files[3])
+    trained = corpus_scores(translate(loaded.model, tok_src, tok_tgt, src, beam=1), ref)["bleu"]
+    torch.manual_seed(0)
+    untrained = tr.Transformer(loaded.model.config)
+    before = corpus_scores(translate(untrained, tok_src, tok_tgt, src, beam=1), ref)["bleu"]
+    assert trained > before + 5, (before, trained)
+
+
+def test_translate_and_evaluate_commands(tiny_run, capsys, tmp_path):
+    run, files = tiny_run
+    assert main(["evaluate", "--checkpoint", str(run), "--src", str(files[2]), "--ref", str(files[3]),
+                 "--beam", "2", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert {"bleu", "chrf", "signature"} <= set(scores) and "tok:13a" in scores["signature"]
+    png = tmp_path / "att.png"
+    assert main(["translate", "--checkpoint", str(run), "--beam", "3", "--plot-attention", str(png),
+                 read_lines(files[2])[0]]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with gzip.open(tmp_path / "x.gz", "wt") as f:
+        f.write("a\n")
+    assert main(["evaluate", "--checkpoint", str(run), "--src", str(files[2]), "--ref", str(tmp_path / "x.gz")]) == 2
+
+
+def test_bench_translation_and_decode_json(shared_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFORMER_LAB_DATA", str(shared_data))
+    cache = str(tmp_path / "cache")
+    assert main(["bench", "translation", "--model", "tiny", "--steps", "1", "--rounds", "1", "--max-tokens", "600",
+                 "--cache-dir", cache, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"ours", "peer", "ratio"} <= set(r) and r["peer_name"] == "torch.nn.Transformer"
+    assert main(["bench", "decode", "--sentences", "2", "--beams", "1,2", "--cache-dir", cache, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"ours", "peer", "ratio"} <= set(d) and set(d["by_beam"]) == {"beam1", "beam2"}
+    assert all(row["identical_output"] for row in d["by_beam"].values())  # the cache changes speed, not output

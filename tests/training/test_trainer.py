@@ -1,0 +1,123 @@
+"""The trainer: exact resume, gradient accumulation, signals, the fused loss, the schedules."""
+
+import math
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformer_lab.data.synthetic import DateTask
+from transformer_lab.data.vocab import ShuffledBatches, Vocab, make_batch
+from transformer_lab.models.presets import preset
+from transformer_lab.models.transformer import Transformer
+from transformer_lab.training.losses import label_smoothed_cross_entropy, label_smoothed_nll
+from transformer_lab.training.schedules import warmup_cosine_lr, warmup_linear_lr
+from transformer_lab.training.trainer import TrainConfig, Trainer
+
+VOCAB = Vocab(DateTask.symbols())
+PAIRS = DateTask(first_year=1990, last_year=1990, n_test=5).pairs()[0]  # 360 pairs
+
+
+def model(**kw) -> Transformer:
+    torch.manual_seed(3)
+    return Transformer(preset("tiny", src_vocab_size=len(VOCAB), tgt_vocab_size=len(VOCAB), d_model=32,
+                              d_ff=64, n_heads=2, **kw))
+
+
+def trainer(tmp, steps, m=None, **kw) -> Trainer:
+    cfg = TrainConfig(max_steps=steps, warmup=5, log_every=1, progress=False, accumulate=2, **kw)
+    # 360 pairs / 32 = 11 batches per epoch: with accumulate=2, resume lands mid-epoch and crosses epochs
+    return Trainer(m or model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp)
+
+
+def test_resume_is_exact(tmp_path):
+    """RELIABILITY 14-15: N steps straight == N/2 steps, a new process state, resume, N/2 steps:
+    the same losses and the same weights, bit for bit (dropout on, so the RNG matters too)."""
+    straight = trainer(tmp_path / "a", 14)
+    straight.fit()
+    first = trainer(tmp_path / "b", 7)
+    first.fit()
+    torch.manual_seed(12345)  # disturb the RNG: resume must restore it
+    second = trainer(tmp_path / "b", 14)
+    second.resume(tmp_path / "b" / "checkpoints" / "last")
+    second.fit()
+    losses = lambda t: [r["loss"] for r in t.state.history if "loss" in r]  # noqa: E731
+    assert losses(second) == losses(straight)
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert second.state.epoch == straight.state.epoch == 2  # crossed epoch boundaries (11 batches each)
+    sa, sb = straight.optimizer.state_dict()["state"], second.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+
+
+def test_resume_errors(tmp_path):
+    t = trainer(tmp_path / "a", 2)
+    t.fit()
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        trainer(tmp_path / "b", 4).resume(tmp_path / "nowhere")
+    other = Transformer(preset("tiny", src_vocab_size=len(VOCAB), tgt_vocab_size=len(VOCAB)))
+    with pytest.raises(ValueError, match="model differs"):
+        trainer(tmp_path / "c", 4, m=other).resume(tmp_path / "a" / "checkpoints" / "last")
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    """k micro-batches of b vs one batch of k·b, float64, dropout off: same gradients (1e-10 rel)."""
+    batch_pairs = PAIRS[:24]
+    m1 = model(dropout=0.0, attention_dropout=0.0).double()
+    m2 = model(dropout=0.0, attention_dropout=0.0).double()
+    t1, t2 = trainer(tmp_path / "a", 1, m1), trainer(tmp_path / "b", 1, m2)
+    t1.backward([make_batch(batch_pairs, VOCAB)])
+    t2.backward([make_batch(batch_pairs[i : i + 8], VOCAB) for i in (0, 8, 16)])
+    for (name, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-10, atol=1e-14, msg=name)
+
+
+def test_signal_saves_once_and_stops(tmp_path, monkeypatch):
+    """RELIABILITY 19: SIGTERM mid-step finishes the step, saves, stops; a second signal does not save twice."""
+    t = trainer(tmp_path, 50)
+    saves = []
+    real_save = t.save
+    monkeypatch.setattr(t, "save", lambda *a, **k: saves.append(a) or real_save(*a, **k))
+    real_backward = t.backward
+
+    def backward_with_signals(batches):
+        if t.state.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_backward(batches)
+
+    monkeypatch.setattr(t, "backward", backward_with_signals)
+    result = t.fit()
+    assert result.stopped_by == "signal" and result.signum == signal.SIGTERM
+    assert t.state.step == 4 and len(saves) == 1
+    assert (tmp_path / "checkpoints" / "last" / "train_state.pt").is_file()
+
+
+def test_fused_loss_equals_readable_loss():
+    logits = torch.randn(3, 5, 17, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(1, 17, (3, 5))
+    target[0, 3:] = 0
+    a = label_smoothed_cross_entropy(logits, target, 0.1, 0)
+    b = label_smoothed_nll(F.log_softmax(logits, -1), target, 0.1, 0)
+    torch.testing.assert_close(a.loss, b.loss)
+    torch.testing.assert_close(a.nll, b.nll)
+    ga, = torch.autograd.grad(a.loss, logits)
+    gb, = torch.autograd.grad(b.loss, logits)
+    torch.testing.assert_close(ga, gb)
+
+
+@pytest.mark.parametrize("step", [1, 50, 100, 101, 550, 1000])
+def test_linear_and_cosine_schedules(step):
+    warm, total, peak = 100, 1000, 3e-4
+    expect_lin = peak * step / warm if step < warm else peak * (total - step) / (total - warm)
+    assert warmup_linear_lr(step, peak, warm, total) == pytest.approx(expect_lin)
+    progress = (step - warm) / (total - warm)
+    expect_cos = peak * step / warm if step < warm else peak * 0.5 * (1 + math.cos(math.pi * progress))
+    assert warmup_cosine_lr(step, peak, warm, total) == pytest.approx(expect_cos)
+
+
+def test_low_precision_on_cpu_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="GPU feature"):
+        trainer(tmp_path, 1, precision="bf16")
