@@ -224,13 +224,19 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------
     def _next_batches(self) -> list[Batch]:
         """The next ``accumulate`` batches, crossing into the next epoch when one ends."""
-        batches = self.source.epoch(self.state.epoch)
+        batches = self._epoch_batches(self.state.epoch)
         if self.state.position >= len(batches):
             self.state.epoch, self.state.position = self.state.epoch + 1, 0
-            batches = self.source.epoch(self.state.epoch)
+            batches = self._epoch_batches(self.state.epoch)
         chunk = batches[self.state.position : self.state.position + self.cfg.accumulate]
         self.state.position += len(chunk)
         return [self.source.make(ix) for ix in chunk]
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's batch order, computed once per epoch (a shuffle of the whole set is not free)."""
+        if getattr(self, "_epoch_cache", (None,))[0] != epoch:
+            self._epoch_cache = (epoch, self.source.epoch(epoch))
+        return self._epoch_cache[1]
 
     def _autocast(self):
         if self.cfg.precision == "fp32":
