@@ -52,14 +52,19 @@ def save_json(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
 
 
-def load_json(cls: type[T], path: str | Path) -> T:
+def read_json_object(path: str | Path, missing: str = "config file not found") -> dict[str, Any]:
+    """A JSON object from ``path``; FileNotFoundError / ValueError naming the file otherwise."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
+        raise FileNotFoundError(f"{path}: {missing}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return from_dict(cls, data, where=str(path))
+    return data
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    return from_dict(cls, read_json_object(path), where=str(path))

@@ -121,3 +121,47 @@ def test_linear_and_cosine_schedules(step):
 def test_low_precision_on_cpu_is_refused(tmp_path):
     with pytest.raises(ValueError, match="GPU feature"):
         trainer(tmp_path, 1, precision="bf16")
+
+
+def test_fp16_loss_scaling_skips_an_overflowing_step(tmp_path):
+    """RELIABILITY 6 (the fp16 path, run on CPU via allow_cpu_low_precision; CUDA runs the same
+    code with device "cuda"): a step whose scaled gradients overflow changes no weight and no
+    optimizer state, halves the scale, and training goes on with finite losses."""
+    cfg = TrainConfig(max_steps=4, warmup=5, log_every=1, progress=False, precision="fp16")
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, allow_cpu_low_precision=True)
+    t.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    t.train_step(t._next_batches())  # one good step
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    scale = t.scaler.get_scale()
+    original = t.loss_fn
+
+    def overflowing(m, b, device):
+        res = original(m, b, device)
+        res.loss = res.loss * 1e34  # finite in fp32 (~1e37), inf once scaled by 2^16
+        return res
+
+    t.loss_fn = overflowing
+    steps_before = t.optimizer.state_dict()["state"][0]["step"].item()
+    t.train_step(t._next_batches())
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+    assert t.scaler.get_scale() == scale / 2
+    assert t.optimizer.state_dict()["state"][0]["step"].item() == steps_before  # Adam did not step
+    t.loss_fn = original
+    row = t.train_step(t._next_batches())
+    assert math.isfinite(row["loss"])
+    assert any(not torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+
+
+def test_bf16_autocast_trains(tmp_path):
+    """The bf16 autocast path (CPU here, opted in): matmuls run in bf16, the loss in fp32, and
+    the loss falls."""
+    cfg = TrainConfig(max_steps=30, warmup=5, log_every=1, progress=False, precision="bf16", lr=2.0)
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, allow_cpu_low_precision=True)
+    seen = []
+    hook = t.model.encoder.layers[0].ffn.w_1.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    t.fit()
+    hook.remove()
+    assert seen and seen[0] == torch.bfloat16
+    losses = [r["loss"] for r in t.state.history if "loss" in r]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.5
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())  # master weights stay fp32

@@ -76,6 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=bench_tokenizer)
 
+    from transformer_lab.cli import bench_lm
+
+    bench_lm.register(bsub)
+
 
 def _time_rounds(fns: dict[str, Callable[[], None]], steps: int, rounds: int) -> dict[str, float]:
     """Median seconds per call of each function, rounds interleaved; one untimed warm-up call each."""

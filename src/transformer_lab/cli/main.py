@@ -7,7 +7,7 @@ import logging
 import sys
 
 from transformer_lab import __version__
-from transformer_lab.cli import bench, model, tokenizer, train, translate
+from transformer_lab.cli import bench, bert, gpt, model, tokenizer, train, translate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, translate, model, tokenizer, bench):
+    for module in (train, translate, gpt, bert, model, tokenizer, bench):
         module.register(sub)
     return parser
 

@@ -22,11 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cross-attention of the last decoder layer for the first sentence, one panel per head")
     t.set_defaults(func=translate_cmd)
 
-    e = sub.add_parser("evaluate", help="corpus BLEU and chrF (sacrebleu) of a checkpoint on a test set",
-                       description="Translate --src and score against --ref with sacrebleu (detokenised, cased).")
+    e = sub.add_parser("evaluate", help="BLEU/chrF of a translation checkpoint, or loss/perplexity of a language model",
+                       description="Translation: translate --src and score against --ref with sacrebleu (detokenised, "
+                                   "cased). Language model (GPT): --text FILE gives loss and perplexity.")
     _common(e)
-    e.add_argument("--src", required=True, help="source sentences, one per line (plain or .gz)")
-    e.add_argument("--ref", required=True, help="reference translations, aligned with --src")
+    e.add_argument("--src", default=None, help="source sentences, one per line (plain or .gz)")
+    e.add_argument("--ref", default=None, help="reference translations, aligned with --src")
+    e.add_argument("--text", default=None, help="GPT: a text file to score (loss per token, perplexity)")
+    e.add_argument("--context", type=int, default=None, help="GPT: window length (default: the model's max_len)")
     e.add_argument("--out", default=None, help="also write the translations to this file")
     e.add_argument("--json", action="store_true", help='print one JSON object: {"bleu", "chrf", "signature", ...}')
     e.set_defaults(func=evaluate_cmd)
@@ -81,6 +84,12 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     from transformer_lab.data.parallel import read_parallel
     from transformer_lab.tasks.translation import corpus_scores, translate
 
+    if args.text:
+        from transformer_lab.cli.gpt import evaluate_lm_cmd
+
+        return evaluate_lm_cmd(args)
+    if not (args.src and args.ref):
+        raise ValueError("--src/--ref: a translation checkpoint needs both (a language model: --text FILE)")
     model, tok_src, tok_tgt = _load(args)
     data = read_parallel(args.src, args.ref)
     hyps = translate(model, tok_src, tok_tgt, data.src, beam=args.beam, alpha=args.alpha,

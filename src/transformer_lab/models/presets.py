@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from transformer_lab.config import from_dict
+from transformer_lab.models.bert import BertConfig
+from transformer_lab.models.gpt import GPTConfig
 from transformer_lab.models.transformer import TransformerConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -32,3 +34,32 @@ def preset(name: str, **overrides: Any) -> TransformerConfig:
     return from_dict(TransformerConfig, values, where=f"preset {name!r}")
 
 
+
+
+GPT_PRESETS: dict[str, dict[str, Any]] = {
+    # GPT-2 small (124 M): 12 layers, 12 heads, 768 wide, context 1024, 50,257 byte-level BPE tokens.
+    "gpt2": dict(vocab_size=50257, max_len=1024, d_model=768, n_heads=12, n_layers=12, d_ff=3072, eos_id=50256),
+    # nanoGPT's shakespeare-char CPU configuration (its README): 4 layers, 4 heads, 128 wide,
+    # context 64, dropout 0; the vocabulary (65 characters) is set by the data.
+    "shakespeare-char": dict(max_len=64, d_model=128, n_heads=4, n_layers=4, d_ff=512, dropout=0.0,
+                             attention_dropout=0.0),
+    # A small subword LM for 2 CPU cores (--preset lm); the vocabulary is set by the tokenizer.
+    "gpt-tiny": dict(max_len=128, d_model=128, n_heads=4, n_layers=4, d_ff=512, dropout=0.1, attention_dropout=0.1),
+}
+
+BERT_PRESETS: dict[str, dict[str, Any]] = {
+    "bert-base": dict(d_model=768, n_layers=12, n_heads=12, d_ff=3072),  # 110 M
+    "bert-mini": dict(d_model=256, n_layers=4, n_heads=4, d_ff=1024),  # Turc et al. 2019's BERT-Mini
+}
+
+
+def gpt_preset(name: str, **overrides: Any) -> GPTConfig:
+    if name not in GPT_PRESETS:
+        raise ValueError(f"preset: unknown GPT preset {name!r}; expected one of {sorted(GPT_PRESETS)}")
+    return from_dict(GPTConfig, {**GPT_PRESETS[name], **overrides}, where=f"preset {name!r}")
+
+
+def bert_preset(name: str, **overrides: Any) -> BertConfig:
+    if name not in BERT_PRESETS:
+        raise ValueError(f"preset: unknown BERT preset {name!r}; expected one of {sorted(BERT_PRESETS)}")
+    return from_dict(BertConfig, {**BERT_PRESETS[name], **overrides}, where=f"preset {name!r}")

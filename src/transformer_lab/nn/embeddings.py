@@ -35,17 +35,20 @@ def check_tokens(tokens: Tensor, vocab_size: int, name: str = "tokens") -> None:
 
 
 class TokenEmbedding(nn.Module):
-    """Lookup table times √d_model. Shapes: (B, T) -> (B, T, D)."""
+    """Lookup table times √d_model (``scale=False``: the plain table, as BERT and GPT-2 use it).
+    Shapes: (B, T) -> (B, T, D)."""
 
-    def __init__(self, vocab_size: int, d_model: int):
+    def __init__(self, vocab_size: int, d_model: int, scale: bool = True):
         super().__init__()
         self.vocab_size, self.d_model = vocab_size, d_model
+        self.factor = math.sqrt(d_model) if scale else 1.0
         self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
         nn.init.normal_(self.weight)  # replaced by the model's Xavier init
 
     def forward(self, tokens: Tensor) -> Tensor:
         check_tokens(tokens, self.vocab_size)
-        return nn.functional.embedding(tokens, self.weight) * math.sqrt(self.d_model)
+        x = nn.functional.embedding(tokens, self.weight)
+        return x * self.factor if self.factor != 1.0 else x
 
 
 class Embeddings(nn.Module):

@@ -1,7 +1,7 @@
 """Position-wise feed-forward network (§3.3): FFN(x) = max(0, x W_1 + b_1) W_2 + b_2.
 
 The same two linear maps apply to every position independently (a 1×1 convolution). ReLU is the
-paper's; GELU (BERT, GPT) and SwiGLU (Shazeer 2020, "GLU Variants Improve Transformer":
+paper's; GELU (BERT: exact, with erf; GPT-2: its tanh approximation, "gelu_tanh") and SwiGLU (Shazeer 2020, "GLU Variants Improve Transformer":
 FFN(x) = (Swish(x W_1) ⊙ x W_3) W_2, a third matrix of the same size) are options.
 
 Shapes: x (B, T, D) -> (B, T, D); hidden width d_ff.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ACTIVATIONS = ("relu", "gelu", "swiglu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -34,6 +34,8 @@ class PositionwiseFeedForward(nn.Module):
             h = F.relu(h)
         elif self.activation == "gelu":
             h = F.gelu(h)
+        elif self.activation == "gelu_tanh":
+            h = F.gelu(h, approximate="tanh")
         else:
             h = F.silu(h) * self.w_3(x)
         return self.w_2(self.dropout(h))  # (B, T, D)

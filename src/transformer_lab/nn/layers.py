@@ -1,5 +1,9 @@
 """Residual sub-layer connection, encoder and decoder layers and stacks (§3.1, Figure 1).
 
+The same layers serve all three families: the encoder-decoder uses both; BERT is an ``Encoder``
+(post-LN, GELU); GPT is an ``Encoder`` of pre-LN layers run under a causal mask with a K/V cache
+(a decoder-only block has no cross-attention, so it is an encoder layer that cannot see ahead).
+
 Post-LN (the paper): x = LayerNorm(x + Dropout(Sublayer(x))).
 Pre-LN (option, Xiong et al. 2020): x = x + Dropout(Sublayer(LayerNorm(x))), and a final LayerNorm
 closes each stack (otherwise its output would never be normalised). Pre-LN trains without warm-up
@@ -68,8 +72,10 @@ class EncoderLayer(nn.Module):
         self.ffn = PositionwiseFeedForward(cfg.d_model, cfg.d_ff, cfg.activation)
         self.sublayers = nn.ModuleList(cfg.sublayer() for _ in range(2))
 
-    def forward(self, x: Tensor, mask: Tensor | None, pos: Tensor | None = None) -> Tensor:
-        x = self.sublayers[0](x, lambda h: self.self_attn(h, h, mask, pos, pos).output)
+    def forward(self, x: Tensor, mask: Tensor | None, pos: Tensor | None = None,
+                cache: AttentionCache | None = None) -> Tensor:
+        """``cache``: a growing K/V cache, when the layer serves a decoder-only model (GPT)."""
+        x = self.sublayers[0](x, lambda h: self.self_attn(h, h, mask, pos, pos, cache=cache).output)
         return self.sublayers[1](x, self.ffn)
 
 
@@ -118,9 +124,10 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(d_model, eps=eps) if norm_first else nn.Identity()
 
-    def forward(self, x: Tensor, mask: Tensor | None, pos: Tensor | None = None) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, mask, pos)
+    def forward(self, x: Tensor, mask: Tensor | None, pos: Tensor | None = None,
+                caches: list[AttentionCache] | None = None) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, pos, caches[i] if caches is not None else None)
         return self.norm(x)
 
 

@@ -1,7 +1,7 @@
 """Checkpoints: a folder with the weights in safetensors (never pickle) and JSON beside them.
 
     DIR/model.safetensors   weights (tied tensors stored once)
-    DIR/config.json         the resolved TransformerConfig
+    DIR/config.json         the resolved model config, plus "model_type" (transformer, gpt, bert)
     DIR/meta.json           step, metrics, anything small
     DIR/train_state.pt      optional: optimizer, scheduler, RNG, data position (tensors and plain
                             Python values only; read with torch.load(weights_only=True))
@@ -26,7 +26,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from transformer_lab.config import from_dict, save_json
+from transformer_lab.config import from_dict, to_dict
 from transformer_lab.models.transformer import Transformer, TransformerConfig
 
 REQUIRED = ("model.safetensors", "config.json", "meta.json")
@@ -60,7 +60,8 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
-    save_json(model.config, tmp / "config.json")
+    config = {"model_type": model_type_of(model), **to_dict(model.config)}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if train_state is not None:
         torch.save(train_state, tmp / TRAIN_STATE)
@@ -82,6 +83,21 @@ def save_checkpoint(
     return directory
 
 
+def model_types() -> dict[str, tuple[type, type]]:
+    """model_type -> (config class, model class); imported here to keep the modules independent."""
+    from transformer_lab.models.bert import Bert, BertConfig
+    from transformer_lab.models.gpt import GPT, GPTConfig
+
+    return {"transformer": (TransformerConfig, Transformer), "gpt": (GPTConfig, GPT), "bert": (BertConfig, Bert)}
+
+
+def model_type_of(model: torch.nn.Module) -> str:
+    for name, (_, cls) in model_types().items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"model: no checkpoint format for {type(model).__name__}")
+
+
 def resolve_checkpoint(directory: str | Path) -> Path:
     """The folder to read: DIR, or DIR.old after a crash between the two renames of a save."""
     directory = Path(directory)
@@ -97,16 +113,19 @@ def resolve_checkpoint(directory: str | Path) -> Path:
 
 @dataclass
 class LoadedModel:
-    model: Transformer
+    model: torch.nn.Module  # Transformer, GPT or Bert, as config.json's model_type says
     meta: dict[str, Any]
     path: Path
 
 
 def load_model(directory: str | Path, map_location: str = "cpu") -> LoadedModel:
     directory = resolve_checkpoint(directory)
-    config = from_dict(TransformerConfig, json.loads((directory / "config.json").read_text()),
-                       where=str(directory / "config.json"))
-    model = Transformer(config)
+    data = json.loads((directory / "config.json").read_text())
+    kind = data.pop("model_type", "transformer")  # checkpoints from before GPT/BERT have none
+    if kind not in model_types():
+        raise ValueError(f"{directory / 'config.json'}: unknown model_type {kind!r}; expected one of {sorted(model_types())}")
+    config_cls, model_cls = model_types()[kind]
+    model = model_cls(from_dict(config_cls, data, where=str(directory / "config.json")))
     weights = directory / "model.safetensors"
     try:
         with safetensors.safe_open(str(weights), "pt") as f:

@@ -38,18 +38,19 @@ def warmup_linear_lr(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def warmup_cosine_lr(step: int, peak: float, warmup: int, total: int) -> float:
-    """Linear warm-up to ``peak``, then half a cosine down to 0 at ``total``."""
+def warmup_cosine_lr(step: int, peak: float, warmup: int, total: int, floor: float = 0.0) -> float:
+    """Linear warm-up to ``peak``, then half a cosine down to ``floor`` at ``total`` (GPT recipes)."""
     if step < warmup:
         return peak * step / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 SCHEDULES = ("noam", "linear", "cosine", "constant")
 
 
-def build_scheduler(optimizer: Optimizer, kind: str, lr: float, warmup: int, total: int, d_model: int) -> LambdaLR:
+def build_scheduler(optimizer: Optimizer, kind: str, lr: float, warmup: int, total: int, d_model: int,
+                    min_lr: float = 0.0) -> LambdaLR:
     """``noam``: the paper's formula times ``lr`` (a factor, 1.0 = the paper); the others: ``lr`` is the
     peak rate. Step k of training (1-based) uses the rate of step k."""
     if kind not in SCHEDULES:
@@ -58,7 +59,7 @@ def build_scheduler(optimizer: Optimizer, kind: str, lr: float, warmup: int, tot
         return noam_scheduler(optimizer, d_model, warmup, lr)
     fn = {
         "linear": lambda s: warmup_linear_lr(s, lr, warmup, total),
-        "cosine": lambda s: warmup_cosine_lr(s, lr, warmup, total),
+        "cosine": lambda s: warmup_cosine_lr(s, lr, warmup, total, min_lr),
         "constant": lambda s: lr * min(1.0, s / max(1, warmup)),
     }[kind]
     for group in optimizer.param_groups:

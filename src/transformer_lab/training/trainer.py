@@ -61,6 +61,10 @@ class TrainConfig:
     patience: int | None = None  # stop after this many validations without a better val loss
     save_every: int = 0  # steps between checkpoints (0: at the end, on stop and on signal)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
+    beta2: float = 0.98  # Adam's β2 (the paper: 0.98; GPT recipes: 0.95-0.99)
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0  # > 0: AdamW, decoupled decay on matrices and embeddings only (nanoGPT's rule)
+    min_lr: float = 0.0  # cosine: the floor the rate decays to
     log_every: int = 20
     seed: int = 0
     progress: bool = True
@@ -77,6 +81,33 @@ class TrainConfig:
             raise ValueError(f"label_smoothing: expected 0 <= eps < 1, got {self.label_smoothing}")
         if self.lr <= 0:
             raise ValueError(f"lr: expected > 0, got {self.lr}")
+        if not 0.0 <= self.beta2 < 1.0:
+            raise ValueError(f"beta2: expected 0 <= beta2 < 1, got {self.beta2}")
+        if self.weight_decay < 0 or self.min_lr < 0 or self.adam_eps <= 0:
+            raise ValueError("weight_decay and min_lr: expected >= 0; adam_eps: expected > 0")
+
+
+@dataclass
+class StepLoss:
+    """What a loss function returns for one micro-batch: ``loss`` summed over the batch's
+    ``n_tokens`` units (the trainer divides by the step's total), the summed NLL for the logs, and
+    any per-batch metrics (averaged over micro-batches in the log, e.g. accuracies)."""
+
+    loss: torch.Tensor
+    nll: torch.Tensor | float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def seq2seq_loss(label_smoothing: float) -> Callable[[torch.nn.Module, Batch, torch.device], StepLoss]:
+    """The encoder-decoder's loss: label-smoothed cross-entropy of tgt_out given (src, tgt_in)."""
+
+    def loss_fn(model: torch.nn.Module, b: Batch, device: torch.device) -> StepLoss:
+        src, tgt_in, tgt_out = (t.to(device, non_blocking=True) for t in (b.src, b.tgt_in, b.tgt_out))
+        logits = model.logits(src, tgt_in)
+        res = label_smoothed_cross_entropy(logits.float(), tgt_out, label_smoothing, model.config.pad_id)
+        return StepLoss(res.loss, res.nll)
+
+    return loss_fn
 
 
 @dataclass
@@ -145,6 +176,18 @@ class TrainResult:
         return self.state.tokens / max(self.state.elapsed_s, 1e-9)
 
 
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (β1 0.9, β2 ``cfg.beta2``); with weight decay, AdamW with the decay on tensors of two or
+    more dimensions only (weights, embeddings), never on biases and LayerNorm gains."""
+    betas = (0.9, cfg.beta2)
+    if cfg.weight_decay == 0:
+        return torch.optim.Adam(model.parameters(), lr=1.0, betas=betas, eps=cfg.adam_eps, foreach=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=1.0, betas=betas, eps=cfg.adam_eps, foreach=True)
+
+
 class Trainer:
     """Trains ``model`` on ``source``. ``out`` receives ``checkpoints/last`` (resumable),
     ``checkpoints/best`` (lowest validation loss), ``metrics.csv``, ``loss.png`` and ``lr.png``.
@@ -160,20 +203,24 @@ class Trainer:
         validate: Callable[[Transformer], dict] | None = None,
         extra_files: dict[str, Callable[[Path], Any]] | None = None,
         device: str | torch.device = "cpu",
+        loss_fn: Callable[[torch.nn.Module, Any, torch.device], "StepLoss"] | None = None,
+        allow_cpu_low_precision: bool = False,
     ):
         self.model, self.source, self.cfg, self.out = model, source, cfg, Path(out)
         self.validate, self.extra_files = validate, extra_files or {}
+        self.loss_fn = loss_fn or seq2seq_loss(cfg.label_smoothing)
         self.device = torch.device(device)
-        if cfg.precision != "fp32" and self.device.type != "cuda":
+        if cfg.precision != "fp32" and self.device.type != "cuda" and not allow_cpu_low_precision:
             raise ValueError(
                 f"precision: {cfg.precision} is a GPU feature here; this CPU has no fast bf16/fp16 matrix "
                 "units (measured ~100x slower than fp32), so train in fp32 on CPU"
             )
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
+        self.optimizer = build_optimizer(model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.lr, cfg.warmup, cfg.max_steps,
-                                         model.config.d_model)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+                                         model.config.d_model, cfg.min_lr)
+        # The same code path on any device: tests exercise it on CPU (allow_cpu_low_precision).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.state = TrainState()
         if len(source) == 0:
             raise ValueError("source: no training batches (empty data set after filtering?)")
@@ -242,7 +289,7 @@ class Trainer:
         if self.cfg.precision == "fp32":
             return nullcontext()
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def backward(self, batches: list[Batch]) -> dict:
         """Gradients of one optimizer step over ``batches`` (micro-batches), accumulated in .grad. The
@@ -252,11 +299,10 @@ class Trainer:
         total = sum(b.n_tokens for b in batches)
         loss_sum, nll_sum = 0.0, 0.0
         self.optimizer.zero_grad(set_to_none=True)
+        extra: dict[str, float] = {}
         for b in batches:
-            src, tgt_in, tgt_out = (t.to(self.device, non_blocking=True) for t in (b.src, b.tgt_in, b.tgt_out))
             with self._autocast():
-                logits = self.model.logits(src, tgt_in)
-            res = label_smoothed_cross_entropy(logits.float(), tgt_out, self.cfg.label_smoothing, self.model.config.pad_id)
+                res = self.loss_fn(self.model, b, self.device)
             loss = res.loss / total
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -265,7 +311,10 @@ class Trainer:
             self.scaler.scale(loss).backward()
             loss_sum += float(res.loss.detach())
             nll_sum += float(res.nll)
-        return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": total}
+            for k, v in res.metrics.items():
+                extra[k] = extra.get(k, 0.0) + v
+        return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": total,
+                **{k: v / len(batches) for k, v in extra.items()}}
 
     def train_step(self, batches: list[Batch]) -> dict:
         row = self.backward(batches)
@@ -300,7 +349,8 @@ class Trainer:
                     record = {"step": st.step, "epoch": st.epoch, "loss": row["loss"],
                               "nll": row["nll"], "lr": row["lr"],
                               "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
-                              "elapsed_s": round(st.elapsed_s, 2)}
+                              "elapsed_s": round(st.elapsed_s, 2),
+                              **{k: v for k, v in row.items() if k not in ("loss", "nll", "lr", "tokens")}}
                     window_tokens, window_start = 0, now
                     self._log(record)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")

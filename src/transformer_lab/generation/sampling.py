@@ -1,0 +1,147 @@
+"""Left-to-right generation for decoder-only models: greedy, temperature, top-k, top-p (nucleus).
+
+One step: logits of the last position -> divide by the temperature -> keep the k most likely
+tokens (top-k) -> keep the smallest set whose probability reaches p (top-p) -> sample (or argmax
+when greedy). A row stops at the end-of-sequence token; the loop stops when every row has.
+
+Batched prompts of different lengths are left-padded, so every row's next token sits in the last
+column; the attention mask hides the padding and positions count from each row's first real token
+(``positions_from_mask``), which makes a padded row compute what it would alone.
+
+The K/V cache makes each step one token's work. Once prompt + output fills the context (``max_len``)
+the window slides as in nanoGPT: the oldest token drops out and the window is recomputed, without
+cache, at every later step.
+
+Shapes: B prompts, P padded prompt length, N new tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from transformer_lab.models.gpt import GPT
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 100
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None  # None or 0: no top-k filter
+    top_p: float = 1.0  # 1.0: no nucleus filter
+    eos_id: int | None = None  # None: the model's config.eos_id
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected >= 1, got {self.max_new_tokens}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: expected > 0, got {self.temperature} (use greedy for argmax decoding)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p: expected 0 < p <= 1, got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k: expected >= 0 (0 or None: off), got {self.top_k}")
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float = 1.0) -> Tensor:
+    """Set every token outside the top-k, and outside the nucleus of mass top_p, to -inf.
+    The most likely token always survives. Shapes: (B, V) -> (B, V)."""
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens before it already reach p (so the first always stays)
+        drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
+    """Shapes: logits (B, V) -> (B,) token ids."""
+    if cfg.greedy:
+        return logits.argmax(-1)
+    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Prompts as one left-padded tensor. Returns tokens (B, P) and mask (B, P), True = real."""
+    if not prompts:
+        raise ValueError("prompts: expected at least one prompt")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts: an empty prompt has nothing to continue from; give at least one token "
+                         "(e.g. the end-of-text token, as GPT-2 does for unconditional samples)")
+    width = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        tokens[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p):] = True
+    return tokens, mask
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]  # new tokens per prompt, up to and including the end token if reached
+    logits: Tensor | None = None  # (B, N, V) step logits, when asked for (tests)
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig = SamplingConfig(),
+    generator: torch.Generator | None = None,
+    return_logits: bool = False,
+) -> Generation:
+    """Continue each prompt (a list of token ids) by up to ``cfg.max_new_tokens`` tokens."""
+    model.eval()
+    max_len = model.config.max_len
+    too_long = [len(p) for p in prompts if len(p) > max_len]
+    if too_long:
+        raise ValueError(f"prompt: {max(too_long)} tokens, but the model's context is max_len={max_len}; "
+                         f"shorten the prompt (keep its last {max_len} tokens)")
+    eos = cfg.eos_id if cfg.eos_id is not None else model.config.eos_id
+    device = model.token_weight.device
+    tokens, mask = (t.to(device) for t in left_pad(prompts))
+    b = tokens.size(0)
+    cache = model.new_cache() if cfg.use_cache else None
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    out: list[Tensor] = []
+    step_logits: list[Tensor] = []
+    new_tokens, new_mask = tokens, mask  # what this step feeds the model
+    for _ in range(cfg.max_new_tokens):
+        if cache is not None and cache[0].length + new_tokens.size(1) <= max_len:
+            logits = model(new_tokens, mask, cache=cache, last_only=True)[:, -1]  # (B, V)
+        else:
+            # no cache, or the context is full: recompute on the last max_len tokens (nanoGPT's crop)
+            cache = None
+            window_tokens, window_mask = tokens[:, -max_len:], mask[:, -max_len:]
+            logits = model(window_tokens, window_mask, last_only=True)[:, -1]
+        if return_logits:
+            step_logits.append(logits.float())
+        nxt = next_token(logits, cfg, generator)
+        if eos is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+        out.append(nxt)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1)
+        new_tokens = nxt[:, None]
+        if eos is not None:
+            done |= nxt == eos
+            if bool(done.all()):
+                break
+    generated = torch.stack(out, dim=1).tolist()  # (B, N)
+    result = []
+    for row in generated:
+        if eos is not None and eos in row:
+            row = row[: row.index(eos) + 1]
+        result.append(row)
+    return Generation(result, torch.stack(step_logits, 1) if return_logits else None)

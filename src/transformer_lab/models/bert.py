@@ -1,0 +1,177 @@
+"""BERT: a bidirectional encoder pretrained by masked language modelling (Devlin et al. 2019).
+
+    x_0 = LayerNorm(W_tok[tokens] + W_seg[segments] + W_pos[positions]), then dropout
+    x_L = Encoder(x_0)              post-LN layers with exact (erf) GELU, key-padding mask only
+    pooled = tanh(W_p x_L[:, 0])    the [CLS] vector, for sentence-level heads
+
+Heads: MLM (dense + GELU + LayerNorm, then the output projection tied to W_tok plus a bias),
+NSP (pooled -> IsNext/NotNext), sequence classification (dropout + linear on pooled, fine-tuning).
+The encoder layers are ``nn.layers.EncoderLayer``: the same attention, FFN and norm modules as the
+paper's encoder, built from a ``BlockConfig``.
+
+Differences from the paper's encoder: no √d_model on the embeddings, a LayerNorm right after the
+embedding sum, learned positions, segment embeddings, GELU, LayerNorm ε = 1e-12.
+
+Shapes: B batch, S length, D width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from transformer_lab.nn.embeddings import TokenEmbedding, check_tokens
+from transformer_lab.nn.feedforward import ACTIVATIONS
+from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
+from transformer_lab.nn.masks import padding_mask
+from transformer_lab.nn.positions import LearnedPositionEmbedding
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    d_ff: int = 3072
+    max_len: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation: str = "gelu"
+    eps: float = 1e-12
+    pad_id: int = 0
+    pretraining_heads: bool = False  # MLM + NSP heads
+    n_labels: int = 0  # > 0: a sequence-classification head with this many classes
+    attention_impl: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.n_labels < 0:
+            raise ValueError(f"n_labels: expected >= 0, got {self.n_labels}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}: expected 0 <= p < 1, got {getattr(self, name)}")
+
+    def block(self) -> BlockConfig:
+        return BlockConfig(self.d_model, self.n_heads, self.d_ff, self.dropout, self.attention_dropout,
+                           self.activation, norm_first=False, eps=self.eps, attention_impl=self.attention_impl)
+
+
+class BertEmbeddings(nn.Module):
+    """Token + segment + learned position, then LayerNorm and dropout. Shapes: (B, S) -> (B, S, D)."""
+
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.token = TokenEmbedding(c.vocab_size, c.d_model, scale=False)
+        self.segment = nn.Embedding(c.type_vocab_size, c.d_model)
+        self.position = LearnedPositionEmbedding(c.d_model, c.max_len)
+        self.norm = nn.LayerNorm(c.d_model, eps=c.eps)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, tokens: Tensor, segments: Tensor) -> Tensor:
+        s = tokens.size(1)
+        if s > self.position.max_len:
+            raise ValueError(f"tokens: length {s} exceeds the model's max_len={self.position.max_len} "
+                             "positions; truncate the input")
+        x = self.token(tokens) + self.segment(segments)
+        x = self.position.add_to_embeddings(x, torch.arange(s, device=tokens.device))
+        return self.dropout(self.norm(x))
+
+
+class MLMHead(nn.Module):
+    """Predicts the masked tokens: transform (dense, GELU, LayerNorm), then x W_tokᵀ + b."""
+
+    def __init__(self, c: BertConfig, token_weight: nn.Parameter):
+        super().__init__()
+        self.dense = nn.Linear(c.d_model, c.d_model)
+        self.activation = c.activation
+        self.norm = nn.LayerNorm(c.d_model, eps=c.eps)
+        self.token_weight = token_weight  # tied: the same Parameter as the input embedding table
+        self.bias = nn.Parameter(torch.zeros(c.vocab_size))
+
+    def forward(self, h: Tensor) -> Tensor:
+        h = self.dense(h)
+        h = F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
+        return F.linear(self.norm(h), self.token_weight, self.bias)  # (..., V)
+
+
+@dataclass
+class BertOutput:
+    hidden: Tensor  # (B, S, D) last layer
+    pooled: Tensor  # (B, D)
+    mlm_logits: Tensor | None = None  # (B, S, V) or (N, V) at the requested positions
+    nsp_logits: Tensor | None = None  # (B, 2): index 0 = IsNext, 1 = NotNext (as HF)
+    class_logits: Tensor | None = None  # (B, n_labels)
+
+
+class Bert(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = BertEmbeddings(c)
+        self.encoder = Encoder([EncoderLayer(c.block()) for _ in range(c.n_layers)], c.d_model, norm_first=False)
+        self.pooler = nn.Linear(c.d_model, c.d_model)
+        self.mlm = MLMHead(c, self.embed.token.weight) if c.pretraining_heads else None
+        self.nsp = nn.Linear(c.d_model, 2) if c.pretraining_heads else None
+        self.classifier = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.d_model, c.n_labels)) if c.n_labels else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """BERT's initialisation: N(0, 0.02) for weights and embeddings, zero biases, LayerNorm (1, 0)."""
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, 0.0, 0.02)
+            elif "norm" in name and name.endswith("weight"):
+                nn.init.ones_(p)
+            else:
+                nn.init.zeros_(p)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        segments: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        mlm_positions: Tensor | None = None,
+    ) -> BertOutput:
+        """tokens (B, S); segments (B, S) 0/1, default all 0; attention_mask (B, S) bool/0-1, True =
+        real token, default ``tokens != pad_id``. ``mlm_positions`` (bool (B, S)): compute MLM logits
+        only there (the 15%), returned as (N, V); otherwise for every position."""
+        check_tokens(tokens, self.config.vocab_size)
+        if segments is None:
+            segments = torch.zeros_like(tokens)
+        elif segments.shape != tokens.shape:
+            raise ValueError(f"segments: expected shape {tuple(tokens.shape)} like tokens, got {tuple(segments.shape)}")
+        if attention_mask is None:
+            mask = padding_mask(tokens, self.config.pad_id)  # (B, 1, 1, S)
+        elif attention_mask.shape != tokens.shape:
+            raise ValueError(f"attention_mask: expected shape {tuple(tokens.shape)} like tokens, got {tuple(attention_mask.shape)}")
+        else:
+            mask = attention_mask.bool()[:, None, None, :]
+        hidden = self.encoder(self.embed(tokens, segments), mask)  # (B, S, D)
+        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, D)
+        out = BertOutput(hidden, pooled)
+        if self.mlm is not None:
+            out.mlm_logits = self.mlm(hidden[mlm_positions] if mlm_positions is not None else hidden)
+            out.nsp_logits = self.nsp(pooled)
+        if self.classifier is not None:
+            out.class_logits = self.classifier(pooled)
+        return out
+
+
+def mean_pool(hidden: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
+    """Sentence embedding as sentence-transformers computes it for all-MiniLM-L6-v2: the mean of the
+    last hidden states over real tokens ([CLS] and [SEP] included), then L2-normalised.
+    Shapes: hidden (B, S, D), attention_mask (B, S) -> (B, D)."""
+    m = attention_mask.to(hidden.dtype)[..., None]  # (B, S, 1)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return F.normalize(pooled, p=2, dim=-1) if normalize else pooled

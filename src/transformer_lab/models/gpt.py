@@ -1,0 +1,160 @@
+"""GPT: a decoder-only Transformer language model (Radford et al. 2018, 2019: GPT, GPT-2).
+
+    x_0 = W_e[tokens] + W_p[positions]                (learned positions, no √d scaling)
+    x_l = Block_l(x_{l-1})  under a causal mask        (pre-LN: x + Attn(LN(x)), x + FFN(LN(x)))
+    logits = LN_f(x_L) W_eᵀ                           (LM head tied to the token embeddings)
+
+A GPT block is the encoder layer of ``nn.layers`` with ``norm_first=True`` and GELU (tanh form, as
+GPT-2): self-attention plus FFN, no cross-attention; the causal mask is what makes it a decoder.
+Nothing here re-implements attention, the FFN or the norms.
+
+Positions are explicit, so a left-padded batch of prompts gives every real token the position it
+would have alone (``positions_from_mask``), and a K/V cache continues where it stopped.
+
+Shapes: B batch, T new tokens, T_k all keys (cached + new), V vocabulary, D width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding
+from transformer_lab.nn.feedforward import ACTIVATIONS
+from transformer_lab.nn.kv_cache import AttentionCache
+from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
+from transformer_lab.nn.masks import causal_mask
+from transformer_lab.nn.positions import LearnedPositionEmbedding
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 50257
+    max_len: int = 1024  # context length (GPT-2's n_positions, nanoGPT's block_size)
+    d_model: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    d_ff: int = 3072
+    dropout: float = 0.1  # embeddings, residual branches
+    attention_dropout: float = 0.1
+    activation: str = "gelu_tanh"
+    eps: float = 1e-5
+    bias: bool = True
+    attention_impl: str = "sdpa"
+    eos_id: int | None = None  # generation stops a row at this token (GPT-2: 50256 "<|endoftext|>")
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}: expected 0 <= p < 1, got {getattr(self, name)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.eos_id is not None and not 0 <= self.eos_id < self.vocab_size:
+            raise ValueError(f"eos_id: {self.eos_id} is outside the vocabulary (size {self.vocab_size})")
+
+    def block(self) -> BlockConfig:
+        return BlockConfig(self.d_model, self.n_heads, self.d_ff, self.dropout, self.attention_dropout,
+                           self.activation, norm_first=True, eps=self.eps, attention_impl=self.attention_impl)
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions of a left-padded batch: each row's real tokens count 0, 1, 2, ... from its first
+    real token; padding gets 0 (its keys are masked anyway). Shapes: (B, T) bool -> (B, T) long."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = c = config
+        block = c.block()
+        self.embed = Embeddings(TokenEmbedding(c.vocab_size, c.d_model, scale=False),
+                                LearnedPositionEmbedding(c.d_model, c.max_len), c.dropout)
+        self.blocks = Encoder([EncoderLayer(block) for _ in range(c.n_layers)], c.d_model, norm_first=True, eps=c.eps)
+        if not c.bias:
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    m.bias = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02) everywhere, the residual projections (attention output
+        and FFN output) scaled by 1/√(2·n_layers) so the residual stream's variance does not grow
+        with depth; zero biases; LayerNorms at (1, 0)."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("w_o.weight", "w_2.weight")) else 1.0
+                nn.init.normal_(p, 0.0, std * scale)
+            elif "norm" in name:
+                nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
+            else:
+                nn.init.zeros_(p)
+
+    @property
+    def token_weight(self) -> Tensor:
+        return self.embed.token.weight  # (V, D), shared by the input embedding and the LM head
+
+    def new_cache(self) -> list[AttentionCache]:
+        return [AttentionCache() for _ in range(self.config.n_layers)]
+
+    def forward(
+        self,
+        tokens: Tensor,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        cache: list[AttentionCache] | None = None,
+        last_only: bool = False,
+    ) -> Tensor:
+        """Next-token logits at every position (``last_only``: at the last one, (B, 1, V); what
+        generation needs, and the (T, D) x (D, V) head is most of a small model's work).
+        Shapes: tokens (B, T) -> (B, T, V).
+
+        ``attention_mask`` (B, T_k) bool, True = real token, covers the cached tokens and the new
+        ones (left padding); None means no padding. ``positions`` (B, T) or (T,) default to
+        ``positions_from_mask`` (or 0..T-1 after the cache's length).
+        """
+        if not isinstance(tokens, Tensor) or tokens.dim() != 2:
+            raise ValueError(f"tokens: expected a LongTensor of shape (B, T), got {getattr(tokens, 'shape', tokens)!r}")
+        b, t = tokens.shape
+        past = cache[0].length if cache is not None else 0
+        if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape != (b, past + t)):
+            raise ValueError(
+                f"attention_mask: expected (B={b}, T_k={past + t}) covering cached and new tokens, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        if positions is None:
+            if attention_mask is not None:
+                positions = positions_from_mask(attention_mask)[:, past:]
+            else:
+                positions = torch.arange(past, past + t, device=tokens.device)
+        if past + t > self.config.max_len:
+            raise ValueError(
+                f"tokens: {past} cached + {t} new = {past + t} positions, but the model's context is "
+                f"max_len={self.config.max_len}; shorten the input"
+            )
+        mask = causal_mask(t, tokens.device, offset=past)  # (1, 1, T, T_k)
+        if attention_mask is not None:
+            mask = mask & attention_mask[:, None, None, :].bool()  # (B, 1, T, T_k)
+        x = self.embed(tokens, positions)  # (B, T, D)
+        x = self.blocks(x, mask, None, cache)
+        if last_only:
+            x = x[:, -1:]
+        return F.linear(x, self.token_weight)  # (B, T, V)
+
+    def loss(self, tokens: Tensor, targets: Tensor, ignore_index: int = -100) -> tuple[Tensor, int]:
+        """Summed next-token cross-entropy and the number of predicted tokens.
+        Shapes: tokens, targets (B, T); targets[:, i] is the token after tokens[:, i]."""
+        logits = self(tokens)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index,
+                               reduction="sum")
+        return loss, int((targets != ignore_index).sum())

@@ -1,0 +1,292 @@
+"""Weights in the Hugging Face formats: BERT folders (read and write) and GPT-2 (read).
+
+A BERT folder is what ``transformers`` writes with ``save_pretrained``: ``config.json`` (HF keys),
+``model.safetensors`` (HF tensor names) and ``vocab.txt``. ``load_bert`` reads one into ``Bert``,
+``save_bert`` writes one that ``transformers.BertModel.from_pretrained`` reads back.
+
+GPT-2 stores its projections as ``Conv1D``: weight (in, out), the transpose of ``nn.Linear``'s
+(out, in), and the Q, K, V projections as one (D, 3D) matrix ``c_attn``; ``gpt_from_hf_state``
+splits and transposes them.
+
+Missing or mismatched tensors are errors that list names and shapes, except heads the folder does
+not have (loading a plain encoder for fine-tuning): those keep their fresh initialisation, and the
+log says so (as ``transformers`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import safetensors.torch
+import torch
+from torch import Tensor
+
+from transformer_lab.config import read_json_object
+from transformer_lab.models.bert import Bert, BertConfig
+from transformer_lab.models.gpt import GPT, GPTConfig
+
+log = logging.getLogger(__name__)
+
+_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+_OUR_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+# (HF name, our name) for one BERT layer and the rest; "{i}" is the layer index.
+_BERT_LAYER = [
+    ("attention.self.query", "self_attn.w_q"),
+    ("attention.self.key", "self_attn.w_k"),
+    ("attention.self.value", "self_attn.w_v"),
+    ("attention.output.dense", "self_attn.w_o"),
+    ("attention.output.LayerNorm", "sublayers.0.norm"),
+    ("intermediate.dense", "ffn.w_1"),
+    ("output.dense", "ffn.w_2"),
+    ("output.LayerNorm", "sublayers.1.norm"),
+]
+_BERT_REST = [
+    ("bert.embeddings.word_embeddings", "embed.token"),
+    ("bert.embeddings.token_type_embeddings", "embed.segment"),
+    ("bert.embeddings.position_embeddings", "embed.position.embedding"),
+    ("bert.embeddings.LayerNorm", "embed.norm"),
+    ("bert.pooler.dense", "pooler"),
+    ("cls.predictions.transform.dense", "mlm.dense"),
+    ("cls.predictions.transform.LayerNorm", "mlm.norm"),
+    ("cls.predictions.bias", "mlm.bias"),
+    ("cls.seq_relationship", "nsp"),
+    ("classifier", "classifier.1"),
+]
+
+# HF tensors with no counterpart here, by design: buffers, and the MLM decoder's tied copies.
+_BERT_IGNORABLE = re.compile(r"(position_ids|cls\.predictions\.decoder\.(weight|bias))$")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return read_json_object(path, "not found (expected a Hugging Face model folder with config.json)")
+
+
+def _read_weights(folder: Path) -> dict[str, Tensor]:
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (this loader reads safetensors weights only, never pickles)")
+    try:
+        return safetensors.torch.load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for a damaged file
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+# --- BERT -----------------------------------------------------------------------------------------
+def bert_config_from_hf(hf: dict[str, Any], where: str = "config.json", **overrides) -> BertConfig:
+    if hf.get("model_type", "bert") != "bert":
+        raise ValueError(f"{where}: model_type {hf.get('model_type')!r} is not a BERT")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"{where}: position_embedding_type {hf['position_embedding_type']!r} is not supported (absolute only)")
+    act = hf.get("hidden_act", "gelu")
+    if act not in _HF_ACT:
+        raise ValueError(f"{where}: hidden_act {act!r} is not supported; expected one of {sorted(_HF_ACT)}")
+    try:
+        kw = dict(
+            vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+            n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"], max_len=hf["max_position_embeddings"],
+            type_vocab_size=hf.get("type_vocab_size", 2), dropout=hf.get("hidden_dropout_prob", 0.1),
+            attention_dropout=hf.get("attention_probs_dropout_prob", 0.1), activation=_HF_ACT[act],
+            eps=hf.get("layer_norm_eps", 1e-12), pad_id=hf.get("pad_token_id", 0) or 0,
+            n_labels=len(hf["id2label"]) if "BertForSequenceClassification" in hf.get("architectures", []) else 0,
+            pretraining_heads="BertForPreTraining" in hf.get("architectures", []),
+        )
+    except KeyError as e:
+        raise ValueError(f"{where}: missing key {e.args[0]!r} of a BERT config") from None
+    kw.update(overrides)
+    return BertConfig(**kw)
+
+
+def bert_config_to_hf(c: BertConfig) -> dict[str, Any]:
+    arch = "BertForSequenceClassification" if c.n_labels else "BertForPreTraining" if c.pretraining_heads else "BertModel"
+    hf = {
+        "architectures": [arch], "model_type": "bert", "vocab_size": c.vocab_size, "hidden_size": c.d_model,
+        "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "intermediate_size": c.d_ff,
+        "max_position_embeddings": c.max_len, "type_vocab_size": c.type_vocab_size,
+        "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attention_dropout,
+        "hidden_act": _OUR_ACT[c.activation], "layer_norm_eps": c.eps, "pad_token_id": c.pad_id,
+        "position_embedding_type": "absolute", "initializer_range": 0.02,
+    }
+    if c.n_labels:
+        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.n_labels)}
+        hf["label2id"] = {f"LABEL_{i}": i for i in range(c.n_labels)}
+    return hf
+
+
+def _bert_name_maps(n_layers: int) -> list[tuple[str, str]]:
+    pairs = list(_BERT_REST)
+    for i in range(n_layers):
+        pairs += [(f"bert.encoder.layer.{i}.{h}", f"encoder.layers.{i}.{o}") for h, o in _BERT_LAYER]
+    return pairs
+
+
+def _rename(name: str, pairs: list[tuple[str, str]]) -> str | None:
+    for src, dst in pairs:
+        if name == src or name.startswith(src + "."):
+            return dst + name[len(src):]
+    return None
+
+
+def bert_state_from_hf(hf_state: dict[str, Tensor], n_layers: int) -> tuple[dict[str, Tensor], list[str]]:
+    """Our names for HF BERT tensors (with or without the ``bert.`` prefix of the task models; old
+    ``gamma``/``beta`` LayerNorm names too). Returns (state, HF names that have no place in ours)."""
+    pairs = _bert_name_maps(n_layers)
+    state, unused = {}, []
+    for name, t in hf_state.items():
+        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
+        if not key.startswith(("bert.", "cls.", "classifier.")):
+            key = "bert." + key
+        ours = _rename(key, pairs)
+        if ours is None:
+            unused.append(name)  # position_ids buffers, decoder copies of tied tensors
+        else:
+            state[ours] = t
+    return state, unused
+
+
+def bert_state_to_hf(model: Bert) -> dict[str, Tensor]:
+    """HF names, ``bert.`` prefixed as the task models (BertForPreTraining, ...) store them; a plain
+    encoder is stored without the prefix, as BertModel does."""
+    reverse = [(o, h) for h, o in _bert_name_maps(model.config.n_layers)]
+    out = {}
+    for name, t in model.state_dict().items():
+        if name == "mlm.token_weight":
+            continue  # tied to the word embeddings; HF re-ties cls.predictions.decoder on load
+        hf = _rename(name, reverse)
+        if hf is None:
+            raise ValueError(f"no Hugging Face name for {name}")
+        plain = not (model.config.pretraining_heads or model.config.n_labels)
+        out[hf[len("bert."):] if plain and hf.startswith("bert.") else hf] = t.detach().contiguous()
+    return out
+
+
+def load_state_checked(model: torch.nn.Module, state: dict[str, Tensor], where: str,
+                       optional: Callable[[str], bool] = lambda name: False) -> list[str]:
+    """Copy ``state`` into ``model``; a missing tensor (unless ``optional``) or a wrong shape is a
+    ValueError listing every offender. Returns the optional tensors that kept their initialisation."""
+    own = model.state_dict()
+    wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+             for k in state if k in own and state[k].shape != own[k].shape]
+    missing = [k for k in own if k not in state and not optional(k)]
+    if wrong or missing:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors: " + ", ".join(f"{k} {tuple(own[k].shape)}" for k in missing[:12]))
+        if wrong:
+            parts.append(f"shape mismatch in {len(wrong)} tensors: " + "; ".join(wrong[:12]))
+        raise ValueError(f"{where}: weights do not fit the model; " + "; ".join(parts))
+    fresh = [k for k in own if k not in state]
+    with torch.no_grad():
+        for k, t in own.items():
+            if k in state:
+                t.copy_(state[k])
+    return fresh
+
+
+def load_bert(folder: str | Path, **overrides) -> Bert:
+    """An HF BERT folder into ``Bert``. ``overrides`` change the config (e.g. ``n_labels=2`` to add
+    a fresh classification head, ``pretraining_heads=True``, dropout)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such model folder (expected config.json, model.safetensors, vocab.txt)")
+    config = bert_config_from_hf(_read_json(folder / "config.json"), str(folder / "config.json"), **overrides)
+    model = Bert(config)
+    state, unused = bert_state_from_hf(_read_weights(folder), config.n_layers)
+    is_head = lambda k: k.startswith(("mlm.", "nsp.", "classifier."))  # noqa: E731
+    state = {k: v for k, v in state.items() if k in model.state_dict() or not is_head(k)}
+    if "embed.token.weight" in state:
+        state["mlm.token_weight"] = state["embed.token.weight"]  # tied
+    fresh = load_state_checked(model, state, str(folder / "model.safetensors"), optional=is_head)
+    fresh = [k for k in fresh if k != "mlm.token_weight"]
+    if fresh:
+        log.info("%s: new heads, initialised fresh (train them before use): %s", folder, ", ".join(fresh))
+    unexpected = [k for k in unused if not _BERT_IGNORABLE.search(k)]
+    if unexpected:
+        raise ValueError(f"{folder / 'model.safetensors'}: {len(unexpected)} tensors have no place in a "
+                         f"{config.n_layers}-layer BERT: {unexpected[:12]}")
+    return model
+
+
+def save_bert(model: Bert, folder: str | Path, vocab_file: str | Path | None = None) -> Path:
+    """Write an HF BERT folder (config.json, model.safetensors, vocab.txt) that ``transformers`` reads."""
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(bert_config_to_hf(model.config), indent=2) + "\n")
+    safetensors.torch.save_file(bert_state_to_hf(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if vocab_file is not None and Path(vocab_file).resolve() != (folder / "vocab.txt").resolve():
+        shutil.copyfile(vocab_file, folder / "vocab.txt")
+    return folder
+
+
+# --- GPT-2 ----------------------------------------------------------------------------------------
+def gpt_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> GPTConfig:
+    act = hf.get("activation_function", "gelu_new")
+    if act not in _HF_ACT:
+        raise ValueError(f"{where}: activation_function {act!r} is not supported; expected one of {sorted(_HF_ACT)}")
+    eos = hf.get("eos_token_id")
+    if eos is not None and not 0 <= eos < hf.get("vocab_size", 0):
+        log.warning("%s: eos_token_id %s is outside the vocabulary; generation will not stop at it", where, eos)
+        eos = None
+    try:
+        d = hf["n_embd"]
+        return GPTConfig(
+            vocab_size=hf["vocab_size"], max_len=hf["n_positions"], d_model=d, n_heads=hf["n_head"],
+            n_layers=hf["n_layer"], d_ff=hf.get("n_inner") or 4 * d, dropout=hf.get("resid_pdrop", 0.1),
+            attention_dropout=hf.get("attn_pdrop", 0.1), activation=_HF_ACT[act],
+            eps=hf.get("layer_norm_epsilon", 1e-5), eos_id=eos,
+        )
+    except KeyError as e:
+        raise ValueError(f"{where}: missing key {e.args[0]!r} of a GPT-2 config") from None
+
+
+def gpt_from_hf_state(hf_state: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
+    """HF ``GPT2LMHeadModel`` tensors -> ours: Conv1D weights transposed, c_attn split into Q, K, V."""
+    d = config.d_model
+    sd = {k.removeprefix("transformer."): v for k, v in hf_state.items()}
+    if "lm_head.weight" in sd and "wte.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["wte.weight"]):
+        raise ValueError("lm_head.weight differs from transformer.wte.weight: an untied LM head is not supported")
+    out: dict[str, Tensor] = {}
+
+    def take(name: str) -> Tensor:
+        if name not in sd:
+            raise ValueError(f"GPT-2 state dict: missing tensor transformer.{name}")
+        return sd[name]
+
+    out["embed.token.weight"] = take("wte.weight")
+    out["embed.position.embedding.weight"] = take("wpe.weight")
+    out["blocks.norm.weight"], out["blocks.norm.bias"] = take("ln_f.weight"), take("ln_f.bias")
+    for i in range(config.n_layers):
+        h, o = f"h.{i}.", f"blocks.layers.{i}."
+        for hf_ln, ours in (("ln_1", "sublayers.0.norm"), ("ln_2", "sublayers.1.norm")):
+            out[o + ours + ".weight"], out[o + ours + ".bias"] = take(h + hf_ln + ".weight"), take(h + hf_ln + ".bias")
+        w, b = take(h + "attn.c_attn.weight"), take(h + "attn.c_attn.bias")  # (D, 3D), (3D,)
+        if w.shape != (d, 3 * d):
+            raise ValueError(f"transformer.{h}attn.c_attn.weight: expected ({d}, {3 * d}), got {tuple(w.shape)}")
+        for j, name in enumerate(("w_q", "w_k", "w_v")):
+            out[o + f"self_attn.{name}.weight"] = w[:, j * d:(j + 1) * d].t()
+            out[o + f"self_attn.{name}.bias"] = b[j * d:(j + 1) * d]
+        out[o + "self_attn.w_o.weight"], out[o + "self_attn.w_o.bias"] = take(h + "attn.c_proj.weight").t(), take(h + "attn.c_proj.bias")
+        out[o + "ffn.w_1.weight"], out[o + "ffn.w_1.bias"] = take(h + "mlp.c_fc.weight").t(), take(h + "mlp.c_fc.bias")
+        out[o + "ffn.w_2.weight"], out[o + "ffn.w_2.bias"] = take(h + "mlp.c_proj.weight").t(), take(h + "mlp.c_proj.bias")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def gpt_from_hf(hf_model_or_folder: Any) -> GPT:
+    """Our ``GPT`` from an HF ``GPT2LMHeadModel`` object or a folder it saved (config.json +
+    model.safetensors)."""
+    if isinstance(hf_model_or_folder, (str, Path)):
+        folder = Path(hf_model_or_folder)
+        config = gpt_config_from_hf(_read_json(folder / "config.json"), str(folder / "config.json"))
+        hf_state, where = _read_weights(folder), str(folder / "model.safetensors")
+    else:
+        config = gpt_config_from_hf(hf_model_or_folder.config.to_dict())
+        hf_state, where = hf_model_or_folder.state_dict(), type(hf_model_or_folder).__name__
+    model = GPT(config)
+    load_state_checked(model, gpt_from_hf_state(hf_state, config), where)
+    return model

