@@ -105,3 +105,29 @@ def test_dynamic_masks_change_between_epochs_static_do_not(tok):
         # pairs and segments do not depend on the masks
         assert torch.equal(e0.segments, e1.segments)
         assert (e0.tokens[:, 0] == tok.token_to_id("[CLS]")).all()
+
+
+def test_an_examples_masks_do_not_depend_on_its_batch(tok):
+    """The same example batched with a short or with a long partner (different padding): the same
+    selection, the same 80/10/10 outcome, the same random replacements."""
+    docs = [[tok.encode("the cat sat"), tok.encode("a dog ran in the park the cat sat on the mat")] * 4,
+            [tok.encode("unbelievable stories are true")] * 4]
+    pairs = make_pairs(docs, random.Random(0))
+    src = PretrainBatches(pairs, tok, max_len=64, batch_size=8, prob=0.5)
+    lengths = [len(p.a) + len(p.b) for p in pairs]
+    short, long = lengths.index(min(lengths)), lengths.index(max(lengths))
+    alone, padded = src.make([short]), src.make([short, long])
+    n = alone.tokens.size(1)
+    assert padded.tokens.size(1) > n
+    assert torch.equal(alone.tokens[0], padded.tokens[0, :n]) and torch.equal(alone.labels[0], padded.labels[0, :n])
+
+
+def test_not_next_sentences_come_from_the_pool():
+    docs = _docs(10)
+    owner = {tuple(s): d for d, doc in enumerate(docs) for s in doc}
+    train, held = list(range(2, 10)), [0, 1]
+    for seed in range(5):
+        for p in make_pairs(docs, random.Random(seed), only=train, pool=train):
+            assert owner[tuple(p.a)] in train and owner[tuple(p.b)] in train
+        for p in make_pairs(docs, random.Random(seed), only=held, pool=held):
+            assert owner[tuple(p.b)] in held

@@ -146,3 +146,18 @@ def test_bad_input(ours):
         ours(torch.full((1, 513), 1000))
     with pytest.raises(ValueError, match="segments"):
         ours(torch.tensor([[101, 102]]), torch.tensor([[0, 0, 0]]))
+
+
+def test_a_masked_lm_folder_loads_with_its_head(tmp_path):
+    """A folder written by transformers' BertForMaskedLM (no pooler, no NSP head): our MLM logits
+    equal HF's; the missing pooler and NSP head start fresh instead of failing."""
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=40)
+    hf = transformers.BertForMaskedLM(cfg).eval()
+    hf.save_pretrained(tmp_path / "mlm")
+    ours = load_bert(tmp_path / "mlm").eval()
+    assert ours.config.pretraining_heads
+    x = torch.randint(1, 90, (2, 11))
+    with torch.no_grad():
+        assert (hf(input_ids=x).logits - ours(x).mlm_logits).abs().max() <= 1e-5

@@ -2,6 +2,8 @@
 same logits after converting the weights (Conv1D layout), same greedy tokens as HF ``generate``;
 and the generation contract (cache, left padding, sampling filters, bad input)."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -13,7 +15,7 @@ from transformer_lab.nn.attention import MultiHeadAttention
 from transformer_lab.nn.feedforward import PositionwiseFeedForward
 from transformer_lab.nn.layers import EncoderLayer, SublayerConnection
 
-V = 211
+V = 300
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ def test_generation_slides_past_the_context(ours):
     """48 positions: 40 prompt + 30 new crosses max_len; the window slides (nanoGPT's crop) and
     the cached and uncached runs still agree."""
     prompt = torch.randint(0, V - 1, (40,)).tolist()
-    cfg = SamplingConfig(max_new_tokens=30, greedy=True, eos_id=None)
+    cfg = SamplingConfig(max_new_tokens=30, greedy=True, stop_at_eos=False)
     a = generate(ours, [prompt], cfg, return_logits=True)
     b = generate(ours, [prompt], SamplingConfig(**{**cfg.__dict__, "use_cache": False}), return_logits=True)
     assert a.tokens == b.tokens and len(a.tokens[0]) == 30
@@ -96,7 +98,7 @@ def test_generation_slides_past_the_context(ours):
 def test_stops_at_eos(ours):
     """A row ends at its first end token (kept); others go on; the loop ends when all have."""
     prompts = [[5, 6, 7], [9, 8]]
-    free = generate(ours, prompts, SamplingConfig(max_new_tokens=12, greedy=True, eos_id=None)).tokens
+    free = generate(ours, prompts, SamplingConfig(max_new_tokens=12, greedy=True, stop_at_eos=False)).tokens
     eos = free[0][3]
     out = generate(ours, prompts, SamplingConfig(max_new_tokens=12, greedy=True, eos_id=eos)).tokens
     for row, full in zip(out, free):
@@ -160,3 +162,25 @@ def test_blocks_reuse_the_encoder_decoder_parts(ours):
         assert type(layer) is EncoderLayer
         assert type(layer.self_attn) is MultiHeadAttention and type(layer.ffn) is PositionwiseFeedForward
         assert all(type(s) is SublayerConnection and s.norm_first for s in layer.sublayers)
+
+
+def test_generate_cli_reads_a_hugging_face_gpt2_folder(tmp_path, hf_gpt2, capsys):
+    """`generate --checkpoint` on a folder written by GPT2LMHeadModel.save_pretrained (with a
+    tokenizer.json beside it): the same greedy tokens as HF generate."""
+    from transformer_lab.cli.main import main
+    from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
+
+    lines = [f"the cat {i} sat on the mat {i * 7} and the dog sat on the log {i * 13}\n" for i in range(300)]
+    tok = ByteLevelBPETokenizer.train(lines, V)
+    assert tok.vocab_size == V  # every id the model can produce decodes
+    hf_gpt2.save_pretrained(tmp_path / "gpt2")
+    tok.to_hf().save(str(tmp_path / "gpt2" / "tokenizer.json"))
+    ids = tok.encode("the cat sat")
+    ref = hf_gpt2.generate(torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert main(["generate", "--checkpoint", str(tmp_path / "gpt2"), "--prompt", "the cat sat", "--max-new-tokens", "8",
+                 "--greedy", "--json"]) == 0
+    sample = json.loads(capsys.readouterr().out)["samples"][0]
+    new = ref[0, len(ids):].tolist()
+    if V - 1 in new:  # HF stops at its end token; so do we
+        new = new[: new.index(V - 1) + 1]
+    assert sample["text"] == tok.decode(new)

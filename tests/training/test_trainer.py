@@ -165,3 +165,11 @@ def test_bf16_autocast_trains(tmp_path):
     losses = [r["loss"] for r in t.state.history if "loss" in r]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.5
     assert all(p.dtype == torch.float32 for p in t.model.parameters())  # master weights stay fp32
+
+
+def test_resume_with_weight_decay_switched_is_a_clear_error(tmp_path):
+    t = trainer(tmp_path / "a", 2)
+    t.fit()
+    other = trainer(tmp_path / "b", 4, weight_decay=0.1)
+    with pytest.raises(ValueError, match="weight decay was switched"):
+        other.resume(tmp_path / "a" / "checkpoints" / "last")

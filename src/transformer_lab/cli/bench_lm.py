@@ -26,7 +26,7 @@ def register(bsub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch", type=int, default=32)
     b.add_argument("--length", type=int, default=128)
     b.add_argument("--steps", type=int, default=3, help="timed forwards per round")
-    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--rounds", type=int, default=5)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=bench_bert)
 
@@ -120,7 +120,7 @@ def bench_gpt(args: argparse.Namespace) -> int:
     for b in batches:
         prompt = torch.randint(0, hf_cfg.vocab_size, (b, args.prompt_len))
         for cache in (True, False):
-            cfg = SamplingConfig(max_new_tokens=args.new_tokens, greedy=True, eos_id=None, use_cache=cache)
+            cfg = SamplingConfig(max_new_tokens=args.new_tokens, greedy=True, stop_at_eos=False, use_cache=cache)
             got: dict[str, list] = {}
 
             def run_ours(cfg=cfg, prompt=prompt, got=got):

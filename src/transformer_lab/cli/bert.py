@@ -101,7 +101,7 @@ def _load(args):
     from transformer_lab.models.hf import load_bert
     from transformer_lab.tasks.bert import load_bert_tokenizer, max_seq_length
 
-    model = load_bert(args.model).to(_device(args)).eval()
+    model = load_bert(args.model, pretraining_heads=False, n_labels=0).to(_device(args)).eval()  # the encoder only
     return model, load_bert_tokenizer(args.model), max_seq_length(args.model, model)
 
 
@@ -165,7 +165,7 @@ def pretrain_bert_cmd(args: argparse.Namespace) -> int:
         raise ValueError(f"--mask-prob: expected 0 < p < 1, got {args.mask_prob}")
     nsp = not args.no_nsp
     docs = read_documents(args.data)
-    held = set(range(0, len(docs), 20)) if len(docs) >= 10 else set()  # every 20th document validates
+    held = set(range(0, len(docs), 20)) if len(docs) >= 40 else set()  # every 20th document validates
     train_lines = [s for i, d in enumerate(docs) if i not in held for s in d]
     if args.vocab:
         tok = WordPieceTokenizer.from_vocab_file(args.vocab, lowercase=not args.cased)
@@ -173,8 +173,14 @@ def pretrain_bert_cmd(args: argparse.Namespace) -> int:
         tok = WordPieceTokenizer.train(train_lines, args.vocab_size, lowercase=not args.cased)
     encoded = [[tok.encode(s) for s in d] for d in docs]
     rng = random.Random(args.seed)
-    train_pairs = make_pairs(encoded, rng, nsp, only=[i for i in range(len(docs)) if i not in held])
-    held_pairs = make_pairs(encoded, rng, nsp, only=sorted(held)) if held else []
+    train_docs = [i for i in range(len(docs)) if i not in held]
+    train_pairs = make_pairs(encoded, rng, nsp, only=train_docs, pool=train_docs)
+    held_pairs = []
+    if held:  # NotNext sentences of held-out pairs come from held-out documents too: nothing seen in training
+        try:
+            held_pairs = make_pairs(encoded, rng, nsp, only=sorted(held), pool=sorted(held))
+        except ValueError as e:
+            log.warning("no held-out evaluation (%s); accuracies are reported on training pairs", e)
     config = bert_preset(args.model, vocab_size=tok.vocab_size, max_len=max(args.max_len, 64), pretraining_heads=True,
                          pad_id=tok.token_to_id("[PAD]"))
     model = Bert(config)
@@ -218,7 +224,7 @@ def finetune_classify_cmd(args: argparse.Namespace) -> int:
     dev_x, dev_y = read_labelled_tsv(args.dev)
     n_labels = max(train_y + dev_y) + 1
     tok = load_bert_tokenizer(args.model)
-    model = load_bert(args.model, n_labels=n_labels)
+    model = load_bert(args.model, n_labels=n_labels, pretraining_heads=False)
     max_len = min(args.max_len, model.config.max_len)
     train_ids, dev_ids = encode_texts(tok, train_x, max_len), encode_texts(tok, dev_x, max_len)
     source = ClassBatches(train_ids, train_y, args.batch_size, model.config.pad_id, args.seed)

@@ -54,14 +54,14 @@ def read_documents(path: str | Path) -> list[list[str]]:
 
 
 def make_pairs(docs: Sequence[Sequence[list[int]]], rng: random.Random, nsp: bool = True,
-               only: Sequence[int] | None = None) -> list[PairExample]:
+               only: Sequence[int] | None = None, pool: Sequence[int] | None = None) -> list[PairExample]:
     """One example per sentence that has a successor in its document (of the documents ``only``,
-    default all; NotNext sentences may come from any other document). With ``nsp`` off, every
-    example is a single segment (B empty), as RoBERTa trains."""
-    if nsp and sum(1 for d in docs if d) < 2:
+    default all); NotNext sentences come from another document of ``pool`` (default all). With
+    ``nsp`` off, every example is a single segment (B empty), as RoBERTa trains."""
+    others = [i for i in (range(len(docs)) if pool is None else pool) if docs[i]]
+    if nsp and len(others) < 2:
         raise ValueError("NSP needs at least two documents (NotNext sentences come from another document); "
                          "separate documents with blank lines, or turn NSP off")
-    others = [i for i, d in enumerate(docs) if d]
     out = []
     for di in (range(len(docs)) if only is None else only):
         doc = docs[di]
@@ -151,6 +151,10 @@ class PretrainBatch:
 
     @property
     def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())  # real tokens, for throughput
+
+    @property
+    def loss_units(self) -> int:
         return self.tokens.size(0)  # the loss is a per-sequence mean (BERT's MLM mean + NSP mean)
 
 
@@ -196,13 +200,16 @@ class PretrainBatches:
         attention = tokens != self.pad_id
         special = torch.isin(tokens, torch.tensor(self.special_ids)) | ~attention
         corrupted, labels = tokens.clone(), torch.full_like(tokens, IGNORE)
-        for k, (_, _, _, key) in enumerate(rows):  # one generator per example: a batch-independent draw
+        for k, (ids, _, _, key) in enumerate(rows):
+            # one generator per example, drawn over the example's own length: its masks do not depend
+            # on the batch it lands in (nor on the padding that batch needs)
             g = torch.Generator().manual_seed(self.seed * 7_919 + key)
+            n = len(ids)
             word_ids = None
             if self.whole_word:
-                pieces = [self.tok.id_to_token[int(t)] for t in tokens[k]]
-                word_ids = torch.tensor([word_ids_for(pieces, special[k].tolist())])
-            c, lab = mask_tokens(tokens[k:k + 1], special[k:k + 1], self.mask_id, self.tok.vocab_size, g,
+                pieces = [self.tok.id_to_token[int(t)] for t in tokens[k, :n]]
+                word_ids = torch.tensor([word_ids_for(pieces, special[k, :n].tolist())])
+            c, lab = mask_tokens(tokens[k:k + 1, :n], special[k:k + 1, :n], self.mask_id, self.tok.vocab_size, g,
                                  self.prob, word_ids, self.random_low)
-            corrupted[k], labels[k] = c[0], lab[0]
+            corrupted[k, :n], labels[k, :n] = c[0], lab[0]
         return PretrainBatch(corrupted, segments, attention, labels, torch.tensor([r[2] for r in rows]))

@@ -34,6 +34,7 @@ class SamplingConfig:
     top_k: int | None = None  # None or 0: no top-k filter
     top_p: float = 1.0  # 1.0: no nucleus filter
     eos_id: int | None = None  # None: the model's config.eos_id
+    stop_at_eos: bool = True  # False: always generate max_new_tokens (benchmarks)
     use_cache: bool = True
 
     def __post_init__(self) -> None:
@@ -108,7 +109,7 @@ def generate(
     if too_long:
         raise ValueError(f"prompt: {max(too_long)} tokens, but the model's context is max_len={max_len}; "
                          f"shorten the prompt (keep its last {max_len} tokens)")
-    eos = cfg.eos_id if cfg.eos_id is not None else model.config.eos_id
+    eos = (cfg.eos_id if cfg.eos_id is not None else model.config.eos_id) if cfg.stop_at_eos else None
     device = model.token_weight.device
     tokens, mask = (t.to(device) for t in left_pad(prompts))
     b = tokens.size(0)

@@ -126,6 +126,19 @@ class Bert(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.d_model, c.n_labels)) if c.n_labels else None
         self.reset_parameters()
 
+    @classmethod
+    def from_pretrained(cls, folder, **overrides) -> "Bert":
+        """An HF-format BERT folder (config.json + model.safetensors); see ``models.hf.load_bert``."""
+        from transformer_lab.models.hf import load_bert
+
+        return load_bert(folder, **overrides)
+
+    def save_pretrained(self, folder, vocab_file=None):
+        """Write an HF-format folder that ``transformers.BertModel.from_pretrained`` reads."""
+        from transformer_lab.models.hf import save_bert
+
+        return save_bert(self, folder, vocab_file)
+
     def reset_parameters(self) -> None:
         """BERT's initialisation: N(0, 0.02) for weights and embeddings, zero biases, LayerNorm (1, 0)."""
         for name, p in self.named_parameters():

@@ -43,7 +43,6 @@ class GPTConfig:
     attention_dropout: float = 0.1
     activation: str = "gelu_tanh"
     eps: float = 1e-5
-    bias: bool = True
     attention_impl: str = "sdpa"
     eos_id: int | None = None  # generation stops a row at this token (GPT-2: 50256 "<|endoftext|>")
 
@@ -80,10 +79,6 @@ class GPT(nn.Module):
         self.embed = Embeddings(TokenEmbedding(c.vocab_size, c.d_model, scale=False),
                                 LearnedPositionEmbedding(c.d_model, c.max_len), c.dropout)
         self.blocks = Encoder([EncoderLayer(block) for _ in range(c.n_layers)], c.d_model, norm_first=True, eps=c.eps)
-        if not c.bias:
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    m.bias = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -99,6 +94,13 @@ class GPT(nn.Module):
                 nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
             else:
                 nn.init.zeros_(p)
+
+    @classmethod
+    def from_hf(cls, hf_model_or_folder) -> "GPT":
+        """From an HF ``GPT2LMHeadModel`` or a folder it saved; see ``models.hf.gpt_from_hf``."""
+        from transformer_lab.models.hf import gpt_from_hf
+
+        return gpt_from_hf(hf_model_or_folder)
 
     @property
     def token_weight(self) -> Tensor:

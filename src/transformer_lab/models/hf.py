@@ -93,7 +93,7 @@ def bert_config_from_hf(hf: dict[str, Any], where: str = "config.json", **overri
             attention_dropout=hf.get("attention_probs_dropout_prob", 0.1), activation=_HF_ACT[act],
             eps=hf.get("layer_norm_eps", 1e-12), pad_id=hf.get("pad_token_id", 0) or 0,
             n_labels=len(hf["id2label"]) if "BertForSequenceClassification" in hf.get("architectures", []) else 0,
-            pretraining_heads="BertForPreTraining" in hf.get("architectures", []),
+            pretraining_heads=bool({"BertForPreTraining", "BertForMaskedLM"} & set(hf.get("architectures") or [])),
         )
     except KeyError as e:
         raise ValueError(f"{where}: missing key {e.args[0]!r} of a BERT config") from None
@@ -196,7 +196,8 @@ def load_bert(folder: str | Path, **overrides) -> Bert:
     config = bert_config_from_hf(_read_json(folder / "config.json"), str(folder / "config.json"), **overrides)
     model = Bert(config)
     state, unused = bert_state_from_hf(_read_weights(folder), config.n_layers)
-    is_head = lambda k: k.startswith(("mlm.", "nsp.", "classifier."))  # noqa: E731
+    # Heads, and the pooler (BertForMaskedLM folders have none), start fresh when the folder lacks them.
+    is_head = lambda k: k.startswith(("mlm.", "nsp.", "classifier.", "pooler."))  # noqa: E731
     state = {k: v for k, v in state.items() if k in model.state_dict() or not is_head(k)}
     if "embed.token.weight" in state:
         state["mlm.token_weight"] = state["embed.token.weight"]  # tied
@@ -226,6 +227,9 @@ def save_bert(model: Bert, folder: str | Path, vocab_file: str | Path | None = N
 
 # --- GPT-2 ----------------------------------------------------------------------------------------
 def gpt_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> GPTConfig:
+    if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx", False):
+        raise ValueError(f"{where}: scale_attn_weights=False / scale_attn_by_inverse_layer_idx=True change the "
+                         "attention scaling; only GPT-2's standard 1/sqrt(d_head) is supported")
     act = hf.get("activation_function", "gelu_new")
     if act not in _HF_ACT:
         raise ValueError(f"{where}: activation_function {act!r} is not supported; expected one of {sorted(_HF_ACT)}")

@@ -32,18 +32,21 @@ def load_bert_tokenizer(folder: str | Path) -> WordPieceTokenizer:
     folder = Path(folder)
     if not (folder / "vocab.txt").is_file():
         raise FileNotFoundError(f"{folder / 'vocab.txt'}: not found (a BERT folder holds config.json, model.safetensors, vocab.txt)")
-    lowercase = True
+    settings = {}
     cfg = folder / "tokenizer_config.json"
     if cfg.is_file():
-        lowercase = bool(json.loads(cfg.read_text()).get("do_lower_case", True))
-    return WordPieceTokenizer.from_vocab_file(folder / "vocab.txt", lowercase=lowercase)
+        settings = json.loads(cfg.read_text())
+    if settings.get("tokenize_chinese_chars", True) is False:
+        raise ValueError(f"{cfg}: tokenize_chinese_chars=false is not supported (BERT's default, true, is)")
+    return WordPieceTokenizer.from_vocab_file(folder / "vocab.txt", lowercase=bool(settings.get("do_lower_case", True)),
+                                              strip_accents=settings.get("strip_accents"))
 
 
 def write_bert_tokenizer(tok: WordPieceTokenizer, folder: str | Path) -> None:
     """vocab.txt and the tokenizer_config.json keys BertTokenizer reads (lowercasing)."""
     folder = Path(folder)
     (folder / "vocab.txt").write_text("".join(t + "\n" for t in tok.id_to_token), encoding="utf-8")
-    config = {"do_lower_case": tok.lowercase, "tokenizer_class": "BertTokenizer", "unk_token": "[UNK]",
+    config = {"do_lower_case": tok.lowercase, "strip_accents": tok.strip_accents, "tokenizer_class": "BertTokenizer", "unk_token": "[UNK]",
               "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
@@ -189,7 +192,11 @@ class ClassBatch:
 
     @property
     def n_tokens(self) -> int:
-        return self.tokens.size(0)
+        return int(self.attention_mask.sum())  # real tokens, for throughput
+
+    @property
+    def loss_units(self) -> int:
+        return self.tokens.size(0)  # the loss is a mean over sentences
 
 
 class ClassBatches:

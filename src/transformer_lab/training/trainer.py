@@ -251,6 +251,10 @@ class Trainer:
             raise ValueError(f"{directory}: the checkpoint's model differs from this run's: {diff} (checkpoint, now)")
         state = load_train_state(directory)
         self.model.load_state_dict(loaded.model.state_dict())
+        saved_groups, groups = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
+        if saved_groups != groups:
+            raise ValueError(f"{directory}: the checkpoint's optimizer has {saved_groups} parameter group(s), this run's "
+                             f"{groups}: weight decay was switched between 0 and > 0; resume with the run's --weight-decay")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -296,7 +300,9 @@ class Trainer:
         loss is normalised by the total number of target tokens, so k micro-batches of b sentences
         give the gradients of one batch of k·b."""
         self.model.train()
-        total = sum(b.n_tokens for b in batches)
+        # what the loss is normalised by: target tokens (translation, LM) or sequences (BERT tasks)
+        total = sum(getattr(b, "loss_units", b.n_tokens) for b in batches)
+        tokens = sum(b.n_tokens for b in batches)
         loss_sum, nll_sum = 0.0, 0.0
         self.optimizer.zero_grad(set_to_none=True)
         extra: dict[str, float] = {}
@@ -313,7 +319,7 @@ class Trainer:
             nll_sum += float(res.nll)
             for k, v in res.metrics.items():
                 extra[k] = extra.get(k, 0.0) + v
-        return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": total,
+        return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": tokens,
                 **{k: v / len(batches) for k, v in extra.items()}}
 
     def train_step(self, batches: list[Batch]) -> dict:
@@ -441,8 +447,9 @@ def plot_loss(history: list[dict], path: str | Path, title: str = "loss") -> Non
     train = [r for r in history if r.get("loss") is not None]
     val = [r for r in history if r.get("val_loss") is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (label-smoothed)")
-    ax.plot([r["step"] for r in train], [r["nll"] for r in train], label="train NLL of the reference token", alpha=0.7)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (as optimised)")
+    if any(abs(r["nll"] - r["loss"]) > 1e-9 for r in train if r.get("nll") is not None):  # label smoothing, NSP
+        ax.plot([r["step"] for r in train], [r["nll"] for r in train], label="train NLL of the reference token", alpha=0.7)
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation NLL")
     ax.set_xlabel("step")
