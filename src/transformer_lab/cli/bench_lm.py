@@ -38,7 +38,8 @@ def register(bsub: argparse._SubParsersAction) -> None:
     g.add_argument("--new-tokens", type=int, default=32)
     g.add_argument("--train-batch", type=int, default=4)
     g.add_argument("--train-len", type=int, default=128)
-    g.add_argument("--rounds", type=int, default=2)
+    g.add_argument("--rounds", type=int, default=4, help="generation rounds per side (interleaved; median)")
+    g.add_argument("--train-rounds", type=int, default=6, help="training-step rounds per side")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=bench_gpt)
 
@@ -160,7 +161,7 @@ def bench_gpt(args: argparse.Namespace) -> int:
         loss.backward()
         opt_peer.step()
 
-    t = _time_rounds({"ours": train_ours, "peer": train_peer}, 1, args.rounds + 1)
+    t = _time_rounds({"ours": train_ours, "peer": train_peer}, 1, args.train_rounds)
     n = args.train_batch * args.train_len
     train = {"ours": round(n / t["ours"], 1), "peer": round(n / t["peer"], 1), "ratio": round(t["peer"] / t["ours"], 3)}
     head = out[f"generate_b{batches[0]}_cache"]

@@ -113,19 +113,20 @@ def generate(
     device = model.token_weight.device
     tokens, mask = (t.to(device) for t in left_pad(prompts))
     b = tokens.size(0)
+    padded = not bool(mask.all())  # prompts of one length need no padding mask (a cheaper step)
     cache = model.new_cache() if cfg.use_cache else None
     done = torch.zeros(b, dtype=torch.bool, device=device)
     out: list[Tensor] = []
     step_logits: list[Tensor] = []
-    new_tokens, new_mask = tokens, mask  # what this step feeds the model
+    new_tokens = tokens  # what this step feeds the model (the whole prompt, then one token)
     for _ in range(cfg.max_new_tokens):
         if cache is not None and cache[0].length + new_tokens.size(1) <= max_len:
-            logits = model(new_tokens, mask, cache=cache, last_only=True)[:, -1]  # (B, V)
+            logits = model(new_tokens, mask if padded else None, cache=cache, last_only=True)[:, -1]  # (B, V)
         else:
             # no cache, or the context is full: recompute on the last max_len tokens (nanoGPT's crop)
             cache = None
             window_tokens, window_mask = tokens[:, -max_len:], mask[:, -max_len:]
-            logits = model(window_tokens, window_mask, last_only=True)[:, -1]
+            logits = model(window_tokens, window_mask if padded else None, last_only=True)[:, -1]
         if return_logits:
             step_logits.append(logits.float())
         nxt = next_token(logits, cfg, generator)

@@ -144,7 +144,9 @@ class GPT(nn.Module):
                 f"tokens: {past} cached + {t} new = {past + t} positions, but the model's context is "
                 f"max_len={self.config.max_len}; shorten the input"
             )
-        mask = causal_mask(t, tokens.device, offset=past)  # (1, 1, T, T_k)
+        mask = None  # one new token without padding sees every key: no mask at all (the fastest kernel)
+        if t > 1 or attention_mask is not None:
+            mask = causal_mask(t, tokens.device, offset=past)  # (1, 1, T, T_k)
         if attention_mask is not None:
             mask = mask & attention_mask[:, None, None, :].bool()  # (B, 1, T, T_k)
         x = self.embed(tokens, positions)  # (B, T, D)
