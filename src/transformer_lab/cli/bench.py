@@ -95,6 +95,17 @@ def _time_rounds(fns: dict[str, Callable[[], None]], steps: int, rounds: int) ->
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def print_result(result: dict, as_json: bool, rows: list[tuple[str, dict]]) -> None:
+    """One JSON object, or the scalar settings on one line and a table of ours / peer / ratio rows."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    print(", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, (dict, list)) and k not in ("ours", "peer", "ratio")))
+    print(f"{'':34}{'ours':>12}{'peer':>12}{'ratio':>8}")
+    for label, r in rows:
+        print(f"{label:34}{r['ours']:>12,.1f}{r['peer']:>12,.1f}{r['ratio']:>8.2f}")
+
+
 def _train_step(model: torch.nn.Module, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
                 optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     def step() -> None:
@@ -333,11 +344,7 @@ def bench_translation(args: argparse.Namespace) -> int:
               "model": args.model, "batches_per_round": len(batches), "max_tokens": args.max_tokens,
               "ours": round(n_tokens / t["ours"], 1), "peer": round(n_tokens / t["peer"], 1),
               "ratio": round(t["peer"] / t["ours"], 3), "peer_name": "torch.nn.Transformer", "threads": torch.get_num_threads()}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{'':24}{'ours':>10}{'peer':>10}{'ratio':>8}")
-        print(f"{'train tgt tok/s':24}{result['ours']:>10,.0f}{result['peer']:>10,.0f}{result['ratio']:>8.2f}   (peer: nn.Transformer, same batches)")
+    print_result(result, args.json, [("train tgt tok/s (same batches)", result)])
     return 0
 
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 
 import torch
@@ -63,7 +62,7 @@ def _bert_folder(arg: str | None, tmp: str) -> tuple[str, str]:
 def bench_bert(args: argparse.Namespace) -> int:
     import transformers
 
-    from transformer_lab.cli.bench import _time_rounds
+    from transformer_lab.cli.bench import _time_rounds, print_result
     from transformer_lab.models.hf import load_bert
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,24 +90,14 @@ def bench_bert(args: argparse.Namespace) -> int:
               "peer": round(n / t["peer"], 1), "ratio": round(t["peer"] / t["ours"], 3),
               "peer_name": f"transformers.BertModel {transformers.__version__}", "max_abs_diff": diff,
               "threads": torch.get_num_threads(), "torch": torch.__version__}
-    _print(result, args.json, [("encoder forward tok/s", result)])
+    print_result(result, args.json, [("encoder forward tok/s", result)])
     return 0
-
-
-def _print(result: dict, as_json: bool, rows: list[tuple[str, dict]]) -> None:
-    if as_json:
-        print(json.dumps(result))
-        return
-    print(", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, (dict, list)) and k not in ("ours", "peer", "ratio")))
-    print(f"{'':34}{'ours':>12}{'peer':>12}{'ratio':>8}")
-    for label, r in rows:
-        print(f"{label:34}{r['ours']:>12,.1f}{r['peer']:>12,.1f}{r['ratio']:>8.2f}")
 
 
 def bench_gpt(args: argparse.Namespace) -> int:
     import transformers
 
-    from transformer_lab.cli.bench import _time_rounds
+    from transformer_lab.cli.bench import _time_rounds, print_result
     from transformer_lab.generation.sampling import SamplingConfig, generate
     from transformer_lab.models.hf import gpt_from_hf
 
@@ -172,7 +161,7 @@ def bench_gpt(args: argparse.Namespace) -> int:
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, **out, "train": train,
               "peer_name": f"transformers.GPT2LMHeadModel {transformers.__version__}",
               "threads": torch.get_num_threads(), "torch": torch.__version__}
-    _print(result, args.json, gen_rows + [(f"train {args.train_batch}x{args.train_len} tok/s", train)])
+    print_result(result, args.json, gen_rows + [(f"train {args.train_batch}x{args.train_len} tok/s", train)])
     if not args.json:
         for b in batches:
             s = out[f"cache_speedup_b{b}"]

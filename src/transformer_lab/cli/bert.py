@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "all-MiniLM-L6-v2. Inputs are truncated to the folder's max_seq_length.")
     e.add_argument("text", nargs="*", metavar="TEXT")
     _model_args(e)
+    _run_args(e)
     e.add_argument("--json", action="store_true", help='print {"embeddings": [[...], ...]}, one vector per TEXT')
     e.set_defaults(func=embed_cmd)
 
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("a", metavar="A")
     s.add_argument("b", metavar="B")
     _model_args(s)
+    _run_args(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=similarity_cmd)
 
@@ -52,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pb.add_argument("--whole-word", action="store_true", help="whole-word masking")
     pb.add_argument("--static-masking", action="store_true", help="one mask per example (default: redrawn every epoch)")
     pb.add_argument("--mask-prob", type=float, default=0.15)
-    _train_args(pb, steps=2000, lr=1e-4, batch=32)
+    _run_args(pb)
+    _train_args(pb, steps=2000, lr=1e-4)
     pb.set_defaults(func=pretrain_bert_cmd)
 
     f = sub.add_parser("finetune", help="fine-tune a pretrained model on a task")
@@ -61,23 +64,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="TSV files with a header naming 'sentence' and 'label' columns (GLUE format). "
                                      "A fresh classification head on [CLS]'s pooled vector; every weight trains. "
                                      "Reports dev (and --test) accuracy; writes OUT/model (a HF BERT folder).")
-    _model_args(fc, required=True)
+    _model_args(fc)
+    _run_args(fc)
     fc.add_argument("--train", required=True, metavar="TSV")
     fc.add_argument("--dev", required=True, metavar="TSV")
     fc.add_argument("--test", default=None, metavar="TSV", help="scored once at the end with the best dev checkpoint")
     fc.add_argument("--epochs", type=float, default=1.0)
     fc.add_argument("--max-len", type=int, default=128)
-    _train_args(fc, steps=None, lr=5e-5, batch=32)
+    _train_args(fc, steps=None, lr=5e-5)
     fc.set_defaults(func=finetune_classify_cmd)
 
 
-def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help="a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt)")
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None)
 
 
-def _train_args(p: argparse.ArgumentParser, steps: int | None, lr: float, batch: int) -> None:
+def _train_args(p: argparse.ArgumentParser, steps: int | None, lr: float) -> None:
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics, plots, model/")
     p.add_argument("--max-steps", type=int, default=steps)
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate (linear warm-up and decay)")
@@ -88,9 +95,6 @@ def _train_args(p: argparse.ArgumentParser, steps: int | None, lr: float, batch:
     p.add_argument("--resume", default=None, metavar="CHECKPOINT")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    if "--batch-size" not in p._option_string_actions:
-        p.add_argument("--batch-size", type=int, default=batch)
-        p.add_argument("--device", default=None)
 
 
 def _device(args) -> str:

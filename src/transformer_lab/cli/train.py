@@ -41,7 +41,8 @@ DEFAULTS = {
                adam_eps=1e-8, weight_decay=0.1, batch_size=16, eval_every=500, label_smoothing=0.0,
                tokenizer="bytelevel"),
 }
-TRANSLATION_ONLY = dict(beta2=0.98, adam_eps=1e-9, weight_decay=0.0, min_lr=0.0, label_smoothing=0.1)
+# What every task starts from (the paper's optimiser); DEFAULTS[task] overrides.
+COMMON_DEFAULTS = dict(beta2=0.98, adam_eps=1e-9, weight_decay=0.0, min_lr=0.0, label_smoothing=0.1)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -101,7 +102,7 @@ def _task(args: argparse.Namespace) -> str:
 
 
 def _fill_defaults(args: argparse.Namespace, task: str) -> None:
-    for key, value in {**TRANSLATION_ONLY, **DEFAULTS[task]}.items():
+    for key, value in {**COMMON_DEFAULTS, **DEFAULTS[task]}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.out is None:

@@ -24,6 +24,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from transformer_lab.data.vocab import epoch_order, pad_sequences
+
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
 
 
@@ -179,8 +181,7 @@ class PretrainBatches:
         return (self.n + self.batch_size - 1) // self.batch_size
 
     def epoch(self, epoch: int) -> list[list[int]]:
-        order = list(range(self.n))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        order = epoch_order(self.n, self.seed, epoch)
         # the epoch rides along in the index, so masks can depend on it (dynamic masking)
         return [[epoch * self.n + i for i in order[k:k + self.batch_size]] for k in range(0, self.n, self.batch_size)]
 
@@ -191,12 +192,8 @@ class PretrainBatches:
             ex = self.examples[i]
             ids, seg = pack_pair(ex.a, ex.b, self.cls_id, self.sep_id, self.max_len)
             rows.append((ids, seg, ex.not_next, (epoch if self.dynamic else 0) * self.n + i))
-        width = max(len(r[0]) for r in rows)
-        tokens = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        segments = torch.zeros_like(tokens)
-        for k, (ids, seg, _, _) in enumerate(rows):
-            tokens[k, :len(ids)] = torch.tensor(ids)
-            segments[k, :len(seg)] = torch.tensor(seg)
+        tokens = pad_sequences([r[0] for r in rows], self.pad_id)
+        segments = pad_sequences([r[1] for r in rows], 0)
         attention = tokens != self.pad_id
         special = torch.isin(tokens, torch.tensor(self.special_ids)) | ~attention
         corrupted, labels = tokens.clone(), torch.full_like(tokens, IGNORE)

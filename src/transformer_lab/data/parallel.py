@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from transformer_lab.data.vocab import Batch, pad_sequences
+from transformer_lab.data.vocab import Batch, epoch_order, pad_sequences
 from transformer_lab.tokenizers.io import read_lines
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,7 @@ class TokenBuckets:
 
     def epoch(self, epoch: int) -> list[list[int]]:
         """The batches (lists of pair indices) of ``epoch``, in that epoch's order."""
-        order = list(range(len(self.batches)))
-        random.Random(f"{self.seed}:{epoch}").shuffle(order)
-        return [self.batches[i] for i in order]
+        return [self.batches[i] for i in epoch_order(len(self.batches), self.seed, epoch)]
 
     def make(self, indices: Sequence[int]) -> Batch:
         src = [self.pairs.src[i] + [self.eos] for i in indices]

@@ -63,6 +63,14 @@ class Vocab:
             raise ValueError(f"{path}: not a vocabulary file ({e})") from None
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """0..n-1 in the order of ``epoch``: a pure function of (seed, epoch), so batches are the same
+    after a resume. Every batch source shuffles with this."""
+    order = list(range(n))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order
+
+
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int = PAD) -> Tensor:
     """Right-pad to the longest. Shapes: -> (B, T_max) int64."""
     t = max(len(s) for s in seqs)
@@ -105,8 +113,7 @@ class ShuffledBatches:
         return len(self.pairs) // self.batch_size
 
     def epoch(self, epoch: int) -> list[list[int]]:
-        order = list(range(len(self.pairs)))
-        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        order = epoch_order(len(self.pairs), self.seed, epoch)
         n = self.batch_size
         return [order[i : i + n] for i in range(0, len(order) - n + 1, n)]
 

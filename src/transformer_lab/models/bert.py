@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_lab.nn.embeddings import TokenEmbedding, check_tokens
+from transformer_lab.nn.embeddings import TokenEmbedding, check_token_shape
 from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
 from transformer_lab.nn.masks import padding_mask
@@ -159,7 +159,7 @@ class Bert(nn.Module):
         """tokens (B, S); segments (B, S) 0/1, default all 0; attention_mask (B, S) bool/0-1, True =
         real token, default ``tokens != pad_id``. ``mlm_positions`` (bool (B, S)): compute MLM logits
         only there (the 15%), returned as (N, V); otherwise for every position."""
-        check_tokens(tokens, self.config.vocab_size)
+        check_token_shape(tokens)  # the ids are checked once, by the embedding
         if segments is None:
             segments = torch.zeros_like(tokens)
         elif segments.shape != tokens.shape:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding
+from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding, check_token_shape
 from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.kv_cache import AttentionCache
 from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
@@ -125,8 +125,7 @@ class GPT(nn.Module):
         ones (left padding); None means no padding. ``positions`` (B, T) or (T,) default to
         ``positions_from_mask`` (or 0..T-1 after the cache's length).
         """
-        if not isinstance(tokens, Tensor) or tokens.dim() != 2:
-            raise ValueError(f"tokens: expected a LongTensor of shape (B, T), got {getattr(tokens, 'shape', tokens)!r}")
+        check_token_shape(tokens)  # the ids are checked once, by the embedding
         b, t = tokens.shape
         past = cache[0].length if cache is not None else 0
         if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape != (b, past + t)):

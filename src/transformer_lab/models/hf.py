@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -214,8 +215,6 @@ def load_bert(folder: str | Path, **overrides) -> Bert:
 
 def save_bert(model: Bert, folder: str | Path, vocab_file: str | Path | None = None) -> Path:
     """Write an HF BERT folder (config.json, model.safetensors, vocab.txt) that ``transformers`` reads."""
-    import shutil
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(bert_config_to_hf(model.config), indent=2) + "\n")

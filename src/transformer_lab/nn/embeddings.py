@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from transformer_lab.nn.positions import PositionEncoding
 
 
-def check_tokens(tokens: Tensor, vocab_size: int, name: str = "tokens") -> None:
-    """ValueError for a tensor that cannot be a batch of token ids (instead of an IndexError deep
-    inside ``nn.Embedding``, or a device-side assert on CUDA)."""
+def check_token_shape(tokens: Tensor, name: str = "tokens") -> None:
+    """ValueError unless ``tokens`` is a non-empty (B, T) integer tensor (no look at the values:
+    models call this first, and the embedding checks the ids once)."""
     if not isinstance(tokens, Tensor):
         raise ValueError(f"{name}: expected a LongTensor of shape (B, T), got {type(tokens).__name__}")
     if tokens.dim() != 2:
@@ -28,6 +28,12 @@ def check_tokens(tokens: Tensor, vocab_size: int, name: str = "tokens") -> None:
         raise ValueError(f"{name}: expected integer token ids (torch.long), got {tokens.dtype}")
     if tokens.size(0) == 0 or tokens.size(1) == 0:
         raise ValueError(f"{name}: empty batch, shape {tuple(tokens.shape)}; expected B >= 1 and T >= 1")
+
+
+def check_tokens(tokens: Tensor, vocab_size: int, name: str = "tokens") -> None:
+    """ValueError for a tensor that cannot be a batch of token ids (instead of an IndexError deep
+    inside ``nn.Embedding``, or a device-side assert on CUDA)."""
+    check_token_shape(tokens, name)
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi

@@ -11,16 +11,16 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from transformer_lab.data.mlm import IGNORE, PretrainBatch
+from transformer_lab.data.vocab import epoch_order, pad_sequences
 from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 from transformer_lab.training.trainer import StepLoss
@@ -77,29 +77,32 @@ def encode_texts(tok: WordPieceTokenizer, texts: Sequence[str], max_len: int) ->
 
 def pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """Right padding. Returns tokens (B, S) and attention mask (B, S) bool."""
-    width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    mask = torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
+    tokens = pad_sequences(rows, pad_id)
+    mask = torch.arange(tokens.size(1))[None, :] < torch.tensor([len(r) for r in rows])[:, None]
     return tokens, mask
 
 
 @torch.no_grad()
-def embed(model: Bert, tok: WordPieceTokenizer, texts: Sequence[str], max_len: int, batch_size: int = 32) -> Tensor:
-    """L2-normalised mean-pooled sentence embeddings, (N, D), in the order of ``texts``. Batches
-    are formed by length (as sentence-transformers does) so padding stays small."""
+def by_length(model: Bert, ids: list[list[int]], batch_size: int, head: Callable[[Bert, Tensor, Tensor], Tensor]) -> Tensor:
+    """``head(model, tokens, mask)`` over batches of similar length (as sentence-transformers
+    batches, so padding stays small), rows returned in the order of ``ids``, in eval mode."""
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    ids = encode_texts(tok, texts, max_len)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    out = torch.empty(len(ids), model.config.d_model)
+    parts = []
     for k in range(0, len(order), batch_size):
-        part = order[k:k + batch_size]
-        tokens, mask = pad([ids[i] for i in part], model.config.pad_id)
-        hidden = model(tokens.to(device), attention_mask=mask.to(device)).hidden
-        out[part] = mean_pool(hidden, mask.to(device)).float().cpu()
-    return out
+        tokens, mask = pad([ids[i] for i in order[k:k + batch_size]], model.config.pad_id)
+        parts.append(head(model, tokens.to(device), mask.to(device)).cpu())
+    model.train(was_training)
+    out = torch.cat(parts)
+    return out[torch.argsort(torch.tensor(order))]
+
+
+def embed(model: Bert, tok: WordPieceTokenizer, texts: Sequence[str], max_len: int, batch_size: int = 32) -> Tensor:
+    """L2-normalised mean-pooled sentence embeddings, (N, D), in the order of ``texts``."""
+    return by_length(model, encode_texts(tok, texts, max_len), batch_size,
+                     lambda m, t, mask: mean_pool(m(t, attention_mask=mask).hidden, mask).float())
 
 
 # --- pretraining ----------------------------------------------------------------------------------
@@ -209,8 +212,7 @@ class ClassBatches:
         return (len(self.ids) + self.batch_size - 1) // self.batch_size
 
     def epoch(self, epoch: int) -> list[list[int]]:
-        order = list(range(len(self.ids)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        order = epoch_order(len(self.ids), self.seed, epoch)
         return [order[k:k + self.batch_size] for k in range(0, len(order), self.batch_size)]
 
     def make(self, indices: Sequence[int]) -> ClassBatch:
@@ -225,17 +227,6 @@ def classification_loss(model: Bert, b: ClassBatch, device: torch.device) -> Ste
     return StepLoss(loss, loss.detach(), {"acc": float((logits.argmax(-1) == labels).float().mean())})
 
 
-@torch.no_grad()
 def classify(model: Bert, ids: list[list[int]], batch_size: int = 64) -> Tensor:
     """Predicted labels (N,)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    preds = torch.empty(len(ids), dtype=torch.long)
-    for k in range(0, len(order), batch_size):
-        part = order[k:k + batch_size]
-        tokens, mask = pad([ids[i] for i in part], model.config.pad_id)
-        preds[part] = model(tokens.to(device), attention_mask=mask.to(device)).class_logits.argmax(-1).cpu()
-    model.train(was_training)
-    return preds
+    return by_length(model, ids, batch_size, lambda m, t, mask: m(t, attention_mask=mask).class_logits.argmax(-1))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transformer_lab.config import read_json_object
 from transformer_lab.models.gpt import GPT
 from transformer_lab.tokenizers.char import CharTokenizer
 from transformer_lab.training.trainer import StepLoss
@@ -123,34 +124,8 @@ def lm_loss(model: GPT, batch: LMBatch, device: torch.device) -> StepLoss:
 
 
 @torch.no_grad()
-def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64) -> dict[str, float]:
-    """Mean next-token loss over ``ids`` in non-overlapping windows of ``context`` (the tail that
-    does not fill a window is scored in a last, shorter window). Returns loss and perplexity."""
-    was_training = model.training
-    model.eval()
-    device = model.token_weight.device
-    starts = list(range(0, len(ids) - 1, context))
-    total, count = 0.0, 0
-    for i in range(0, len(starts), batch_size):
-        group = starts[i:i + batch_size]
-        full = [s for s in group if s + context + 1 <= len(ids)]
-        parts = [torch.stack([ids[s:s + context + 1] for s in full])] if full else []
-        parts += [ids[s:][None] for s in group if s + context + 1 > len(ids)]  # the short tail
-        for w in parts:
-            w = w.to(device)
-            logits = model(w[:, :-1])
-            total += float(F.cross_entropy(logits.flatten(0, 1).float(), w[:, 1:].flatten(), reduction="sum"))
-            count += w[:, 1:].numel()
-    model.train(was_training)
-    if count == 0:
-        raise ValueError("evaluate: the text is too short (needs at least 2 tokens)")
-    loss = total / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
-
-
-@torch.no_grad()
-def estimate_lm_loss(model: GPT, windows: Tensor, batch_size: int = 64) -> float:
-    """Mean next-token loss over fixed windows (W, T+1)."""
+def loss_sum(model: GPT, windows: Tensor, batch_size: int = 64) -> float:
+    """Summed next-token loss over windows (W, T+1): each predicts its tokens 1..T from 0..T-1."""
     was_training = model.training
     model.eval()
     device = model.token_weight.device
@@ -159,7 +134,23 @@ def estimate_lm_loss(model: GPT, windows: Tensor, batch_size: int = 64) -> float
         w = windows[i:i + batch_size].to(device)
         total += float(F.cross_entropy(model(w[:, :-1]).flatten(0, 1).float(), w[:, 1:].flatten(), reduction="sum"))
     model.train(was_training)
-    return total / windows[:, 1:].numel()
+    return total
+
+
+def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64) -> dict[str, float]:
+    """Mean next-token loss over ``ids`` in non-overlapping windows of ``context`` (the tail that
+    does not fill a window is scored in a last, shorter window). Returns loss and perplexity."""
+    if len(ids) < 2:
+        raise ValueError("evaluate: the text is too short (needs at least 2 tokens)")
+    n_full = (len(ids) - 1) // context
+    full = ids[: n_full * context + 1].unfold(0, context + 1, context)  # (n_full, T+1), overlapping by 1
+    total = loss_sum(model, full, batch_size) if n_full else 0.0
+    tail = ids[n_full * context:]
+    if len(tail) > 1:
+        total += loss_sum(model, tail[None])
+    count = len(ids) - 1  # every token but the first is predicted once
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
 
 
 def make_validate(data: LMData, context: int, windows: int = 240, seed: int = 0) -> Callable[[GPT], dict]:
@@ -171,7 +162,7 @@ def make_validate(data: LMData, context: int, windows: int = 240, seed: int = 0)
     sample = data.valid[offsets[:, None] + torch.arange(context + 1)]  # (W, T+1)
 
     def validate(model: GPT) -> dict:
-        loss = estimate_lm_loss(model, sample)
+        loss = loss_sum(model, sample) / (sample.size(0) * context)
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
     return validate
@@ -199,15 +190,13 @@ def load_lm_tokenizer(checkpoint: Path):
 
 def load_lm(path: str | Path, device: str = "cpu") -> tuple[GPT, Any]:
     """A GPT and its tokenizer from one of our checkpoints or a Hugging Face GPT-2 folder."""
-    import json
-
     from transformer_lab.training.checkpoint import load_model, resolve_checkpoint
 
     path = Path(path)
     if (path / "checkpoints" / "last").is_dir():
         path = path / "checkpoints" / ("best" if (path / "checkpoints" / "best").is_dir() else "last")
     cfg_file = path / "config.json"
-    if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model_type") == "gpt2":
+    if cfg_file.is_file() and read_json_object(cfg_file).get("model_type") == "gpt2":
         from transformer_lab.models.hf import gpt_from_hf
 
         model = gpt_from_hf(path)
