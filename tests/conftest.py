@@ -46,3 +46,18 @@ def read_lines(path) -> list[str]:
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         return f.read().splitlines()
+
+
+def require(module: str):
+    """Import a test oracle from the dev extras. Missing, it fails under CI (CI=true: the oracle must
+    run there, a skip would hide it) and skips elsewhere, with the reason."""
+    import importlib
+    import os
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        message = f"test oracle {module!r} is not installed ({e}); pip install -e '.[dev]'"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)

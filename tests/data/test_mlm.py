@@ -6,8 +6,7 @@ import random
 import pytest
 import torch
 
-from transformer_lab.data.mlm import IGNORE, PretrainBatches, make_pairs, mask_tokens, pack_pair, word_ids_for
-from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
+from transformer_lab.data.mlm import IGNORE, make_pairs, mask_tokens, pack_pair, word_ids_for
 
 MASK, VOCAB = 4, 1000
 
@@ -84,42 +83,6 @@ def test_pack_pair_truncates_the_longer_side():
     assert ids == [2, 10, 11, 12, 13, 14, 3, 7, 8, 3] and seg == [0] * 7 + [1] * 3
     ids, seg = pack_pair([5], [], 2, 3, 10)
     assert ids == [2, 5, 3] and seg == [0, 0, 0]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    lines = ["the cat sat on the mat", "a dog ran in the park", "unbelievable stories are true"] * 20
-    return WordPieceTokenizer.train(lines, 60)
-
-
-def test_dynamic_masks_change_between_epochs_static_do_not(tok):
-    docs = [[tok.encode("the cat sat on the mat"), tok.encode("a dog ran in the park")] * 3,
-            [tok.encode("unbelievable stories are true")] * 4]
-    pairs = make_pairs(docs, random.Random(0))
-    for dynamic in (True, False):
-        src = PretrainBatches(pairs, tok, max_len=32, batch_size=64, dynamic=dynamic, prob=0.5)
-        e0 = src.make(sorted(src.epoch(0)[0]))  # the same examples, in epochs 0 and 1
-        e1 = src.make(sorted(src.epoch(1)[0]))
-        assert torch.equal(src.make(sorted(src.epoch(0)[0])).labels, e0.labels)  # a pure function
-        assert torch.equal(e0.labels, e1.labels) != dynamic
-        # pairs and segments do not depend on the masks
-        assert torch.equal(e0.segments, e1.segments)
-        assert (e0.tokens[:, 0] == tok.token_to_id("[CLS]")).all()
-
-
-def test_an_examples_masks_do_not_depend_on_its_batch(tok):
-    """The same example batched with a short or with a long partner (different padding): the same
-    selection, the same 80/10/10 outcome, the same random replacements."""
-    docs = [[tok.encode("the cat sat"), tok.encode("a dog ran in the park the cat sat on the mat")] * 4,
-            [tok.encode("unbelievable stories are true")] * 4]
-    pairs = make_pairs(docs, random.Random(0))
-    src = PretrainBatches(pairs, tok, max_len=64, batch_size=8, prob=0.5)
-    lengths = [len(p.a) + len(p.b) for p in pairs]
-    short, long = lengths.index(min(lengths)), lengths.index(max(lengths))
-    alone, padded = src.make([short]), src.make([short, long])
-    n = alone.tokens.size(1)
-    assert padded.tokens.size(1) > n
-    assert torch.equal(alone.tokens[0], padded.tokens[0, :n]) and torch.equal(alone.labels[0], padded.labels[0, :n])
 
 
 def test_not_next_sentences_come_from_the_pool():

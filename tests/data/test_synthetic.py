@@ -5,7 +5,9 @@ import datetime as dt
 import pytest
 
 from transformer_lab.data.synthetic import DateTask, date_source, date_to_words, day_words, year_words
-from transformer_lab.data.vocab import BOS, EOS, PAD, UNK, Vocab, make_batch
+from transformer_lab.data.batches import make_batch
+from transformer_lab.data.vocab import Vocab
+from transformer_lab.tokenizers.special import BOS_ID as BOS, EOS_ID as EOS, PAD_ID as PAD, UNK_ID as UNK
 
 
 @pytest.mark.parametrize(
@@ -52,3 +54,33 @@ def test_vocab_and_batch():
         Vocab(["a", "a"])
     with pytest.raises(ValueError, match="reserved"):
         Vocab(["<pad>"])
+
+
+def test_one_set_of_special_ids():
+    """Issue 9: the demo's vocabulary and every subword tokenizer put <pad>, <unk>, <s>, </s> at the
+    same ids (they once disagreed: BOS was 1 here and 2 there)."""
+    from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
+    from transformer_lab.tokenizers.special import SEQ2SEQ_SPECIALS
+
+    vocab = Vocab(["a"])
+    tok = ByteLevelBPETokenizer.train(["a b c"], 270, specials=SEQ2SEQ_SPECIALS)
+    for name, i in zip(SEQ2SEQ_SPECIALS, (PAD, UNK, BOS, EOS)):
+        assert vocab.stoi[name] == tok.token_to_id(name) == i
+    assert (vocab.pad_id, vocab.unk_id, vocab.bos_id, vocab.eos_id) == (PAD, UNK, BOS, EOS)
+
+
+def test_vocab_file_of_the_earlier_order_still_loads(tmp_path):
+    """A vocab.json written before the order was unified (no "specials" entry: <pad>, <s>, </s>, <unk>)
+    keeps its own ids, so an old demo checkpoint still decodes."""
+    import json
+
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps({"symbols": ["a", "b"]}))
+    old = Vocab.load(path)
+    assert (old.pad_id, old.bos_id, old.eos_id, old.unk_id) == (0, 1, 2, 3)
+    assert old.decode([4, 5, 2, 4]) == ["a", "b"]
+    Vocab(["a", "b"]).save(path)
+    assert Vocab.load(path).bos_id == BOS
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a vocabulary file"):
+        Vocab.load(path)

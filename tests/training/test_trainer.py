@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from transformer_lab.data.synthetic import DateTask
-from transformer_lab.data.vocab import ShuffledBatches, Vocab, make_batch
+from transformer_lab.data.batches import ShuffledBatches, make_batch
+from transformer_lab.data.vocab import Vocab
 from transformer_lab.models.presets import preset
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.training.losses import label_smoothed_cross_entropy, label_smoothed_nll
 from transformer_lab.training.schedules import warmup_cosine_lr, warmup_linear_lr
-from transformer_lab.training.trainer import TrainConfig, Trainer
+from transformer_lab.tasks.translation import seq2seq_loss
+from transformer_lab.training.config import TrainConfig
+from transformer_lab.training.loop import Trainer
 
 VOCAB = Vocab(DateTask.symbols())
 PAIRS = DateTask(first_year=1990, last_year=1990, n_test=5).pairs()[0]  # 360 pairs
@@ -29,7 +32,7 @@ def model(**kw) -> Transformer:
 def trainer(tmp, steps, m=None, **kw) -> Trainer:
     cfg = TrainConfig(max_steps=steps, warmup=5, log_every=1, progress=False, accumulate=2, **kw)
     # 360 pairs / 32 = 11 batches per epoch: with accumulate=2, resume lands mid-epoch and crosses epochs
-    return Trainer(m or model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp)
+    return Trainer(m or model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp, seq2seq_loss(cfg.label_smoothing))
 
 
 def test_resume_is_exact(tmp_path):
@@ -128,7 +131,8 @@ def test_fp16_loss_scaling_skips_an_overflowing_step(tmp_path):
     code with device "cuda"): a step whose scaled gradients overflow changes no weight and no
     optimizer state, halves the scale, and training goes on with finite losses."""
     cfg = TrainConfig(max_steps=4, warmup=5, log_every=1, progress=False, precision="fp16")
-    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, allow_cpu_low_precision=True)
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, seq2seq_loss(0.1),
+                allow_cpu_low_precision=True)
     t.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     t.train_step(t._next_batches())  # one good step
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
@@ -156,7 +160,8 @@ def test_bf16_autocast_trains(tmp_path):
     """The bf16 autocast path (CPU here, opted in): matmuls run in bf16, the loss in fp32, and
     the loss falls."""
     cfg = TrainConfig(max_steps=30, warmup=5, log_every=1, progress=False, precision="bf16", lr=2.0)
-    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, allow_cpu_low_precision=True)
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, seq2seq_loss(0.1),
+                allow_cpu_low_precision=True)
     seen = []
     hook = t.model.encoder.layers[0].ffn.w_1.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
     t.fit()

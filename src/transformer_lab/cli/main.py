@@ -1,4 +1,8 @@
-"""`transformer-lab`: one command, one sub-command per job (`transformer-lab COMMAND --help`)."""
+"""`transformer-lab`: one command, one sub-command per job (`transformer-lab COMMAND --help`).
+
+The CLI only turns arguments into configs, calls the tasks, and prints; errors a user can fix
+(bad input, files, a diverged loss, a busy run folder) are one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import logging
 import sys
 
 from transformer_lab import __version__
-from transformer_lab.cli import bench, bert, gpt, model, tokenizer, train, translate
+from transformer_lab.cli import bench, bert, generate, model, tokenizer, train, translate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, translate, gpt, bert, model, tokenizer, bench):
+    for module in (train, translate, generate, bert, model, tokenizer, bench):
         module.register(sub)
     return parser
 

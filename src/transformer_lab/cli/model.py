@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from transformer_lab.cli.args import positive_int
 from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.summary import format_summary, parameter_summary
 from transformer_lab.models.transformer import Transformer
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = msub.add_parser("summary", help="parameter count per component",
                         description="Build a preset (random weights) and count its parameters by component.")
     s.add_argument("--preset", default="base", choices=sorted(PRESETS))
-    s.add_argument("--vocab-size", type=int, default=None, help="shared vocabulary size (default: the preset's)")
+    s.add_argument("--vocab-size", type=positive_int, default=None, help="shared vocabulary size (default: the preset's)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=summary)
 
@@ -26,8 +27,7 @@ def summary(args: argparse.Namespace) -> int:
     if args.vocab_size is not None:
         overrides = dict(src_vocab_size=args.vocab_size, tgt_vocab_size=args.vocab_size)
     cfg = preset(args.preset, **overrides)
-    result = parameter_summary(Transformer(cfg))
-    result = {"preset": args.preset, **result}
+    result = {"preset": args.preset, **parameter_summary(Transformer(cfg))}
     if args.json:
         print(json.dumps(result))
     else:

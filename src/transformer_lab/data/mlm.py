@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from transformer_lab.data.vocab import epoch_order, pad_sequences
+from transformer_lab.tokenizers.corpus import read_lines
 
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
 
@@ -38,8 +38,6 @@ class PairExample:
 
 def read_documents(path: str | Path) -> list[list[str]]:
     """Documents (lists of non-empty lines), split at blank lines."""
-    from transformer_lab.tokenizers.io import read_lines
-
     docs, current = [], []
     for line in read_lines(path):
         line = line.strip()
@@ -80,6 +78,12 @@ def make_pairs(docs: Sequence[Sequence[list[int]]], rng: random.Random, nsp: boo
     if not out:
         raise ValueError("no training pairs: every document has a single sentence")
     return out
+
+
+def held_out_documents(n_docs: int, every: int = 20, minimum: int = 40) -> set[int]:
+    """Every ``every``-th document is held out for evaluation when there are at least ``minimum``
+    documents (else none: too few to spare)."""
+    return set(range(0, n_docs, every)) if n_docs >= minimum else set()
 
 
 def pack_pair(a: list[int], b: list[int], cls_id: int, sep_id: int, max_len: int) -> tuple[list[int], list[int]]:
@@ -141,72 +145,3 @@ def word_ids_for(pieces: Sequence[str], special: Sequence[bool]) -> list[int]:
             w += 1
         out.append(w)
     return out
-
-
-@dataclass
-class PretrainBatch:
-    tokens: Tensor  # (B, S) corrupted
-    segments: Tensor  # (B, S)
-    attention_mask: Tensor  # (B, S) bool
-    labels: Tensor  # (B, S) original ids at selected positions, else IGNORE
-    not_next: Tensor  # (B,)
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.attention_mask.sum())  # real tokens, for throughput
-
-    @property
-    def loss_units(self) -> int:
-        return self.tokens.size(0)  # the loss is a per-sequence mean (BERT's MLM mean + NSP mean)
-
-
-class PretrainBatches:
-    """The trainer's batch source for MLM + NSP. Batches of an epoch are a pure function of
-    (seed, epoch); masks too (dynamic: redrawn each epoch; static: one draw per example)."""
-
-    def __init__(self, examples: list[PairExample], tokenizer, max_len: int, batch_size: int, seed: int = 0,
-                 dynamic: bool = True, whole_word: bool = False, prob: float = 0.15):
-        self.examples, self.tok, self.max_len, self.batch_size = examples, tokenizer, max_len, batch_size
-        self.seed, self.dynamic, self.whole_word, self.prob = seed, dynamic, whole_word, prob
-        ids = {n: tokenizer.token_to_id(n) for n in ("[CLS]", "[SEP]", "[MASK]", "[PAD]")}
-        missing = [n for n, i in ids.items() if i is None]
-        if missing:
-            raise ValueError(f"tokenizer: BERT pretraining needs the special tokens {missing} in the vocabulary")
-        self.cls_id, self.sep_id, self.mask_id, self.pad_id = ids["[CLS]"], ids["[SEP]"], ids["[MASK]"], ids["[PAD]"]
-        self.special_ids = sorted({i for t, i in tokenizer.vocab.items() if t.startswith("[") and t.endswith("]")})
-        self.random_low = max(self.special_ids) + 1 if self.special_ids == list(range(len(self.special_ids))) else 0
-        self.n = len(examples)
-
-    def __len__(self) -> int:
-        return (self.n + self.batch_size - 1) // self.batch_size
-
-    def epoch(self, epoch: int) -> list[list[int]]:
-        order = epoch_order(self.n, self.seed, epoch)
-        # the epoch rides along in the index, so masks can depend on it (dynamic masking)
-        return [[epoch * self.n + i for i in order[k:k + self.batch_size]] for k in range(0, self.n, self.batch_size)]
-
-    def make(self, indices: Sequence[int]) -> PretrainBatch:
-        rows = []
-        for idx in indices:
-            epoch, i = divmod(idx, self.n)
-            ex = self.examples[i]
-            ids, seg = pack_pair(ex.a, ex.b, self.cls_id, self.sep_id, self.max_len)
-            rows.append((ids, seg, ex.not_next, (epoch if self.dynamic else 0) * self.n + i))
-        tokens = pad_sequences([r[0] for r in rows], self.pad_id)
-        segments = pad_sequences([r[1] for r in rows], 0)
-        attention = tokens != self.pad_id
-        special = torch.isin(tokens, torch.tensor(self.special_ids)) | ~attention
-        corrupted, labels = tokens.clone(), torch.full_like(tokens, IGNORE)
-        for k, (ids, _, _, key) in enumerate(rows):
-            # one generator per example, drawn over the example's own length: its masks do not depend
-            # on the batch it lands in (nor on the padding that batch needs)
-            g = torch.Generator().manual_seed(self.seed * 7_919 + key)
-            n = len(ids)
-            word_ids = None
-            if self.whole_word:
-                pieces = [self.tok.id_to_token[int(t)] for t in tokens[k, :n]]
-                word_ids = torch.tensor([word_ids_for(pieces, special[k, :n].tolist())])
-            c, lab = mask_tokens(tokens[k:k + 1, :n], special[k:k + 1, :n], self.mask_id, self.tok.vocab_size, g,
-                                 self.prob, word_ids, self.random_low)
-            corrupted[k, :n], labels[k, :n] = c[0], lab[0]
-        return PretrainBatch(corrupted, segments, attention, labels, torch.tensor([r[2] for r in rows]))

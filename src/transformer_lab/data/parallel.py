@@ -1,29 +1,23 @@
-"""Parallel text: aligned source/target files, the Multi30k named set, and token-bucket batching.
+"""Parallel text: aligned source/target files and the Multi30k named set (batching: ``batches``).
 
 Alignment is by line number, so anything that could shift it is an error or a counted skip, never
-silent: files with different line counts are refused (naming both and their counts); pairs with an
-empty side, and pairs longer than ``max_len`` tokens, are dropped and the counts reported.
-
-Batching as in the paper (§5.1: "sentence pairs were batched together by approximate sequence
-length; each batch contained ... approximately 25000 source tokens and 25000 target tokens"):
-pairs are sorted by length, cut into batches whose padded size (sentences × longest sentence) stays
-under ``max_tokens``, and the batch order is shuffled each epoch with a generator seeded by
-(seed, epoch), so the batches of any epoch can be rebuilt exactly on resume.
+silent: files with different line counts are refused (naming both and their counts); for training,
+pairs with an empty side, and pairs longer than ``max_len`` tokens, are dropped and the counts
+reported. For evaluation (``keep_empty=True``) every pair is kept: a translation is scored on all of
+its lines.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from transformer_lab.data.vocab import Batch, epoch_order, pad_sequences
-from transformer_lab.tokenizers.io import read_lines
+from transformer_lab.tokenizers.corpus import read_lines
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +79,9 @@ class ParallelText:
     skipped_empty: int = 0
 
 
-def read_parallel(src_path: str | Path, tgt_path: str | Path) -> ParallelText:
+def read_parallel(src_path: str | Path, tgt_path: str | Path, keep_empty: bool = False) -> ParallelText:
+    """Aligned lines of two files. Pairs with an empty (or blank) side are dropped and counted,
+    unless ``keep_empty`` (evaluation: every line is scored)."""
     src, tgt = list(read_lines(src_path)), list(read_lines(tgt_path))
     if len(src) != len(tgt):
         raise ValueError(
@@ -94,6 +90,8 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> ParallelText:
         )
     if not src:
         raise ValueError(f"{src_path}: empty file")
+    if keep_empty:
+        return ParallelText(src, tgt)
     keep = [i for i in range(len(src)) if src[i].strip() and tgt[i].strip()]
     skipped = len(src) - len(keep)
     if skipped:
@@ -117,49 +115,3 @@ def filter_long(src: Sequence[list[int]], tgt: Sequence[list[int]], max_len: int
         return EncodedPairs(list(src), list(tgt))
     keep = [i for i in range(len(src)) if len(src[i]) <= max_len and len(tgt[i]) <= max_len]
     return EncodedPairs([src[i] for i in keep], [tgt[i] for i in keep], len(src) - len(keep))
-
-
-class TokenBuckets:
-    """Length-sorted batches capped by a token budget; batch order reshuffled every epoch.
-
-    Padded size of a batch = sentences × (longest side + 1 for <s> or </s>) <= ``max_tokens``.
-    """
-
-    def __init__(self, pairs: EncodedPairs, max_tokens: int, bos: int, eos: int, pad: int, seed: int = 0):
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens: expected >= 1, got {max_tokens}")
-        self.pairs, self.bos, self.eos, self.pad, self.seed = pairs, bos, eos, pad, seed
-        lengths = [max(len(s), len(t)) + 1 for s, t in zip(pairs.src, pairs.tgt)]
-        longest = max(lengths, default=0)
-        if longest > max_tokens:
-            raise ValueError(f"max_tokens: {max_tokens} is below the longest pair ({longest} tokens); raise it or set --max-len")
-        # Sort by length, ties broken by a fixed shuffle, so equal-length pairs mix across batches.
-        order = list(range(len(lengths)))
-        random.Random(seed).shuffle(order)
-        order.sort(key=lambda i: lengths[i])
-        self.batches: list[list[int]] = []
-        current: list[int] = []
-        for i in order:
-            width = lengths[i]  # ascending order: the newcomer is the longest so far
-            if current and width * (len(current) + 1) > max_tokens:
-                self.batches.append(current)
-                current = []
-            current.append(i)
-        if current:
-            self.batches.append(current)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def epoch(self, epoch: int) -> list[list[int]]:
-        """The batches (lists of pair indices) of ``epoch``, in that epoch's order."""
-        return [self.batches[i] for i in epoch_order(len(self.batches), self.seed, epoch)]
-
-    def make(self, indices: Sequence[int]) -> Batch:
-        src = [self.pairs.src[i] + [self.eos] for i in indices]
-        tgt = [self.pairs.tgt[i] for i in indices]
-        return Batch(
-            pad_sequences(src, self.pad),
-            pad_sequences([[self.bos] + t for t in tgt], self.pad),
-            pad_sequences([t + [self.eos] for t in tgt], self.pad),
-        )

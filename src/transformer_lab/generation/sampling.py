@@ -18,7 +18,7 @@ Shapes: B prompts, P padded prompt length, N new tokens, V vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -101,16 +101,19 @@ def generate(
     cfg: SamplingConfig = SamplingConfig(),
     generator: torch.Generator | None = None,
     return_logits: bool = False,
+    on_step: Callable[[Tensor], None] | None = None,
 ) -> Generation:
-    """Continue each prompt (a list of token ids) by up to ``cfg.max_new_tokens`` tokens."""
+    """Continue each prompt (a list of token ids) by up to ``cfg.max_new_tokens`` tokens.
+    ``on_step(tokens)`` receives each step's new tokens (B,) as they are chosen (streaming output,
+    progress); a row that has ended repeats the end token."""
     model.eval()
     max_len = model.config.max_len
     too_long = [len(p) for p in prompts if len(p) > max_len]
     if too_long:
         raise ValueError(f"prompt: {max(too_long)} tokens, but the model's context is max_len={max_len}; "
                          f"shorten the prompt (keep its last {max_len} tokens)")
-    eos = (cfg.eos_id if cfg.eos_id is not None else model.config.eos_id) if cfg.stop_at_eos else None
-    device = model.token_weight.device
+    eos = stop_token(model, cfg)
+    device = next(model.parameters()).device
     tokens, mask = (t.to(device) for t in left_pad(prompts))
     b = tokens.size(0)
     padded = not bool(mask.all())  # prompts of one length need no padding mask (a cheaper step)
@@ -133,6 +136,8 @@ def generate(
         if eos is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
         out.append(nxt)
+        if on_step is not None:
+            on_step(nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1)
         new_tokens = nxt[:, None]
@@ -140,10 +145,24 @@ def generate(
             done |= nxt == eos
             if bool(done.all()):
                 break
-    generated = torch.stack(out, dim=1).tolist()  # (B, N)
+    result = cut_at_eos(out, eos)
+    return Generation(result, torch.stack(step_logits, 1) if return_logits else None)
+
+
+def stop_token(model: GPT, cfg: SamplingConfig) -> int | None:
+    """The token that ends a row: the config's, else the model's; None when generation never stops early."""
+    if not cfg.stop_at_eos:
+        return None
+    return cfg.eos_id if cfg.eos_id is not None else model.config.eos_id
+
+
+def cut_at_eos(steps: Sequence[Tensor], eos: int | None) -> list[list[int]]:
+    """Per row, the tokens of ``steps`` (each (B,)) up to and including the first end token."""
+    if not steps:
+        return []
     result = []
-    for row in generated:
+    for row in torch.stack(list(steps), dim=1).tolist():  # (B, N)
         if eos is not None and eos in row:
             row = row[: row.index(eos) + 1]
         result.append(row)
-    return Generation(result, torch.stack(step_logits, 1) if return_logits else None)
+    return result

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_lab.nn.embeddings import TokenEmbedding, check_token_shape
+from transformer_lab.nn.embeddings import TokenEmbedding, check_tokens
 from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
 from transformer_lab.nn.masks import padding_mask
-from transformer_lab.nn.positions import LearnedPositionEmbedding
+from transformer_lab.nn.positions import POSITION_ENCODINGS, build_position_encoding
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class BertConfig:
     pretraining_heads: bool = False  # MLM + NSP heads
     n_labels: int = 0  # > 0: a sequence-classification head with this many classes
     attention_impl: str = "sdpa"
+    position: str = "learned"  # "learned" (BERT), "sinusoidal" or "rotary" (inside self-attention)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "type_vocab_size"):
@@ -61,6 +62,10 @@ class BertConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: expected 0 <= p < 1, got {getattr(self, name)}")
+        if self.position not in POSITION_ENCODINGS:
+            raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id: {self.pad_id} is outside the vocabulary (size {self.vocab_size})")
 
     def block(self) -> BlockConfig:
         return BlockConfig(self.d_model, self.n_heads, self.d_ff, self.dropout, self.attention_dropout,
@@ -68,41 +73,38 @@ class BertConfig:
 
 
 class BertEmbeddings(nn.Module):
-    """Token + segment + learned position, then LayerNorm and dropout. Shapes: (B, S) -> (B, S, D)."""
+    """Token + segment + position, then LayerNorm and dropout. Shapes: (B, S) -> (B, S, D)."""
 
     def __init__(self, c: BertConfig):
         super().__init__()
         self.token = TokenEmbedding(c.vocab_size, c.d_model, scale=False)
         self.segment = nn.Embedding(c.type_vocab_size, c.d_model)
-        self.position = LearnedPositionEmbedding(c.d_model, c.max_len)
+        self.position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads)
         self.norm = nn.LayerNorm(c.d_model, eps=c.eps)
         self.dropout = nn.Dropout(c.dropout)
 
-    def forward(self, tokens: Tensor, segments: Tensor) -> Tensor:
-        s = tokens.size(1)
-        if s > self.position.max_len:
-            raise ValueError(f"tokens: length {s} exceeds the model's max_len={self.position.max_len} "
-                             "positions; truncate the input")
+    def forward(self, tokens: Tensor, segments: Tensor, positions: Tensor) -> Tensor:
         x = self.token(tokens) + self.segment(segments)
-        x = self.position.add_to_embeddings(x, torch.arange(s, device=tokens.device))
+        x = self.position.add_to_embeddings(x, positions)  # a no-op for rotary (it acts in attention)
         return self.dropout(self.norm(x))
 
 
 class MLMHead(nn.Module):
-    """Predicts the masked tokens: transform (dense, GELU, LayerNorm), then x W_tokᵀ + b."""
+    """Predicts the masked tokens: transform (dense, GELU, LayerNorm), then a linear map to the
+    vocabulary whose weight is the input embedding table (tied) and whose bias is its own."""
 
     def __init__(self, c: BertConfig, token_weight: nn.Parameter):
         super().__init__()
         self.dense = nn.Linear(c.d_model, c.d_model)
         self.activation = c.activation
         self.norm = nn.LayerNorm(c.d_model, eps=c.eps)
-        self.token_weight = token_weight  # tied: the same Parameter as the input embedding table
-        self.bias = nn.Parameter(torch.zeros(c.vocab_size))
+        self.decoder = nn.Linear(c.d_model, c.vocab_size)  # a module, so a replaced Linear is used
+        self.decoder.weight = token_weight  # tied: the same Parameter as the input embedding table
 
     def forward(self, h: Tensor) -> Tensor:
         h = self.dense(h)
         h = F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
-        return F.linear(self.norm(h), self.token_weight, self.bias)  # (..., V)
+        return self.decoder(self.norm(h))  # (..., V)
 
 
 @dataclass
@@ -119,25 +121,14 @@ class Bert(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = BertEmbeddings(c)
-        self.encoder = Encoder([EncoderLayer(c.block()) for _ in range(c.n_layers)], c.d_model, norm_first=False)
+        position = self.embed.position
+        inner = position if position.acts_in_attention else None  # rotary acts inside self-attention
+        self.encoder = Encoder([EncoderLayer(c.block(), inner) for _ in range(c.n_layers)], c.d_model, norm_first=False)
         self.pooler = nn.Linear(c.d_model, c.d_model)
         self.mlm = MLMHead(c, self.embed.token.weight) if c.pretraining_heads else None
         self.nsp = nn.Linear(c.d_model, 2) if c.pretraining_heads else None
         self.classifier = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.d_model, c.n_labels)) if c.n_labels else None
         self.reset_parameters()
-
-    @classmethod
-    def from_pretrained(cls, folder, **overrides) -> "Bert":
-        """An HF-format BERT folder (config.json + model.safetensors); see ``models.hf.load_bert``."""
-        from transformer_lab.models.hf import load_bert
-
-        return load_bert(folder, **overrides)
-
-    def save_pretrained(self, folder, vocab_file=None):
-        """Write an HF-format folder that ``transformers.BertModel.from_pretrained`` reads."""
-        from transformer_lab.models.hf import save_bert
-
-        return save_bert(self, folder, vocab_file)
 
     def reset_parameters(self) -> None:
         """BERT's initialisation: N(0, 0.02) for weights and embeddings, zero biases, LayerNorm (1, 0)."""
@@ -159,18 +150,25 @@ class Bert(nn.Module):
         """tokens (B, S); segments (B, S) 0/1, default all 0; attention_mask (B, S) bool/0-1, True =
         real token, default ``tokens != pad_id``. ``mlm_positions`` (bool (B, S)): compute MLM logits
         only there (the 15%), returned as (N, V); otherwise for every position."""
-        check_token_shape(tokens)  # the ids are checked once, by the embedding
+        check_tokens(tokens, self.config.vocab_size)  # once per batch, at the model's boundary
+        s = tokens.size(1)
+        if s > self.config.max_len:
+            raise ValueError(f"tokens: length {s} exceeds the model's max_len={self.config.max_len} "
+                             "positions; truncate the input")
         if segments is None:
             segments = torch.zeros_like(tokens)
         elif segments.shape != tokens.shape:
             raise ValueError(f"segments: expected shape {tuple(tokens.shape)} like tokens, got {tuple(segments.shape)}")
+        else:
+            check_tokens(segments, self.config.type_vocab_size, "segments")
         if attention_mask is None:
             mask = padding_mask(tokens, self.config.pad_id)  # (B, 1, 1, S)
         elif attention_mask.shape != tokens.shape:
             raise ValueError(f"attention_mask: expected shape {tuple(tokens.shape)} like tokens, got {tuple(attention_mask.shape)}")
         else:
             mask = attention_mask.bool()[:, None, None, :]
-        hidden = self.encoder(self.embed(tokens, segments), mask)  # (B, S, D)
+        positions = torch.arange(s, device=tokens.device)
+        hidden = self.encoder(self.embed(tokens, segments, positions), mask, positions)  # (B, S, D)
         pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, D)
         out = BertOutput(hidden, pooled)
         if self.mlm is not None:

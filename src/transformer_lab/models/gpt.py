@@ -4,6 +4,9 @@
     x_l = Block_l(x_{l-1})  under a causal mask        (pre-LN: x + Attn(LN(x)), x + FFN(LN(x)))
     logits = LN_f(x_L) W_eᵀ                           (LM head tied to the token embeddings)
 
+``position`` selects the encoding: "learned" (GPT-2, the default), "sinusoidal" (the paper's, added
+to the embeddings) or "rotary" (inside self-attention, no table and no added vector).
+
 A GPT block is the encoder layer of ``nn.layers`` with ``norm_first=True`` and GELU (tanh form, as
 GPT-2): self-attention plus FFN, no cross-attention; the causal mask is what makes it a decoder.
 Nothing here re-implements attention, the FFN or the norms.
@@ -20,15 +23,14 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding, check_token_shape
+from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding, check_tokens
 from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.kv_cache import AttentionCache
 from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
 from transformer_lab.nn.masks import causal_mask
-from transformer_lab.nn.positions import LearnedPositionEmbedding
+from transformer_lab.nn.positions import POSITION_ENCODINGS, build_position_encoding
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class GPTConfig:
     eps: float = 1e-5
     attention_impl: str = "sdpa"
     eos_id: int | None = None  # generation stops a row at this token (GPT-2: 50256 "<|endoftext|>")
+    position: str = "learned"  # "learned" (GPT-2), "sinusoidal" or "rotary"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff"):
@@ -59,6 +62,8 @@ class GPTConfig:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.eos_id is not None and not 0 <= self.eos_id < self.vocab_size:
             raise ValueError(f"eos_id: {self.eos_id} is outside the vocabulary (size {self.vocab_size})")
+        if self.position not in POSITION_ENCODINGS:
+            raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
 
     def block(self) -> BlockConfig:
         return BlockConfig(self.d_model, self.n_heads, self.d_ff, self.dropout, self.attention_dropout,
@@ -76,9 +81,14 @@ class GPT(nn.Module):
         super().__init__()
         self.config = c = config
         block = c.block()
-        self.embed = Embeddings(TokenEmbedding(c.vocab_size, c.d_model, scale=False),
-                                LearnedPositionEmbedding(c.d_model, c.max_len), c.dropout)
-        self.blocks = Encoder([EncoderLayer(block) for _ in range(c.n_layers)], c.d_model, norm_first=True, eps=c.eps)
+        position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads)
+        self.embed = Embeddings(TokenEmbedding(c.vocab_size, c.d_model, scale=False), position, c.dropout)
+        inner = position if position.acts_in_attention else None  # rotary acts inside self-attention
+        self.blocks = Encoder([EncoderLayer(block, inner) for _ in range(c.n_layers)], c.d_model, norm_first=True,
+                              eps=c.eps)
+        # The LM head is a module (not F.linear on the table), so a replaced Linear (LoRA, INT8) is used.
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.token.weight  # tied: one (V, D) tensor, two uses
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -94,17 +104,6 @@ class GPT(nn.Module):
                 nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
             else:
                 nn.init.zeros_(p)
-
-    @classmethod
-    def from_hf(cls, hf_model_or_folder) -> "GPT":
-        """From an HF ``GPT2LMHeadModel`` or a folder it saved; see ``models.hf.gpt_from_hf``."""
-        from transformer_lab.models.hf import gpt_from_hf
-
-        return gpt_from_hf(hf_model_or_folder)
-
-    @property
-    def token_weight(self) -> Tensor:
-        return self.embed.token.weight  # (V, D), shared by the input embedding and the LM head
 
     def new_cache(self) -> list[AttentionCache]:
         return [AttentionCache() for _ in range(self.config.n_layers)]
@@ -125,7 +124,7 @@ class GPT(nn.Module):
         ones (left padding); None means no padding. ``positions`` (B, T) or (T,) default to
         ``positions_from_mask`` (or 0..T-1 after the cache's length).
         """
-        check_token_shape(tokens)  # the ids are checked once, by the embedding
+        check_tokens(tokens, self.config.vocab_size)  # once per batch, at the model's boundary
         b, t = tokens.shape
         past = cache[0].length if cache is not None else 0
         if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape != (b, past + t)):
@@ -149,15 +148,7 @@ class GPT(nn.Module):
         if attention_mask is not None:
             mask = mask & attention_mask[:, None, None, :].bool()  # (B, 1, T, T_k)
         x = self.embed(tokens, positions)  # (B, T, D)
-        x = self.blocks(x, mask, None, cache)
+        x = self.blocks(x, mask, positions, cache)
         if last_only:
             x = x[:, -1:]
-        return F.linear(x, self.token_weight)  # (B, T, V)
-
-    def loss(self, tokens: Tensor, targets: Tensor, ignore_index: int = -100) -> tuple[Tensor, int]:
-        """Summed next-token cross-entropy and the number of predicted tokens.
-        Shapes: tokens, targets (B, T); targets[:, i] is the token after tokens[:, i]."""
-        logits = self(tokens)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index,
-                               reduction="sum")
-        return loss, int((targets != ignore_index).sum())
+        return self.lm_head(x)  # (B, T, V)

@@ -54,7 +54,7 @@ _BERT_REST = [
     ("bert.pooler.dense", "pooler"),
     ("cls.predictions.transform.dense", "mlm.dense"),
     ("cls.predictions.transform.LayerNorm", "mlm.norm"),
-    ("cls.predictions.bias", "mlm.bias"),
+    ("cls.predictions.bias", "mlm.decoder.bias"),
     ("cls.seq_relationship", "nsp"),
     ("classifier", "classifier.1"),
 ]
@@ -103,6 +103,9 @@ def bert_config_from_hf(hf: dict[str, Any], where: str = "config.json", **overri
 
 
 def bert_config_to_hf(c: BertConfig) -> dict[str, Any]:
+    if c.position != "learned":
+        raise ValueError(f"position: a Hugging Face BERT has learned absolute positions; this model uses "
+                         f"{c.position!r} and cannot be written as a BERT folder (save a checkpoint instead)")
     arch = "BertForSequenceClassification" if c.n_labels else "BertForPreTraining" if c.pretraining_heads else "BertModel"
     hf = {
         "architectures": [arch], "model_type": "bert", "vocab_size": c.vocab_size, "hidden_size": c.d_model,
@@ -155,7 +158,7 @@ def bert_state_to_hf(model: Bert) -> dict[str, Tensor]:
     reverse = [(o, h) for h, o in _bert_name_maps(model.config.n_layers)]
     out = {}
     for name, t in model.state_dict().items():
-        if name == "mlm.token_weight":
+        if name == "mlm.decoder.weight":
             continue  # tied to the word embeddings; HF re-ties cls.predictions.decoder on load
         hf = _rename(name, reverse)
         if hf is None:
@@ -201,9 +204,9 @@ def load_bert(folder: str | Path, **overrides) -> Bert:
     is_head = lambda k: k.startswith(("mlm.", "nsp.", "classifier.", "pooler."))  # noqa: E731
     state = {k: v for k, v in state.items() if k in model.state_dict() or not is_head(k)}
     if "embed.token.weight" in state:
-        state["mlm.token_weight"] = state["embed.token.weight"]  # tied
+        state["mlm.decoder.weight"] = state["embed.token.weight"]  # tied
     fresh = load_state_checked(model, state, str(folder / "model.safetensors"), optional=is_head)
-    fresh = [k for k in fresh if k != "mlm.token_weight"]
+    fresh = [k for k in fresh if k != "mlm.decoder.weight"]
     if fresh:
         log.info("%s: new heads, initialised fresh (train them before use): %s", folder, ", ".join(fresh))
     unexpected = [k for k in unused if not _BERT_IGNORABLE.search(k)]
@@ -261,7 +264,7 @@ def gpt_from_hf_state(hf_state: dict[str, Tensor], config: GPTConfig) -> dict[st
             raise ValueError(f"GPT-2 state dict: missing tensor transformer.{name}")
         return sd[name]
 
-    out["embed.token.weight"] = take("wte.weight")
+    out["embed.token.weight"] = out["lm_head.weight"] = take("wte.weight")  # tied
     out["embed.position.embedding.weight"] = take("wpe.weight")
     out["blocks.norm.weight"], out["blocks.norm.bias"] = take("ln_f.weight"), take("ln_f.bias")
     for i in range(config.n_layers):
@@ -293,3 +296,17 @@ def gpt_from_hf(hf_model_or_folder: Any) -> GPT:
     model = GPT(config)
     load_state_checked(model, gpt_from_hf_state(hf_state, config), where)
     return model
+
+
+# --- sentence-transformers ------------------------------------------------------------------------
+def sentence_max_seq_length(folder: str | Path, model_max_len: int) -> int:
+    """sentence-transformers truncates at sentence_bert_config.json's max_seq_length (256 for
+    all-MiniLM-L6-v2); without that file, the model's position table."""
+    path = Path(folder) / "sentence_bert_config.json"
+    if path.is_file():
+        value = read_json_object(path).get("max_seq_length")
+        if value:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{path}: max_seq_length: expected a positive integer, got {value!r}")
+            return min(value, model_max_len)
+    return model_max_len

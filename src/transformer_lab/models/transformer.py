@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding
+from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding, check_tokens
 from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.layers import BlockConfig, Decoder, DecoderLayer, Encoder, EncoderLayer
 from transformer_lab.nn.kv_cache import DecoderCache
@@ -134,7 +134,8 @@ class Transformer(nn.Module):
     # --- the two halves -------------------------------------------------------------------------
     def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Shapes: src (B, S) -> memory (B, S, D). ``src_mask`` defaults to the key-padding mask."""
-        x = self.src_embed(src)  # (B, S, D); also validates the ids
+        check_tokens(src, self.config.src_vocab_size, "src")
+        x = self.src_embed(src)  # (B, S, D)
         if src_mask is None:
             src_mask = padding_mask(src, self.config.pad_id)
         check_mask(src_mask, src.size(0), self.config.n_heads, src.size(1), src.size(1), "src_mask")
@@ -157,6 +158,7 @@ class Transformer(nn.Module):
         """
         if memory.dim() != 3 or memory.shape[:2] != src.shape:
             raise ValueError(f"memory: expected (B, S, D) matching src {tuple(src.shape)}, got {tuple(memory.shape)}")
+        check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
         offset = 0 if cache is None else cache.length
         positions = torch.arange(offset, offset + tgt.size(1), device=tgt.device)
         x = self.tgt_embed(tgt, positions)  # (B, T, D)

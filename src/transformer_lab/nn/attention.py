@@ -68,19 +68,33 @@ def fast_attention(
     dropout_p: float = 0.0,
 ) -> AttentionResult:
     """Eq. 1 on ``F.scaled_dot_product_attention``; same contract as ``reference_attention``."""
-    attn_mask = mask
+    attn_mask, has_key = mask, None
+    if mask is not None:
+        has_key = mask.any(dim=-1, keepdim=True)  # (B|1, H|1, T_q, 1): rows that see at least one key
+        if _guard_fully_masked_rows(has_key):
+            # Fused kernels differ on a row with no key: some return NaN outputs, CUDA's fp16/bf16
+            # kernels NaN gradients. Such a row gets every key (a finite softmax, never read) and a
+            # zero output below, so no NaN reaches the output or the backward pass.
+            attn_mask = mask | ~has_key
+        else:
+            has_key = None
     if bias is not None:
         # SDPA takes one mask: a float mask is added to the scores, so fold the bool mask in.
-        attn_mask = bias if mask is None else torch.where(mask, bias, float("-inf"))
+        attn_mask = bias if attn_mask is None else torch.where(attn_mask, bias, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-    if mask is not None:
-        # Kernels differ on fully masked rows (some give NaN); pin the contract: zeros. On CPU the
-        # check is free and most masks (causal, right padding) have no such row: skip the fill
-        # (measured: 0.5 ms of a 12x64 GPT layer's step). On GPU, fill without asking (no sync).
-        has_key = mask.any(dim=-1, keepdim=True)
-        if out.device.type != "cpu" or not bool(has_key.all()):
-            out = out.masked_fill(~has_key, 0.0)
+    if has_key is not None:
+        out = out.masked_fill(~has_key, 0.0)
     return AttentionResult(out, None)
+
+
+def _guard_fully_masked_rows(has_key: Tensor) -> bool:
+    """Whether ``fast_attention`` takes the fully-masked-row guard. On GPU, and while torch.compile
+    traces, always (asking would be a device sync / a graph break). On CPU, only when some row has
+    no key: the question is free there, and most masks (causal, right padding) have no such row
+    (measured: the guard is 0.5 ms of a 12x64 GPT layer's step)."""
+    if has_key.device.type != "cpu" or torch.compiler.is_compiling():
+        return True
+    return not bool(has_key.all())
 
 
 def _cat_bias(*linears: nn.Linear) -> Tensor | None:
@@ -123,7 +137,8 @@ class MultiHeadAttention(nn.Module):
     def _fused_projections(self, query: Tensor, key_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The same three products as w_q, w_k, w_v, in fewer and larger GEMMs: one (D -> 3D) for
         self-attention, one (D -> D) plus one (D -> 2D) for cross-attention. Measured: about 5% of a
-        base-model training step on CPU (``transformer-lab bench model``). Shapes: -> (B, T, D) each."""
+        base-model training step on CPU (``transformer-lab bench model``). Only for plain ``nn.Linear``
+        projections (``_plain_projections``). Shapes: -> (B, T, D) each."""
         d = self.d_model
         if key_value is query:
             w = torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])  # (3D, D)
@@ -132,6 +147,11 @@ class MultiHeadAttention(nn.Module):
         w = torch.cat([self.w_k.weight, self.w_v.weight])  # (2D, D)
         k, v = F.linear(key_value, w, _cat_bias(self.w_k, self.w_v)).split(d, dim=-1)
         return self.w_q(query), k, v
+
+    def _plain_projections(self) -> bool:
+        """Fusing reads the three weight matrices directly, which is only right for plain
+        ``nn.Linear``: a replaced projection (LoRA, a quantized Linear) must run its own forward."""
+        return type(self.w_q) is nn.Linear and type(self.w_k) is nn.Linear and type(self.w_v) is nn.Linear
 
     def _split(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -167,7 +187,7 @@ class MultiHeadAttention(nn.Module):
         else:
             # Fusing pays off only for many rows: its weight concatenation (3·D² floats) costs as much
             # as the products themselves when one token is decoded (measured: 6% of a GPT-2 step).
-            if use_reference or b * t_q < 32:
+            if use_reference or b * t_q < 32 or not self._plain_projections():
                 q, k, v = self.w_q(query), self.w_k(key_value), self.w_v(key_value)
             else:
                 q, k, v = self._fused_projections(query, key_value)

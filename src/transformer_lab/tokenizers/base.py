@@ -17,6 +17,9 @@ from transformer_lab.tokenizers.special import SpecialTokens, check_specials_in_
 
 class Tokenizer(ABC):
     algorithm: str = ""
+    # Literal special-token text in the input: ordinary text (True) or the special id (False); see
+    # ``special.py``. Loaders of Hugging Face files set False, as transformers behaves.
+    split_special_tokens: bool = True
 
     def __init__(self, vocab: dict[str, int], specials: Sequence[str] = (), unk_token: str | None = None):
         ids = sorted(vocab.values())
@@ -44,9 +47,13 @@ class Tokenizer(ABC):
         return self.vocab.get(token)
 
     # --- text -> pieces -> ids ------------------------------------------------------------------
-    def tokenize(self, text: str, allow_special: bool = False) -> list[str]:
+    def tokenize(self, text: str, allow_special: bool | None = None) -> list[str]:
+        """``allow_special``: parse literal special-token text as specials (True) or as text (False);
+        None follows the tokenizer's ``split_special_tokens``."""
         if not isinstance(text, str):
             raise ValueError(f"text: expected str, got {type(text).__name__}")
+        if allow_special is None:
+            allow_special = not self.split_special_tokens
         pieces: list[str] = []
         for segment, is_special in self.specials.split(text, allow_special):
             if is_special:
@@ -55,7 +62,7 @@ class Tokenizer(ABC):
                 pieces.extend(self._tokenize(segment))
         return pieces
 
-    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+    def encode(self, text: str, allow_special: bool | None = None) -> list[int]:
         ids = []
         for piece in self.tokenize(text, allow_special):
             i = self.vocab.get(piece, self.unk_id)
@@ -92,5 +99,6 @@ class Tokenizer(ABC):
     def write_config(self, directory: str | Path, **extra) -> None:
         """``tokenizer_config.json``: the algorithm (which ``io.load_tokenizer`` dispatches on), the
         specials, and whatever the algorithm needs to be rebuilt."""
-        config = {"algorithm": self.algorithm, "specials": list(self.specials), "unk_token": self.unk_token, **extra}
+        config = {"algorithm": self.algorithm, "specials": list(self.specials), "unk_token": self.unk_token,
+                  "split_special_tokens": self.split_special_tokens, **extra}
         (Path(directory) / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

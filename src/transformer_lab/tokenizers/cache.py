@@ -20,7 +20,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from transformer_lab.tokenizers.fast import FastTokenizer
-from transformer_lab.tokenizers.io import read_lines
+from transformer_lab.tokenizers.corpus import read_lines
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,8 @@
 """The fast backend: HF ``tokenizers`` (Rust) built from the same vocabulary and rules as our
 readable tokenizers, for the training pipeline. Tests hold its ids identical to ours.
 
-One behaviour is aligned on purpose: HF matches special tokens inside input text by default; we
-treat them as ordinary text unless ``allow_special`` (``encode_special_tokens`` switches HF's
-matching off).
+One behaviour is aligned on purpose: literal special-token text follows our tokenizer's
+``split_special_tokens`` (HF's ``encode_special_tokens`` is set from it), or ``allow_special`` per call.
 """
 
 from __future__ import annotations
@@ -13,29 +12,33 @@ from typing import Sequence
 
 
 class FastTokenizer:
-    def __init__(self, hf_tokenizer):
+    def __init__(self, hf_tokenizer, split_special_tokens: bool = True):
         self.hf = hf_tokenizer
+        self.split_special_tokens = split_special_tokens
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "FastTokenizer":
-        return cls(tokenizer.to_hf())
+        return cls(tokenizer.to_hf(), tokenizer.split_special_tokens)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "FastTokenizer":
         from tokenizers import Tokenizer as HFTokenizer
 
-        return cls(HFTokenizer.from_file(str(path)))
+        return cls(HFTokenizer.from_file(str(path)), split_special_tokens=False)  # as transformers reads it
 
     @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
-    def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        self.hf.encode_special_tokens = not allow_special
+    def _set_special_mode(self, allow_special: bool | None) -> None:
+        self.hf.encode_special_tokens = self.split_special_tokens if allow_special is None else not allow_special
+
+    def encode(self, text: str, allow_special: bool | None = None) -> list[int]:
+        self._set_special_mode(allow_special)
         return self.hf.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str], allow_special: bool = False) -> list[list[int]]:
-        self.hf.encode_special_tokens = not allow_special
+    def encode_batch(self, texts: Sequence[str], allow_special: bool | None = None) -> list[list[int]]:
+        self._set_special_mode(allow_special)
         return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:

@@ -1,59 +1,37 @@
-"""Reading corpora and loading any tokenizer from a path.
+"""Tokenizer files and folders: load any tokenizer from a path, and the tokenizer of a model folder.
 
 ``load_tokenizer(PATH)`` accepts a folder written by ``save`` (its ``tokenizer_config.json`` names the
-algorithm), an HF ``tokenizer.json`` (WordPiece, or BPE: byte-level when its pre-tokenizer is
-ByteLevel, Sennrich-style when the model has the ``</w>`` suffix), or a BERT ``vocab.txt``.
+algorithm), a Hugging Face model folder or ``tokenizer.json`` (WordPiece, or BPE: byte-level when its
+pre-tokenizer is ByteLevel, Sennrich-style when the model has the ``</w>`` suffix), or a BERT
+``vocab.txt``.
+
+A tokenizer loaded from Hugging Face files behaves as ``transformers`` does with them: literal
+special-token text ("[MASK]", "<|endoftext|>") in the input is parsed as the special token, unless the
+folder's ``tokenizer_config.json`` or the caller sets ``split_special_tokens`` (see ``special.py``).
+Our own folders keep the setting they were saved with (default: such text is ordinary text).
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any
 
+from transformer_lab.config import read_json_object
 from transformer_lab.tokenizers.base import Tokenizer
+from transformer_lab.tokenizers.bpe import BPETokenizer
+from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
+from transformer_lab.tokenizers.char import CharTokenizer
+from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
+
+CONFIG_FILE = "tokenizer_config.json"
+HF_FILE = "tokenizer.json"
+BERT_VOCAB = "vocab.txt"
+CHAR_FILE = "char_tokenizer.json"  # a character tokenizer inside a checkpoint
+TOKENIZER_DIR = "tokenizer"  # any other tokenizer inside a checkpoint
 
 
-def decode_lines(stream: BinaryIO, name: str) -> Iterator[str]:
-    """Lines of a binary stream decoded as UTF-8, without newlines. Invalid UTF-8 is an error naming
-    the source, the line and the byte offset, not a crash deep inside a tokenizer."""
-    offset = 0
-    for n, raw in enumerate(stream, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(
-                f"{name}: line {n}: invalid UTF-8 at byte offset {offset + e.start} "
-                f"(byte 0x{raw[e.start]:02x}); re-encode the text as UTF-8"
-            ) from None
-        offset += len(raw)
-        yield line.rstrip("\r\n")
-
-
-def read_lines(path: str | Path) -> Iterator[str]:
-    """Lines of a UTF-8 text file, plain or .gz (see ``decode_lines``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        yield from decode_lines(f, str(path))
-
-
-def read_corpus(paths: list[str | Path]) -> list[str]:
-    lines: list[str] = []
-    for p in paths:
-        got = list(read_lines(p))
-        if not any(line.strip() for line in got):
-            raise ValueError(f"{p}: the file is empty (no non-blank line to learn from)")
-        lines.extend(got)
-    return lines
-
-
-def _wordpiece_from_hf_json(data: dict, where: str) -> Tokenizer:
-    from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
-
+def _wordpiece_from_hf_json(data: dict) -> WordPieceTokenizer:
     model = data["model"]
     norm = data.get("normalizer") or {}
     specials = [t["content"] for t in data.get("added_tokens", []) if t.get("special")]
@@ -71,68 +49,124 @@ def _merges(model: dict) -> list[tuple[str, str]]:
 
 
 def load_hf_json(path: str | Path) -> Tokenizer:
-    """Our tokenizer equivalent to an HF ``tokenizer.json``."""
+    """Our tokenizer equivalent to an HF ``tokenizer.json``; special-token text is parsed, as HF does."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         model = data["model"]
+        kind = model.get("type")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not an HF tokenizer.json ({e})") from None
-    kind = model.get("type")
     specials = [t["content"] for t in data.get("added_tokens", []) if t.get("special")]
+    tok: Tokenizer | None = None
     if kind == "WordPiece":
-        return _wordpiece_from_hf_json(data, str(path))
-    if kind == "BPE":
+        tok = _wordpiece_from_hf_json(data)
+    elif kind == "BPE":
         pre = json.dumps(data.get("pre_tokenizer") or {})
         if '"ByteLevel"' in pre:
-            from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
+            tok = ByteLevelBPETokenizer(model["vocab"], _merges(model), specials=specials)
+        elif model.get("end_of_word_suffix") == "</w>":
+            tok = BPETokenizer.from_hf_json(data)
+    if tok is None:
+        raise ValueError(f"{path}: unsupported tokenizer model {kind!r} (expected WordPiece or BPE)")
+    tok.split_special_tokens = False
+    return tok
 
-            return ByteLevelBPETokenizer(model["vocab"], _merges(model), specials=specials)
-        if model.get("end_of_word_suffix") == "</w>":
-            from transformer_lab.tokenizers.bpe import BPETokenizer
 
-            return BPETokenizer.from_hf_json(data)
-    raise ValueError(f"{path}: unsupported tokenizer model {kind!r} (expected WordPiece or BPE)")
+def load_bert_vocab(path: str | Path, hf_config: dict[str, Any] | None = None, where: str = "",
+                    cased: bool | None = None) -> WordPieceTokenizer:
+    """A BERT ``vocab.txt`` with the settings of the folder's HF ``tokenizer_config.json``
+    (``do_lower_case``, ``strip_accents``, ``split_special_tokens``; transformers' defaults without one)."""
+    hf_config = hf_config or {}
+    if hf_config.get("tokenize_chinese_chars", True) is False:
+        raise ValueError(f"{where}: tokenize_chinese_chars=false is not supported (BERT's default, true, is)")
+    lowercase = bool(hf_config.get("do_lower_case", True)) if cased is None else not cased
+    tok = WordPieceTokenizer.from_vocab_file(path, lowercase=lowercase, strip_accents=hf_config.get("strip_accents"))
+    tok.split_special_tokens = bool(hf_config.get("split_special_tokens", False))
+    return tok
 
 
-def load_tokenizer(path: str | Path, cased: bool = False) -> Tokenizer:
-    """A tokenizer from a folder we wrote, a ``tokenizer.json`` or a BERT ``vocab.txt``
-    (WordPiece, lowercased unless ``cased``)."""
-    from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
-
+def load_tokenizer(path: str | Path, cased: bool | None = None, split_special_tokens: bool | None = None) -> Tokenizer:
+    """A tokenizer from a folder we wrote, a Hugging Face folder, a ``tokenizer.json`` or a BERT
+    ``vocab.txt``. ``cased`` (vocab.txt only) overrides lowercasing; ``split_special_tokens`` overrides
+    how literal special-token text is read (see the module docstring)."""
     path = Path(path)
     if path.is_dir():
-        config = path / "tokenizer_config.json"
-        algorithm = json.loads(config.read_text()).get("algorithm") if config.is_file() else None
-        if algorithm is not None:  # ours; HF also writes a tokenizer_config.json, without this key
-            return _class_for(algorithm, config).load(path)
-        if (path / "tokenizer.json").is_file():
-            return load_hf_json(path / "tokenizer.json")
-        if (path / "vocab.txt").is_file():
-            return WordPieceTokenizer.from_vocab_file(path / "vocab.txt", lowercase=not cased)
-        raise FileNotFoundError(f"{path}: no tokenizer_config.json, tokenizer.json or vocab.txt in this folder")
-    if path.suffix == ".json":
-        return load_hf_json(path)
-    if path.suffix == ".txt":
-        return WordPieceTokenizer.from_vocab_file(path, lowercase=not cased)
-    if not path.exists():
+        config_path = path / CONFIG_FILE
+        config = read_json_object(config_path) if config_path.is_file() else {}
+        if "algorithm" in config:  # ours; HF also writes a tokenizer_config.json, without this key
+            tok = _class_for(config["algorithm"], config_path).load(path)
+            tok.split_special_tokens = bool(config.get("split_special_tokens", True))
+        elif (path / HF_FILE).is_file():
+            tok = load_hf_json(path / HF_FILE)
+            tok.split_special_tokens = bool(config.get("split_special_tokens", False))
+        elif (path / BERT_VOCAB).is_file():
+            tok = load_bert_vocab(path / BERT_VOCAB, config, str(config_path), cased)
+        else:
+            raise FileNotFoundError(f"{path}: no {CONFIG_FILE}, {HF_FILE} or {BERT_VOCAB} in this folder")
+    elif path.suffix == ".json":
+        tok = load_hf_json(path)
+    elif path.suffix == ".txt":
+        tok = load_bert_vocab(path, cased=cased)
+    elif not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    raise ValueError(f"{path}: expected a tokenizer folder, a tokenizer.json or a vocab.txt")
+    else:
+        raise ValueError(f"{path}: expected a tokenizer folder, a tokenizer.json or a vocab.txt")
+    if split_special_tokens is not None:
+        tok.split_special_tokens = split_special_tokens
+    return tok
 
 
-def _class_for(algorithm: str | None, where: Path):
-    if algorithm == "wordpiece":
-        from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
+def _class_for(algorithm: Any, where: Path):
+    classes = {"wordpiece": WordPieceTokenizer, "bpe": BPETokenizer, "bytelevel": ByteLevelBPETokenizer}
+    if algorithm not in classes:
+        raise ValueError(f"{where}: unknown algorithm {algorithm!r}; expected one of {sorted(classes)}")
+    return classes[algorithm]
 
-        return WordPieceTokenizer
-    if algorithm == "bpe":
-        from transformer_lab.tokenizers.bpe import BPETokenizer
 
-        return BPETokenizer
-    if algorithm == "bytelevel":
-        from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
+# --- model and checkpoint folders -----------------------------------------------------------------
+def load_bert_tokenizer(folder: str | Path, split_special_tokens: bool | None = None) -> WordPieceTokenizer:
+    """The WordPiece tokenizer of a BERT folder (``vocab.txt`` + ``tokenizer_config.json``), behaving as
+    the folder's ``transformers`` tokenizer (lowercasing, accents, special-token text)."""
+    folder = Path(folder)
+    if not (folder / BERT_VOCAB).is_file():
+        raise FileNotFoundError(f"{folder / BERT_VOCAB}: not found (a BERT folder holds config.json, "
+                                "model.safetensors, vocab.txt)")
+    config_path = folder / CONFIG_FILE
+    config = read_json_object(config_path) if config_path.is_file() else {}
+    tok = load_bert_vocab(folder / BERT_VOCAB, config, str(config_path))
+    if split_special_tokens is not None:
+        tok.split_special_tokens = split_special_tokens
+    return tok
 
-        return ByteLevelBPETokenizer
-    raise ValueError(f"{where}: unknown algorithm {algorithm!r}; expected bpe, bytelevel or wordpiece")
+
+def write_bert_tokenizer(tok: WordPieceTokenizer, folder: str | Path) -> None:
+    """vocab.txt and the tokenizer_config.json keys BertTokenizer reads (lowercasing, specials)."""
+    folder = Path(folder)
+    (folder / BERT_VOCAB).write_text("".join(t + "\n" for t in tok.id_to_token), encoding="utf-8")
+    config = {"do_lower_case": tok.lowercase, "strip_accents": tok.strip_accents, "tokenizer_class": "BertTokenizer",
+              "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+              "mask_token": "[MASK]", "split_special_tokens": tok.split_special_tokens}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_into_checkpoint(tok: Tokenizer | CharTokenizer):
+    """``{file or folder name: writer}`` for a checkpoint's extra files (see ``runs.checkpoint``)."""
+    if isinstance(tok, CharTokenizer):
+        return {CHAR_FILE: tok.save}
+    return {TOKENIZER_DIR: tok.save}
+
+
+def checkpoint_tokenizer(folder: str | Path, split_special_tokens: bool | None = None) -> Tokenizer | CharTokenizer:
+    """The tokenizer stored with a model: ours inside a checkpoint (``char_tokenizer.json`` or
+    ``tokenizer/``), or a Hugging Face folder's own (``tokenizer.json``, ``vocab.txt``)."""
+    folder = Path(folder)
+    if (folder / CHAR_FILE).is_file():
+        return CharTokenizer.load(folder / CHAR_FILE)
+    if (folder / TOKENIZER_DIR).is_dir():
+        return load_tokenizer(folder / TOKENIZER_DIR, split_special_tokens=split_special_tokens)
+    if (folder / HF_FILE).is_file() or (folder / BERT_VOCAB).is_file():
+        return load_tokenizer(folder, split_special_tokens=split_special_tokens)
+    raise FileNotFoundError(f"{folder}: no tokenizer ({CHAR_FILE}, {TOKENIZER_DIR}/, {HF_FILE} or {BERT_VOCAB})")

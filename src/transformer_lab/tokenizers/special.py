@@ -1,9 +1,16 @@
-"""Special tokens, one mechanism for every algorithm.
+"""Special tokens, one mechanism for every algorithm, and the seq2seq ids every vocabulary shares.
 
 Special tokens ([CLS], </s>, <|endoftext|>, ...) occupy fixed ids and are never produced by the
-subword algorithm itself. Literal text such as "[SEP]" inside user input is *ordinary text* by default
-(it is split into ordinary pieces), so a user cannot inject control tokens; ``allow_special=True``
-opts in, and then each occurrence becomes the special token's id.
+subword algorithm itself. What literal text such as "[SEP]" inside user input becomes is a property
+of the tokenizer, ``split_special_tokens`` (``transformers``' name for it):
+
+* True: the text is *ordinary text*, split into ordinary pieces, so a user cannot inject control
+  tokens. The default of every tokenizer this project trains.
+* False: each occurrence becomes the special token's id. What ``transformers`` does by default, so
+  a tokenizer loaded from a Hugging Face model folder (``tokenizer.json``, a BERT ``vocab.txt``)
+  starts with False and encodes any text as that folder's reference tokenizer does.
+
+``encode(text, allow_special=...)`` overrides the tokenizer's setting for one call.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from typing import Iterable, Sequence
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SEQ2SEQ_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+# Their ids: first in every encoder-decoder vocabulary here (subword tokenizers and the demo's Vocab).
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 GPT2_SPECIALS = ("<|endoftext|>",)
 
 

@@ -26,12 +26,12 @@ White_Space property.
 from __future__ import annotations
 
 import heapq
-import json
 import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from transformer_lab.config import read_json_object
 from transformer_lab.tokenizers.base import Tokenizer
 from transformer_lab.tokenizers.special import BERT_SPECIALS
 
@@ -186,10 +186,14 @@ class WordPieceTokenizer(Tokenizer):
     @classmethod
     def load(cls, directory: str | Path) -> "WordPieceTokenizer":
         directory = Path(directory)
-        meta = json.loads((directory / "tokenizer_config.json").read_text())
-        return cls.from_vocab_file(directory / "vocab.txt", lowercase=meta["lowercase"],
-                                   strip_accents=meta["strip_accents"], specials=tuple(meta["specials"]),
-                                   unk_token=meta["unk_token"])
+        config = directory / "tokenizer_config.json"
+        meta = read_json_object(config)
+        try:
+            return cls.from_vocab_file(directory / "vocab.txt", lowercase=meta["lowercase"],
+                                       strip_accents=meta["strip_accents"], specials=tuple(meta["specials"]),
+                                       unk_token=meta["unk_token"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{config}: not a WordPiece tokenizer config (missing or bad {e})") from None
 
     def to_hf(self):
         from tokenizers import Tokenizer as HFTokenizer

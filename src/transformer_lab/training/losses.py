@@ -8,10 +8,10 @@ It "hurts perplexity, as the model learns to be more unsure, but improves accura
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -46,3 +46,8 @@ def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float,
     with torch.no_grad():
         nll = F.cross_entropy(flat, tgt, ignore_index=pad_id, reduction="sum") if epsilon else loss.detach()
     return LossResult(loss, nll, int((target != pad_id).sum()))
+
+
+def perplexity(nll_per_token: float) -> float:
+    """exp(NLL per token), capped at exp(50) so a diverged model gives a number, not an overflow."""
+    return math.exp(min(nll_per_token, 50.0))

@@ -1,0 +1,85 @@
+"""The translation pipeline against its peers, on Multi30k de-en.
+
+* ``bench_translation``: target tokens/s of training steps on the same token-bucket batches (same
+  sizes, weights, loss and Adam), ours vs torch.nn.Transformer;
+* ``bench_decode``: sentences/s translating validation sentences, greedy and beam, with the KV cache
+  (ours) against without it (the same model re-running the decoder over the whole prefix each step).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from transformer_lab.bench.harness import BenchResult, speed_row, time_rounds
+from transformer_lab.models.torch_peer import TorchTransformerPeer
+from transformer_lab.tasks import translation as tr
+from transformer_lab.tokenizers.special import PAD_ID
+from transformer_lab.training.losses import label_smoothed_cross_entropy
+
+
+def multi30k_data(cache_dir: str | Path | None) -> tr.TranslationData:
+    files = (tr.named_files("multi30k", "de", "en", "train"), tr.named_files("multi30k", "de", "en", "valid"))
+    return tr.prepare_data(*files, cache_dir=Path(cache_dir) if cache_dir else None)
+
+
+def bench_translation(model: str = "multi30k", steps: int = 6, rounds: int = 3, max_tokens: int = 4000,
+                      cache_dir: str | Path | None = None) -> BenchResult:
+    data = multi30k_data(cache_dir)
+    torch.manual_seed(0)
+    ours = tr.build_model(data, model, max_len=100)
+    peer = TorchTransformerPeer(ours)
+    buckets = tr.batches(data, max_tokens, seed=0)
+    batches = [buckets.make(ix) for ix in buckets.epoch(0)[:steps]]
+    n_tokens = sum(b.n_tokens for b in batches)
+
+    def runner(m: torch.nn.Module):
+        m.train()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+
+        def run() -> None:
+            for b in batches:
+                res = label_smoothed_cross_entropy(m.logits(b.src, b.tgt_in), b.tgt_out, 0.1, PAD_ID)
+                opt.zero_grad(set_to_none=True)
+                (res.loss / res.n_tokens).backward()
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                opt.step()
+
+        return run
+
+    row = speed_row(n_tokens, time_rounds({"ours": runner(ours), "peer": runner(peer)}, 1, rounds))
+    result = {"benchmark": "translation", "unit": "target tokens/s (train steps on Multi30k de-en token buckets)",
+              "model": model, "batches_per_round": len(batches), "max_tokens": max_tokens, **row,
+              "peer_name": "torch.nn.Transformer", "threads": torch.get_num_threads()}
+    return BenchResult(result, [("train tgt tok/s (same batches)", row)])
+
+
+def bench_decode(checkpoint: str | Path | None = None, sentences: int = 100, beams: tuple[int, ...] = (1, 4),
+                 cache_dir: str | Path | None = None) -> BenchResult:
+    if sentences < 1 or not beams or min(beams) < 1:
+        raise ValueError(f"sentences, beams: expected >= 1, got {sentences}, {list(beams)}")
+    data = multi30k_data(cache_dir)
+    if checkpoint:
+        model, tok_src, tok_tgt = tr.load_translator(checkpoint)
+    else:
+        torch.manual_seed(0)
+        model, tok_src, tok_tgt = tr.build_model(data, "multi30k", max_len=100), data.tokenizer_src, data.tokenizer_tgt
+    model.eval()
+    texts = data.valid_src[:sentences]
+    rows = {}
+    for beam in beams:
+        times, outputs = {}, {}
+        for name, cache in (("ours", True), ("peer", False)):
+            t0 = time.perf_counter()
+            outputs[name] = tr.translate(model, tok_src, tok_tgt, texts, beam=beam, use_cache=cache)
+            times[name] = time.perf_counter() - t0
+        rows[f"beam{beam}"] = {**speed_row(len(texts), times, 2), "identical_output": outputs["ours"] == outputs["peer"]}
+    first = next(iter(rows.values()))
+    result = {"benchmark": "decode", "unit": "sentences/s (Multi30k val, de-en)", "sentences": len(texts),
+              "trained": bool(checkpoint), "ours": first["ours"], "peer": first["peer"], "ratio": first["ratio"],
+              "peer_name": "same model without KV cache", "by_beam": rows}
+    header = f"{len(texts)} sentences, {'trained' if checkpoint else 'untrained'} model; ours: KV cache, peer: none"
+    notes = [f"{k}: same output with and without the cache: {r['identical_output']}" for k, r in rows.items()]
+    return BenchResult(result, [(f"{k} sentences/s", r) for k, r in rows.items()], header, notes)

@@ -1,0 +1,87 @@
+"""`transformer-lab generate`: continue a prompt with a GPT (our checkpoint or a Hugging Face GPT-2
+folder). One sample is printed as it is generated; several (or --json) show a progress bar. Ctrl-C or
+SIGTERM stops generation and prints what was generated so far (exit 130 / 143)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from tqdm.auto import tqdm
+
+from transformer_lab.cli.args import add_split_special_tokens, positive_float, positive_int, texts_or_stdin
+from transformer_lab.generation.sampling import SamplingConfig, cut_at_eos, generate, stop_token
+from transformer_lab.runs import exit_code
+from transformer_lab.runtime import choose_device
+from transformer_lab.tasks import lm
+from transformer_lab.tokenizers.streaming import IncrementalDecoder
+from transformer_lab.training.signals import Interrupted, interruptible_section
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="sample text from a GPT checkpoint", description=__doc__)
+    g.add_argument("--checkpoint", required=True, help="our run or checkpoint folder, or a Hugging Face GPT-2 folder")
+    g.add_argument("--prompt", default=None, help="text to continue (default: read prompts from stdin, one per line)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=200)
+    g.add_argument("--greedy", action="store_true", help="argmax at every step (ignores temperature/top-k/top-p)")
+    g.add_argument("--temperature", type=positive_float, default=1.0)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt (batched)")
+    g.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (for comparison)")
+    add_split_special_tokens(g)
+    g.add_argument("--json", action="store_true", help='print {"samples": [{"prompt", "text", "tokens"}, ...]}')
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--device", default=None)
+    g.set_defaults(func=generate_cmd)
+
+
+def generate_cmd(args: argparse.Namespace) -> int:
+    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)  # validated first
+    device = choose_device(args.device)
+    model, tok = lm.load_lm(args.checkpoint, device, args.split_special_tokens)
+    prompts = [args.prompt] if args.prompt is not None else texts_or_stdin([], "continue")
+    ids = [lm.encode_prompt(tok, p, model.config.eos_id) for p in prompts]
+    rows = [i for i in ids for _ in range(args.num_samples)]
+    generator = torch.Generator(device=device)
+    generator.manual_seed(args.seed if args.seed is not None else torch.seed())
+
+    stream = not args.json and len(rows) == 1  # one sample: print it as it comes
+    decoder = IncrementalDecoder(tok)
+    steps: list[torch.Tensor] = []
+    bar = tqdm(total=cfg.max_new_tokens, unit="tok", desc="generate", leave=False, file=sys.stderr,
+               disable=True if (stream or args.no_progress) else None)  # None: only on a terminal
+
+    def on_step(tokens: torch.Tensor) -> None:
+        steps.append(tokens.cpu())
+        bar.update(1)
+        if stream:
+            print(decoder.push(tokens[:1].tolist()), end="", flush=True)
+
+    if stream:
+        print(prompts[0], end="", flush=True)
+    signum = None
+    try:
+        with interruptible_section():
+            out = generate(model, rows, cfg, generator, on_step=on_step).tokens
+    except Interrupted as e:  # keep what was generated
+        signum = e.signum
+        out = cut_at_eos(steps, stop_token(model, cfg)) or [[] for _ in rows]
+    bar.close()
+    if stream:
+        print(decoder.flush())
+        print("---")
+        return exit_code(signum)
+    samples = [{"prompt": prompts[k // args.num_samples], "text": tok.decode(t), "tokens": len(t)}
+               for k, t in enumerate(out)]
+    if args.json:
+        print(json.dumps({"samples": samples, **({"stopped_by_signal": signum} if signum else {})}, ensure_ascii=False))
+    else:
+        for s in samples:
+            print(s["prompt"] + s["text"])
+            print("---")
+    return exit_code(signum)

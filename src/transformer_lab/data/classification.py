@@ -1,0 +1,40 @@
+"""Labelled sentences for sequence classification: GLUE-style TSV files (batching: ``batches``)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+def read_labelled_tsv(path: str | Path) -> tuple[list[str], list[int]]:
+    """GLUE-style TSV with a header naming ``sentence`` and ``label`` columns; labels are integers >= 0."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if not rows:
+        raise ValueError(f"{path}: empty file; expected a header 'sentence<TAB>label' and rows")
+    header = rows[0]
+    if "sentence" not in header or "label" not in header:
+        raise ValueError(f"{path}: header {header} lacks 'sentence' and 'label' columns")
+    si, li = header.index("sentence"), header.index("label")
+    texts, labels = [], []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{path}:{n}: expected {len(header)} tab-separated fields, got {len(row)}")
+        try:
+            labels.append(int(row[li]))
+        except ValueError:
+            raise ValueError(f"{path}:{n}: label {row[li]!r} is not an integer") from None
+        texts.append(row[si])
+    if not texts:
+        raise ValueError(f"{path}: no rows after the header")
+    if min(labels) < 0:
+        raise ValueError(f"{path}: negative label {min(labels)}")
+    return texts, labels

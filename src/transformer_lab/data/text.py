@@ -1,0 +1,40 @@
+"""Plain text for language modelling: reading a file, and nanoGPT's train/validation split.
+
+The split is by position, as nanoGPT's: the first 90% of the encoded tokens train, the last 10%
+validate (batches: ``batches.RandomWindows``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def read_text(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such text file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty; a language model needs text to train on")
+    return text
+
+
+def split_tokens(ids: list[int] | Tensor, val_fraction: float, context: int, where: str) -> tuple[Tensor, Tensor]:
+    """(train, valid) token tensors: the first ``1 - val_fraction`` of ``ids`` and the rest; each must
+    hold at least one window of ``context + 1`` tokens."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction: expected 0 < f < 1, got {val_fraction}")
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    n_train = int(len(ids) * (1 - val_fraction))
+    train, valid = ids[:n_train], ids[n_train:]
+    for name, part in (("training", train), ("validation", valid)):
+        if len(part) <= context:
+            raise ValueError(f"{where}: the {name} split has {len(part)} tokens, fewer than one window of "
+                             f"{context + 1}; use a longer text or a shorter context")
+    return train, valid

@@ -1,0 +1,65 @@
+"""The single-process runtime, and device choice (the one place a device name is resolved)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def choose_device(name: str | None = None) -> torch.device:
+    """``name`` ("cpu", "cuda", "cuda:1", ...) checked against what this machine has; None: CUDA
+    when available, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: {name!r} is not a device name; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r} requested, but this machine has no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type not in ("cpu", "mps"):
+        raise ValueError(f"device: {name!r} is not supported; expected cpu or cuda")
+    return device
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside wrappers: DistributedDataParallel/FSDP (``.module``) and torch.compile
+    (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
+class Runtime:
+    """One process, one device."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, device: str | torch.device | None = None):
+        self.device = device if isinstance(device, torch.device) else choose_device(device)
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes checkpoints, metrics, plots and summaries."""
+        return self.rank == 0
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """The model on this runtime's device (a distributed runtime also wraps it)."""
+        return model.to(self.device)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return unwrap(model)
+
+    def barrier(self) -> None:
+        """Wait for every process (nothing to wait for in one process)."""
+
+    def __repr__(self) -> str:
+        return f"Runtime(device={self.device}, world_size={self.world_size})"

@@ -1,0 +1,127 @@
+"""Sequence classification by fine-tuning a pretrained BERT folder (e.g. SST-2 on all-MiniLM-L6-v2).
+
+prepare: GLUE-style TSV files (``sentence``, ``label``), tokenised as the folder's tokenizer does.
+build: the folder's encoder plus a fresh classification head on [CLS]'s pooled vector; every weight
+trains. loss: cross-entropy per sentence. validate: dev accuracy (the best checkpoint is the most
+accurate). The run scores --test once with the best checkpoint and exports OUT/model, a Hugging Face
+BERT folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from transformer_lab.data.batches import ClassBatch, ClassBatches
+from transformer_lab.data.classification import read_labelled_tsv
+from transformer_lab.models.bert import Bert
+from transformer_lab.models.hf import load_bert, save_bert
+from transformer_lab.runs import BEST, LAST, find_checkpoint, load_model
+from transformer_lab.runtime import Runtime
+from transformer_lab.tasks.common import RunOptions, TaskResult, open_run, positive, train
+from transformer_lab.tasks.embed import by_length, encode_texts
+from transformer_lab.tokenizers.io import load_bert_tokenizer, write_bert_tokenizer
+from transformer_lab.training.config import TrainConfig
+from transformer_lab.training.loop import StepLoss
+from transformer_lab.training.signals import Interrupted, interruptible_section
+
+log = logging.getLogger(__name__)
+
+# BERT's fine-tuning recipe: AdamW 5e-5 (β2 0.999, ε 1e-8, decay 0.01), linear warm-up 10% and decay.
+RECIPE = TrainConfig(max_steps=1, schedule="linear", lr=5e-5, warmup=1, label_smoothing=0.0, clip_norm=1.0,
+                     beta2=0.999, adam_eps=1e-8, weight_decay=0.01)
+
+
+@dataclass
+class ClassifyConfig:
+    run: RunOptions
+    model: Path  # a Hugging Face BERT folder
+    train_file: Path
+    dev_file: Path
+    test_file: Path | None = None  # scored once at the end with the best dev checkpoint
+    train: TrainConfig = field(default_factory=lambda: replace(RECIPE))
+    epochs: float = 1.0  # used when train.max_steps is not set explicitly (``steps``)
+    steps: int | None = None
+    warmup: int | None = None  # None: 10% of the steps
+    max_len: int = 128
+    batch_size: int = 32
+    split_special_tokens: bool | None = None  # None: as the folder's tokenizer
+
+    def __post_init__(self) -> None:
+        self.model, self.train_file, self.dev_file = Path(self.model), Path(self.train_file), Path(self.dev_file)
+        positive("epochs", self.epochs)
+        positive("steps", self.steps, allow_none=True)
+        positive("max_len", self.max_len)
+        positive("batch_size", self.batch_size)
+        if self.warmup is not None and self.warmup < 0:
+            raise ValueError(f"warmup: expected >= 0, got {self.warmup}")
+
+
+def classification_loss(model: Bert, b: ClassBatch, device: torch.device) -> StepLoss:
+    logits = model(b.tokens.to(device), attention_mask=b.attention_mask.to(device)).class_logits
+    labels = b.labels.to(device)
+    loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+    return StepLoss(loss, loss.detach(), {"acc": float((logits.argmax(-1) == labels).float().mean())})
+
+
+def classify(model: Bert, ids: list[list[int]], batch_size: int = 64) -> torch.Tensor:
+    """Predicted labels (N,)."""
+    return by_length(model, ids, batch_size, lambda m, t, mask: m(t, attention_mask=mask).class_logits.argmax(-1))
+
+
+def accuracy(model: Bert, ids: list[list[int]], labels: list[int]) -> float:
+    return float((classify(model, ids) == torch.tensor(labels)).float().mean())
+
+
+def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
+    runtime = runtime or Runtime(cfg.run.device)
+    cfg.run.check_resume()
+    train_x, train_y = read_labelled_tsv(cfg.train_file)
+    dev_x, dev_y = read_labelled_tsv(cfg.dev_file)
+    test = read_labelled_tsv(cfg.test_file) if cfg.test_file else None
+    n_labels = max(train_y + dev_y) + 1
+    with open_run(cfg.run) as folder:
+        tok = load_bert_tokenizer(cfg.model, cfg.split_special_tokens)
+        torch.manual_seed(cfg.train.seed)  # the fresh head's initial weights
+        model = load_bert(cfg.model, n_labels=n_labels, pretraining_heads=False)
+        max_len = min(cfg.max_len, model.config.max_len)
+        train_ids, dev_ids = encode_texts(tok, train_x, max_len), encode_texts(tok, dev_x, max_len)
+        source = ClassBatches(train_ids, train_y, cfg.batch_size, model.config.pad_id, cfg.train.seed)
+        steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(source)))
+        warmup = cfg.warmup if cfg.warmup is not None else max(1, steps // 10)
+        train_cfg = replace(cfg.train, max_steps=steps, warmup=max(1, warmup),
+                            eval_every=cfg.train.eval_every or max(1, steps // 4))
+        log.info("fine-tuning %s: %d training sentences, %d dev, %d labels; %d steps of %d", cfg.model, len(train_x),
+                 len(dev_x), n_labels, steps, cfg.batch_size)
+
+        def validate(m: Bert) -> dict:
+            acc = accuracy(m, dev_ids, dev_y)
+            return {"val_loss": 1.0 - acc, "dev_acc": acc}  # the best checkpoint is the most accurate one
+
+        trainer, result = train(folder, cfg.run, runtime, model, source, train_cfg, classification_loss, validate)
+        summary: dict[str, Any] = {"steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1),
+                                   "stopped_by": result.stopped_by}
+        best = load_model(find_checkpoint(folder.path, prefer=(BEST, LAST)), map_location=runtime.device).model
+        exported = save_bert(best, folder.export())
+        write_bert_tokenizer(tok, exported)
+        summary["model"] = str(exported)
+        if result.signum is None:
+            try:
+                with interruptible_section():
+                    summary["dev_acc"] = round(accuracy(best, dev_ids, dev_y), 4)
+                    if test is not None:
+                        summary["test_acc"] = round(accuracy(best, encode_texts(tok, test[0], max_len), test[1]), 4)
+                        summary["test_sentences"] = len(test[0])
+            except Interrupted as e:
+                result.signum = e.signum
+        folder.write_summary(summary)
+        if "dev_acc" in summary:
+            log.info("dev accuracy %.2f%%%s; wrote %s", 100 * summary["dev_acc"],
+                     f", test accuracy {100 * summary['test_acc']:.2f}%" if "test_acc" in summary else "", exported)
+    return TaskResult(summary, result.signum)

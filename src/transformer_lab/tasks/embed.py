@@ -1,0 +1,70 @@
+"""Sentence embeddings with a BERT folder (e.g. all-MiniLM-L6-v2), as sentence-transformers computes
+them: [CLS] text [SEP], truncated at the folder's max_seq_length, mean of the last hidden states over
+real tokens, L2-normalised. Also the BERT encoder helpers the classification task shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from transformer_lab.data.batches import padding_and_mask
+from transformer_lab.models.bert import Bert, mean_pool
+from transformer_lab.models.hf import load_bert, sentence_max_seq_length
+from transformer_lab.tasks.common import positive
+from transformer_lab.tokenizers.io import load_bert_tokenizer
+from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
+
+
+def load_encoder(folder: str | Path, device: str | torch.device = "cpu",
+                 split_special_tokens: bool | None = None) -> tuple[Bert, WordPieceTokenizer, int]:
+    """The encoder of a BERT folder (heads left out), its tokenizer, and the truncation length."""
+    model = load_bert(folder, pretraining_heads=False, n_labels=0).to(device).eval()
+    return model, load_bert_tokenizer(folder, split_special_tokens), sentence_max_seq_length(folder, model.config.max_len)
+
+
+def special_id(tok: WordPieceTokenizer, name: str) -> int:
+    i = tok.token_to_id(name)
+    if i is None:
+        raise ValueError(f"tokenizer: the vocabulary has no {name} token")
+    return i
+
+
+def encode_texts(tok: WordPieceTokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    """[CLS] pieces [SEP], the pieces cut to max_len - 2 (HF's truncation of a single text)."""
+    cls_id, sep_id = special_id(tok, "[CLS]"), special_id(tok, "[SEP]")
+    return [[cls_id] + tok.encode(t)[: max_len - 2] + [sep_id] for t in texts]
+
+
+@torch.no_grad()
+def by_length(model: Bert, ids: list[list[int]], batch_size: int, head: Callable[[Bert, Tensor, Tensor], Tensor]) -> Tensor:
+    """``head(model, tokens, mask)`` over batches of similar length (as sentence-transformers
+    batches, so padding stays small), rows returned in the order of ``ids``, in eval mode."""
+    positive("batch_size", batch_size)
+    if not ids:
+        raise ValueError("texts: nothing to encode (no text given)")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    parts = []
+    for k in range(0, len(order), batch_size):
+        tokens, mask = padding_and_mask([ids[i] for i in order[k:k + batch_size]], model.config.pad_id)
+        parts.append(head(model, tokens.to(device), mask.to(device)).cpu())
+    model.train(was_training)
+    out = torch.cat(parts)
+    return out[torch.argsort(torch.tensor(order))]
+
+
+def embed(model: Bert, tok: WordPieceTokenizer, texts: Sequence[str], max_len: int, batch_size: int = 32) -> Tensor:
+    """L2-normalised mean-pooled sentence embeddings, (N, D), in the order of ``texts``."""
+    return by_length(model, encode_texts(tok, texts, max_len), batch_size,
+                     lambda m, t, mask: mean_pool(m(t, attention_mask=mask).hidden, mask).float())
+
+
+def similarity(model: Bert, tok: WordPieceTokenizer, a: str, b: str, max_len: int) -> float:
+    """Cosine similarity of two texts' embeddings (unit vectors: their dot product)."""
+    va, vb = embed(model, tok, [a, b], max_len)
+    return float(va @ vb)

@@ -1,0 +1,189 @@
+"""BERT pre-training from scratch: masked language modelling + next-sentence prediction.
+
+prepare: documents (one sentence per line, blank lines between documents), every 20th held out;
+a WordPiece vocabulary trained on the training documents (or a given vocab.txt); NSP pairs, with
+NotNext sentences of held-out pairs drawn from held-out documents only. build: a BERT preset with
+the MLM and NSP heads. loss: mean MLM cross-entropy over the selected tokens + mean NSP
+cross-entropy. validate: MLM and NSP accuracy on the held-out pairs. The run exports OUT/model, a
+Hugging Face BERT folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from transformer_lab.data.batches import PretrainBatch, PretrainBatches
+from transformer_lab.data.mlm import IGNORE, PairExample, held_out_documents, make_pairs, read_documents
+from transformer_lab.models.bert import Bert
+from transformer_lab.models.hf import save_bert
+from transformer_lab.models.presets import BERT_PRESETS, bert_preset
+from transformer_lab.runtime import Runtime
+from transformer_lab.tasks.common import RunOptions, TaskResult, open_run, positive, train
+from transformer_lab.tokenizers.io import write_bert_tokenizer
+from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
+from transformer_lab.training.config import TrainConfig
+from transformer_lab.training.loop import StepLoss
+from transformer_lab.training.signals import Interrupted, interruptible_section
+
+log = logging.getLogger(__name__)
+
+# BERT's optimiser: AdamW (β2 0.999, ε 1e-8, decay 0.01), linear warm-up (10% of the steps) and decay.
+RECIPE = TrainConfig(max_steps=2000, schedule="linear", lr=1e-4, warmup=200, label_smoothing=0.0, clip_norm=1.0,
+                     beta2=0.999, adam_eps=1e-8, weight_decay=0.01)
+
+
+@dataclass
+class PretrainConfig:
+    run: RunOptions
+    data: Path  # one sentence per line, blank lines between documents
+    train: TrainConfig = field(default_factory=lambda: replace(RECIPE))
+    vocab: Path | None = None  # a vocab.txt to use; None: train WordPiece on the data
+    vocab_size: int = 8000
+    cased: bool = False
+    model: str = "bert-mini"
+    max_len: int = 128  # tokens per pair, [CLS]/[SEP] included
+    nsp: bool = True
+    whole_word: bool = False
+    static_masking: bool = False
+    mask_prob: float = 0.15
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data)
+        for name in ("vocab_size", "max_len", "batch_size"):
+            positive(name, getattr(self, name))
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob: expected 0 < p < 1, got {self.mask_prob}")
+        if self.model not in BERT_PRESETS:
+            raise ValueError(f"model: expected one of {sorted(BERT_PRESETS)}, got {self.model!r}")
+
+
+@dataclass
+class PretrainData:
+    tokenizer: WordPieceTokenizer
+    n_documents: int
+    train_pairs: list[PairExample]
+    held_pairs: list[PairExample]  # empty when too few documents to hold any out
+
+
+def prepare(cfg: PretrainConfig) -> PretrainData:
+    docs = read_documents(cfg.data)
+    held = held_out_documents(len(docs))
+    train_docs = [i for i in range(len(docs)) if i not in held]
+    if cfg.vocab is not None:
+        tok = WordPieceTokenizer.from_vocab_file(cfg.vocab, lowercase=not cfg.cased)
+    else:
+        tok = WordPieceTokenizer.train([s for i in train_docs for s in docs[i]], cfg.vocab_size, lowercase=not cfg.cased)
+    encoded = [[tok.encode(s) for s in d] for d in docs]
+    rng = random.Random(cfg.train.seed)
+    train_pairs = make_pairs(encoded, rng, cfg.nsp, only=train_docs, pool=train_docs)
+    held_pairs: list[PairExample] = []
+    if held:  # NotNext sentences of held-out pairs come from held-out documents too: nothing seen in training
+        try:
+            held_pairs = make_pairs(encoded, rng, cfg.nsp, only=sorted(held), pool=sorted(held))
+        except ValueError as e:
+            log.warning("no held-out evaluation (%s); accuracies are reported on training pairs", e)
+    return PretrainData(tok, len(docs), train_pairs, held_pairs)
+
+
+def build(cfg: PretrainConfig, tok: WordPieceTokenizer) -> Bert:
+    return Bert(bert_preset(cfg.model, vocab_size=tok.vocab_size, max_len=max(cfg.max_len, 64), pretraining_heads=True,
+                            pad_id=tok.token_to_id("[PAD]")))
+
+
+def pretrain_loss(nsp: bool):
+    def loss_fn(model: Bert, b: PretrainBatch, device: torch.device) -> StepLoss:
+        tokens, segments, mask, labels = (t.to(device) for t in (b.tokens, b.segments, b.attention_mask, b.labels))
+        selected = labels != IGNORE
+        out = model(tokens, segments, mask, mlm_positions=selected)
+        targets = labels[selected]
+        mlm = F.cross_entropy(out.mlm_logits.float(), targets) if targets.numel() else out.mlm_logits.sum() * 0
+        loss = mlm
+        metrics = {"mlm_acc": float((out.mlm_logits.argmax(-1) == targets).float().mean()) if targets.numel() else 0.0}
+        if nsp:
+            not_next = b.not_next.to(device)
+            loss = loss + F.cross_entropy(out.nsp_logits.float(), not_next)
+            metrics["nsp_acc"] = float((out.nsp_logits.argmax(-1) == not_next).float().mean())
+        n = tokens.size(0)
+        return StepLoss(loss * n, float(mlm.detach()) * n, metrics)
+
+    return loss_fn
+
+
+@torch.no_grad()
+def evaluate_pretraining(model: Bert, source: PretrainBatches, nsp: bool, max_batches: int | None = None) -> dict[str, float]:
+    """MLM accuracy over all selected tokens, NSP accuracy over all pairs, MLM loss; masks are the
+    source's epoch-0 draw, so the figure is the same for every call."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = count = nsp_correct = pairs = 0
+    loss_sum = 0.0
+    for k, idx in enumerate(source.epoch(0)):
+        if max_batches is not None and k >= max_batches:
+            break
+        b = source.make(idx)
+        selected = b.labels != IGNORE
+        out = model(b.tokens.to(device), b.segments.to(device), b.attention_mask.to(device),
+                    mlm_positions=selected.to(device))
+        targets = b.labels[selected].to(device)
+        correct += int((out.mlm_logits.argmax(-1) == targets).sum())
+        loss_sum += float(F.cross_entropy(out.mlm_logits.float(), targets, reduction="sum"))
+        count += targets.numel()
+        if nsp:
+            nsp_correct += int((out.nsp_logits.argmax(-1).cpu() == b.not_next).sum())
+            pairs += b.not_next.numel()
+    model.train(was_training)
+    res = {"mlm_acc": correct / max(count, 1), "mlm_loss": loss_sum / max(count, 1)}
+    if nsp:
+        res["nsp_acc"] = nsp_correct / max(pairs, 1)
+    return res
+
+
+def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
+    runtime = runtime or Runtime(cfg.run.device)
+    cfg.run.check_resume()
+    with open_run(cfg.run) as folder:
+        data = prepare(cfg)
+        torch.manual_seed(cfg.train.seed)  # the initial weights
+        model = build(cfg, data.tokenizer)
+        masking = dict(max_len=cfg.max_len, whole_word=cfg.whole_word, prob=cfg.mask_prob)
+        source = PretrainBatches(data.train_pairs, data.tokenizer, batch_size=cfg.batch_size, seed=cfg.train.seed,
+                                 dynamic=not cfg.static_masking, **masking)
+        held = (PretrainBatches(data.held_pairs, data.tokenizer, batch_size=64, seed=10_000 + cfg.train.seed, **masking)
+                if data.held_pairs else None)
+        log.info("data: %d documents, %d training pairs, %d held-out pairs; vocabulary %d; model %s (%s parameters)",
+                 data.n_documents, len(data.train_pairs), len(data.held_pairs), data.tokenizer.vocab_size, cfg.model,
+                 f"{sum(p.numel() for p in model.parameters()):,}")
+
+        def validate(m: Bert) -> dict:
+            res = evaluate_pretraining(m, held, cfg.nsp)
+            return {"val_loss": res["mlm_loss"], **{f"val_{k}": v for k, v in res.items() if k != "mlm_loss"}}
+
+        trainer, result = train(folder, cfg.run, runtime, model, source, cfg.train, pretrain_loss(cfg.nsp),
+                                validate if held else None, {"tokenizer": data.tokenizer.save})
+        summary: dict[str, Any] = {
+            "steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1), "stopped_by": result.stopped_by,
+            "evaluated_on": "held-out documents" if held else "training pairs (too few documents to hold out)"}
+        exported = save_bert(runtime.unwrap(trainer.model), folder.export())  # the weights as trained so far
+        write_bert_tokenizer(data.tokenizer, exported)
+        summary["model"] = str(exported)
+        if result.signum is None:
+            try:
+                with interruptible_section():
+                    final = evaluate_pretraining(trainer.model, held or source, cfg.nsp)
+                summary.update({k: round(v, 4) for k, v in final.items()})
+                nsp_text = f", NSP accuracy {final['nsp_acc']:.1%}" if cfg.nsp else ""
+                log.info("MLM accuracy %.1f%%%s (%s); wrote %s", 100 * final["mlm_acc"], nsp_text,
+                         summary["evaluated_on"], exported)
+            except Interrupted as e:
+                result.signum = e.signum
+        folder.write_summary(summary)
+    return TaskResult(summary, result.signum)

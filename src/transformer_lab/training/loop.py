@@ -1,0 +1,310 @@
+"""The training loop, as the paper trains (§5): an optimizer step over accumulated micro-batches, a
+learning-rate schedule, clipping; plus mixed precision on CUDA, periodic validation with early
+stopping, a progress bar, metrics, and checkpoints that resume exactly.
+
+The loop knows no model family and no task: a task hands it a model, a batch source, a loss function
+``loss_fn(model, batch, device) -> StepLoss`` and optionally a validation function. Where the run
+executes is the ``Runtime``'s business (device, wrapping, which process writes); where files go is the
+``RunFolder``'s.
+
+Exact resume: a checkpoint holds the weights, the optimizer and scheduler, every RNG state and the
+data position (epoch, batch within epoch); batches of an epoch are a pure function of (seed, epoch).
+So N steps straight and N/2 + resume + N/2 produce the same losses and weights on CPU.
+
+Signals: Ctrl-C or SIGTERM finishes the current step (or abandons a validation pass at once),
+writes a checkpoint and stops (exit code 130/143 from the CLI); a second signal does not save twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from transformer_lab.runs import LAST, RunFolder, find_checkpoint, load_model, load_train_state, save_checkpoint
+from transformer_lab.runtime import Runtime
+from transformer_lab.training.config import TrainConfig
+from transformer_lab.training.optim import build_optimizer
+from transformer_lab.training.records import finite_or_none, plot_loss, plot_lr, read_metrics_csv, write_metrics_csv
+from transformer_lab.training.schedules import build_scheduler
+from transformer_lab.training.signals import Interrupted, StopRequest
+from transformer_lab.training.state import TrainState, rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+class BatchSource(Protocol):
+    """Batches of an epoch as lists of example indices (a pure function of the epoch), and the
+    tensors of one batch (see ``data.batches``)."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int) -> list[list[int]]: ...
+
+    def make(self, indices: Sequence[int]) -> Any: ...
+
+
+@dataclass
+class StepLoss:
+    """What a loss function returns for one micro-batch: ``loss`` summed over the batch's
+    ``loss_units`` (the trainer divides by the step's total), the summed NLL for the logs, and
+    any per-batch metrics (averaged over micro-batches in the log, e.g. accuracies)."""
+
+    loss: torch.Tensor
+    nll: torch.Tensor | float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+LossFn = Callable[[torch.nn.Module, Any, torch.device], StepLoss]
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    stopped_by: str  # "max_steps" | "time_budget" | "early_stopping" | "signal"
+    signum: int | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.state.tokens / max(self.state.elapsed_s, 1e-9)
+
+
+class Trainer:
+    """Trains ``model`` on ``source``. ``out`` (a folder or a ``RunFolder``) receives ``checkpoints/last``
+    (resumable), ``checkpoints/best`` (lowest validation loss), ``metrics.csv``, ``loss.png`` and
+    ``lr.png``. ``validate(model) -> dict`` (with at least ``val_loss``) runs every ``eval_every``
+    steps; ``extra_files`` are written into every checkpoint (vocabulary, tokenizer)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        source: BatchSource,
+        cfg: TrainConfig,
+        out: str | Path | RunFolder,
+        loss_fn: LossFn,
+        validate: Callable[[torch.nn.Module], dict] | None = None,
+        extra_files: dict[str, Callable[[Path], Any]] | None = None,
+        runtime: Runtime | None = None,
+        allow_cpu_low_precision: bool = False,
+    ):
+        if len(source) == 0:
+            raise ValueError("source: no training batches (empty data set after filtering?)")
+        self.runtime = runtime or Runtime()
+        self.device = self.runtime.device
+        if cfg.precision != "fp32" and self.device.type != "cuda" and not allow_cpu_low_precision:
+            raise ValueError(
+                f"precision: {cfg.precision} is a GPU feature here; this CPU has no fast bf16/fp16 matrix "
+                "units (measured ~100x slower than fp32), so train in fp32 on CPU"
+            )
+        self.source, self.cfg, self.loss_fn = source, cfg, loss_fn
+        self.run = out if isinstance(out, RunFolder) else RunFolder(out)
+        self.validate, self.extra_files = validate, extra_files or {}
+        self.model = self.runtime.place(model)
+        self.optimizer = build_optimizer(self.model, cfg)
+        d_model = getattr(getattr(self.runtime.unwrap(self.model), "config", None), "d_model", None)
+        if cfg.schedule == "noam" and d_model is None:
+            raise ValueError("schedule: noam needs the model's d_model (model.config.d_model)")
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.lr, cfg.warmup, cfg.max_steps,
+                                         d_model or 1, cfg.min_lr)
+        # The same code path on any device: tests exercise it on CPU (allow_cpu_low_precision).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.state = TrainState()
+        self._epoch_cache: tuple[int, list[list[int]]] | None = None
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def save(self, name: str = LAST, with_state: bool = True) -> Path | None:
+        if not self.runtime.is_main:
+            return None
+        train_state = None
+        if with_state:
+            train_state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+                "trainer": {k: v for k, v in asdict(self.state).items() if k != "history"},
+                "train_config": asdict(self.cfg),
+            }
+        meta = {"step": self.state.step, "epoch": self.state.epoch,
+                "best_val_loss": finite_or_none(self.state.best_val_loss), "history_tail": self.state.history[-1:]}
+        return save_checkpoint(self.run.checkpoint(name), self.model, meta, self.extra_files, train_state)
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from a checkpoint written by ``save`` (a checkpoint folder, or a run folder: its
+        last checkpoint): weights, optimizer, scheduler, RNG, data position. A different model shape is
+        an error; changed training settings are a warning."""
+        directory = find_checkpoint(path, prefer=(LAST,))
+        loaded = load_model(directory, map_location=self.device)
+        model = self.runtime.unwrap(self.model)
+        if loaded.model.config != model.config:
+            diff = {k: (v, getattr(model.config, k)) for k, v in asdict(loaded.model.config).items()
+                    if getattr(model.config, k) != v}
+            raise ValueError(f"{directory}: the checkpoint's model differs from this run's: {diff} (checkpoint, now)")
+        state = load_train_state(directory)
+        model.load_state_dict(loaded.model.state_dict())
+        saved_groups, groups = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
+        if saved_groups != groups:
+            raise ValueError(f"{directory}: the checkpoint's optimizer has {saved_groups} parameter group(s), this run's "
+                             f"{groups}: weight decay was switched between 0 and > 0; resume with the run's --weight-decay")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.state = TrainState(**state["trainer"])
+        self.state.history = read_metrics_csv(self.run.metrics, self.state.step)
+        changed = {k: (v, getattr(self.cfg, k)) for k, v in state["train_config"].items()
+                   if k not in ("max_steps", "time_budget_s", "progress") and getattr(self.cfg, k, v) != v}
+        if changed:
+            log.warning("resuming with changed training settings (checkpoint, now): %s", changed)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", directory, self.state.step,
+                 self.state.epoch, self.state.position)
+
+    # --- one step -------------------------------------------------------------------------------
+    def _next_batches(self) -> list[Any]:
+        """The next ``accumulate`` batches, crossing into the next epoch when one ends."""
+        batches = self._epoch_batches(self.state.epoch)
+        if self.state.position >= len(batches):
+            self.state.epoch, self.state.position = self.state.epoch + 1, 0
+            batches = self._epoch_batches(self.state.epoch)
+        chunk = batches[self.state.position : self.state.position + self.cfg.accumulate]
+        self.state.position += len(chunk)
+        return [self.source.make(ix) for ix in chunk]
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's batch order, computed once per epoch (a shuffle of the whole set is not free)."""
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            self._epoch_cache = (epoch, self.source.epoch(epoch))
+        return self._epoch_cache[1]
+
+    def _autocast(self):
+        if self.cfg.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def backward(self, batches: list[Any]) -> dict:
+        """Gradients of one optimizer step over ``batches`` (micro-batches), accumulated in .grad. The
+        loss is normalised by the total of the batches' loss units (target tokens, or sequences), so k
+        micro-batches of b sentences give the gradients of one batch of k·b."""
+        self.model.train()
+        total = sum(getattr(b, "loss_units", b.n_tokens) for b in batches)
+        tokens = sum(b.n_tokens for b in batches)
+        loss_sum, nll_sum = 0.0, 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        extra: dict[str, float] = {}
+        for b in batches:
+            with self._autocast():
+                res = self.loss_fn(self.model, b, self.device)
+            loss = res.loss / total
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {self.state.step + 1}; stopped before it reached the weights"
+                )
+            self.scaler.scale(loss).backward()
+            loss_sum += float(res.loss.detach())
+            nll_sum += float(res.nll)
+            for k, v in res.metrics.items():
+                extra[k] = extra.get(k, 0.0) + v
+        return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": tokens,
+                **{k: v / len(batches) for k, v in extra.items()}}
+
+    def train_step(self, batches: list[Any]) -> dict:
+        row = self.backward(batches)
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        row["lr"] = self.scheduler.get_last_lr()[0]
+        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) if fp16 gradients overflowed
+        self.scaler.update()
+        self.scheduler.step()
+        return row
+
+    # --- the loop -------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg, st = self.cfg, self.state
+        if st.step == 0:
+            torch.manual_seed(cfg.seed)  # dropout's stream; a resumed run restores it instead
+        stop = StopRequest()
+        bar = tqdm(total=cfg.max_steps, initial=st.step, desc="train", unit="step",
+                   disable=not (cfg.progress and self.runtime.is_main), dynamic_ncols=True)
+        start, window_tokens, window_start = time.perf_counter() - st.elapsed_s, 0, time.perf_counter()
+        stopped_by = "max_steps"
+        with stop.installed():
+            while st.step < cfg.max_steps:
+                row = self.train_step(self._next_batches())
+                st.step += 1
+                st.tokens += row["tokens"]
+                window_tokens += row["tokens"]
+                st.elapsed_s = time.perf_counter() - start
+                bar.update(1)
+                if st.step % cfg.log_every == 0 or st.step == cfg.max_steps:
+                    now = time.perf_counter()
+                    record = {"step": st.step, "epoch": st.epoch, "loss": row["loss"], "nll": row["nll"], "lr": row["lr"],
+                              "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
+                              "elapsed_s": round(st.elapsed_s, 2),
+                              **{k: v for k, v in row.items() if k not in ("loss", "nll", "lr", "tokens")}}
+                    window_tokens, window_start = 0, now
+                    self._log(record)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if self.validate and cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.max_steps:
+                    if self._evaluate(stop):
+                        stopped_by = "early_stopping"
+                        break
+                if cfg.save_every and st.step % cfg.save_every == 0:
+                    self.save()
+                if stop.signum is not None:
+                    stopped_by = "signal"
+                    break
+                if cfg.time_budget_s is not None and st.elapsed_s >= cfg.time_budget_s:
+                    stopped_by = "time_budget"
+                    break
+            bar.close()
+            if self.validate and stopped_by != "early_stopping" and stop.signum is None:
+                self._evaluate(stop)
+            if stop.signum is not None:
+                stopped_by = "signal"
+            self.save()
+        self.plot()
+        log.info("stopped by %s at step %d after %.0f s", stopped_by, st.step, st.elapsed_s)
+        return TrainResult(st, stopped_by, stop.signum)
+
+    def _evaluate(self, stop: StopRequest) -> bool:
+        """Validate, keep the best checkpoint; True when early stopping says stop. A stop signal
+        abandons the pass at once (its figures are dropped; the loop then saves and stops)."""
+        try:
+            with stop.interruptible():
+                metrics = self.validate(self.model)
+        except Interrupted:
+            log.warning("validation at step %d abandoned (signal)", self.state.step)
+            return False
+        finally:
+            self.model.train()
+        st = self.state
+        self._log({"step": st.step, "epoch": st.epoch, **metrics})
+        if metrics["val_loss"] < st.best_val_loss:
+            st.best_val_loss, st.bad_evals = metrics["val_loss"], 0
+            self.save("best", with_state=False)
+        else:
+            st.bad_evals += 1
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        log.info("step %d: %s (best val loss %.4f)", st.step, summary, st.best_val_loss)
+        return self.cfg.patience is not None and st.bad_evals >= self.cfg.patience
+
+    # --- records --------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        self.state.history.append(record)
+        if self.runtime.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            write_metrics_csv(self.state.history, self.run.metrics)
+
+    def plot(self) -> None:
+        train_rows = [r for r in self.state.history if "loss" in r]
+        if train_rows and self.runtime.is_main:
+            plot_loss(self.state.history, self.run.plot("loss"))
+            plot_lr(train_rows, self.run.plot("lr"))
