@@ -55,12 +55,46 @@ def test_embed_reads_stdin_and_similarity_ranks(capsys, monkeypatch, st_model):
     assert sims[0] > sims[1]  # the paraphrase is closer than the unrelated sentence
 
 
-def test_embed_only_special_tokens_text(capsys):
-    """A text that is only a special token's spelling: encoded as ordinary text (never as the
-    special token), so it embeds like any other string."""
-    assert main(["embed", "--model", MINILM, "--json", "[SEP]", "[CLS] [MASK]"]) == 0
-    vecs = torch.tensor(json.loads(capsys.readouterr().out)["embeddings"])
-    assert torch.isfinite(vecs).all() and torch.allclose(vecs.norm(dim=-1), torch.ones(2), atol=1e-5)
+SPECIAL_TEXTS = ["[SEP]", "[CLS] [MASK]", "The [MASK] sat on the mat.", "a[SEP]b [PAD] [UNK] end",
+                 "lowercase [mask] is text", "[MASK][MASK]"]
+
+
+def test_tokenizer_of_a_model_folder_reads_specials_as_its_reference_does():
+    """Issue 9, item 9: literal "[MASK]", "[SEP]" ... in text were ordinary text for our tokenizers
+    while transformers (and so sentence-transformers) parse them as special tokens: our ids differed
+    from the model folder's own tokenizer. A tokenizer loaded from a model folder now behaves as that
+    folder's reference (AutoTokenizer), with --split-special-tokens as transformers' own option."""
+    import transformers
+
+    from transformer_lab.tokenizers.io import load_bert_tokenizer, load_tokenizer
+
+    ref = transformers.AutoTokenizer.from_pretrained(MINILM)
+    ref_split = transformers.AutoTokenizer.from_pretrained(MINILM, split_special_tokens=True)
+    for ours in (load_bert_tokenizer(MINILM), load_tokenizer(MINILM)):
+        for text in SPECIAL_TEXTS:
+            assert ours.encode(text) == ref(text, add_special_tokens=False)["input_ids"], text
+    split = load_bert_tokenizer(MINILM, split_special_tokens=True)
+    for text in SPECIAL_TEXTS:
+        assert split.encode(text) == ref_split(text, add_special_tokens=False)["input_ids"], text
+    assert 103 in ref("The [MASK] sat.")["input_ids"]  # the premise: HF reads [MASK] as the mask token
+
+
+def test_embed_equals_sentence_transformers_on_text_with_special_tokens(capsys, st_model):
+    assert main(["embed", "--model", MINILM, "--json", *SPECIAL_TEXTS]) == 0
+    got = torch.tensor(json.loads(capsys.readouterr().out)["embeddings"])
+    ref = st_model.encode(SPECIAL_TEXTS, convert_to_tensor=True)
+    assert torch.nn.functional.cosine_similarity(got, ref, dim=-1).min() >= 0.99999
+    assert main(["embed", "--model", MINILM, "--json", "--split-special-tokens", *SPECIAL_TEXTS[2:3]]) == 0
+    split = torch.tensor(json.loads(capsys.readouterr().out)["embeddings"])
+    assert torch.nn.functional.cosine_similarity(split, got[2:3]).item() < 0.999  # [MASK] read as text
+
+
+@pytest.mark.parametrize("bad", ["0", "-1"])
+def test_embed_batch_size_must_be_positive(capsys, bad):
+    """Issue 9, item 2: `embed --batch-size 0/-1` gave a bare Python error / nothing."""
+    with pytest.raises(SystemExit) as e:
+        main(["embed", "--model", MINILM, "--batch-size", bad, "a"])
+    assert e.value.code == 2 and "argument --batch-size: expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_shakespeare_char_train_generate_evaluate(tmp_path, capsys):

@@ -164,3 +164,85 @@ def test_score_bias_paths_agree():
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(DH) + bias
     expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v
     torch.testing.assert_close(ref.output, expected, atol=1e-6, rtol=0)
+
+
+def test_fused_qkv_path_at_32_rows_and_more():
+    """From 32 rows (B·T_q) the fast path projects Q, K, V in one (D -> 3D) GEMM (cross-attention: Q
+    alone, K and V in one (D -> 2D) GEMM). It is taken, and gives eq. 1 over the separate W_Q, W_K, W_V."""
+    mha = MultiHeadAttention(d_model=12, n_heads=3).eval()
+    calls = []
+    real = mha._fused_projections
+    mha._fused_projections = lambda q, kv: calls.append(q.shape) or real(q, kv)
+    x, mem = torch.randn(4, 10, 12), torch.randn(4, 7, 12)  # 40 query rows
+    for kv in (x, mem):
+        out = mha(x, kv).output
+        q, k, v = (mha._split(lin(t)) for lin, t in ((mha.w_q, x), (mha.w_k, kv), (mha.w_v, kv)))
+        expected = mha.w_o(reference_attention(q, k, v).output.transpose(1, 2).reshape(4, 10, 12))
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    assert len(calls) == 2
+    mha(x[:1, :5], x[:1, :5])  # 5 rows: unfused (one token of decoding)
+    assert len(calls) == 2
+
+
+class CountingLinear(torch.nn.Module):
+    """A stand-in for a LoRA or quantized projection: its own forward, which must be the one used."""
+
+    def __init__(self, base: torch.nn.Linear, scale: float = 2.0):
+        super().__init__()
+        self.base, self.scale, self.calls = base, scale, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.base(x) * self.scale
+
+
+def test_a_replaced_projection_is_never_bypassed():
+    """Issue 9: the fused path read w_q/w_k/w_v.weight directly, so a replaced Linear (LoRA, INT8) was
+    silently skipped at >= 32 rows. Now fusing happens only for plain nn.Linear."""
+    mha = MultiHeadAttention(d_model=12, n_heads=3).eval()
+    x = torch.randn(4, 10, 12)
+    plain = mha(x, x).output
+    mha.w_q = CountingLinear(mha.w_q)
+    out = mha(x, x).output
+    assert mha.w_q.calls == 1 and not torch.allclose(out, plain, atol=1e-3)
+    q, k, v = (mha._split(lin(x)) for lin in (mha.w_q, mha.w_k, mha.w_v))
+    expected = mha.w_o(reference_attention(q, k, v).output.transpose(1, 2).reshape(4, 10, 12))
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_fused_kernel_never_sees_a_fully_masked_row(monkeypatch):
+    """Issue 9, item 6: on CUDA, SDPA with a fully masked query row gave NaN gradients in fp16/bf16.
+    The fast path now hands the kernel a mask in which every row sees some key (that row's output is
+    zeroed afterwards), on every device; this checks what the kernel receives, here on the CPU."""
+    import torch.nn.functional as F
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append(attn_mask)
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    q, k, v = qkv()
+    mask = random_mask()
+    mask[1, :, 2, :] = False
+    mask[2] = False
+    out = fast_attention(q, k, v, mask).output
+    assert seen[-1].any(dim=-1).all()  # no row without a key reaches the kernel
+    assert (out[1, :, 2] == 0).all() and (out[2] == 0).all()
+    plain = random_mask()
+    fast_attention(q, k, v, plain)  # no fully masked row, on the CPU: the mask goes through as it is
+    assert seen[-1] is plain
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (item 6 was seen on CUDA only)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fully_masked_row_on_cuda_gives_finite_grads(dtype):
+    q, k, v = (t.to("cuda", dtype).requires_grad_() for t in qkv())
+    mask = random_mask().cuda()
+    mask[1, :, 2, :] = False
+    out = fast_attention(q, k, v, mask).output
+    out.float().sum().backward()
+    assert torch.isfinite(out.float()).all() and (out[1, :, 2] == 0).all()
+    assert all(torch.isfinite(t.grad.float()).all() for t in (q, k, v))

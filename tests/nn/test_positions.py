@@ -103,11 +103,13 @@ def test_rotary_model_plugs_in_without_changing_layers():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_rotary_angles_stay_exact_in_low_precision(dtype):
-    """In bf16, 257 == 256; the angles must still be computed in float32."""
+    """In bf16, 257 == 256; the angles must still be computed in float32: the same vector at positions
+    256 and 257 must come out rotated differently (computed in bf16, both would be rotated by 256·θ)."""
     rope = RotaryPositionEncoding(8).to(dtype)
-    x = torch.randn(1, 1, 2, 8)
+    x = torch.randn(1, 1, 1, 8).expand(1, 1, 2, 8)  # one vector, at two positions
     pos = torch.tensor([256, 257])
     low, _ = rope.rotate_qk(x.to(dtype), x.to(dtype), pos, pos)
     ref, _ = RotaryPositionEncoding(8).rotate_qk(x, x, pos, pos)
     torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.02)
     assert not torch.allclose(low[0, 0, 0].float(), low[0, 0, 1].float(), atol=1e-2)
+    assert torch.tensor([256.0, 257.0], dtype=torch.bfloat16).unique().numel() == 1  # what bf16 angles would see

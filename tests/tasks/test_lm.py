@@ -114,3 +114,53 @@ def test_shakespeare_char_preset_reaches_nanogpt_s_loss(tmp_path, shared_data):
                  "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2000 and summary["val_loss"] <= 1.88
+
+
+def test_sigterm_during_the_final_evaluation_exits_at_once(tmp_path, monkeypatch):
+    """Issue 9, item 8: after training, the whole-split evaluation ran on even after a SIGTERM. Now
+    it is abandoned at the signal: exit 128 + 15, the checkpoint and a summary (without the
+    abandoned figure) written."""
+    import time
+
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT)
+
+    def slow_evaluation(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        return {"loss": 1.0, "perplexity": 2.7, "tokens": 1}
+
+    monkeypatch.setattr(lm, "evaluate_lm", slow_evaluation)
+    t0 = time.perf_counter()
+    rc = main(["train", "--preset", "shakespeare-char", "--data", str(path), "--max-steps", "3", "--out",
+               str(tmp_path / "run"), "--no-progress"])
+    assert rc == 128 + signal.SIGTERM and time.perf_counter() - t0 < 8
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 and "val_loss" not in summary
+    assert (tmp_path / "run" / "checkpoints" / "last" / "train_state.pt").is_file()
+
+
+def test_generate_streams_and_stops_on_a_signal(tmp_path):
+    """Issue 9, item 8: `generate --max-new-tokens 100000` printed nothing for minutes. One sample is
+    now printed as it is generated, and Ctrl-C stops it keeping what was printed (exit 130)."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT)
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(path), "--max-steps", "2", "--out",
+                 str(tmp_path / "run"), "--no-progress"]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "transformer_lab", "generate", "--checkpoint", str(tmp_path / "run"),
+                             "--prompt", "line", "--max-new-tokens", "100000", "--seed", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.set_blocking(proc.stdout.fileno(), False)
+    got, t0 = b"", time.perf_counter()
+    while len(got) < 40 and time.perf_counter() - t0 < 60:  # the prompt, then tokens as they come
+        got += proc.stdout.read() or b""
+        time.sleep(0.05)
+    assert got.startswith(b"line") and len(got) >= 40, got
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err.decode()
+    assert (got + out).endswith(b"---\n") and b"Traceback" not in err

@@ -6,6 +6,7 @@ import json
 import urllib.error
 
 import pytest
+import sacrebleu
 import torch
 
 from conftest import read_lines
@@ -122,3 +123,65 @@ def test_bench_translation_and_decode_json(shared_data, tmp_path, monkeypatch, c
     d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"ours", "peer", "ratio"} <= set(d) and set(d["by_beam"]) == {"beam1", "beam2"}
     assert all(row["identical_output"] for row in d["by_beam"].values())  # the cache changes speed, not output
+
+
+def test_evaluate_scores_every_line_blank_ones_included(tiny_run, tmp_path, capsys):
+    """Issue 9, item 5: `evaluate` dropped pairs whose source line was blank (BLEU on 18 of 20 pairs,
+    --out 18 lines for 20 inputs), and `translate` turned a blank line into "A person.". Now a blank
+    source gives a blank translation, every line is scored and written, in order."""
+    run, files = tiny_run
+    src, ref = read_lines(files[2])[:20], read_lines(files[3])[:20]
+    src[3] = src[11] = "   "
+    src_file, ref_file, out_file = (write(tmp_path / n, lines) for n, lines in (("s", src), ("r", ref), ("o", [])))
+    assert main(["evaluate", "--checkpoint", str(run), "--src", str(src_file), "--ref", str(ref_file), "--beam", "1",
+                 "--out", str(out_file), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    hyps = out_file.read_text(encoding="utf-8").split("\n")[:-1]
+    assert scores["sentences"] == len(hyps) == 20 and scores["blank_sources"] == 2
+    assert hyps[3] == hyps[11] == "" and all(hyps[i] for i in range(20) if i not in (3, 11))
+    assert scores["bleu"] == round(sacrebleu.corpus_bleu(hyps, [ref]).score, 2)  # scored on all 20 pairs
+    assert main(["translate", "--checkpoint", str(run), "--beam", "1", "first", "", "second"]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[0] and lines[2]
+
+
+def test_long_inputs_are_cut_with_a_warning_naming_them(tiny_run, caplog):
+    """Issue 9, item 5: inputs over the model's position table were cut without a word."""
+    import logging
+
+    run, _ = tiny_run
+    model, tok_src, tok_tgt = tr.load_translator(run)
+    long = " ".join(["Ein Mann fährt Fahrrad."] * 200)
+    with caplog.at_level(logging.WARNING):
+        res = tr.translate_detailed(model, tok_src, tok_tgt, ["Ein Hund.", long], beam=1)
+    assert res.truncated == [1] and res.texts[1]
+    assert f"input 2: {len(tok_src.encode(long))} tokens, cut to the first {model.config.max_len - 2}" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_batch_size_must_be_positive(tiny_run, bad, capsys):
+    """Issue 9, item 2: `--batch-size -1` printed empty translations (BLEU 0.0, exit 0) and 0 a bare
+    Python error."""
+    run, files = tiny_run
+    model, tok_src, tok_tgt = tr.load_translator(run)
+    with pytest.raises(ValueError, match="batch_size: expected a positive number"):
+        tr.translate(model, tok_src, tok_tgt, ["Ein Hund."], batch_size=bad)
+    for cmd in (["translate", "--checkpoint", str(run), "x"],
+                ["evaluate", "--checkpoint", str(run), "--src", str(files[2]), "--ref", str(files[3])]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--batch-size", str(bad)])
+        assert e.value.code == 2 and "argument --batch-size: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_corrupt_tokenizer_config_names_the_file(tiny_run, tmp_path, capsys):
+    """Issue 9, item 7: a corrupt tokenizer_config.json gave a traceback that did not name it."""
+    import shutil
+
+    run, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = copy / "checkpoints" / "best" / "tokenizer" / "tokenizer_config.json"
+    config.write_text("{broken")
+    assert main(["translate", "--checkpoint", str(copy), "Ein Hund."]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: not valid JSON" in err and "Traceback" not in err

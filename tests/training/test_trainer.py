@@ -178,3 +178,42 @@ def test_resume_with_weight_decay_switched_is_a_clear_error(tmp_path):
     other = trainer(tmp_path / "b", 4, weight_decay=0.1)
     with pytest.raises(ValueError, match="weight decay was switched"):
         other.resume(tmp_path / "a" / "checkpoints" / "last")
+
+
+def test_signal_during_validation_stops_at_once(tmp_path):
+    """Issue 9, item 8: SIGTERM during LM training waited for a whole validation pass (13 s) before
+    exiting. A validation pass is abandoned at the signal (it changes nothing), the step's checkpoint
+    is written, and the loop stops."""
+    import time
+
+    state = {"validations": 0}
+
+    def slow_validation(model):
+        state["validations"] += 1
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(200):  # a 10-second pass, in small pieces as a real one over batches
+            time.sleep(0.05)
+        return {"val_loss": 1.0}
+
+    cfg = TrainConfig(max_steps=50, warmup=5, log_every=1, progress=False, eval_every=3)
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, seq2seq_loss(0.1), slow_validation)
+    t0 = time.perf_counter()
+    result = t.fit()
+    assert time.perf_counter() - t0 < 5
+    assert result.stopped_by == "signal" and result.signum == signal.SIGTERM and t.state.step == 3
+    assert state["validations"] == 1  # no second (final) validation after the signal
+    assert (tmp_path / "checkpoints" / "last" / "train_state.pt").is_file()
+    assert not (tmp_path / "checkpoints" / "best").exists()  # the abandoned pass's figures are dropped
+
+
+def test_a_run_on_another_rank_writes_nothing(tmp_path):
+    """The Runtime seam: only the main process writes checkpoints, metrics and plots."""
+    from transformer_lab.runtime import Runtime
+
+    class SecondRank(Runtime):
+        rank = 1
+
+    cfg = TrainConfig(max_steps=2, warmup=5, log_every=1, progress=False)
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path / "r", seq2seq_loss(0.1),
+                runtime=SecondRank("cpu"))
+    assert t.fit().state.step == 2 and not (tmp_path / "r").exists()

@@ -88,3 +88,30 @@ def test_same_seed_gives_bitwise_identical_losses(tmp_path):
     assert l1 == l2  # full-precision floats, compared exactly
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert l1[-1] < l1[0]
+
+
+def test_negative_clip_norm_would_be_gradient_ascent_and_is_refused():
+    """Issue 9, item 1: `--clip-norm -1` trained with flipped gradients (loss 13.6 vs 2.95 at step 40),
+    exit 0. The cause, shown on PyTorch itself: a negative max norm multiplies every gradient by a
+    negative factor. The recipe now refuses it (and 0, which would erase them)."""
+    from transformer_lab.training.config import TrainConfig
+
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    torch.nn.utils.clip_grad_norm_([p], max_norm=-1.0)
+    assert (p.grad[:2] < 0).all()  # ascent
+    for bad in (-1.0, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="clip_norm: expected > 0"):
+            TrainConfig(clip_norm=bad)
+    assert TrainConfig(clip_norm=None).clip_norm is None
+
+
+@pytest.mark.parametrize("kw, field", [(dict(eval_every=-1), "eval_every"), (dict(save_every=-2), "save_every"),
+                                       (dict(patience=0), "patience"), (dict(time_budget_s=0.0), "time_budget_s"),
+                                       (dict(lr=float("nan")), "lr"), (dict(weight_decay=-0.1), "weight_decay"),
+                                       (dict(accumulate=0), "accumulate"), (dict(adam_eps=0.0), "adam_eps")])
+def test_train_config_names_the_bad_field(kw, field):
+    from transformer_lab.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**kw)
