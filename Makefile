@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/transformer-lab train --out runs/demo
+	$(VENV)/bin/transformer-lab train --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,168 @@
+"""The run folder: its layout, its lock, and how a path given by a user becomes a checkpoint.
+
+    OUT/.lock                 held (flock) by the process writing the run; holds its pid
+    OUT/checkpoints/last/     the latest checkpoint, with the training state (``--resume``)
+    OUT/checkpoints/best/     the best validation checkpoint, weights only
+    OUT/metrics.csv           one row per logged step and per validation
+    OUT/loss.png, OUT/lr.png  plots of metrics.csv
+    OUT/summary.json          the run's final figures
+    OUT/model/                an exported Hugging Face folder (BERT tasks)
+
+One writer at a time: a second process opening the same folder gets an error naming the pid that
+holds it (the lock dies with its process, so a killed run never leaves a stale lock). A fresh run
+refuses a folder that already holds a checkpoint, unless told to resume it or to start over
+(``overwrite``, which removes the earlier run's files, and only those).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from transformer_lab.runs.checkpoint import clean_stale_temporaries, resolve_checkpoint
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are then not protected from a second writer
+    fcntl = None  # type: ignore[assignment]
+
+CHECKPOINTS = "checkpoints"
+LAST, BEST = "last", "best"
+RUN_FILES = ("metrics.csv", "loss.png", "lr.png", "summary.json")  # what ``overwrite`` removes, with the folders
+RUN_DIRS = (CHECKPOINTS, "model")
+
+
+class RunFolderInUse(OSError):
+    """Another process is writing this run folder."""
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+        self._created = False
+
+    # --- layout -----------------------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def checkpoint(self, name: str = LAST) -> Path:
+        return self.checkpoints / name
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    def plot(self, name: str) -> Path:
+        return self.path / f"{name}.png"
+
+    def export(self, name: str = "model") -> Path:
+        return self.path / name
+
+    def has_checkpoint(self) -> bool:
+        return any((self.checkpoints / f"{n}{s}").exists() for n in (LAST, BEST) for s in ("", ".old"))
+
+    # --- one writer -----------------------------------------------------------------------------
+    def lock(self) -> "RunFolder":
+        """Take the folder for this process (created if needed); RunFolderInUse if another holds it."""
+        if self._lock_fd is not None:
+            return self
+        self._created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise RunFolderInUse(
+                        errno.EBUSY, f"{self.path}: in use by process {holder}, which is writing this run; "
+                                     "wait for it to finish, stop it, or choose another --out") from None
+                raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        return self
+
+    def unlock(self) -> None:
+        """Release the folder; one this process created and left empty (a run that failed before
+        writing anything) is removed, so a failed command leaves no trace."""
+        if self._lock_fd is None:
+            return
+        os.close(self._lock_fd)  # closing the descriptor releases the flock
+        self._lock_fd = None
+        if self._created and [p.name for p in self.path.iterdir()] == [".lock"]:
+            (self.path / ".lock").unlink(missing_ok=True)
+            try:
+                self.path.rmdir()
+            except OSError:  # someone wrote into it meanwhile: keep it
+                pass
+
+    def __enter__(self) -> "RunFolder":
+        return self.lock()
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+    def open(self, resume: bool, overwrite: bool = False) -> "RunFolder":
+        """Lock the folder for a run, remove dead writers' temporary folders, and check that a fresh
+        run does not silently replace an earlier one."""
+        self.lock()
+        try:
+            clean_stale_temporaries(self.checkpoints)
+            if not resume and self.has_checkpoint():
+                if not overwrite:
+                    raise ValueError(f"{self.path}: already holds a run (checkpoints/); resume it (--resume) or "
+                                     "start over (--overwrite removes its checkpoints, metrics and plots)")
+                self.remove_run_files()
+        except BaseException:
+            self.unlock()
+            raise
+        return self
+
+    def remove_run_files(self) -> None:
+        for name in RUN_DIRS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+
+    # --- records --------------------------------------------------------------------------------
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        """summary.json, atomically; NaN and infinity are refused (not JSON numbers)."""
+        tmp = self.summary.with_name(f".summary.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        tmp.replace(self.summary)
+        return self.summary
+
+
+def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = (BEST, LAST)) -> Path:
+    """The checkpoint folder a user means by ``path``: a checkpoint folder itself (or the ``.old``
+    copy an interrupted save left), or a run folder, whose checkpoints are tried in ``prefer`` order
+    (``translate`` and ``evaluate`` prefer the best; ``--resume`` the last)."""
+    path = Path(path)
+    checkpoints = path / CHECKPOINTS
+    if checkpoints.is_dir():
+        for name in prefer:
+            candidate = checkpoints / name
+            if candidate.exists() or candidate.with_name(name + ".old").exists():
+                return resolve_checkpoint(candidate)
+        raise FileNotFoundError(f"{path}: a run folder without a checkpoint ({' or '.join(prefer)}) in {checkpoints}")
+    if not path.exists() and not path.with_name(path.name + ".old").exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint or run folder")
+    return resolve_checkpoint(path)
+
+
+def exit_code(signum: int | None) -> int:
+    """0, or 128 + the signal number after a run stopped by a signal (as shells report it)."""
+    return 0 if signum is None else 128 + int(signum)

@@ -1,0 +1,141 @@
+"""The run folder (``runs.folder``): one writer at a time, no silent replacement of an earlier run,
+every command finding the checkpoint a user means (an interrupted save's ``.old`` copy included),
+and the summary written whole."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from transformer_lab.cli.main import main
+from transformer_lab.runs import BEST, LAST, RunFolder, RunFolderInUse, find_checkpoint, load_model
+
+SHORT_RUN = ["--max-steps", "3", "--n-test", "10", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    assert main(["train", "--out", str(out), *SHORT_RUN]) == 0
+    return out
+
+
+def hold_lock(path):
+    """Another process holding the run folder; returns it once the lock is taken."""
+    code = ("import sys, time\nfrom transformer_lab.runs import RunFolder\n"
+            f"RunFolder({str(path)!r}).lock()\nprint('locked', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_writer_gets_an_error_naming_the_holder(tmp_path, capsys):
+    """Issue 9, item 4: two `train` runs on one --out both exited 0 and the last writer won (or a
+    save failed after training with "Directory not empty"). Now the second is refused at once, with
+    the pid of the process that holds the folder; the lock dies with its process."""
+    holder = hold_lock(tmp_path / "run")
+    try:
+        with pytest.raises(RunFolderInUse, match=f"in use by process {holder.pid}"):
+            RunFolder(tmp_path / "run").lock()
+        assert main(["train", "--out", str(tmp_path / "run"), *SHORT_RUN]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by process {holder.pid}" in err and "Traceback" not in err
+        assert not (tmp_path / "run" / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunFolder(tmp_path / "run"):  # killed holder: no stale lock
+        pass
+
+
+def test_lock_is_reentrant_and_released(tmp_path):
+    folder = RunFolder(tmp_path / "r")
+    folder.lock()
+    folder.lock()
+    assert (tmp_path / "r" / ".lock").read_text().strip().isdigit()
+    folder.unlock()
+    assert not (tmp_path / "r").exists()  # created by the lock and left empty: removed
+    with RunFolder(tmp_path / "r"):
+        (tmp_path / "r" / "metrics.csv").write_text("step\n")
+    assert (tmp_path / "r" / "metrics.csv").is_file()
+
+
+def test_a_fresh_run_does_not_replace_an_earlier_one(finished_run, tmp_path, capsys):
+    """Issue 9, item 4: a second `train` into a folder that holds a run needs --resume or --overwrite;
+    --overwrite removes the earlier run's checkpoints, metrics and plots (only those)."""
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(finished_run, out)
+    (out / "notes.txt").write_text("mine")
+    (out / "checkpoints" / "last").rename(out / "checkpoints" / "best")  # an earlier run's best checkpoint
+    assert main(["train", "--out", str(out), *SHORT_RUN]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--overwrite", *SHORT_RUN, "--max-steps", "2"]) == 0
+    assert not (out / "checkpoints" / "best").exists()  # nothing of the earlier run is taken for this one's
+    assert load_model(out / "checkpoints" / "last").meta["step"] == 2
+    assert (out / "notes.txt").read_text() == "mine"
+    assert main(["train", "--out", str(out), "--overwrite", "--resume", str(out), *SHORT_RUN]) == 2
+    assert "cannot both resume a run and start it over" in capsys.readouterr().err
+
+
+def test_interrupted_save_leaves_old_which_every_command_finds(finished_run, tmp_path, capsys):
+    """Issue 9, item 3: after a kill between the two renames of a save only checkpoints/last.old
+    exists; the loader used it but `--resume RUN` and `translate --checkpoint RUN` refused it."""
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(finished_run, out)
+    (out / "checkpoints" / "last").rename(out / "checkpoints" / "last.old")
+    (out / "checkpoints" / ".last.tmp-999999").mkdir()  # the half-written new one
+    assert find_checkpoint(out, prefer=(LAST,)) == out / "checkpoints" / "last.old"
+    assert find_checkpoint(out) == out / "checkpoints" / "last.old"  # best missing: last
+    assert main(["train", "--out", str(out), "--resume", str(out), *SHORT_RUN, "--max-steps", "4"]) == 0
+    assert load_model(out / "checkpoints" / "last").meta["step"] == 4
+    assert not (out / "checkpoints" / "last.old").exists()
+    assert not (out / "checkpoints" / ".last.tmp-999999").exists()  # a dead writer's folder is cleaned
+
+
+def test_find_checkpoint_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint or run folder"):
+        find_checkpoint(tmp_path / "nowhere")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="a run folder without a checkpoint"):
+        find_checkpoint(tmp_path / "run", prefer=(BEST, LAST))
+
+
+def test_resume_of_a_missing_checkpoint_fails_before_any_work(tmp_path, capsys):
+    t0 = time.perf_counter()
+    assert main(["train", "--out", str(tmp_path / "r"), "--resume", str(tmp_path / "nowhere"), *SHORT_RUN]) == 2
+    assert "nowhere: no such checkpoint or run folder" in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 5 and not (tmp_path / "r").exists()
+
+
+def test_summary_is_whole_json(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.write_summary({"loss": 1.5})
+    assert json.loads(folder.summary.read_text()) == {"loss": 1.5}
+    with pytest.raises(ValueError):
+        folder.write_summary({"loss": float("nan")})
+    assert json.loads(folder.summary.read_text()) == {"loss": 1.5}
+
+
+@pytest.mark.parametrize("damage", ["truncate state", "empty state", "list config", "bad meta"])
+def test_damaged_run_files_are_one_line_errors(finished_run, tmp_path, capsys, damage):
+    """Issue 9, item 7, through the command line: `--resume` of a damaged checkpoint is one line on
+    stderr naming the file, exit 2, no traceback."""
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(finished_run, out)
+    last = out / "checkpoints" / "last"
+    target = {"truncate state": "train_state.pt", "empty state": "train_state.pt", "list config": "config.json",
+              "bad meta": "meta.json"}[damage]
+    data = (last / target).read_bytes()
+    (last / target).write_bytes({"truncate state": data[: len(data) // 3], "empty state": b"", "list config": b"[]",
+                                 "bad meta": b"{"}[damage])
+    rc = main(["train", "--out", str(out), "--resume", str(out), *SHORT_RUN, "--max-steps", "5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(last / target) in err and "Traceback" not in err
