@@ -29,6 +29,10 @@ BELOW["__main__"] = {"cli"}
 BELOW["__init__"] = set()
 
 
+MODULE_NAMES = {".".join(p for p in path.relative_to(SRC).with_suffix("").parts if p != "__init__")
+                for path in SRC.rglob("*.py")}
+
+
 def modules() -> dict[str, ast.Module]:
     out = {}
     for path in sorted(SRC.rglob("*.py")):
@@ -45,7 +49,9 @@ def internal_imports(tree: ast.Module) -> list[tuple[str, bool]]:
     for node in ast.walk(tree):
         names = []
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("transformer_lab"):
-            names = [node.module]
+            # "from transformer_lab.pkg import module" imports pkg.module
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names
+                                     if f"{node.module}.{a.name}".removeprefix("transformer_lab.") in MODULE_NAMES]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name.startswith("transformer_lab")]
         for name in names:
@@ -85,9 +91,8 @@ def test_no_import_cycle_between_modules():
     graph = {m: set() for m in MODULES}
     for m, tree in MODULES.items():
         for name, _ in internal_imports(tree):
-            target = name if name in MODULES else name.rsplit(".", 1)[0]  # "from pkg import module"
-            if target in MODULES and target != m:
-                graph[m].add(target)
+            if name in MODULES and name != m:
+                graph[m].add(name)
     state: dict[str, int] = {}
 
     def visit(m, path):

@@ -68,3 +68,11 @@ def read_json_object(path: str | Path, missing: str = "config file not found") -
 
 def load_json(cls: type[T], path: str | Path) -> T:
     return from_dict(cls, read_json_object(path), where=str(path))
+
+
+def check_positive(name: str, value: Any, allow_none: bool = False) -> None:
+    """ValueError unless ``value`` is a finite number > 0 (None too, with ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name}: expected a positive number, got {value}")

@@ -31,7 +31,6 @@ def test_train_demo_short_run_writes_everything(tmp_path):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 60 and summary["n_test"] == 40
-    assert round(summary["exact_match"] * 40, 9).is_integer()  # a fraction of the 40 held-out dates
     rows = (out / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     losses = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
@@ -39,8 +38,12 @@ def test_train_demo_short_run_writes_everything(tmp_path):
     for png in ("loss.png", "lr.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model, vocab = dates.load(out / "checkpoints" / "last")
-    accuracy, _ = dates.exact_match(model, dates.DateTask(n_test=40, seed=3).pairs()[1], vocab)
+    accuracy, outputs = dates.exact_match(model, dates.DateTask(n_test=40, seed=3).pairs()[1], vocab)
     assert accuracy == summary["exact_match"]  # the checkpoint is the model that was scored
+    # 60 steps are too few for exact dates, not for their shape: "the <day> of <month> <year>"
+    months = set(dates.DateTask.symbols()) & {"january", "february", "march", "april", "may", "june", "july", "august",
+                                               "september", "october", "november", "december"}
+    assert all(o[0] == "the" and "of" in o and o[o.index("of") + 1] in months for o in outputs), outputs[:3]
 
 
 @pytest.mark.parametrize("flag, value", [("--max-steps", "0"), ("--clip-norm", "-1"), ("--lr", "-0.1"),

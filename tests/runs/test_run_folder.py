@@ -3,6 +3,7 @@ every command finding the checkpoint a user means (an interrupted save's ``.old`
 and the summary written whole."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -89,13 +90,14 @@ def test_interrupted_save_leaves_old_which_every_command_finds(finished_run, tmp
     out = tmp_path / "demo"
     shutil.copytree(finished_run, out)
     (out / "checkpoints" / "last").rename(out / "checkpoints" / "last.old")
-    (out / "checkpoints" / ".last.tmp-999999").mkdir()  # the half-written new one
+    (out / "checkpoints" / f".last.tmp-{os.getppid()}").mkdir()  # a half-written one, of a process still alive
     assert find_checkpoint(out, prefer=(LAST,)) == out / "checkpoints" / "last.old"
     assert find_checkpoint(out) == out / "checkpoints" / "last.old"  # best missing: last
     assert main(["train", "--out", str(out), "--resume", str(out), *SHORT_RUN, "--max-steps", "4"]) == 0
     assert load_model(out / "checkpoints" / "last").meta["step"] == 4
     assert not (out / "checkpoints" / "last.old").exists()
-    assert not (out / "checkpoints" / ".last.tmp-999999").exists()  # a dead writer's folder is cleaned
+    # under the run folder's lock nobody else writes there: every temporary folder is stale
+    assert not (out / "checkpoints" / f".last.tmp-{os.getppid()}").exists()
 
 
 def test_find_checkpoint_errors_name_the_path(tmp_path):
@@ -139,3 +141,15 @@ def test_damaged_run_files_are_one_line_errors(finished_run, tmp_path, capsys, d
     rc = main(["train", "--out", str(out), "--resume", str(out), *SHORT_RUN, "--max-steps", "5"])
     err = capsys.readouterr().err
     assert rc == 2 and str(last / target) in err and "Traceback" not in err
+
+
+def test_resuming_into_another_folder(finished_run, tmp_path, capsys):
+    """--resume A --out B: B continues A (its metrics history too) when B is new, and is refused when B
+    holds a run of its own (it would be replaced silently)."""
+    out = tmp_path / "b"
+    assert main(["train", "--out", str(out), "--resume", str(finished_run), *SHORT_RUN, "--max-steps", "5"]) == 0
+    steps = [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [3, 5]  # A's row (its last step), then B's
+    assert main(["train", "--out", str(out), "--resume", str(finished_run), *SHORT_RUN, "--max-steps", "6"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert load_model(out / "checkpoints" / "last").meta["step"] == 5

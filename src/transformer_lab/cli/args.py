@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from transformer_lab.tasks.common import RunOptions
 from transformer_lab.tokenizers.corpus import decode_lines
+from transformer_lab.training.config import TrainConfig
+from transformer_lab.training.schedules import SCHEDULES
 
 
 def _number(kind: type, low: float, inclusive: bool, what: str):
@@ -17,7 +20,7 @@ def _number(kind: type, low: float, inclusive: bool, what: str):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not (value >= low if inclusive else value > low) or value != value:  # value != value: NaN
+        if not (value >= low if inclusive else value > low) or value != value or value == float("inf"):  # NaN, inf
             raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
 
@@ -68,3 +71,37 @@ def texts_or_stdin(texts: list[str], what: str) -> list[str]:
     if not out:
         raise ValueError(f"TEXT: nothing to {what} (give TEXT arguments or lines on stdin)")
     return out
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """The options every training command shares; unset ones keep the task's recipe."""
+    g = p.add_argument_group("optimisation (unset: the task's recipe)")
+    g.add_argument("--max-steps", type=positive_int, default=None, help="optimizer steps")
+    g.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES", help="stop cleanly after this long")
+    g.add_argument("--schedule", default=None, choices=SCHEDULES)
+    g.add_argument("--lr", type=positive_float, default=None, help="noam: factor on the paper's formula; others: peak rate")
+    g.add_argument("--warmup", type=positive_int, default=None, help="warm-up steps")
+    g.add_argument("--label-smoothing", type=probability, default=None, help="translation: 0.1 (the paper)")
+    g.add_argument("--weight-decay", type=non_negative_float, default=None, help="AdamW decoupled decay (GPT presets: 0.1)")
+    g.add_argument("--beta2", type=probability, default=None, help="Adam's beta2 (translation 0.98, GPT 0.99)")
+    g.add_argument("--min-lr", type=non_negative_float, default=None, help="cosine: the rate's floor")
+    g.add_argument("--clip-norm", type=non_negative_float, default=None, help="gradient clipping (0: off; default 1.0)")
+    g.add_argument("--accumulate", type=positive_int, default=None, help="micro-batches per optimizer step")
+    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"], help="bf16/fp16: CUDA only")
+    g.add_argument("--eval-every", type=non_negative_int, default=None, help="steps between validations (0: at the end)")
+    g.add_argument("--patience", type=positive_int, default=None, help="early stopping: validations without improvement")
+    g.add_argument("--save-every", type=non_negative_int, default=None, help="steps between checkpoints (0: at the end)")
+
+
+def train_config(args: argparse.Namespace, recipe: TrainConfig) -> TrainConfig:
+    """The recipe with the options given on the command line (checked by TrainConfig)."""
+    given = dict(max_steps=args.max_steps, schedule=args.schedule, lr=args.lr, warmup=args.warmup,
+                 label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, beta2=args.beta2,
+                 min_lr=args.min_lr, accumulate=args.accumulate, precision=args.precision, eval_every=args.eval_every,
+                 patience=args.patience, save_every=args.save_every)
+    values = {k: v for k, v in given.items() if v is not None}
+    if args.time_budget is not None:
+        values["time_budget_s"] = args.time_budget * 60
+    if args.clip_norm is not None:
+        values["clip_norm"] = args.clip_norm or None  # 0: no clipping
+    return replace(recipe, seed=args.seed, progress=not args.no_progress, **values)

@@ -13,11 +13,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from transformer_lab.cli.args import (add_run_args, add_split_special_tokens, non_negative_float, non_negative_int,
-                                      positive_float, positive_int, run_options, texts_or_stdin)
+from transformer_lab.cli.args import (add_run_args, add_split_special_tokens, add_train_args, positive_float, positive_int,
+                                      run_options, texts_or_stdin, train_config)
 from transformer_lab.models.presets import BERT_PRESETS
 from transformer_lab.runtime import choose_device
 from transformer_lab.tasks import classify, embed, pretrain_bert
+from transformer_lab.training.config import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pb.add_argument("--static-masking", action="store_true", help="one mask per example (default: redrawn every epoch)")
     pb.add_argument("--mask-prob", type=positive_float, default=0.15)
     pb.add_argument("--batch-size", type=positive_int, default=32)
-    _train_args(pb, steps=2000, lr=1e-4)
+    _train_args(pb)
     pb.set_defaults(func=pretrain_bert_cmd)
 
     f = sub.add_parser("finetune", help="fine-tune a pretrained model on a task")
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fc.add_argument("--test", default=None, metavar="TSV", help="scored once at the end with the best dev checkpoint")
     fc.add_argument("--epochs", type=positive_float, default=1.0)
     fc.add_argument("--max-len", type=positive_int, default=128)
-    _train_args(fc, steps=None, lr=5e-5)
+    _train_args(fc)
     fc.set_defaults(func=finetune_classify_cmd)
 
 
@@ -81,25 +82,19 @@ def _model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
     add_split_special_tokens(p)
 
 
-def _train_args(p: argparse.ArgumentParser, steps: int | None, lr: float) -> None:
+def _train_args(p: argparse.ArgumentParser) -> None:
+    """The run options and the shared optimisation options (unset: the task's recipe: AdamW, linear
+    warm-up over 10% of the steps, then linear decay)."""
     add_run_args(p, out_required=True)
-    g = p.add_argument_group("optimisation (AdamW, linear warm-up and decay)")
-    g.add_argument("--max-steps", type=positive_int, default=steps, help="optimizer steps" + ("" if steps else
-                                                                                             " (default: --epochs)"))
-    g.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
-    g.add_argument("--warmup", type=non_negative_int, default=None, help="warm-up steps (default: 10%% of the steps)")
-    g.add_argument("--weight-decay", type=non_negative_float, default=0.01)
-    g.add_argument("--eval-every", type=non_negative_int, default=0, help="steps between validations")
-    g.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES")
+    add_train_args(p)
 
 
-def _train_config(args: argparse.Namespace, recipe, steps: int | None):
-    values = dict(lr=args.lr, weight_decay=args.weight_decay, eval_every=args.eval_every, seed=args.seed,
-                  progress=not args.no_progress,
-                  time_budget_s=None if args.time_budget is None else args.time_budget * 60)
-    if steps is not None:
-        values.update(max_steps=steps, warmup=max(1, args.warmup if args.warmup is not None else steps // 10))
-    return replace(recipe, **values)
+def _train_config(args: argparse.Namespace, recipe: TrainConfig, default_steps: int | None) -> TrainConfig:
+    cfg = train_config(args, recipe)
+    steps = args.max_steps or default_steps
+    if steps is not None:  # a warm-up of 10% of the steps, unless given
+        cfg = replace(cfg, max_steps=steps, warmup=args.warmup or max(1, steps // 10))
+    return cfg
 
 
 def embed_cmd(args: argparse.Namespace) -> int:
@@ -123,7 +118,7 @@ def similarity_cmd(args: argparse.Namespace) -> int:
 
 def pretrain_bert_cmd(args: argparse.Namespace) -> int:
     cfg = pretrain_bert.PretrainConfig(
-        run_options(args), Path(args.data), _train_config(args, pretrain_bert.RECIPE, args.max_steps),
+        run_options(args), Path(args.data), _train_config(args, pretrain_bert.RECIPE, pretrain_bert.RECIPE.max_steps),
         vocab=Path(args.vocab) if args.vocab else None, vocab_size=args.vocab_size, cased=args.cased, model=args.model,
         max_len=args.max_len, nsp=not args.no_nsp, whole_word=args.whole_word, static_masking=args.static_masking,
         mask_prob=args.mask_prob, batch_size=args.batch_size)
@@ -133,7 +128,7 @@ def pretrain_bert_cmd(args: argparse.Namespace) -> int:
 def finetune_classify_cmd(args: argparse.Namespace) -> int:
     cfg = classify.ClassifyConfig(
         run_options(args), Path(args.model), Path(args.train), Path(args.dev), Path(args.test) if args.test else None,
-        _train_config(args, classify.RECIPE, None), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
+        train_config(args, classify.RECIPE), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
         max_len=args.max_len, batch_size=args.batch_size, split_special_tokens=args.split_special_tokens)
     result = classify.run(cfg)
     print(json.dumps(result.summary))

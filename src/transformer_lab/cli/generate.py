@@ -12,12 +12,10 @@ import torch
 from tqdm.auto import tqdm
 
 from transformer_lab.cli.args import add_split_special_tokens, positive_float, positive_int, texts_or_stdin
-from transformer_lab.generation.sampling import SamplingConfig, cut_at_eos, generate, stop_token
+from transformer_lab.generation.sampling import SamplingConfig
 from transformer_lab.runs import exit_code
 from transformer_lab.runtime import choose_device
 from transformer_lab.tasks import lm
-from transformer_lab.tokenizers.streaming import IncrementalDecoder
-from transformer_lab.training.signals import Interrupted, interruptible_section
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,43 +43,25 @@ def generate_cmd(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
     model, tok = lm.load_lm(args.checkpoint, device, args.split_special_tokens)
     prompts = [args.prompt] if args.prompt is not None else texts_or_stdin([], "continue")
-    ids = [lm.encode_prompt(tok, p, model.config.eos_id) for p in prompts]
-    rows = [i for i in ids for _ in range(args.num_samples)]
     generator = torch.Generator(device=device)
     generator.manual_seed(args.seed if args.seed is not None else torch.seed())
-
-    stream = not args.json and len(rows) == 1  # one sample: print it as it comes
-    decoder = IncrementalDecoder(tok)
-    steps: list[torch.Tensor] = []
+    stream = not args.json and len(prompts) * args.num_samples == 1  # one sample: print it as it comes
     bar = tqdm(total=cfg.max_new_tokens, unit="tok", desc="generate", leave=False, file=sys.stderr,
                disable=True if (stream or args.no_progress) else None)  # None: only on a terminal
-
-    def on_step(tokens: torch.Tensor) -> None:
-        steps.append(tokens.cpu())
-        bar.update(1)
-        if stream:
-            print(decoder.push(tokens[:1].tolist()), end="", flush=True)
-
     if stream:
         print(prompts[0], end="", flush=True)
-    signum = None
-    try:
-        with interruptible_section():
-            out = generate(model, rows, cfg, generator, on_step=on_step).tokens
-    except Interrupted as e:  # keep what was generated
-        signum = e.signum
-        out = cut_at_eos(steps, stop_token(model, cfg)) or [[] for _ in rows]
+    res = lm.sample(model, tok, prompts, cfg, generator, args.num_samples,
+                    on_text=(lambda text: print(text, end="", flush=True)) if stream else None,
+                    on_step=lambda: bar.update(1))
     bar.close()
     if stream:
-        print(decoder.flush())
-        print("---")
-        return exit_code(signum)
-    samples = [{"prompt": prompts[k // args.num_samples], "text": tok.decode(t), "tokens": len(t)}
-               for k, t in enumerate(out)]
-    if args.json:
-        print(json.dumps({"samples": samples, **({"stopped_by_signal": signum} if signum else {})}, ensure_ascii=False))
+        print("\n---")
+    elif args.json:
+        samples = [{"prompt": p, "text": t, "tokens": n} for p, t, n in zip(res.prompts, res.texts, res.tokens)]
+        print(json.dumps({"samples": samples, **({"stopped_by_signal": res.signum} if res.signum else {})},
+                         ensure_ascii=False))
     else:
-        for s in samples:
-            print(s["prompt"] + s["text"])
+        for p, t in zip(res.prompts, res.texts):
+            print(p + t)
             print("---")
-    return exit_code(signum)
+    return exit_code(res.signum)

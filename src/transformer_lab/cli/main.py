@@ -12,6 +12,8 @@ import sys
 
 from transformer_lab import __version__
 from transformer_lab.cli import bench, bert, generate, model, tokenizer, train, translate
+from transformer_lab.runs import exit_code
+from transformer_lab.runtime.signals import Interrupted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, EOFError, ArithmeticError) as e:  # bad input, files, NaN loss
         print(f"transformer-lab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # a signal in work that had no more specific way to stop
+        print(f"transformer-lab {args.command}: stopped by signal {e.signum}", file=sys.stderr)
+        return exit_code(e.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from transformer_lab.config import check_positive
 from transformer_lab.data.mlm import IGNORE, PairExample, mask_tokens, pack_pair, word_ids_for
 from transformer_lab.data.parallel import EncodedPairs
 from transformer_lab.data.vocab import Vocab
@@ -58,11 +59,6 @@ def padding_and_mask(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor
     return tokens, mask
 
 
-def _check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-
-
 # --- encoder-decoder ------------------------------------------------------------------------------
 @dataclass
 class Batch:
@@ -90,7 +86,7 @@ class ShuffledBatches:
     batch of an epoch is dropped)."""
 
     def __init__(self, pairs: Sequence[tuple[Sequence[str], Sequence[str]]], vocab: Vocab, batch_size: int, seed: int = 0):
-        _check_batch_size(batch_size)
+        check_positive("batch_size", batch_size)
         if len(pairs) < batch_size:
             raise ValueError(f"batch_size: {batch_size} is more than the {len(pairs)} training pairs")
         self.pairs, self.vocab, self.batch_size, self.seed = pairs, vocab, batch_size, seed
@@ -173,9 +169,8 @@ class RandomWindows:
     "epoch" is len(ids) / (B·T) batches whose offsets are a pure function of (seed, epoch)."""
 
     def __init__(self, ids: Tensor, batch_size: int, context: int, seed: int = 0):
-        _check_batch_size(batch_size)
-        if context < 1:
-            raise ValueError(f"context: expected >= 1, got {context}")
+        check_positive("batch_size", batch_size)
+        check_positive("context", context)
         if len(ids) <= context:
             raise ValueError(f"ids: {len(ids)} tokens, fewer than one window of {context + 1}")
         self.ids, self.batch_size, self.context, self.seed = ids, batch_size, context, seed
@@ -215,7 +210,7 @@ class ClassBatches:
     """Sentences shuffled per epoch from (seed, epoch), batched with right padding."""
 
     def __init__(self, ids: list[list[int]], labels: list[int], batch_size: int, pad_id: int, seed: int = 0):
-        _check_batch_size(batch_size)
+        check_positive("batch_size", batch_size)
         if len(ids) != len(labels) or not ids:
             raise ValueError(f"ids, labels: expected as many labels as sentences (>= 1), got {len(ids)} and {len(labels)}")
         self.ids, self.labels, self.batch_size, self.pad_id, self.seed = ids, labels, batch_size, pad_id, seed
@@ -257,7 +252,7 @@ class PretrainBatches:
 
     def __init__(self, examples: list[PairExample], tokenizer, max_len: int, batch_size: int, seed: int = 0,
                  dynamic: bool = True, whole_word: bool = False, prob: float = 0.15):
-        _check_batch_size(batch_size)
+        check_positive("batch_size", batch_size)
         self.examples, self.tok, self.max_len, self.batch_size = examples, tokenizer, max_len, batch_size
         self.seed, self.dynamic, self.whole_word, self.prob = seed, dynamic, whole_word, prob
         ids = {n: tokenizer.token_to_id(n) for n in ("[CLS]", "[SEP]", "[MASK]", "[PAD]")}

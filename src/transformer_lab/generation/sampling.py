@@ -10,7 +10,8 @@ column; the attention mask hides the padding and positions count from each row's
 
 The K/V cache makes each step one token's work. Once prompt + output fills the context (``max_len``)
 the window slides as in nanoGPT: the oldest token drops out and the window is recomputed, without
-cache, at every later step.
+cache, at every later step. Only the window is kept, so generation can run on (``on_step`` streams
+it) at a bounded cost per token.
 
 Shapes: B prompts, P padded prompt length, N new tokens, V vocabulary.
 """
@@ -138,8 +139,10 @@ def generate(
         out.append(nxt)
         if on_step is not None:
             on_step(nxt)
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1)
+        # Only the last max_len tokens are ever read again: keep no more, so a step's cost and the
+        # memory stay bounded however many tokens are generated.
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)[:, -max_len:]
+        mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1)[:, -max_len:]
         new_tokens = nxt[:, None]
         if eos is not None:
             done |= nxt == eos

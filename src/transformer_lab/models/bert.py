@@ -98,8 +98,11 @@ class MLMHead(nn.Module):
         self.dense = nn.Linear(c.d_model, c.d_model)
         self.activation = c.activation
         self.norm = nn.LayerNorm(c.d_model, eps=c.eps)
-        self.decoder = nn.Linear(c.d_model, c.vocab_size)  # a module, so a replaced Linear is used
+        # A module, so a replaced Linear is used; built on the meta device (no random draw: its weight is
+        # the tied table), with its own zero bias.
+        self.decoder = nn.Linear(c.d_model, c.vocab_size, device="meta")
         self.decoder.weight = token_weight  # tied: the same Parameter as the input embedding table
+        self.decoder.bias = nn.Parameter(torch.zeros(c.vocab_size))
 
     def forward(self, h: Tensor) -> Tensor:
         h = self.dense(h)

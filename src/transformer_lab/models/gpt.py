@@ -87,7 +87,9 @@ class GPT(nn.Module):
         self.blocks = Encoder([EncoderLayer(block, inner) for _ in range(c.n_layers)], c.d_model, norm_first=True,
                               eps=c.eps)
         # The LM head is a module (not F.linear on the table), so a replaced Linear (LoRA, INT8) is used.
-        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        # Built on the meta device: its own weight is never used (tied below), so it draws no random
+        # numbers and the same seed gives the same initial model as ever.
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False, device="meta")
         self.lm_head.weight = self.embed.token.weight  # tied: one (V, D) tensor, two uses
         self.reset_parameters()
 

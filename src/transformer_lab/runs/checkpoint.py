@@ -75,9 +75,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(parent: str | Path) -> list[Path]:
+def clean_stale_temporaries(parent: str | Path, any_writer: bool = False) -> list[Path]:
     """Remove the temporary folders that saves of dead processes (or an earlier failed save of this
-    one) left in ``parent``. Returns what was removed."""
+    one) left in ``parent``; with ``any_writer`` (the caller holds the run folder's lock, so nobody
+    else writes there), every one. Returns what was removed."""
     parent = Path(parent)
     removed = []
     if not parent.is_dir():
@@ -86,7 +87,7 @@ def clean_stale_temporaries(parent: str | Path) -> list[Path]:
         m = _TMP.match(entry.name)
         if m and entry.is_dir():
             pid = int(m["pid"])
-            if pid == os.getpid() or not _pid_alive(pid):
+            if any_writer or pid == os.getpid() or not _pid_alive(pid):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
     return removed

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ class RunFolder:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                holder = _read_pid(fd)
                 os.close(fd)
                 if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise RunFolderInUse(
@@ -100,14 +101,14 @@ class RunFolder:
         writing anything) is removed, so a failed command leaves no trace."""
         if self._lock_fd is None:
             return
-        os.close(self._lock_fd)  # closing the descriptor releases the flock
-        self._lock_fd = None
         if self._created and [p.name for p in self.path.iterdir()] == [".lock"]:
-            (self.path / ".lock").unlink(missing_ok=True)
+            (self.path / ".lock").unlink(missing_ok=True)  # while still holding the lock
             try:
                 self.path.rmdir()
             except OSError:  # someone wrote into it meanwhile: keep it
                 pass
+        os.close(self._lock_fd)  # closing the descriptor releases the flock
+        self._lock_fd = None
 
     def __enter__(self) -> "RunFolder":
         return self.lock()
@@ -115,21 +116,31 @@ class RunFolder:
     def __exit__(self, *exc) -> None:
         self.unlock()
 
-    def open(self, resume: bool, overwrite: bool = False) -> "RunFolder":
-        """Lock the folder for a run, remove dead writers' temporary folders, and check that a fresh
-        run does not silently replace an earlier one."""
+    def open(self, resume_from: str | Path | None = None, overwrite: bool = False) -> "RunFolder":
+        """Lock the folder for a run, remove the temporary folders of interrupted saves (under the
+        lock, no other process writes here: every one is stale), and check that the run does not
+        silently replace an earlier one: a folder that holds a checkpoint is continued only by
+        resuming one of its own checkpoints, or started over with ``overwrite``."""
         self.lock()
         try:
-            clean_stale_temporaries(self.checkpoints)
-            if not resume and self.has_checkpoint():
+            clean_stale_temporaries(self.checkpoints, any_writer=True)
+            if self.has_checkpoint() and not self.holds(resume_from):
                 if not overwrite:
-                    raise ValueError(f"{self.path}: already holds a run (checkpoints/); resume it (--resume) or "
-                                     "start over (--overwrite removes its checkpoints, metrics and plots)")
+                    raise ValueError(f"{self.path}: already holds a run (checkpoints/); resume it (--resume "
+                                     f"{self.path}), start over (--overwrite removes its checkpoints, metrics and "
+                                     "plots) or choose another --out")
                 self.remove_run_files()
         except BaseException:
             self.unlock()
             raise
         return self
+
+    def holds(self, path: str | Path | None) -> bool:
+        """Whether ``path`` is this run folder or lies inside it."""
+        if path is None:
+            return False
+        here, there = self.path.resolve(), Path(path).resolve()
+        return there == here or here in there.parents
 
     def remove_run_files(self) -> None:
         for name in RUN_DIRS:
@@ -144,6 +155,16 @@ class RunFolder:
         tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         tmp.replace(self.summary)
         return self.summary
+
+
+def _read_pid(fd: int) -> str:
+    """The pid the lock's holder wrote (it writes just after taking the lock: wait a moment for it)."""
+    for _ in range(20):
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return "unknown"
 
 
 def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = (BEST, LAST)) -> Path:

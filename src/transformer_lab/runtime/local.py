@@ -26,7 +26,7 @@ def choose_device(name: str | None = None) -> torch.device:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside wrappers: DistributedDataParallel/FSDP (``.module``) and torch.compile
+    """The plain model inside wrappers: DistributedDataParallel (``.module``) and torch.compile
     (``._orig_mod``)."""
     while True:
         inner = getattr(model, "_orig_mod", None)

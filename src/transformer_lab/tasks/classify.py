@@ -18,18 +18,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from transformer_lab.config import check_positive
 from transformer_lab.data.batches import ClassBatch, ClassBatches
 from transformer_lab.data.classification import read_labelled_tsv
 from transformer_lab.models.bert import Bert
-from transformer_lab.models.hf import load_bert, save_bert
+from transformer_lab.models.hf import load_bert
 from transformer_lab.runs import BEST, LAST, find_checkpoint, load_model
 from transformer_lab.runtime import Runtime
-from transformer_lab.tasks.common import RunOptions, TaskResult, open_run, positive, train
-from transformer_lab.tasks.embed import by_length, encode_texts
-from transformer_lab.tokenizers.io import load_bert_tokenizer, write_bert_tokenizer
+from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, train, write_summary,
+                                           write_uncut)
+from transformer_lab.tasks.embed import by_length, encode_texts, export
+from transformer_lab.tokenizers.io import load_bert_tokenizer
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.loop import StepLoss
-from transformer_lab.training.signals import Interrupted, interruptible_section
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,10 @@ class ClassifyConfig:
 
     def __post_init__(self) -> None:
         self.model, self.train_file, self.dev_file = Path(self.model), Path(self.train_file), Path(self.dev_file)
-        positive("epochs", self.epochs)
-        positive("steps", self.steps, allow_none=True)
-        positive("max_len", self.max_len)
-        positive("batch_size", self.batch_size)
+        check_positive("epochs", self.epochs)
+        check_positive("steps", self.steps, allow_none=True)
+        check_positive("max_len", self.max_len)
+        check_positive("batch_size", self.batch_size)
         if self.warmup is not None and self.warmup < 0:
             raise ValueError(f"warmup: expected >= 0, got {self.warmup}")
 
@@ -81,12 +82,11 @@ def accuracy(model: Bert, ids: list[list[int]], labels: list[int]) -> float:
 
 def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
     runtime = runtime or Runtime(cfg.run.device)
-    cfg.run.check_resume()
     train_x, train_y = read_labelled_tsv(cfg.train_file)
     dev_x, dev_y = read_labelled_tsv(cfg.dev_file)
     test = read_labelled_tsv(cfg.test_file) if cfg.test_file else None
     n_labels = max(train_y + dev_y) + 1
-    with open_run(cfg.run) as folder:
+    with open_run(cfg.run, runtime) as folder:
         tok = load_bert_tokenizer(cfg.model, cfg.split_special_tokens)
         torch.manual_seed(cfg.train.seed)  # the fresh head's initial weights
         model = load_bert(cfg.model, n_labels=n_labels, pretraining_heads=False)
@@ -94,7 +94,7 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         train_ids, dev_ids = encode_texts(tok, train_x, max_len), encode_texts(tok, dev_x, max_len)
         source = ClassBatches(train_ids, train_y, cfg.batch_size, model.config.pad_id, cfg.train.seed)
         steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(source)))
-        warmup = cfg.warmup if cfg.warmup is not None else max(1, steps // 10)
+        warmup = cfg.warmup if cfg.warmup is not None else steps // 10
         train_cfg = replace(cfg.train, max_steps=steps, warmup=max(1, warmup),
                             eval_every=cfg.train.eval_every or max(1, steps // 4))
         log.info("fine-tuning %s: %d training sentences, %d dev, %d labels; %d steps of %d", cfg.model, len(train_x),
@@ -108,20 +108,20 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         summary: dict[str, Any] = {"steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1),
                                    "stopped_by": result.stopped_by}
         best = load_model(find_checkpoint(folder.path, prefer=(BEST, LAST)), map_location=runtime.device).model
-        exported = save_bert(best, folder.export())
-        write_bert_tokenizer(tok, exported)
-        summary["model"] = str(exported)
-        if result.signum is None:
-            try:
-                with interruptible_section():
-                    summary["dev_acc"] = round(accuracy(best, dev_ids, dev_y), 4)
-                    if test is not None:
-                        summary["test_acc"] = round(accuracy(best, encode_texts(tok, test[0], max_len), test[1]), 4)
-                        summary["test_sentences"] = len(test[0])
-            except Interrupted as e:
-                result.signum = e.signum
-        folder.write_summary(summary)
-        if "dev_acc" in summary:
-            log.info("dev accuracy %.2f%%%s; wrote %s", 100 * summary["dev_acc"],
-                     f", test accuracy {100 * summary['test_acc']:.2f}%" if "test_acc" in summary else "", exported)
+        if runtime.is_main:
+            summary["model"] = str(write_uncut(result, lambda: export(best, tok, folder.export())))
+
+        def score() -> dict:
+            out = {"dev_acc": round(accuracy(best, dev_ids, dev_y), 4)}
+            if test is not None:
+                out["test_acc"] = round(accuracy(best, encode_texts(tok, test[0], max_len), test[1]), 4)
+                out["test_sentences"] = len(test[0])
+            return out
+
+        scores = after_training(result, score)
+        if scores is not None:
+            summary.update(scores)
+            log.info("dev accuracy %.2f%%%s; wrote %s", 100 * scores["dev_acc"],
+                     f", test accuracy {100 * scores['test_acc']:.2f}%" if "test_acc" in scores else "", summary.get("model"))
+        write_summary(folder, runtime, summary)
     return TaskResult(summary, result.signum)

@@ -1,19 +1,24 @@
 """What every training task shares: where a run goes and how it starts (``RunOptions``), what it
-returns (``TaskResult``), and the plumbing from a built model to a finished run (``train``)."""
+returns (``TaskResult``), and the steps around the training itself: opening the run folder, training,
+the work after training (a final evaluation that a signal may cut short, an export that a signal
+must not), the summary."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
 from transformer_lab.runs import LAST, RunFolder, exit_code, find_checkpoint
 from transformer_lab.runtime import Runtime
+from transformer_lab.runtime.signals import Interrupted, deferred_signals, interruptible_section
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.loop import LossFn, Trainer, TrainResult
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,27 +54,51 @@ class TaskResult:
 
 
 @contextmanager
-def open_run(opts: RunOptions) -> Iterator[RunFolder]:
-    """The run folder, locked for this process for the whole run (see ``runs.RunFolder.open``)."""
-    run = RunFolder(opts.out).open(resume=opts.resume is not None, overwrite=opts.overwrite)
+def open_run(opts: RunOptions, runtime: Runtime) -> Iterator[RunFolder]:
+    """The run folder, locked by the main process for the whole run (``runs.RunFolder.open``);
+    other processes of a distributed run only read it."""
+    opts.check_resume()
+    folder = RunFolder(opts.out)
+    if runtime.is_main:
+        folder.open(resume_from=opts.resume, overwrite=opts.overwrite)
     try:
-        yield run
+        yield folder
     finally:
-        run.unlock()
+        folder.unlock()
 
 
-def train(run: RunFolder, opts: RunOptions, runtime: Runtime, model: torch.nn.Module, source, cfg: TrainConfig,
+def train(folder: RunFolder, opts: RunOptions, runtime: Runtime, model: torch.nn.Module, source, cfg: TrainConfig,
           loss_fn: LossFn, validate: Callable[[torch.nn.Module], dict] | None = None,
           extra_files: dict[str, Callable[[Path], Any]] | None = None) -> tuple[Trainer, TrainResult]:
-    trainer = Trainer(model, source, cfg, run, loss_fn, validate, extra_files, runtime)
+    trainer = Trainer(model, source, cfg, folder, loss_fn, validate, extra_files, runtime)
     if opts.resume is not None:
         trainer.resume(opts.resume)
     return trainer, trainer.fit()
 
 
-def positive(name: str, value: int | float | None, allow_none: bool = False) -> None:
-    """ValueError unless ``value`` > 0 (the shared check of task settings)."""
-    if value is None and allow_none:
-        return
-    if value is None or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name}: expected a positive number, got {value}")
+def after_training(result: TrainResult, work: Callable[[], T]) -> T | None:
+    """``work()`` (a final evaluation) unless a signal stopped training; a signal during it abandons it
+    (None) and is recorded in ``result.signum``, so the command still exits 128 + signal."""
+    if result.signum is not None:
+        return None
+    try:
+        with interruptible_section():
+            return work()
+    except Interrupted as e:
+        result.signum = e.signum
+        return None
+
+
+def write_uncut(result: TrainResult, write: Callable[[], T]) -> T:
+    """``write()`` (an export) finished even if a signal arrives meanwhile; the signal is then recorded."""
+    try:
+        with deferred_signals():
+            out = write()
+    except Interrupted as e:  # raised only once the block has ended: ``out`` is complete
+        result.signum = result.signum or e.signum
+    return out
+
+
+def write_summary(folder: RunFolder, runtime: Runtime, summary: dict[str, Any]) -> None:
+    if runtime.is_main:
+        folder.write_summary(summary)

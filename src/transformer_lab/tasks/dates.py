@@ -23,10 +23,10 @@ from transformer_lab.models.summary import parameter_summary
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, load_model
 from transformer_lab.runtime import Runtime
-from transformer_lab.tasks.common import RunOptions, TaskResult, open_run, positive, train
+from transformer_lab.config import check_positive
+from transformer_lab.tasks.common import RunOptions, TaskResult, after_training, open_run, train, write_summary
 from transformer_lab.tasks.translation import seq2seq_loss
 from transformer_lab.training.config import TrainConfig
-from transformer_lab.training.signals import Interrupted, interruptible_section
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class DatesConfig:
     n_test: int = 1000  # held-out dates for exact-match accuracy
 
     def __post_init__(self) -> None:
-        positive("batch_size", self.batch_size)
-        positive("n_test", self.n_test)
+        check_positive("batch_size", self.batch_size)
+        check_positive("n_test", self.n_test)
         if self.model not in PRESETS:
             raise ValueError(f"model: expected one of {sorted(PRESETS)}, got {self.model!r}")
 
@@ -75,8 +75,7 @@ def exact_match(model: Transformer, pairs: Pairs, vocab: Vocab, batch_size: int 
 
 def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
     runtime = runtime or Runtime(cfg.run.device)
-    cfg.run.check_resume()
-    with open_run(cfg.run) as folder:
+    with open_run(cfg.run, runtime) as folder:
         train_pairs, test_pairs, vocab = prepare(cfg.n_test, cfg.train.seed)
         torch.manual_seed(cfg.train.seed)  # the initial weights
         model = build(vocab, cfg.model)
@@ -93,17 +92,14 @@ def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
                    "target_tokens_per_s": round(result.tokens_per_s, 1),
                    "final_loss": history[-1]["loss"] if history else None,
                    "n_test": len(test_pairs), "parameters": n_params, "seed": cfg.train.seed}
-        if result.signum is None:  # stopped by a signal: leave promptly, the checkpoint is saved
-            try:
-                with interruptible_section():
-                    accuracy, outputs = exact_match(trainer.model, test_pairs, vocab)
-                summary["exact_match"] = accuracy
-                for (src, ref), hyp in list(zip(test_pairs, outputs))[:5]:
-                    log.info("  %s %s -> %s", "ok " if list(hyp) == list(ref) else "ERR", "".join(src), " ".join(hyp))
-                log.info("held-out exact match: %.1f%% of %d dates", 100 * accuracy, len(test_pairs))
-            except Interrupted as e:
-                result.signum = e.signum
-        folder.write_summary(summary)
+        scored = after_training(result, lambda: exact_match(runtime.unwrap(trainer.model), test_pairs, vocab))
+        if scored is not None:
+            accuracy, outputs = scored
+            summary["exact_match"] = accuracy
+            for (src, ref), hyp in list(zip(test_pairs, outputs))[:5]:
+                log.info("  %s %s -> %s", "ok " if list(hyp) == list(ref) else "ERR", "".join(src), " ".join(hyp))
+            log.info("held-out exact match: %.1f%% of %d dates", 100 * accuracy, len(test_pairs))
+        write_summary(folder, runtime, summary)
         log.info("steps %d in %.0f s (%.0f target tokens/s)", result.state.step, result.state.elapsed_s, result.tokens_per_s)
         log.info("wrote %s/{checkpoints/last, metrics.csv, loss.png, lr.png, summary.json}", folder.path)
     return TaskResult(summary, result.signum)

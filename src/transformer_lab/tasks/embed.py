@@ -1,6 +1,7 @@
 """Sentence embeddings with a BERT folder (e.g. all-MiniLM-L6-v2), as sentence-transformers computes
 them: [CLS] text [SEP], truncated at the folder's max_seq_length, mean of the last hidden states over
-real tokens, L2-normalised. Also the BERT encoder helpers the classification task shares."""
+real tokens, L2-normalised. Also the BERT helpers the other BERT tasks share (encoding texts, running
+the encoder over batches of similar length, exporting a Hugging Face folder)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from transformer_lab.config import check_positive
 from transformer_lab.data.batches import padding_and_mask
 from transformer_lab.models.bert import Bert, mean_pool
-from transformer_lab.models.hf import load_bert, sentence_max_seq_length
-from transformer_lab.tasks.common import positive
-from transformer_lab.tokenizers.io import load_bert_tokenizer
+from transformer_lab.models.hf import load_bert, save_bert, sentence_max_seq_length
+from transformer_lab.tokenizers.io import load_bert_tokenizer, write_bert_tokenizer
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 
 
@@ -42,7 +43,7 @@ def encode_texts(tok: WordPieceTokenizer, texts: Sequence[str], max_len: int) ->
 def by_length(model: Bert, ids: list[list[int]], batch_size: int, head: Callable[[Bert, Tensor, Tensor], Tensor]) -> Tensor:
     """``head(model, tokens, mask)`` over batches of similar length (as sentence-transformers
     batches, so padding stays small), rows returned in the order of ``ids``, in eval mode."""
-    positive("batch_size", batch_size)
+    check_positive("batch_size", batch_size)
     if not ids:
         raise ValueError("texts: nothing to encode (no text given)")
     was_training = model.training
@@ -68,3 +69,10 @@ def similarity(model: Bert, tok: WordPieceTokenizer, a: str, b: str, max_len: in
     """Cosine similarity of two texts' embeddings (unit vectors: their dot product)."""
     va, vb = embed(model, tok, [a, b], max_len)
     return float(va @ vb)
+
+
+def export(model: Bert, tok: WordPieceTokenizer, folder: Path) -> Path:
+    """A Hugging Face BERT folder: config.json, model.safetensors, vocab.txt, tokenizer_config.json."""
+    save_bert(model, folder)
+    write_bert_tokenizer(tok, folder)
+    return folder

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transformer_lab.config import read_json_object
+from transformer_lab.config import check_positive, read_json_object
 from transformer_lab.data.batches import LMBatch, RandomWindows
 from transformer_lab.data.text import read_text, split_tokens
+from transformer_lab.generation.sampling import SamplingConfig, cut_at_eos, generate, stop_token
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.hf import gpt_from_hf
 from transformer_lab.models.presets import GPT_PRESETS, gpt_preset
@@ -28,15 +29,16 @@ from transformer_lab.models.summary import parameter_summary
 from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.runs import find_checkpoint, load_model
 from transformer_lab.runtime import Runtime
-from transformer_lab.tasks.common import RunOptions, TaskResult, open_run, positive, train
+from transformer_lab.runtime.signals import Interrupted, interruptible_section
+from transformer_lab.tasks.common import RunOptions, TaskResult, after_training, open_run, train, write_summary
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.char import CharTokenizer
 from transformer_lab.tokenizers.io import checkpoint_tokenizer, load_tokenizer, save_into_checkpoint
+from transformer_lab.tokenizers.streaming import IncrementalDecoder
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.losses import perplexity
 from transformer_lab.training.loop import StepLoss
 from transformer_lab.training.records import finite_or_none
-from transformer_lab.training.signals import Interrupted, interruptible_section
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +63,17 @@ class LMConfig:
     model: str = "gpt-tiny"  # GPT size preset
     position: str | None = None  # None: the preset's (learned)
     tokenizer: str = "bytelevel"  # char, bytelevel or a tokenizer path
-    vocab_size: int = 4000  # bytelevel
+    vocab_size: int = 8000  # bytelevel
     context: int | None = None  # training window; None: the model's max_len
     batch_size: int = 16  # windows per batch
     val_fraction: float = 0.1
+    name: str = "lm"  # the task's name in summary.json (the preset's)
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
-        positive("batch_size", self.batch_size)
-        positive("vocab_size", self.vocab_size)
-        positive("context", self.context, allow_none=True)
+        check_positive("batch_size", self.batch_size)
+        check_positive("vocab_size", self.vocab_size)
+        check_positive("context", self.context, allow_none=True)
         if self.model not in GPT_PRESETS:
             raise ValueError(f"model: {self.model!r} is not a GPT preset; expected one of {sorted(GPT_PRESETS)}")
         if self.position is not None and self.position not in POSITION_ENCODINGS:
@@ -81,7 +84,7 @@ class LMConfig:
         if name not in PRESETS:
             raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
         recipe, model, tokenizer, batch_size = PRESETS[name]
-        values = dict(train=replace(recipe), model=model, tokenizer=tokenizer, batch_size=batch_size)
+        values = dict(train=replace(recipe), model=model, tokenizer=tokenizer, batch_size=batch_size, name=name)
         return cls(run=run, data=data, **{**values, **overrides})
 
 
@@ -101,11 +104,9 @@ def build_tokenizer(kind: str, train_text: str, vocab_size: int):
     return load_tokenizer(kind)  # a path
 
 
-def prepare_lm_data(path: str | Path, tokenizer: str = "char", vocab_size: int = 4000, val_fraction: float = 0.1,
+def prepare_lm_data(path: str | Path, tokenizer: str = "char", vocab_size: int = 8000, val_fraction: float = 0.1,
                     context: int = 64) -> LMData:
     text = read_text(path)
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction: expected 0 < f < 1, got {val_fraction}")
     cut = int(len(text) * (1 - val_fraction))
     # char: nanoGPT builds the vocabulary from the whole file; a subword vocabulary sees train only
     tok = build_tokenizer(tokenizer, text if tokenizer == "char" else text[:cut], vocab_size)
@@ -138,7 +139,7 @@ def loss_sum(model: GPT, windows: Tensor, batch_size: int = 64) -> float:
 def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64) -> dict[str, float]:
     """Mean next-token loss over ``ids`` in non-overlapping windows of ``context`` (the tail that
     does not fill a window is scored in a last, shorter window). Returns loss and perplexity."""
-    positive("batch_size", batch_size)
+    check_positive("batch_size", batch_size)
     if len(ids) < 2:
         raise ValueError("evaluate: the text is too short (needs at least 2 tokens)")
     n_full = (len(ids) - 1) // context
@@ -194,8 +195,8 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu", split_special_
 
 
 def encode_prompt(tok, text: str, eos_id: int | None) -> list[int]:
-    """Prompt ids; an empty prompt (or one of special tokens only, which encode to nothing) starts
-    from the end-of-text token when the model has one, as GPT-2's unconditional samples do."""
+    """Prompt ids; an empty prompt starts from the end-of-text token when the model has one, as GPT-2's
+    unconditional samples do."""
     ids = tok.encode(text)
     if not ids:
         if eos_id is None:
@@ -208,10 +209,9 @@ def encode_prompt(tok, text: str, eos_id: int | None) -> list[int]:
 # --- run ------------------------------------------------------------------------------------------
 def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
     runtime = runtime or Runtime(cfg.run.device)
-    cfg.run.check_resume()
     base = gpt_preset(cfg.model)
     context = cfg.context or base.max_len
-    with open_run(cfg.run) as folder:
+    with open_run(cfg.run, runtime) as folder:
         data = prepare_lm_data(cfg.data, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, context=context)
         overrides = {} if cfg.position is None else {"position": cfg.position}
         torch.manual_seed(cfg.train.seed)  # the initial weights
@@ -225,20 +225,61 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
         trainer, result = train(folder, cfg.run, runtime, model, source, cfg.train, lm_loss,
                                 make_validate(data, context), save_into_checkpoint(data.tokenizer))
         summary: dict[str, Any] = {
-            "task": "lm", "steps": result.state.step, "stopped_by": result.stopped_by,
+            "task": cfg.name, "steps": result.state.step, "stopped_by": result.stopped_by,
             "train_seconds": round(result.state.elapsed_s, 1), "tokens_per_s": round(result.tokens_per_s, 1),
             "best_sampled_val_loss": finite_or_none(result.state.best_val_loss)}
-        if result.signum is None:  # stopped by a signal: leave promptly, the checkpoint is saved
-            try:
-                with interruptible_section():
-                    full = evaluate_lm(trainer.model, data.valid, context)  # the whole validation split
-                summary.update(val_loss=round(full["loss"], 4), val_ppl=round(full["perplexity"], 3),
-                               val_tokens=full["tokens"])
-                log.info("validation loss %.4f (perplexity %.2f) on all %s validation tokens after %d steps, %.1f s "
-                         "of training", full["loss"], full["perplexity"], f"{full['tokens']:,}", result.state.step,
-                         result.state.elapsed_s)
-            except Interrupted as e:
-                result.signum = e.signum
-        folder.write_summary(summary)
+        full = after_training(result, lambda: evaluate_lm(trainer.model, data.valid, context))  # the whole split
+        if full is not None:
+            summary.update(val_loss=round(full["loss"], 4), val_ppl=round(full["perplexity"], 3), val_tokens=full["tokens"])
+            log.info("validation loss %.4f (perplexity %.2f) on all %s validation tokens after %d steps, %.1f s "
+                     "of training", full["loss"], full["perplexity"], f"{full['tokens']:,}", result.state.step,
+                     result.state.elapsed_s)
+        write_summary(folder, runtime, summary)
         log.info("wrote %s", folder.path)
     return TaskResult(summary, result.signum)
+
+
+# --- decode -----------------------------------------------------------------------------------------
+@dataclass
+class Samples:
+    prompts: list[str]  # one per sample (a prompt repeats num_samples times)
+    texts: list[str]  # the continuations
+    tokens: list[int]  # new tokens per sample, the end token included if reached
+    signum: int | None = None  # the signal that stopped generation early, if one did
+
+
+def sample(model: GPT, tok: Any, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator | None = None,
+           num_samples: int = 1, on_text: Callable[[str], None] | None = None,
+           on_step: Callable[[], None] | None = None) -> Samples:
+    """Continue each prompt ``num_samples`` times. ``on_text`` receives the first sample's text as it
+    is generated (streaming: the pieces concatenate to the final text); ``on_step`` is called once per
+    step (progress). A SIGINT/SIGTERM stops generation and keeps what was generated."""
+    check_positive("num_samples", num_samples)
+    ids = [encode_prompt(tok, p, model.config.eos_id) for p in prompts]
+    rows = [i for i in ids for _ in range(num_samples)]
+    decoder = IncrementalDecoder(tok)
+    steps: list[Tensor] = []
+    eos = stop_token(model, cfg)
+    first_ended = False
+
+    def step(tokens: Tensor) -> None:
+        nonlocal first_ended
+        steps.append(tokens.cpu())
+        if on_text is not None and not first_ended:
+            first = int(tokens[0])
+            on_text(decoder.push([first]))
+            first_ended = first == eos
+        if on_step is not None:
+            on_step()
+
+    signum = None
+    try:
+        with interruptible_section():
+            out = generate(model, rows, cfg, generator, on_step=step).tokens
+    except Interrupted as e:  # keep what was generated
+        signum = e.signum
+        out = cut_at_eos(steps, eos) or [[] for _ in rows]
+    if on_text is not None:
+        on_text(decoder.flush())
+    return Samples([prompts[k // num_samples] for k in range(len(rows))], [tok.decode(t) for t in out],
+                   [len(t) for t in out], signum)

@@ -19,18 +19,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from transformer_lab.config import check_positive
 from transformer_lab.data.batches import PretrainBatch, PretrainBatches
 from transformer_lab.data.mlm import IGNORE, PairExample, held_out_documents, make_pairs, read_documents
 from transformer_lab.models.bert import Bert
-from transformer_lab.models.hf import save_bert
 from transformer_lab.models.presets import BERT_PRESETS, bert_preset
 from transformer_lab.runtime import Runtime
-from transformer_lab.tasks.common import RunOptions, TaskResult, open_run, positive, train
-from transformer_lab.tokenizers.io import write_bert_tokenizer
+from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, train, write_summary,
+                                           write_uncut)
+from transformer_lab.tasks.embed import export
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.loop import StepLoss
-from transformer_lab.training.signals import Interrupted, interruptible_section
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         for name in ("vocab_size", "max_len", "batch_size"):
-            positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         if not 0.0 < self.mask_prob < 1.0:
             raise ValueError(f"mask_prob: expected 0 < p < 1, got {self.mask_prob}")
         if self.model not in BERT_PRESETS:
@@ -149,8 +149,7 @@ def evaluate_pretraining(model: Bert, source: PretrainBatches, nsp: bool, max_ba
 
 def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
     runtime = runtime or Runtime(cfg.run.device)
-    cfg.run.check_resume()
-    with open_run(cfg.run) as folder:
+    with open_run(cfg.run, runtime) as folder:
         data = prepare(cfg)
         torch.manual_seed(cfg.train.seed)  # the initial weights
         model = build(cfg, data.tokenizer)
@@ -172,18 +171,14 @@ def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
         summary: dict[str, Any] = {
             "steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1), "stopped_by": result.stopped_by,
             "evaluated_on": "held-out documents" if held else "training pairs (too few documents to hold out)"}
-        exported = save_bert(runtime.unwrap(trainer.model), folder.export())  # the weights as trained so far
-        write_bert_tokenizer(data.tokenizer, exported)
-        summary["model"] = str(exported)
-        if result.signum is None:
-            try:
-                with interruptible_section():
-                    final = evaluate_pretraining(trainer.model, held or source, cfg.nsp)
-                summary.update({k: round(v, 4) for k, v in final.items()})
-                nsp_text = f", NSP accuracy {final['nsp_acc']:.1%}" if cfg.nsp else ""
-                log.info("MLM accuracy %.1f%%%s (%s); wrote %s", 100 * final["mlm_acc"], nsp_text,
-                         summary["evaluated_on"], exported)
-            except Interrupted as e:
-                result.signum = e.signum
-        folder.write_summary(summary)
+        if runtime.is_main:  # the weights as trained so far, as a Hugging Face folder
+            summary["model"] = str(write_uncut(result, lambda: export(runtime.unwrap(trainer.model), data.tokenizer,
+                                                                      folder.export())))
+        final = after_training(result, lambda: evaluate_pretraining(trainer.model, held or source, cfg.nsp))
+        if final is not None:
+            summary.update({k: round(v, 4) for k, v in final.items()})
+            log.info("MLM accuracy %.1f%%%s (%s); wrote %s", 100 * final["mlm_acc"],
+                     f", NSP accuracy {final['nsp_acc']:.1%}" if cfg.nsp else "", summary["evaluated_on"],
+                     summary.get("model"))
+        write_summary(folder, runtime, summary)
     return TaskResult(summary, result.signum)

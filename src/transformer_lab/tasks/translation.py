@@ -21,15 +21,16 @@ from typing import Any, Sequence
 
 import torch
 
+from transformer_lab.config import check_positive
 from transformer_lab.data.batches import Batch, TokenBuckets, pad_sequences
 from transformer_lab.data.parallel import EncodedPairs, filter_long, multi30k_files, read_parallel, user_cache_dir
 from transformer_lab.generation.search import Seq2SeqStep, beam_search, greedy_search
 from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.summary import parameter_summary
 from transformer_lab.models.transformer import Transformer
-from transformer_lab.runs import find_checkpoint, load_model
+from transformer_lab.runs import clean_stale_temporaries, find_checkpoint, load_model
 from transformer_lab.runtime import Runtime
-from transformer_lab.tasks.common import RunOptions, TaskResult, open_run, positive, train
+from transformer_lab.tasks.common import RunOptions, TaskResult, open_run, train, write_summary
 from transformer_lab.tokenizers.base import Tokenizer
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.cache import encode_file_cached
@@ -67,10 +68,11 @@ class TranslationConfig:
     max_tokens: int = 4000  # padded tokens per batch
     bleu_sample: int = 200  # validation sentences scored with BLEU
     cache_dir: Path | None = None  # tokenizer and encoded-data cache (default: ~/.cache/transformer_lab)
+    name: str = "translation"  # the task's name in summary.json (a preset's: multi30k-de-en, ...)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "max_tokens"):
-            positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         if self.bleu_sample < 0:
             raise ValueError(f"bleu_sample: expected >= 0, got {self.bleu_sample}")
         if self.model not in PRESETS:
@@ -123,8 +125,8 @@ def train_tokenizer(lines: list[str], vocab_size: int, paths: Sequence[Path], ca
     if (folder / "tokenizer_config.json").is_file():
         return load_tokenizer(folder)
     tok = ByteLevelBPETokenizer.train(lines, vocab_size, specials=SEQ2SEQ_SPECIALS)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    clean_stale_temporaries(folder.parent)  # what killed runs left
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     tok.save(tmp)
     try:
         tmp.replace(folder)  # a complete folder or none under the real name
@@ -244,8 +246,8 @@ def translate_detailed(
     """Detokenised translations, batched by source length. A blank input gives a blank output (no
     model call: there is nothing to translate); an input longer than the model's position table is
     cut to fit, with a warning naming it."""
-    positive("batch_size", batch_size)
-    positive("beam", beam)
+    check_positive("batch_size", batch_size)
+    check_positive("beam", beam)
     if alpha < 0:
         raise ValueError(f"alpha: expected a length penalty >= 0, got {alpha}")
     model.eval()
@@ -341,9 +343,8 @@ def load_translator(path: str | Path, device: str | torch.device = "cpu") -> tup
 # --- run ------------------------------------------------------------------------------------------
 def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
     runtime = runtime or Runtime(cfg.run.device)
-    cfg.run.check_resume()
     train_files, valid_files = cfg.files()
-    with open_run(cfg.run) as folder:
+    with open_run(cfg.run, runtime) as folder:
         data = prepare_data(train_files, valid_files, cfg.vocab_size, cfg.joint, cfg.max_len,
                             Path(cfg.cache_dir) if cfg.cache_dir else None)
         overrides = {} if cfg.position is None else {"position": cfg.position}
@@ -358,11 +359,11 @@ def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
                           seq2seq_loss(cfg.train.label_smoothing), make_validate(data, cfg.bleu_sample),
                           tokenizer_files(data))
         summary: dict[str, Any] = {
-            "task": "translation", "steps": result.state.step, "stopped_by": result.stopped_by,
+            "task": cfg.name, "steps": result.state.step, "stopped_by": result.stopped_by,
             "train_seconds": round(result.state.elapsed_s, 1), "target_tokens_per_s": round(result.tokens_per_s, 1),
             "best_val_loss": finite_or_none(result.state.best_val_loss),
             "last_validation": next((r for r in reversed(result.state.history) if "val_loss" in r), None)}
-        folder.write_summary(summary)
+        write_summary(folder, runtime, summary)
         log.info("wrote %s/{checkpoints/last, checkpoints/best, metrics.csv, loss.png, lr.png, summary.json}", folder.path)
     return TaskResult(summary, result.signum)
 

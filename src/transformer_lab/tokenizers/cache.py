@@ -2,7 +2,7 @@
 
 Encoding a corpus is pure: the same file and the same tokenizer give the same ids. So the pipeline
 encodes once, with the fast backend, and stores the result keyed by the SHA-256 of the file's bytes
-and of the tokenizer's ``tokenizer.json``; any change to either gives a new key. Files are written
+and of the tokenizer's ``tokenizer.json`` (and its special-token setting); any change gives a new key. Files are written
 atomically (temporary name, then rename), so a killed run never leaves a half cache that is read.
 
 Stored form: safetensors with ``ids`` (int32, every line's ids end to end) and ``offsets`` (int64,
@@ -34,8 +34,11 @@ def _sha256_file(path: Path) -> str:
 
 
 def cache_key(path: str | Path, tokenizer: FastTokenizer) -> str:
+    """The file's bytes, the tokenizer's definition, and how it reads special-token text (not part of
+    tokenizer.json)."""
     tok_hash = hashlib.sha256(tokenizer.hf.to_str().encode("utf-8")).hexdigest()
-    return hashlib.sha256(f"{_sha256_file(Path(path))}:{tok_hash}".encode()).hexdigest()[:32]
+    key = f"{_sha256_file(Path(path))}:{tok_hash}:split_special_tokens={tokenizer.split_special_tokens}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def encode_file_cached(path: str | Path, tokenizer: FastTokenizer, cache_dir: str | Path) -> list[list[int]]:

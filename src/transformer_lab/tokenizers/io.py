@@ -128,17 +128,14 @@ def _class_for(algorithm: Any, where: Path):
 
 # --- model and checkpoint folders -----------------------------------------------------------------
 def load_bert_tokenizer(folder: str | Path, split_special_tokens: bool | None = None) -> WordPieceTokenizer:
-    """The WordPiece tokenizer of a BERT folder (``vocab.txt`` + ``tokenizer_config.json``), behaving as
-    the folder's ``transformers`` tokenizer (lowercasing, accents, special-token text)."""
+    """The WordPiece tokenizer of a BERT folder, behaving as the folder's ``transformers`` tokenizer
+    (lowercasing, accents, special-token text); see ``load_tokenizer``."""
     folder = Path(folder)
-    if not (folder / BERT_VOCAB).is_file():
-        raise FileNotFoundError(f"{folder / BERT_VOCAB}: not found (a BERT folder holds config.json, "
-                                "model.safetensors, vocab.txt)")
-    config_path = folder / CONFIG_FILE
-    config = read_json_object(config_path) if config_path.is_file() else {}
-    tok = load_bert_vocab(folder / BERT_VOCAB, config, str(config_path))
-    if split_special_tokens is not None:
-        tok.split_special_tokens = split_special_tokens
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such model folder (expected config.json, model.safetensors, vocab.txt)")
+    tok = load_tokenizer(folder, split_special_tokens=split_special_tokens)
+    if not isinstance(tok, WordPieceTokenizer):
+        raise ValueError(f"{folder}: its tokenizer is {tok.algorithm}, not BERT's WordPiece")
     return tok
 
 

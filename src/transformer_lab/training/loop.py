@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 from transformer_lab.runs import LAST, RunFolder, find_checkpoint, load_model, load_train_state, save_checkpoint
 from transformer_lab.runtime import Runtime
+from transformer_lab.runtime.signals import Interrupted, StopRequest
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.optim import build_optimizer
 from transformer_lab.training.records import finite_or_none, plot_loss, plot_lr, read_metrics_csv, write_metrics_csv
 from transformer_lab.training.schedules import build_scheduler
-from transformer_lab.training.signals import Interrupted, StopRequest
 from transformer_lab.training.state import TrainState, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -152,12 +152,18 @@ class Trainer:
         if saved_groups != groups:
             raise ValueError(f"{directory}: the checkpoint's optimizer has {saved_groups} parameter group(s), this run's "
                              f"{groups}: weight decay was switched between 0 and > 0; resume with the run's --weight-decay")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.state = TrainState(**state["trainer"])
-        self.state.history = read_metrics_csv(self.run.metrics, self.state.step)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            self.state = TrainState(**state["trainer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{directory / 'train_state.pt'}: does not fit this run ({type(e).__name__}: {e}); "
+                             "resume from a checkpoint of the same run") from None
+        # the history continues the one of the run that wrote the checkpoint (RUN/checkpoints/NAME)
+        owner = RunFolder(directory.parent.parent) if directory.parent.name == "checkpoints" else self.run
+        self.state.history = read_metrics_csv(owner.metrics, self.state.step)
         changed = {k: (v, getattr(self.cfg, k)) for k, v in state["train_config"].items()
                    if k not in ("max_steps", "time_budget_s", "progress") and getattr(self.cfg, k, v) != v}
         if changed:

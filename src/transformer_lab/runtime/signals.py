@@ -1,9 +1,15 @@
-"""Stopping on SIGINT / SIGTERM without losing work.
+"""Stopping on SIGINT / SIGTERM without losing work: a process-level concern of every long command.
 
-During a training step a signal is remembered and the loop stops after the step (then saves once:
-a second signal does not save twice). Inside an ``interruptible`` section (validation, a final
-evaluation: work that changes nothing and can be dropped) the signal stops the work at once, by
-raising ``Interrupted`` from the handler, so a run told to stop does not first finish a long pass.
+Three ways to take a signal, by what is running:
+
+* a training step: the signal is remembered and the loop stops after the step (then saves once: a
+  second signal does not save twice) -- ``StopRequest.installed``;
+* work that changes nothing and can be dropped (validation, a final evaluation, generation): stop at
+  once, by raising ``Interrupted`` from the handler -- ``interruptible_section``;
+* a write that must not be cut (exporting a model folder): finish it, then stop --
+  ``deferred_signals``.
+
+``Interrupted`` is a BaseException (as KeyboardInterrupt), so no ``except Exception`` swallows it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """Raised inside an interruptible section when a stop signal arrives."""
 
     def __init__(self, signum: int):
@@ -67,7 +73,20 @@ class StopRequest:
 
 @contextmanager
 def interruptible_section() -> Iterator[StopRequest]:
-    """For work after training (a final evaluation): SIGINT/SIGTERM raise ``Interrupted`` at once."""
+    """SIGINT/SIGTERM raise ``Interrupted`` at once inside the block (also one that lands as it ends)."""
     stop = StopRequest()
-    with stop.installed(), stop.interruptible():
+    with stop.installed():
+        with stop.interruptible():
+            yield stop
+    if stop.signum is not None:
+        raise Interrupted(stop.signum)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[StopRequest]:
+    """SIGINT/SIGTERM inside the block are held until it ends, then raised as ``Interrupted``."""
+    stop = StopRequest()
+    with stop.installed():
         yield stop
+    if stop.signum is not None:
+        raise Interrupted(stop.signum)
