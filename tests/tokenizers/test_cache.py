@@ -27,3 +27,16 @@ def test_cache_hit_miss_and_invalidation(tmp_path, monkeypatch):
     encode_file_cached(corpus, other, tmp_path / "cache")  # another tokenizer -> another key
     names = [p.name for p in (tmp_path / "cache").iterdir()]
     assert len(names) == 3 and not any(n.startswith(".") for n in names)
+
+
+def test_the_special_token_setting_is_part_of_the_key(tmp_path):
+    """The same tokenizer reading "[SEP]" as text or as the special token encodes differently; the
+    setting is not in tokenizer.json, so it must be in the cache key."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat [SEP] sat\n")
+    ours = WordPieceTokenizer.train(["the cat sat [ SEP ]"] * 5, vocab_size=40)
+    as_text = encode_file_cached(corpus, FastTokenizer.from_tokenizer(ours), tmp_path / "cache")
+    ours.split_special_tokens = False
+    as_special = encode_file_cached(corpus, FastTokenizer.from_tokenizer(ours), tmp_path / "cache")
+    assert as_text == [ours.encode("the cat [SEP] sat", allow_special=False)]
+    assert as_special == [ours.encode("the cat [SEP] sat")] and as_special != as_text

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name in ("train-src", "train-tgt", "valid-src", "valid-tgt"):
         d.add_argument(f"--{name}", default=None, metavar="FILE", help="aligned text file (plain or .gz)")
     d.add_argument("--vocab-size", type=positive_int, default=None, help="subword vocabulary (byte-level BPE; "
-                                                                         "translation 8000, LM 4000)")
+                                                                         "default 8000)")
     d.add_argument("--separate-vocab", action="store_true", help="one vocabulary per language (no tying)")
     d.add_argument("--max-len", type=positive_int, default=100, help="skip training pairs longer than this (counted)")
     d.add_argument("--max-tokens", type=positive_int, default=4000, help="padded tokens per batch")
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     opts = run_options(args, default_out=f"runs/{args.preset or task}")
     if task == "dates":
         cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE), model=args.model or "tiny",
-                                batch_size=args.batch_size or 64, n_test=args.n_test)
+                                position=args.position, batch_size=args.batch_size or 64, n_test=args.n_test)
         result = dates.run(cfg)
         return result.exit_code
     if task == "lm":
@@ -105,4 +105,4 @@ def _translation_config(args: argparse.Namespace, opts) -> translation.Translati
         valid_files=(paths[2], paths[3]) if any(files) else None, **named,
         model=args.model or "multi30k", position=args.position, vocab_size=args.vocab_size or 8000,
         joint=not args.separate_vocab, max_len=args.max_len, max_tokens=args.max_tokens, bleu_sample=args.bleu_sample,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None, name=args.preset or "translation")

@@ -27,16 +27,15 @@ from transformer_lab.runs import BEST, LAST, find_checkpoint, load_model
 from transformer_lab.runtime import Runtime
 from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, train, write_summary,
                                            write_uncut)
-from transformer_lab.tasks.embed import by_length, encode_texts, export
+from transformer_lab.tasks.embed import BERT_RECIPE, by_length, encode_texts, export
 from transformer_lab.tokenizers.io import load_bert_tokenizer
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.loop import StepLoss
 
 log = logging.getLogger(__name__)
 
-# BERT's fine-tuning recipe: AdamW 5e-5 (β2 0.999, ε 1e-8, decay 0.01), linear warm-up 10% and decay.
-RECIPE = TrainConfig(max_steps=1, schedule="linear", lr=5e-5, warmup=1, label_smoothing=0.0, clip_norm=1.0,
-                     beta2=0.999, adam_eps=1e-8, weight_decay=0.01)
+# BERT's fine-tuning rate, 5e-5; the steps (one epoch by default) and warm-up are set from the data.
+RECIPE = replace(BERT_RECIPE, lr=5e-5, max_steps=1, warmup=1)
 
 
 @dataclass

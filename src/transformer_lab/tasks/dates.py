@@ -40,6 +40,7 @@ class DatesConfig:
     run: RunOptions
     train: TrainConfig = field(default_factory=lambda: replace(RECIPE))
     model: str = "tiny"  # size preset
+    position: str | None = None  # None: the preset's (sinusoidal)
     batch_size: int = 64
     n_test: int = 1000  # held-out dates for exact-match accuracy
 
@@ -55,8 +56,10 @@ def prepare(n_test: int, seed: int) -> tuple[Pairs, Pairs, Vocab]:
     return train_pairs, test_pairs, Vocab(DateTask.symbols())
 
 
-def build(vocab: Vocab, model_preset: str = "tiny") -> Transformer:
-    return Transformer(preset(model_preset, src_vocab_size=len(vocab), tgt_vocab_size=len(vocab), pad_id=vocab.pad_id))
+def build(vocab: Vocab, model_preset: str = "tiny", position: str | None = None) -> Transformer:
+    overrides = {} if position is None else {"position": position}
+    return Transformer(preset(model_preset, src_vocab_size=len(vocab), tgt_vocab_size=len(vocab), pad_id=vocab.pad_id,
+                              **overrides))
 
 
 def exact_match(model: Transformer, pairs: Pairs, vocab: Vocab, batch_size: int = 250) -> tuple[float, list[list[str]]]:
@@ -78,7 +81,7 @@ def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
     with open_run(cfg.run, runtime) as folder:
         train_pairs, test_pairs, vocab = prepare(cfg.n_test, cfg.train.seed)
         torch.manual_seed(cfg.train.seed)  # the initial weights
-        model = build(vocab, cfg.model)
+        model = build(vocab, cfg.model, cfg.position)
         n_params = parameter_summary(model)["total"]
         log.info("task: dates (4 formats) -> English words, %d train / %d held-out pairs, vocabulary %d",
                  len(train_pairs), len(test_pairs), len(vocab))

@@ -17,6 +17,12 @@ from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.models.hf import load_bert, save_bert, sentence_max_seq_length
 from transformer_lab.tokenizers.io import load_bert_tokenizer, write_bert_tokenizer
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
+from transformer_lab.training.config import TrainConfig
+
+# BERT's optimiser for pre-training and fine-tuning: AdamW (β2 0.999, ε 1e-8, decay 0.01), clipping at 1,
+# a linear warm-up (10% of the steps) and linear decay; the tasks set the rate and the steps.
+BERT_RECIPE = TrainConfig(schedule="linear", label_smoothing=0.0, clip_norm=1.0, beta2=0.999, adam_eps=1e-8,
+                          weight_decay=0.01)
 
 
 def load_encoder(folder: str | Path, device: str | torch.device = "cpu",

@@ -27,16 +27,14 @@ from transformer_lab.models.presets import BERT_PRESETS, bert_preset
 from transformer_lab.runtime import Runtime
 from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, train, write_summary,
                                            write_uncut)
-from transformer_lab.tasks.embed import export
+from transformer_lab.tasks.embed import BERT_RECIPE, export
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.loop import StepLoss
 
 log = logging.getLogger(__name__)
 
-# BERT's optimiser: AdamW (β2 0.999, ε 1e-8, decay 0.01), linear warm-up (10% of the steps) and decay.
-RECIPE = TrainConfig(max_steps=2000, schedule="linear", lr=1e-4, warmup=200, label_smoothing=0.0, clip_norm=1.0,
-                     beta2=0.999, adam_eps=1e-8, weight_decay=0.01)
+RECIPE = replace(BERT_RECIPE, max_steps=2000, lr=1e-4, warmup=200)
 
 
 @dataclass
