@@ -151,5 +151,32 @@ def test_resuming_into_another_folder(finished_run, tmp_path, capsys):
     steps = [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [3, 5]  # A's row (its last step), then B's
     assert main(["train", "--out", str(out), "--resume", str(finished_run), *SHORT_RUN, "--max-steps", "6"]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "holds another run than the one to resume" in capsys.readouterr().err
     assert load_model(out / "checkpoints" / "last").meta["step"] == 5
+
+
+def test_a_lock_file_removed_under_a_waiting_opener_is_not_a_second_lock(tmp_path, monkeypatch):
+    """A process that opened .lock just before its holder removed it (a failed run cleaning up) must
+    not count the removed file's lock as the folder's."""
+    import transformer_lab.runs.folder as folder_mod
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".lock").write_text("")
+    real_open = os.open
+    opened = []
+
+    def open_then_removed(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if not opened:  # the first open races with the holder's cleanup
+            opened.append(path)
+            os.unlink(path)
+        return fd
+
+    monkeypatch.setattr(folder_mod.os, "open", open_then_removed)
+    folder = RunFolder(run).lock()
+    monkeypatch.undo()
+    assert len(opened) == 1 and (run / ".lock").is_file()  # the lock now held is the folder's own file
+    with pytest.raises(RunFolderInUse):
+        RunFolder(run).lock()
+    folder.unlock()

@@ -129,6 +129,7 @@ def finetune_classify_cmd(args: argparse.Namespace) -> int:
     cfg = classify.ClassifyConfig(
         run_options(args), Path(args.model), Path(args.train), Path(args.dev), Path(args.test) if args.test else None,
         train_config(args, classify.RECIPE), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
+        eval_every=args.eval_every,
         max_len=args.max_len, batch_size=args.batch_size, split_special_tokens=args.split_special_tokens)
     result = classify.run(cfg)
     print(json.dumps(result.summary))

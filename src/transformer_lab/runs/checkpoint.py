@@ -226,7 +226,8 @@ def load_train_state(directory: str | Path) -> dict[str, Any]:
         detail = f"{type(e).__name__}: {e}" if str(e) else "the file ends early"
         raise ValueError(f"{path}: damaged or truncated training state ({detail}); "
                          "resume from another checkpoint or start over") from None
-    if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng", "trainer"} <= set(state):
-        raise ValueError(f"{path}: not a training state written by transformer-lab "
-                         "(expected optimizer, scheduler, rng and trainer entries)")
+    required = ("optimizer", "scheduler", "scaler", "rng", "trainer", "train_config")
+    if not isinstance(state, dict) or not set(required) <= set(state):
+        raise ValueError(f"{path}: not a training state written by transformer-lab (expected the entries "
+                         f"{', '.join(required)})")
     return state

@@ -78,9 +78,14 @@ class RunFolder:
         if self._lock_fd is not None:
             return self
         self._created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
+        while True:
+            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the folder was removed as we opened it (a failed run's cleanup)
+                continue
+            if fcntl is None:
+                break
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -91,6 +96,9 @@ class RunFolder:
                         errno.EBUSY, f"{self.path}: in use by process {holder}, which is writing this run; "
                                      "wait for it to finish, stop it, or choose another --out") from None
                 raise
+            if _same_file(fd, self.path / ".lock"):
+                break
+            os.close(fd)  # locked a .lock its holder removed as we opened it: take the folder's current one
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -101,14 +109,17 @@ class RunFolder:
         writing anything) is removed, so a failed command leaves no trace."""
         if self._lock_fd is None:
             return
+        fd, self._lock_fd = self._lock_fd, None
+        if fcntl is None:  # no advisory lock to hold (and an open file cannot be removed there)
+            os.close(fd)
         if self._created and [p.name for p in self.path.iterdir()] == [".lock"]:
-            (self.path / ".lock").unlink(missing_ok=True)  # while still holding the lock
             try:
+                (self.path / ".lock").unlink()  # while still holding the lock: see lock() for who opened it
                 self.path.rmdir()
             except OSError:  # someone wrote into it meanwhile: keep it
                 pass
-        os.close(self._lock_fd)  # closing the descriptor releases the flock
-        self._lock_fd = None
+        if fcntl is not None:
+            os.close(fd)  # closing the descriptor releases the flock
 
     def __enter__(self) -> "RunFolder":
         return self.lock()
@@ -125,6 +136,9 @@ class RunFolder:
         try:
             clean_stale_temporaries(self.checkpoints, any_writer=True)
             if self.has_checkpoint() and not self.holds(resume_from):
+                if resume_from is not None:
+                    raise ValueError(f"{self.path}: holds another run than the one to resume ({resume_from}); "
+                                     "choose an empty --out, or resume this folder's own run")
                 if not overwrite:
                     raise ValueError(f"{self.path}: already holds a run (checkpoints/); resume it (--resume "
                                      f"{self.path}), start over (--overwrite removes its checkpoints, metrics and "
@@ -155,6 +169,13 @@ class RunFolder:
         tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         tmp.replace(self.summary)
         return self.summary
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _read_pid(fd: int) -> str:

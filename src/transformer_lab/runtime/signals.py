@@ -34,13 +34,14 @@ class Interrupted(BaseException):
 class StopRequest:
     """The signal handler: records the first signal; raises ``Interrupted`` while interruptible."""
 
-    def __init__(self) -> None:
+    def __init__(self, what_happens: str = "") -> None:
         self.signum: int | None = None
+        self.what_happens = what_happens  # said in the log when the signal arrives
         self._interruptible = False
 
     def __call__(self, signum, frame) -> None:
         if self.signum is None:
-            log.warning("signal %d: stopping (the current step finishes and is saved)", signum)
+            log.warning("signal %d: stopping%s", signum, f" ({self.what_happens})" if self.what_happens else "")
             self.signum = signum
         if self._interruptible:
             self._interruptible = False  # raise once

@@ -49,11 +49,15 @@ class ClassifyConfig:
     epochs: float = 1.0  # used when train.max_steps is not set explicitly (``steps``)
     steps: int | None = None
     warmup: int | None = None  # None: 10% of the steps
+    eval_every: int | None = None  # steps between dev evaluations; None: 4 in the run, 0: at the end only
     max_len: int = 128
     batch_size: int = 32
     split_special_tokens: bool | None = None  # None: as the folder's tokenizer
 
     def __post_init__(self) -> None:
+        if self.train.label_smoothing:
+            raise ValueError(f"label_smoothing: the classification loss here is plain cross-entropy; got "
+                             f"{self.train.label_smoothing}, expected 0")
         self.model, self.train_file, self.dev_file = Path(self.model), Path(self.train_file), Path(self.dev_file)
         check_positive("epochs", self.epochs)
         check_positive("steps", self.steps, allow_none=True)
@@ -95,7 +99,7 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(source)))
         warmup = cfg.warmup if cfg.warmup is not None else steps // 10
         train_cfg = replace(cfg.train, max_steps=steps, warmup=max(1, warmup),
-                            eval_every=cfg.train.eval_every or max(1, steps // 4))
+                            eval_every=max(1, steps // 4) if cfg.eval_every is None else cfg.eval_every)
         log.info("fine-tuning %s: %d training sentences, %d dev, %d labels; %d steps of %d", cfg.model, len(train_x),
                  len(dev_x), n_labels, steps, cfg.batch_size)
 

@@ -5,6 +5,8 @@ the encoder over batches of similar length, exporting a Hugging Face folder)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -78,7 +80,13 @@ def similarity(model: Bert, tok: WordPieceTokenizer, a: str, b: str, max_len: in
 
 
 def export(model: Bert, tok: WordPieceTokenizer, folder: Path) -> Path:
-    """A Hugging Face BERT folder: config.json, model.safetensors, vocab.txt, tokenizer_config.json."""
-    save_bert(model, folder)
-    write_bert_tokenizer(tok, folder)
+    """A Hugging Face BERT folder (config.json, model.safetensors, vocab.txt, tokenizer_config.json),
+    written beside and then swapped in, so a reader never sees half of one."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_bert(model, tmp)
+    write_bert_tokenizer(tok, tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
     return folder

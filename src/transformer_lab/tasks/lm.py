@@ -70,6 +70,9 @@ class LMConfig:
     name: str = "lm"  # the task's name in summary.json (the preset's)
 
     def __post_init__(self) -> None:
+        if self.train.label_smoothing:
+            raise ValueError(f"label_smoothing: the language-model loss here is plain cross-entropy; got "
+                             f"{self.train.label_smoothing}, expected 0")
         self.data = Path(self.data)
         check_positive("batch_size", self.batch_size)
         check_positive("vocab_size", self.vocab_size)

@@ -54,6 +54,9 @@ class PretrainConfig:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
+        if self.train.label_smoothing:
+            raise ValueError(f"label_smoothing: the MLM/NSP loss here is plain cross-entropy; got "
+                             f"{self.train.label_smoothing}, expected 0")
         self.data = Path(self.data)
         for name in ("vocab_size", "max_len", "batch_size"):
             check_positive(name, getattr(self, name))

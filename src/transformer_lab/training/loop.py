@@ -148,24 +148,32 @@ class Trainer:
             raise ValueError(f"{directory}: the checkpoint's model differs from this run's: {diff} (checkpoint, now)")
         state = load_train_state(directory)
         model.load_state_dict(loaded.model.state_dict())
-        saved_groups, groups = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
-        if saved_groups != groups:
+
+        def unfit(e: BaseException) -> ValueError:
+            return ValueError(f"{directory / 'train_state.pt'}: does not fit this run ({type(e).__name__}: {e}); "
+                              "resume from a checkpoint of the same run")
+
+        try:
+            saved_groups = len(state["optimizer"]["param_groups"])
+        except (KeyError, TypeError) as e:
+            raise unfit(e) from None
+        if saved_groups != len(self.optimizer.param_groups):
             raise ValueError(f"{directory}: the checkpoint's optimizer has {saved_groups} parameter group(s), this run's "
-                             f"{groups}: weight decay was switched between 0 and > 0; resume with the run's --weight-decay")
+                             f"{len(self.optimizer.param_groups)}: weight decay was switched between 0 and > 0; resume "
+                             "with the run's --weight-decay")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
             self.state = TrainState(**state["trainer"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(f"{directory / 'train_state.pt'}: does not fit this run ({type(e).__name__}: {e}); "
-                             "resume from a checkpoint of the same run") from None
+            changed = {k: (v, getattr(self.cfg, k)) for k, v in state["train_config"].items()
+                       if k not in ("max_steps", "time_budget_s", "progress") and getattr(self.cfg, k, v) != v}
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise unfit(e) from None
         # the history continues the one of the run that wrote the checkpoint (RUN/checkpoints/NAME)
         owner = RunFolder(directory.parent.parent) if directory.parent.name == "checkpoints" else self.run
         self.state.history = read_metrics_csv(owner.metrics, self.state.step)
-        changed = {k: (v, getattr(self.cfg, k)) for k, v in state["train_config"].items()
-                   if k not in ("max_steps", "time_budget_s", "progress") and getattr(self.cfg, k, v) != v}
         if changed:
             log.warning("resuming with changed training settings (checkpoint, now): %s", changed)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", directory, self.state.step,
@@ -236,7 +244,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         if st.step == 0:
             torch.manual_seed(cfg.seed)  # dropout's stream; a resumed run restores it instead
-        stop = StopRequest()
+        stop = StopRequest("the current step finishes and is saved")
         bar = tqdm(total=cfg.max_steps, initial=st.step, desc="train", unit="step",
                    disable=not (cfg.progress and self.runtime.is_main), dynamic_ncols=True)
         start, window_tokens, window_start = time.perf_counter() - st.elapsed_s, 0, time.perf_counter()
@@ -276,7 +284,7 @@ class Trainer:
             if stop.signum is not None:
                 stopped_by = "signal"
             self.save()
-        self.plot()
+            self.plot()
         log.info("stopped by %s at step %d after %.0f s", stopped_by, st.step, st.elapsed_s)
         return TrainResult(st, stopped_by, stop.signum)
 
