@@ -1,7 +1,7 @@
 """The shape of the house, read from the source: every internal import (module level or not) goes
 down the layers, none hides inside a function, and the modules form no cycle.
 
-    cli -> bench -> tasks -> training / generation -> runs -> models -> nn
+    cli -> experiments -> bench -> tasks -> training / generation -> runs -> models -> nn
     data and tokenizers sit below tasks; runtime and config are leaves.
 """
 
@@ -24,7 +24,8 @@ BELOW = {
 }
 BELOW["tasks"] = set(BELOW) | {p for deps in BELOW.values() for p in deps}
 BELOW["bench"] = BELOW["tasks"] | {"tasks"}
-BELOW["cli"] = BELOW["bench"] | {"bench"}
+BELOW["experiments"] = BELOW["bench"] | {"bench"}
+BELOW["cli"] = BELOW["experiments"] | {"experiments"}
 BELOW["__main__"] = {"cli"}
 BELOW["__init__"] = set()
 

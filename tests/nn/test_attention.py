@@ -246,3 +246,21 @@ def test_fully_masked_row_on_cuda_gives_finite_grads(dtype):
     out.float().sum().backward()
     assert torch.isfinite(out.float()).all() and (out[1, :, 2] == 0).all()
     assert all(torch.isfinite(t.grad.float()).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("rows", [(2, 4), (4, 10)], ids=["unfused", "fused"])
+def test_other_head_widths(rows):
+    """The ``d_head`` option (the head-dim experiment's full-width heads): h heads of width d_head, the
+    projections D -> h·d_head, W_O back to D; against the per-head formula, both projection paths."""
+    b, t = rows
+    mha = MultiHeadAttention(d_model=12, n_heads=3, d_head=12).eval()
+    assert mha.w_q.weight.shape == (36, 12) and mha.w_o.weight.shape == (12, 36)
+    x = torch.randn(b, t, 12)
+    heads = []
+    for i in range(3):
+        sl = slice(12 * i, 12 * i + 12)
+        q, k, v = (x @ lin.weight[sl].T + lin.bias[sl] for lin in (mha.w_q, mha.w_k, mha.w_v))
+        heads.append(torch.softmax(q @ k.transpose(1, 2) / 12**0.5, -1) @ v)
+    torch.testing.assert_close(mha(x, x).output, mha.w_o(torch.cat(heads, -1)), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="positive"):
+        MultiHeadAttention(12, 3, d_head=0)

@@ -108,6 +108,9 @@ class MultiHeadAttention(nn.Module):
     decoder states as ``query`` and the encoder output (of another length) as ``key_value``.
     ``position`` is the model's position encoding, for variants that act inside attention
     (rotary, ALiBi); absolute encodings leave it a no-op.
+
+    ``d_head`` (default d_model / h, the paper's) sets another head width: the projections then map
+    D -> h·d_head and W_O maps h·d_head -> D (the ``head-dim`` experiment compares d_head = D).
     """
 
     def __init__(
@@ -118,28 +121,33 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         impl: str = "sdpa",
         position: PositionEncoding | None = None,
+        d_head: int | None = None,
     ):
         super().__init__()
-        if n_heads <= 0 or d_model % n_heads:
+        if d_head is None and (n_heads <= 0 or d_model % n_heads):
             raise ValueError(
                 f"n_heads: d_model={d_model} must be divisible by n_heads={n_heads} "
                 f"(each head gets d_model / n_heads dimensions)"
             )
+        if n_heads <= 0 or (d_head is not None and d_head <= 0):
+            raise ValueError(f"n_heads, d_head: expected positive sizes, got {n_heads}, {d_head}")
         if impl not in ("sdpa", "reference"):
             raise ValueError(f"impl: expected 'sdpa' or 'reference', got {impl!r}")
-        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        self.d_model, self.n_heads = d_model, n_heads
+        self.d_head = d_model // n_heads if d_head is None else d_head
+        self.d_inner = n_heads * self.d_head  # = d_model with the paper's head width
         self.dropout, self.impl, self.position = dropout, impl, position
-        self.w_q = nn.Linear(d_model, d_model, bias=bias)
-        self.w_k = nn.Linear(d_model, d_model, bias=bias)
-        self.w_v = nn.Linear(d_model, d_model, bias=bias)
-        self.w_o = nn.Linear(d_model, d_model, bias=bias)
+        self.w_q = nn.Linear(d_model, self.d_inner, bias=bias)
+        self.w_k = nn.Linear(d_model, self.d_inner, bias=bias)
+        self.w_v = nn.Linear(d_model, self.d_inner, bias=bias)
+        self.w_o = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def _fused_projections(self, query: Tensor, key_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The same three products as w_q, w_k, w_v, in fewer and larger GEMMs: one (D -> 3D) for
         self-attention, one (D -> D) plus one (D -> 2D) for cross-attention. Measured: about 5% of a
         base-model training step on CPU (``transformer-lab bench model``). Only for plain ``nn.Linear``
-        projections (``_plain_projections``). Shapes: -> (B, T, D) each."""
-        d = self.d_model
+        projections (``_plain_projections``). Shapes: -> (B, T, H·Dh) each."""
+        d = self.d_inner
         if key_value is query:
             w = torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])  # (3D, D)
             b = _cat_bias(self.w_q, self.w_k, self.w_v)
@@ -205,5 +213,5 @@ class MultiHeadAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         attend = reference_attention if use_reference else fast_attention
         res = attend(q, k, v, mask=mask, bias=bias, dropout_p=p)
-        out = res.output.transpose(1, 2).reshape(b, t_q, self.d_model)  # (B, T_q, D)
+        out = res.output.transpose(1, 2).reshape(b, t_q, self.d_inner)  # (B, T_q, H·Dh)
         return AttentionResult(self.w_o(out), res.weights if need_weights else None)

@@ -1,0 +1,1 @@
+"""One module per question of the canon (ids as in the canon's table)."""

@@ -1,0 +1,31 @@
+"""The small statistics the decision rules share: a mean with its spread over seeds, and a
+comparison that calls a difference inside the spread what it is, not a win."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Sequence
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and spread: half the range over seeds (with 2 seeds, the distance of each from the mean)."""
+    if not values:
+        raise ValueError("values: expected at least one measurement")
+    return statistics.fmean(values), (max(values) - min(values)) / 2
+
+
+def differs(a: Sequence[float], b: Sequence[float]) -> int:
+    """+1 if a is above b beyond both spreads, -1 if below, 0 if the difference is inside the spread
+    (``|mean a - mean b| <= spread a + spread b``, and never less than a 1% margin of the larger mean)."""
+    ma, sa = mean_spread(a)
+    mb, sb = mean_spread(b)
+    margin = max(sa + sb, 0.01 * max(abs(ma), abs(mb)))
+    if ma - mb > margin:
+        return 1
+    if mb - ma > margin:
+        return -1
+    return 0
+
+
+def fmt(mean: float, spread: float, digits: int = 3) -> str:
+    return f"{mean:.{digits}g} ± {spread:.{digits}g}"

@@ -1,0 +1,82 @@
+"""The experiments engine end to end (``transformer-lab explain`` and ``report``): every experiment
+runs at the smoke budget and writes its result and figures; --all is resumable; the report renders
+from the saved results and names a damaged one instead of crashing; bad input is a clear error."""
+
+import json
+
+import pytest
+
+from transformer_lab.cli.main import main
+from transformer_lab.experiments.base import OUTCOMES
+from transformer_lab.experiments.registry import EXPERIMENTS
+
+RUNNABLE = [e.id for e in EXPERIMENTS if not e.needs]
+
+
+@pytest.fixture(scope="module")
+def smoke_all(tmp_path_factory):
+    out = tmp_path_factory.mktemp("explain")
+    assert main(["explain", "--all", "--budget", "smoke", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("exp_id", RUNNABLE)
+def test_every_experiment_writes_its_result_and_figures(smoke_all, exp_id):
+    result = json.loads((smoke_all / exp_id / "result.json").read_text())
+    assert result["verdict"]["outcome"] in OUTCOMES and result["verdict"]["because"]
+    assert result["rule"] and result["claim"] and result["question_zh"] and result["budget"] == "smoke"
+    assert {"torch", "python"} <= set(result["versions"]) and result["machine"]["cpu_count"]
+    assert result["command"].startswith(f"transformer-lab explain {exp_id} --budget smoke")
+    assert result["figures"]
+    for name in result["figures"]:
+        assert (smoke_all / exp_id / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_all_is_resumable(smoke_all, capsys):
+    before = {i: (smoke_all / i / "result.json").stat().st_mtime_ns for i in RUNNABLE}
+    assert main(["explain", "--all", "--budget", "smoke", "--out", str(smoke_all), "--no-progress"]) == 0
+    assert {i: (smoke_all / i / "result.json").stat().st_mtime_ns for i in RUNNABLE} == before  # kept
+    capsys.readouterr()
+    assert main(["explain", "sinusoids", "--budget", "smoke", "--seed", "1", "--out", str(smoke_all), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["seed"] == 1  # other settings: measured again
+
+
+def test_report_renders_every_result_and_names_a_damaged_one(smoke_all, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "report"
+    shutil.copytree(smoke_all, folder)
+    (folder / "head-dim" / "result.json").write_text("{broken")
+    assert main(["report", str(folder)]) == 0
+    page = (folder / "index.html").read_text()
+    markdown = (folder / "REPORT.md").read_text()
+    for exp_id in RUNNABLE:
+        if exp_id != "head-dim":
+            assert f'id="{exp_id}"' in page and f"`{exp_id}`" in markdown
+    assert "data:image/png;base64," in page  # self-contained
+    assert "head-dim/result.json: not valid JSON" in page and "could not be read" in markdown
+    assert "needs INT8 quantization (issue 12)" in page  # questions waiting for a feature are listed
+
+
+def test_list_shows_every_question_and_its_status(smoke_all, capsys):
+    assert main(["explain", "--list", "--out", str(smoke_all)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 36
+    assert any(line.startswith("scaling") and "measured (smoke)" in line for line in lines)
+    assert any(line.startswith("peft") and "needs LoRA" in line for line in lines)
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["explain", "no-such-question", "--out", str(tmp_path)]) == 2
+    assert "unknown id 'no-such-question'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["explain", "scaling", "--budget", "huge"])
+    assert "invalid choice" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["explain", "sinusoids", "--budget", "smoke", "--out", str(blocker)]) == 2
+    assert "cannot write the results here" in capsys.readouterr().err
+    assert main(["explain", "peft", "--out", str(tmp_path)]) == 2
+    assert "needs LoRA" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "no such results folder" in capsys.readouterr().err

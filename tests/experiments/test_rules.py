@@ -1,0 +1,99 @@
+"""Each experiment's decision rule, given synthetic measurements that must lead to each outcome it can
+reach: the verdict is computed from the numbers, and the numbers decide it."""
+
+import pytest
+
+from transformer_lab.experiments.registry import get
+
+
+def scaling(ratio=1.0, peak_u=0.95, peak_s=0.1, shrink_last=0.4, shrink_64=0.4):
+    rows = [dict(d_k=d, var=ratio * d, var_ratio=ratio, peak_unscaled=peak_u if d == 1024 else 0.5, peak_scaled=peak_s,
+                 jacobian_scaled=0.2, jacobian_unscaled=0.2 * (shrink_last if d == 1024 else shrink_64 if d == 64 else 1))
+            for d in (4, 64, 1024)]
+    return {"rows": rows}
+
+
+def padding(masked=0.0, unmasked=2.0):
+    return {"rows": [dict(pads=0, masked_change=0.0, unmasked_change=0.0),
+                     dict(pads=64, masked_change=masked, unmasked_change=unmasked)]}
+
+
+def head_dim(reduced_params=1.0, reduced_time=1.0, full_params=8.0):
+    return {"d_model": 512, "tokens": 128, "rows": [
+        dict(heads=8, variant="one", params=100, flops=100, seconds=1.0),
+        dict(heads=8, variant="reduced", params=100 * reduced_params, flops=100 * reduced_params, seconds=reduced_time),
+        dict(heads=8, variant="full", params=100 * full_params, flops=100 * full_params, seconds=full_params)]}
+
+
+def sinusoids(err=1e-7, std=1e-8):
+    return {"d_model": 512, "rows": [dict(k=1, rotation_error=err, dot_mean=1.0, dot_std=std * 512)], "dot_by_offset": []}
+
+
+def slowest(attention_over_ffn):
+    return {"d_model": 512, "rows": [dict(length=t, attention_us_per_token=r, ffn_us_per_token=1.0,
+                                          attention_flops_per_token=1, ffn_flops_per_token=1)
+                                     for t, r in zip((32, 512, 4096), attention_over_ffn)]}
+
+
+def decoder(cached_over_forced, uncached_over_forced=50.0):
+    return {"preset": "small", "rows": [{"length": 64, "teacher-forced": 1.0, "greedy, KV cache": cached_over_forced,
+                                         "greedy, no cache": uncached_over_forced}]}
+
+
+def universal(narrow=0.9, wide=0.001, linear=0.93):
+    return {"rows": [dict(width=2, activation="relu", errors=[narrow, narrow]),
+                     dict(width=512, activation="relu", errors=[wide, wide]),
+                     dict(width=2, activation="none", errors=[linear, linear]),
+                     dict(width=512, activation="none", errors=[linear, linear])]}
+
+
+def mixed(acc=1e-15, bf16=1.0, fp16=1.0, time_ratio=0.5):
+    def run(final, seconds):
+        return dict(losses=[3.0] * 5 + [final] * 5, seconds_per_step=seconds, loss_scale=None)
+    return {"accumulation_rel_error": acc, "device": "cpu", "steps": 10,
+            "runs": {"fp32": run(1.0, 1.0), "bf16": run(bf16, time_ratio), "fp16": run(fp16, 1.0)}}
+
+
+CASES = [
+    ("scaling", scaling(), "confirmed"),
+    ("scaling", scaling(shrink_64=1.16), "partly"),
+    ("scaling", scaling(ratio=1.5), "refuted"),
+    ("scaling", scaling(peak_u=0.6), "refuted"),
+    ("padding-mask", padding(), "confirmed"),
+    ("padding-mask", padding(unmasked=1e-4), "partly"),
+    ("padding-mask", padding(masked=0.3), "refuted"),
+    ("head-dim", head_dim(), "confirmed"),
+    ("head-dim", head_dim(full_params=2.0), "partly"),
+    ("head-dim", head_dim(reduced_params=3.0), "refuted"),
+    ("sinusoids", sinusoids(), "confirmed"),
+    ("sinusoids", sinusoids(err=1e-2), "refuted"),
+    ("sinusoids", sinusoids(std=1e-1), "refuted"),
+    ("slowest-part", slowest([0.5, 0.8, 0.9]), "confirmed"),
+    ("slowest-part", slowest([0.5, 0.8, 2.0]), "partly"),
+    ("slowest-part", slowest([1.5, 2.0, 3.0]), "refuted"),
+    ("decoder-parallel", decoder(6.0), "confirmed"),
+    ("decoder-parallel", decoder(2.0), "partly"),
+    ("decoder-parallel", decoder(1.0), "refuted"),
+    ("universal", universal(), "confirmed"),
+    ("universal", universal(linear=0.1), "partly"),
+    ("universal", universal(wide=0.5, linear=0.1), "refuted"),
+    ("mixed-precision", mixed(), "confirmed"),
+    ("mixed-precision", mixed(time_ratio=1.1), "partly"),
+    ("mixed-precision", mixed(bf16=1.2), "refuted"),
+    ("mixed-precision", mixed(acc=1e-3), "refuted"),
+]
+
+
+@pytest.mark.parametrize("exp_id, measurements, outcome", CASES,
+                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_rule_gives_the_outcome_its_numbers_call_for(exp_id, measurements, outcome):
+    verdict = get(exp_id).verdict(measurements)
+    assert verdict.outcome == outcome, verdict.because
+    assert verdict.because and verdict.deciding  # the sentence and the numbers that decided it
+
+
+def test_every_runnable_experiment_has_its_rules_tested():
+    from transformer_lab.experiments.registry import EXPERIMENTS
+
+    tested = {c[0] for c in CASES}
+    assert {e.id for e in EXPERIMENTS if not e.needs} <= tested
