@@ -54,7 +54,72 @@ def mixed(acc=1e-15, bf16=1.0, fp16=1.0, time_ratio=0.5):
             "runs": {"fp32": run(1.0, 1.0), "bf16": run(bf16, time_ratio), "fp16": run(fp16, 1.0)}}
 
 
+def runs(**named):
+    """{variant: [rows over seeds]} from {variant: (metric -> [values])}."""
+    out = {}
+    for name, metrics in named.items():
+        n = len(next(iter(metrics.values())))
+        out[name] = [dict(seed=i, diverged=False, losses=metrics.get("losses", [[1.0] * 10] * n)[i],
+                          **{k: v[i] for k, v in metrics.items() if k != "losses"}) for i in range(n)]
+    return out
+
+
+def causal(nll_peek=(0.1, 0.12), nll_mask=(0.5, 0.52), em_peek=(0.0, 0.01), em_mask=(0.6, 0.62)):
+    return {"steps": 10, "runs": runs(**{"causal mask (the paper)": {"val_nll": nll_mask, "exact_match": em_mask},
+                                         "no mask": {"val_nll": nll_peek, "exact_match": em_peek}})}
+
+
+def smoothing(nll0=(0.3, 0.31), nll1=(0.4, 0.41), em0=(0.5, 0.51), em1=(0.7, 0.71)):
+    return {"runs": runs(**{"ε = 0": {"val_nll": nll0, "exact_match": em0}, "ε = 0.1": {"val_nll": nll1, "exact_match": em1}})}
+
+
+def qk(self_tied=0.4, self_sep=0.1, asym=0.0, nll_tied=(0.5, 0.52), nll_sep=(0.3, 0.31)):
+    attention = {"separate W_Q, W_K (the paper)": dict(self_attention_mass=self_sep, score_asymmetry=0.9, uniform_mass=0.09),
+                 "one matrix for W_Q and W_K": dict(self_attention_mass=self_tied, score_asymmetry=asym, uniform_mass=0.09)}
+    return {"attention": attention, "runs": runs(**{"separate W_Q, W_K (the paper)": {"val_nll": nll_sep},
+                                                    "one matrix for W_Q and W_K": {"val_nll": nll_tied}})}
+
+
+def emb_scale(scaled=1.4, plain=0.13, nll_s=(0.3, 0.31), nll_p=(0.5, 0.52)):
+    norms = {"× √d_model (the paper)": {"token": scaled, "position": 1.0}, "no scale": {"token": plain, "position": 1.0}}
+    return {"init": norms, "trained": norms, "runs": runs(**{"× √d_model (the paper)": {"val_nll": nll_s},
+                                                             "no scale": {"val_nll": nll_p}})}
+
+
+def heads(one=(0.5, 0.51), eight=(0.3, 0.31), distances=((1.0, 3.0), (2.0, 2.1))):
+    return {"distances_of": "h=8", "distances": [list(d) for d in distances],
+            "runs": runs(**{"h=1": {"val_nll": one}, "h=8": {"val_nll": eight}})}
+
+
+def residual(with_ratio=0.5, without_ratio=0.01, loss_with=(1.0, 1.02), loss_without=(2.0, 2.05)):
+    return {"deep": 6, "gradients": {"with residual, 6 layers": [with_ratio, 1.0], "without residual, 6 layers": [without_ratio, 1.0]},
+            "runs": runs(**{"with residual": {"losses": [[x] * 10 for x in loss_with]},
+                            "without residual": {"losses": [[x] * 10 for x in loss_without]}})}
+
+
 CASES = [
+    ("causal-mask", causal(), "confirmed"),
+    ("causal-mask", causal(nll_peek=(0.5, 0.52)), "partly"),
+    ("causal-mask", causal(em_peek=(0.6, 0.61)), "refuted"),
+    ("label-smoothing", smoothing(), "confirmed"),
+    ("label-smoothing", smoothing(em1=(0.5, 0.51)), "partly"),
+    ("label-smoothing", smoothing(nll1=(0.3, 0.31), em1=(0.5, 0.52)), "inconclusive"),
+    ("label-smoothing", smoothing(em1=(0.2, 0.21)), "refuted"),
+    ("qk-weights", qk(), "confirmed"),
+    ("qk-weights", qk(nll_tied=(0.3, 0.31)), "partly"),
+    ("qk-weights", qk(self_tied=0.12), "refuted"),
+    ("embedding-scale", emb_scale(), "confirmed"),
+    ("embedding-scale", emb_scale(nll_p=(0.3, 0.31)), "partly"),
+    ("embedding-scale", emb_scale(plain=0.9), "refuted"),
+    ("multi-head", heads(), "confirmed"),
+    ("multi-head", heads(distances=((2.0, 2.1),)), "partly"),
+    ("multi-head", heads(eight=(0.5, 0.505)), "inconclusive"),
+    ("multi-head", heads(eight=(0.7, 0.71)), "refuted"),
+    ("residual", residual(), "confirmed"),
+    ("residual", residual(loss_without=(1.0, 1.01)), "partly"),
+    ("residual", residual(without_ratio=0.5, loss_without=(1.0, 1.01)), "inconclusive"),
+    ("residual", residual(without_ratio=0.5, loss_without=(0.5, 0.51)), "refuted"),
+
     ("scaling", scaling(), "confirmed"),
     ("scaling", scaling(shrink_64=1.16), "partly"),
     ("scaling", scaling(ratio=1.5), "refuted"),

@@ -124,3 +124,35 @@ def test_bad_masks_and_mismatched_batches_are_errors():
         model.decode(model.encode(src), src, tgt, tgt_mask=torch.ones(1, 1, 4, 4))
     with pytest.raises(ValueError, match="batch size"):
         model.decode(model.encode(src), src, tgt[:1])
+
+
+def test_variants_for_the_experiments():
+    """The canon experiments' variants, each off by default (the paper): one matrix for W_Q and W_K in
+    self-attention (symmetric scores), no √d_model on the embeddings, no residual connections, no
+    look-ahead mask in the decoder's training pass."""
+    from transformer_lab.nn.layers import SublayerConnection
+
+    tied = Transformer(preset("tiny", src_vocab_size=20, tgt_vocab_size=20, tie_qk=True)).eval()
+    layer = tied.encoder.layers[0]
+    assert layer.self_attn.w_k is layer.self_attn.w_q
+    assert tied.decoder.layers[0].cross_attn.w_k is not tied.decoder.layers[0].cross_attn.w_q  # self-attention only
+    x = torch.randn(1, 5, 128)
+    q, k = layer.self_attn.w_q(x), layer.self_attn.w_k(x)
+    torch.testing.assert_close(q @ k.transpose(1, 2), (q @ k.transpose(1, 2)).transpose(1, 2))  # symmetric scores
+
+    plain = Transformer(preset("tiny", src_vocab_size=20, tgt_vocab_size=20, scale_embeddings=False))
+    ids = torch.tensor([[3, 4]])
+    torch.testing.assert_close(plain.src_embed.token(ids), plain.src_embed.token.weight[ids])
+
+    sc = SublayerConnection(8, dropout=0.0, norm_first=False, residual=False)
+    f = torch.nn.Linear(8, 8)
+    h = torch.randn(2, 3, 8)
+    torch.testing.assert_close(sc(h, f), sc.norm(f(h)))
+    assert not Transformer(preset("tiny", src_vocab_size=20, tgt_vocab_size=20, residual=False)).encoder.layers[0].sublayers[0].residual
+
+    torch.manual_seed(0)
+    peek = Transformer(preset("tiny", src_vocab_size=20, tgt_vocab_size=20, decoder_causal=False, dropout=0.0)).eval()
+    src, tgt = torch.randint(1, 20, (1, 6)), torch.randint(1, 20, (1, 5))
+    changed = tgt.clone()
+    changed[0, -1] = (tgt[0, -1] % 19) + 1
+    assert not torch.allclose(peek(src, tgt)[0, 0], peek(src, changed)[0, 0])  # the first position sees the future

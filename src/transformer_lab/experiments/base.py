@@ -41,6 +41,7 @@ class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     folder: Path = Path(".")
     progress: bool = True
+    models: dict[str, Any] = field(default_factory=dict)  # trained models a run keeps for measurements
 
     def bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not self.progress)

@@ -46,6 +46,11 @@ class TransformerConfig:
     pad_id: int = 0
     layer_norm_eps: float = 1e-5
     attention_impl: str = "sdpa"  # "sdpa" (fused) or "reference" (explicit softmax)
+    # Variants the canon's experiments compare against the paper (the defaults are the paper's):
+    scale_embeddings: bool = True  # × √d_model on the token embeddings (§3.4; `embedding-scale`)
+    residual: bool = True  # residual connections around every sub-layer (`residual`)
+    tie_qk: bool = False  # one matrix for W_Q and W_K in self-attention (`qk-weights`)
+    decoder_causal: bool = True  # the decoder's look-ahead mask in training (`causal-mask`)
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
@@ -81,6 +86,7 @@ class TransformerConfig:
         return BlockConfig(
             self.d_model, self.n_heads, self.d_ff, self.dropout, p_attn,
             self.activation, self.norm_first, self.layer_norm_eps, self.attention_impl,
+            residual=self.residual, tie_qk=self.tie_qk,
         )
 
 
@@ -107,8 +113,8 @@ class Transformer(nn.Module):
         self.config = c = config
         block = c.block()
         self.position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads)
-        src_token = TokenEmbedding(c.src_vocab_size, c.d_model)
-        tgt_token = src_token if c.share_embeddings else TokenEmbedding(c.tgt_vocab_size, c.d_model)
+        src_token = TokenEmbedding(c.src_vocab_size, c.d_model, scale=c.scale_embeddings)
+        tgt_token = src_token if c.share_embeddings else TokenEmbedding(c.tgt_vocab_size, c.d_model, c.scale_embeddings)
         self.src_embed = Embeddings(src_token, self.position, c.dropout)
         self.tgt_embed = Embeddings(tgt_token, self.position, c.dropout)
         # Only relative variants (rotary, ALiBi) are handed to the attention layers.
@@ -165,8 +171,12 @@ class Transformer(nn.Module):
         if tgt.size(0) != src.size(0):
             raise ValueError(f"tgt: batch size {tgt.size(0)} differs from src batch size {src.size(0)}")
         b, t = tgt.shape
-        if tgt_mask is None:
-            tgt_mask = decoder_self_mask(tgt, self.config.pad_id) if cache is None else causal_mask(t, tgt.device, offset)
+        if tgt_mask is None and cache is not None:
+            tgt_mask = causal_mask(t, tgt.device, offset)  # a cache holds only the past: no future to hide anyway
+        elif tgt_mask is None:
+            # deviation (decoder_causal=False, the `causal-mask` experiment only): padding hidden, future not
+            tgt_mask = decoder_self_mask(tgt, self.config.pad_id) if self.config.decoder_causal else padding_mask(
+                tgt, self.config.pad_id)
         check_mask(tgt_mask, b, self.config.n_heads, t, offset + t, "tgt_mask")
         cross_mask = cross_attention_mask(src, self.config.pad_id)
         return self.decoder(x, memory, tgt_mask, cross_mask, positions, record_cross_attention, cache)

@@ -38,29 +38,38 @@ class BlockConfig:
     norm_first: bool = False
     eps: float = 1e-5
     attention_impl: str = "sdpa"
+    # Variants the canon's experiments compare against the paper (off = the paper):
+    residual: bool = True  # False: no residual connection around the sub-layers (`residual`)
+    tie_qk: bool = False  # True: self-attention uses one matrix for W_Q and W_K (`qk-weights`)
 
-    def attention(self, position: PositionEncoding | None) -> MultiHeadAttention:
-        return MultiHeadAttention(
+    def attention(self, position: PositionEncoding | None, self_attention: bool = True) -> MultiHeadAttention:
+        mha = MultiHeadAttention(
             self.d_model, self.n_heads, self.attention_dropout, impl=self.attention_impl, position=position
         )
+        if self.tie_qk and self_attention:
+            mha.w_k = mha.w_q  # one module, two roles: scores q_i·k_j become symmetric in i and j
+        return mha
 
     def sublayer(self) -> "SublayerConnection":
-        return SublayerConnection(self.d_model, self.dropout, self.norm_first, self.eps)
+        return SublayerConnection(self.d_model, self.dropout, self.norm_first, self.eps, self.residual)
 
 
 class SublayerConnection(nn.Module):
-    """Residual + LayerNorm around one sub-layer, with dropout on the sub-layer's output (§5.4)."""
+    """Residual + LayerNorm around one sub-layer, with dropout on the sub-layer's output (§5.4).
+    ``residual=False`` drops the "x +" (an experiment's variant, not the paper)."""
 
-    def __init__(self, d_model: int, dropout: float, norm_first: bool, eps: float = 1e-5):
+    def __init__(self, d_model: int, dropout: float, norm_first: bool, eps: float = 1e-5, residual: bool = True):
         super().__init__()
         self.norm = nn.LayerNorm(d_model, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.norm_first = norm_first
+        self.residual = residual
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        skip = x if self.residual else 0
         if self.norm_first:
-            return x + self.dropout(sublayer(self.norm(x)))
-        return self.norm(x + self.dropout(sublayer(x)))
+            return skip + self.dropout(sublayer(self.norm(x)))
+        return self.norm(skip + self.dropout(sublayer(x)))
 
 
 class EncoderLayer(nn.Module):
@@ -89,7 +98,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = cfg.attention(position)
         # Relative encodings describe offsets within one sequence; cross-attention gets none.
-        self.cross_attn = cfg.attention(None)
+        self.cross_attn = cfg.attention(None, self_attention=False)
         self.ffn = PositionwiseFeedForward(cfg.d_model, cfg.d_ff, cfg.activation)
         self.sublayers = nn.ModuleList(cfg.sublayer() for _ in range(3))
         self.cross_weights: Tensor | None = None  # (B, H, T, S), filled when record_cross_attention
