@@ -15,7 +15,7 @@ from typing import Any
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
 from transformer_lab.experiments.stats import differs, fmt, mean_spread
-from transformer_lab.experiments.training import sweep, values
+from transformer_lab.experiments.training import DATES_BUDGETS, sweep, values
 
 
 class CausalMask(Experiment):
@@ -28,9 +28,7 @@ class CausalMask(Experiment):
             "copies the future) while the greedy exact match is below half of the masked model's (the future is not "
             "there at inference); partly if only the exact match falls; refuted if the exact match does not fall "
             "beyond the spread.")
-    budgets = {"smoke": dict(steps=20, seeds=1, n_test=20),
-               "quick": dict(steps=600, seeds=2, n_test=200),
-               "full": dict(steps=2000, seeds=3, n_test=1000)}
+    budgets = DATES_BUDGETS
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:
         runs = sweep(ctx, {"causal mask (the paper)": {}, "no mask": {"model": {"decoder_causal": False}}},

@@ -16,7 +16,7 @@ from typing import Any
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
 from transformer_lab.experiments.stats import differs, fmt, mean_spread
-from transformer_lab.experiments.training import dates_data, sweep, values
+from transformer_lab.experiments.training import DATES_BUDGETS, dates_data, sweep, values
 from transformer_lab.models.presets import preset
 from transformer_lab.models.transformer import Transformer
 
@@ -39,9 +39,7 @@ class EmbeddingScale(Experiment):
             "date task's model is worse without the scale, beyond the spread over seeds. Confirmed if both; partly if "
             "the scale holds but the quality difference stays inside the spread (or favours no scale); refuted if "
             "the scale does not hold.")
-    budgets = {"smoke": dict(steps=20, seeds=1, n_test=20),
-               "quick": dict(steps=600, seeds=2, n_test=200),
-               "full": dict(steps=2000, seeds=3, n_test=1000)}
+    budgets = DATES_BUDGETS
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:
         _, _, vocab = dates_data((1900, 1900), 5)

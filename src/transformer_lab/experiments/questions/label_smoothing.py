@@ -13,7 +13,7 @@ from typing import Any
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
 from transformer_lab.experiments.stats import differs, fmt, mean_spread
-from transformer_lab.experiments.training import sweep, values
+from transformer_lab.experiments.training import DATES_BUDGETS, sweep, values
 
 
 class LabelSmoothing(Experiment):
@@ -25,9 +25,7 @@ class LabelSmoothing(Experiment):
             "beyond the spread over seeds. Accuracy part: held-out exact match higher with ε = 0.1, beyond the spread. "
             "Confirmed if both parts hold; partly if one; inconclusive if neither difference leaves the spread; "
             "refuted if a difference goes the other way beyond the spread.")
-    budgets = {"smoke": dict(steps=20, seeds=1, n_test=20),
-               "quick": dict(steps=600, seeds=2, n_test=200),
-               "full": dict(steps=2000, seeds=3, n_test=1000)}
+    budgets = DATES_BUDGETS
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:
         runs = sweep(ctx, {"ε = 0": {"train": {"label_smoothing": 0.0}}, "ε = 0.1": {"train": {"label_smoothing": 0.1}}},

@@ -17,7 +17,7 @@ from transformer_lab.data.batches import make_batch
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
 from transformer_lab.experiments.stats import differs, fmt, mean_spread
-from transformer_lab.experiments.training import dates_data, encoder_attention, sweep, values
+from transformer_lab.experiments.training import DATES_BUDGETS, dates_data, encoder_attention, sweep, values
 
 VARIANTS = {"separate W_Q, W_K (the paper)": {}, "one matrix for W_Q and W_K": {"model": {"tie_qk": True}}}
 
@@ -48,9 +48,7 @@ class QKWeights(Experiment):
             "encoder's attention mass on each query's own position is at least 2× that of separate matrices. "
             "Quality: held-out NLL is worse with one matrix, beyond the spread. Confirmed if both; partly if the "
             "mechanism holds but quality is inside the spread (or better); refuted if the mechanism fails.")
-    budgets = {"smoke": dict(steps=20, seeds=1, n_test=20),
-               "quick": dict(steps=600, seeds=2, n_test=200),
-               "full": dict(steps=2000, seeds=3, n_test=1000)}
+    budgets = DATES_BUDGETS
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:
         runs = sweep(ctx, VARIANTS, s["seeds"], s["steps"], self.id, n_test=s["n_test"])
