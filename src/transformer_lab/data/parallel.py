@@ -77,6 +77,7 @@ class ParallelText:
     src: list[str]
     tgt: list[str]
     skipped_empty: int = 0
+    kept: list[int] | None = None  # line numbers (0-based) of the pairs kept, when some were skipped
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path, keep_empty: bool = False) -> ParallelText:
@@ -96,7 +97,7 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path, keep_empty: bool =
     skipped = len(src) - len(keep)
     if skipped:
         log.warning("%s / %s: skipped %d pairs with an empty side", src_path, tgt_path, skipped)
-    return ParallelText([src[i] for i in keep], [tgt[i] for i in keep], skipped)
+    return ParallelText([src[i] for i in keep], [tgt[i] for i in keep], skipped, keep if skipped else None)
 
 
 @dataclass

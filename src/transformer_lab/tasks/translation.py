@@ -34,7 +34,6 @@ from transformer_lab.tasks.common import RunOptions, TaskResult, open_run, train
 from transformer_lab.tokenizers.base import Tokenizer
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.cache import encode_file_cached
-from transformer_lab.tokenizers.corpus import read_lines
 from transformer_lab.tokenizers.fast import FastTokenizer
 from transformer_lab.tokenizers.io import load_tokenizer
 from transformer_lab.tokenizers.special import BOS_ID, EOS_ID, PAD_ID, SEQ2SEQ_SPECIALS
@@ -152,18 +151,18 @@ def prepare_data(
         tok_src = train_tokenizer(train_text.src, vocab_size, [train_files[0]], cache_dir)
         tok_tgt = train_tokenizer(train_text.tgt, vocab_size, [train_files[1]], cache_dir)
 
-    def encode_pairs(files: tuple[Path, Path]) -> tuple[list[list[int]], list[list[int]]]:
-        # The cache encodes whole files; drop the pairs read_parallel dropped (an empty side).
-        raw_src, raw_tgt = list(read_lines(files[0])), list(read_lines(files[1]))
-        keep = [i for i in range(len(raw_src)) if raw_src[i].strip() and raw_tgt[i].strip()]
+    def encode_pairs(files: tuple[Path, Path], text) -> tuple[list[list[int]], list[list[int]]]:
+        # The cache encodes whole files; keep the pairs read_parallel kept (no empty side).
         ids_src = encode_file_cached(files[0], FastTokenizer.from_tokenizer(tok_src), cache_dir / "encoded")
         ids_tgt = encode_file_cached(files[1], FastTokenizer.from_tokenizer(tok_tgt), cache_dir / "encoded")
-        return [ids_src[i] for i in keep], [ids_tgt[i] for i in keep]
+        if text.kept is None:
+            return ids_src, ids_tgt
+        return [ids_src[i] for i in text.kept], [ids_tgt[i] for i in text.kept]
 
-    enc_train = filter_long(*encode_pairs(train_files), max_len)
+    enc_train = filter_long(*encode_pairs(train_files, train_text), max_len)
     if enc_train.skipped_long:
         log.warning("skipped %d training pairs longer than %d tokens (--max-len)", enc_train.skipped_long, max_len)
-    enc_valid = filter_long(*encode_pairs(valid_files), max_len)
+    enc_valid = filter_long(*encode_pairs(valid_files, valid_text), max_len)
     if enc_valid.skipped_long:
         log.warning("validation loss leaves out %d pairs longer than %d tokens", enc_valid.skipped_long, max_len)
     return TranslationData(tok_src, tok_tgt, enc_train, valid_text.src, valid_text.tgt, enc_valid)
