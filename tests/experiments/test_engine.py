@@ -9,6 +9,7 @@ import pytest
 from transformer_lab.cli.main import main
 from transformer_lab.experiments.base import OUTCOMES
 from transformer_lab.experiments.registry import EXPERIMENTS
+from conftest import shared_data_dir
 
 RUNNABLE = [e.id for e in EXPERIMENTS if not e.needs]
 
@@ -16,7 +17,9 @@ RUNNABLE = [e.id for e in EXPERIMENTS if not e.needs]
 @pytest.fixture(scope="module")
 def smoke_all(tmp_path_factory):
     out = tmp_path_factory.mktemp("explain")
-    assert main(["explain", "--all", "--budget", "smoke", "--out", str(out), "--no-progress"]) == 0
+    with pytest.MonkeyPatch.context() as mp:  # the experiments on real data read it from here
+        mp.setenv("TRANSFORMER_LAB_DATA", str(shared_data_dir()))
+        assert main(["explain", "--all", "--budget", "smoke", "--out", str(out), "--no-progress"]) == 0
     return out
 
 

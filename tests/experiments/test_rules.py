@@ -158,7 +158,16 @@ def test_rule_gives_the_outcome_its_numbers_call_for(exp_id, measurements, outco
 
 
 def test_every_runnable_experiment_has_its_rules_tested():
+    """The cases live here and in the other test_rules_*.py files beside this one (one per group)."""
+    import importlib.util
+    from pathlib import Path
+
     from transformer_lab.experiments.registry import EXPERIMENTS
 
     tested = {c[0] for c in CASES}
+    for path in Path(__file__).parent.glob("test_rules_*.py"):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        tested |= {c[0] for c in module.CASES}
     assert {e.id for e in EXPERIMENTS if not e.needs} <= tested

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_lab.nn.attention import SCORES
 from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding, check_tokens
 from transformer_lab.nn.feedforward import ACTIVATIONS
-from transformer_lab.nn.layers import BlockConfig, Decoder, DecoderLayer, Encoder, EncoderLayer
+from transformer_lab.nn.layers import NORMS, BlockConfig, Decoder, DecoderLayer, Encoder, EncoderLayer
 from transformer_lab.nn.kv_cache import DecoderCache
 from transformer_lab.nn.masks import causal_mask, check_mask, cross_attention_mask, decoder_self_mask, padding_mask
 from transformer_lab.nn.positions import POSITION_ENCODINGS, build_position_encoding
@@ -51,6 +52,8 @@ class TransformerConfig:
     residual: bool = True  # residual connections around every sub-layer (`residual`)
     tie_qk: bool = False  # one matrix for W_Q and W_K in self-attention (`qk-weights`)
     decoder_causal: bool = True  # the decoder's look-ahead mask in training (`causal-mask`)
+    norm: str = "layer"  # "batch" / "batch-masked": BatchNorm in place of LayerNorm (`layernorm`)
+    attention_score: str = "dot"  # "additive": Bahdanau's vᵀ tanh(q + k) scores (`dot-vs-additive`)
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
@@ -71,6 +74,10 @@ class TransformerConfig:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.position not in POSITION_ENCODINGS:
             raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm: expected one of {NORMS}, got {self.norm!r}")
+        if self.attention_score not in SCORES:
+            raise ValueError(f"attention_score: expected one of {SCORES}, got {self.attention_score!r}")
         if self.attention_impl not in ("sdpa", "reference"):
             raise ValueError(f"attention_impl: expected 'sdpa' or 'reference', got {self.attention_impl!r}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
@@ -86,7 +93,7 @@ class TransformerConfig:
         return BlockConfig(
             self.d_model, self.n_heads, self.d_ff, self.dropout, p_attn,
             self.activation, self.norm_first, self.layer_norm_eps, self.attention_impl,
-            residual=self.residual, tie_qk=self.tie_qk,
+            residual=self.residual, tie_qk=self.tie_qk, norm=self.norm, attention_score=self.attention_score,
         )
 
 

@@ -7,6 +7,11 @@
 Why divide by √d_k: for q, k with unit-variance components, q·k has variance d_k; unscaled, large
 logits push the softmax into regions of vanishing gradient (§3.2.1, footnote 4).
 
+Additive attention (Bahdanau et al. 2015), the alternative §3.2.1 compares against, is an option
+(``score="additive"``): score(q, k) = vᵀ tanh(q + k) per head, on the same projected q and k. It
+materialises a (B, H, T_q, T_k, Dh) tensor where the dot product needs (B, H, T_q, T_k): the
+``dot-vs-additive`` experiment measures what that costs.
+
 Two paths compute eq. 1: ``reference_attention`` writes it out and can return the weights;
 ``fast_attention`` calls ``F.scaled_dot_product_attention`` (fused kernels). A test holds them equal.
 
@@ -28,6 +33,9 @@ from torch import Tensor, nn
 from transformer_lab.nn.kv_cache import AttentionCache
 from transformer_lab.nn.masks import check_mask
 from transformer_lab.nn.positions import PositionEncoding
+
+
+SCORES = ("dot", "additive")
 
 
 @dataclass
@@ -87,6 +95,30 @@ def fast_attention(
     return AttentionResult(out, None)
 
 
+def additive_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    v_score: Tensor,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> AttentionResult:
+    """Additive (Bahdanau) attention: scores_ij = v_scoreᵀ tanh(q_i + k_j), per head, then the same
+    masked softmax as eq. 1. Shapes: q (B, H, T_q, Dh), k, v (B, H, T_k, Dh), v_score (H, Dh)."""
+    hidden = torch.tanh(q.unsqueeze(-2) + k.unsqueeze(-3))  # (B, H, T_q, T_k, Dh): the cost of "additive"
+    scores = (hidden * v_score[None, :, None, None, :]).sum(-1)  # (B, H, T_q, T_k)
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1)
+    if mask is not None:
+        weights = weights.masked_fill(~mask, 0.0)
+    dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
+    return AttentionResult(dropped @ v, weights)
+
+
 def _guard_fully_masked_rows(has_key: Tensor) -> bool:
     """Whether ``fast_attention`` takes the fully-masked-row guard. On GPU, and while torch.compile
     traces, always (asking would be a device sync / a graph break). On CPU, only when some row has
@@ -111,6 +143,7 @@ class MultiHeadAttention(nn.Module):
 
     ``d_head`` (default d_model / h, the paper's) sets another head width: the projections then map
     D -> h·d_head and W_O maps h·d_head -> D (the ``head-dim`` experiment compares d_head = D).
+    ``score="additive"`` replaces q·k/√d_k by Bahdanau's vᵀ tanh(q + k) (``additive_attention``).
     """
 
     def __init__(
@@ -122,6 +155,7 @@ class MultiHeadAttention(nn.Module):
         impl: str = "sdpa",
         position: PositionEncoding | None = None,
         d_head: int | None = None,
+        score: str = "dot",
     ):
         super().__init__()
         if d_head is None and (n_heads <= 0 or d_model % n_heads):
@@ -133,6 +167,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"n_heads, d_head: expected positive sizes, got {n_heads}, {d_head}")
         if impl not in ("sdpa", "reference"):
             raise ValueError(f"impl: expected 'sdpa' or 'reference', got {impl!r}")
+        if score not in SCORES:
+            raise ValueError(f"score: expected one of {SCORES}, got {score!r}")
         self.d_model, self.n_heads = d_model, n_heads
         self.d_head = d_model // n_heads if d_head is None else d_head
         self.d_inner = n_heads * self.d_head  # = d_model with the paper's head width
@@ -141,6 +177,9 @@ class MultiHeadAttention(nn.Module):
         self.w_k = nn.Linear(d_model, self.d_inner, bias=bias)
         self.w_v = nn.Linear(d_model, self.d_inner, bias=bias)
         self.w_o = nn.Linear(self.d_inner, d_model, bias=bias)
+        self.score = score
+        if score == "additive":  # one scoring vector per head, at the scale of a Linear's init
+            self.v_score = nn.Parameter(torch.empty(n_heads, self.d_head).uniform_(-1, 1) / math.sqrt(self.d_head))
 
     def _fused_projections(self, query: Tensor, key_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The same three products as w_q, w_k, w_v, in fewer and larger GEMMs: one (D -> 3D) for
@@ -188,7 +227,7 @@ class MultiHeadAttention(nn.Module):
                 f"key_value: expected (B={query.size(0)}, T_k, {self.d_model}), got {tuple(key_value.shape)}"
             )
         b, t_q, _ = query.shape
-        use_reference = need_weights or self.impl == "reference"
+        use_reference = need_weights or self.impl == "reference" or self.score == "additive"
         if cache is not None and cache.static and cache.k is not None:
             # cross-attention after the first step: the encoder's K/V are cached
             q, k, v = self._split(self.w_q(query)), cache.k, cache.v
@@ -211,7 +250,10 @@ class MultiHeadAttention(nn.Module):
             bias = self.position.score_bias(q_pos, torch.arange(k.size(2), device=k.device) if cache is not None else k_pos)
 
         p = self.dropout if self.training else 0.0
-        attend = reference_attention if use_reference else fast_attention
-        res = attend(q, k, v, mask=mask, bias=bias, dropout_p=p)
+        if self.score == "additive":
+            res = additive_attention(q, k, v, self.v_score, mask=mask, bias=bias, dropout_p=p)
+        else:
+            attend = reference_attention if use_reference else fast_attention
+            res = attend(q, k, v, mask=mask, bias=bias, dropout_p=p)
         out = res.output.transpose(1, 2).reshape(b, t_q, self.d_inner)  # (B, T_q, H·Dh)
         return AttentionResult(self.w_o(out), res.weights if need_weights else None)

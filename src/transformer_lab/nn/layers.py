@@ -9,6 +9,11 @@ Pre-LN (option, Xiong et al. 2020): x = x + Dropout(Sublayer(LayerNorm(x))), and
 closes each stack (otherwise its output would never be normalised). Pre-LN trains without warm-up
 at depth; post-LN is what the paper, BERT and nn.Transformer's default use.
 
+BatchNorm in place of LayerNorm (``norm="batch"`` / ``"batch-masked"``, the ``layernorm`` experiment's
+variants, not the paper): ``TokenBatchNorm`` normalises each feature over every position of the batch,
+padding included (what ``nn.BatchNorm1d`` on the tokens does), or over the real tokens only; at test
+time it uses running statistics. A pre-LN stack's final norm stays a LayerNorm.
+
 Shapes: B batch, S source length, T target length, D model width.
 """
 
@@ -22,7 +27,36 @@ from torch import Tensor, nn
 from transformer_lab.nn.attention import MultiHeadAttention
 from transformer_lab.nn.feedforward import PositionwiseFeedForward
 from transformer_lab.nn.kv_cache import AttentionCache, DecoderCache
+from transformer_lab.nn.masks import token_keep
 from transformer_lab.nn.positions import PositionEncoding
+
+
+NORMS = ("layer", "batch", "batch-masked")
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the features of (B, T, D) tokens. Training: each feature's mean and variance over
+    the batch's positions — all of them, padding included, or with ``masked`` only those ``keep`` marks
+    real (padding positions then pass through unchanged) — and running averages for test time."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5, masked: bool = False):
+        super().__init__(d_model, eps=eps)
+        self.masked = masked
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        flat = x.reshape(-1, x.size(-1))
+        if not (self.masked and self.training and keep is not None):
+            return super().forward(flat).view_as(x)
+        rows = keep.expand(x.shape[:-1]).reshape(-1)
+        out = flat.clone()
+        out[rows] = super().forward(flat[rows])
+        return out.view_as(x)
+
+
+def make_norm(kind: str, d_model: int, eps: float) -> nn.Module:
+    if kind not in NORMS:
+        raise ValueError(f"norm: expected one of {NORMS}, got {kind!r}")
+    return nn.LayerNorm(d_model, eps=eps) if kind == "layer" else TokenBatchNorm(d_model, eps, kind == "batch-masked")
 
 
 @dataclass(frozen=True)
@@ -41,35 +75,43 @@ class BlockConfig:
     # Variants the canon's experiments compare against the paper (off = the paper):
     residual: bool = True  # False: no residual connection around the sub-layers (`residual`)
     tie_qk: bool = False  # True: self-attention uses one matrix for W_Q and W_K (`qk-weights`)
+    norm: str = "layer"  # "batch" / "batch-masked": BatchNorm in place of LayerNorm (`layernorm`)
+    attention_score: str = "dot"  # "additive": Bahdanau scores in every attention (`dot-vs-additive`)
 
     def attention(self, position: PositionEncoding | None, self_attention: bool = True) -> MultiHeadAttention:
         mha = MultiHeadAttention(
-            self.d_model, self.n_heads, self.attention_dropout, impl=self.attention_impl, position=position
+            self.d_model, self.n_heads, self.attention_dropout, impl=self.attention_impl, position=position,
+            score=self.attention_score,
         )
         if self.tie_qk and self_attention:
             mha.w_k = mha.w_q  # one module, two roles: scores q_i·k_j become symmetric in i and j
         return mha
 
     def sublayer(self) -> "SublayerConnection":
-        return SublayerConnection(self.d_model, self.dropout, self.norm_first, self.eps, self.residual)
+        return SublayerConnection(self.d_model, self.dropout, self.norm_first, self.eps, self.residual, self.norm)
 
 
 class SublayerConnection(nn.Module):
     """Residual + LayerNorm around one sub-layer, with dropout on the sub-layer's output (§5.4).
-    ``residual=False`` drops the "x +" (an experiment's variant, not the paper)."""
+    ``residual=False`` drops the "x +" and ``norm="batch"`` swaps the LayerNorm for a BatchNorm
+    (experiments' variants, not the paper). ``keep`` (B|1, T): the real tokens, for a masked BatchNorm."""
 
-    def __init__(self, d_model: int, dropout: float, norm_first: bool, eps: float = 1e-5, residual: bool = True):
+    def __init__(self, d_model: int, dropout: float, norm_first: bool, eps: float = 1e-5, residual: bool = True,
+                 norm: str = "layer"):
         super().__init__()
-        self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.norm = make_norm(norm, d_model, eps)
         self.dropout = nn.Dropout(dropout)
         self.norm_first = norm_first
         self.residual = residual
 
-    def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+    def _norm(self, x: Tensor, keep: Tensor | None) -> Tensor:
+        return self.norm(x, keep) if isinstance(self.norm, TokenBatchNorm) else self.norm(x)
+
+    def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor], keep: Tensor | None = None) -> Tensor:
         skip = x if self.residual else 0
         if self.norm_first:
-            return skip + self.dropout(sublayer(self.norm(x)))
-        return self.norm(skip + self.dropout(sublayer(x)))
+            return skip + self.dropout(sublayer(self._norm(x, keep)))
+        return self._norm(skip + self.dropout(sublayer(x)), keep)
 
 
 class EncoderLayer(nn.Module):
@@ -84,8 +126,9 @@ class EncoderLayer(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None, pos: Tensor | None = None,
                 cache: AttentionCache | None = None) -> Tensor:
         """``cache``: a growing K/V cache, when the layer serves a decoder-only model (GPT)."""
-        x = self.sublayers[0](x, lambda h: self.self_attn(h, h, mask, pos, pos, cache=cache).output)
-        return self.sublayers[1](x, self.ffn)
+        keep = token_keep(mask, x.size(1)) if self.training else None  # for a masked BatchNorm only
+        x = self.sublayers[0](x, lambda h: self.self_attn(h, h, mask, pos, pos, cache=cache).output, keep)
+        return self.sublayers[1](x, self.ffn, keep)
 
 
 class DecoderLayer(nn.Module):
@@ -114,15 +157,16 @@ class DecoderLayer(nn.Module):
         self_cache: AttentionCache | None = None,
         cross_cache: AttentionCache | None = None,
     ) -> Tensor:
-        x = self.sublayers[0](x, lambda h: self.self_attn(h, h, self_mask, pos, pos, cache=self_cache).output)
+        keep = token_keep(self_mask, x.size(1)) if self.training else None  # for a masked BatchNorm only
+        x = self.sublayers[0](x, lambda h: self.self_attn(h, h, self_mask, pos, pos, cache=self_cache).output, keep)
 
         def cross(h: Tensor) -> Tensor:
             res = self.cross_attn(h, memory, cross_mask, need_weights=record_cross_attention, cache=cross_cache)
             self.cross_weights = res.weights
             return res.output
 
-        x = self.sublayers[1](x, cross)
-        return self.sublayers[2](x, self.ffn)
+        x = self.sublayers[1](x, cross, keep)
+        return self.sublayers[2](x, self.ffn, keep)
 
 
 class Encoder(nn.Module):

@@ -61,6 +61,20 @@ def cross_attention_mask(src: Tensor, pad_id: int) -> Tensor:
     return padding_mask(src, pad_id)
 
 
+def token_keep(mask: Tensor | None, t: int) -> Tensor | None:
+    """Which of ``t`` positions are real tokens, read off their self-attention mask: a key-padding mask
+    (B, 1, 1, T) gives its row; a square (B|1, 1, T, T) mask its diagonal (a real token sees itself).
+    None when the mask says nothing per position (None, or a cached step's (.., 1, T_k) mask).
+    Shapes: -> (B|1, T) bool."""
+    if mask is None or mask.size(-1) != t:
+        return None
+    if mask.size(-2) == 1:
+        return mask[:, 0, 0, :]
+    if mask.size(-2) == t:
+        return mask[:, 0].diagonal(dim1=-2, dim2=-1)
+    return None
+
+
 def check_mask(mask: Tensor, batch: int, heads: int, t_q: int, t_k: int, name: str = "mask") -> None:
     """Raise ValueError unless ``mask`` is boolean and broadcastable to (B, H, T_q, T_k).
 
