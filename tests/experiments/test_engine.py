@@ -83,3 +83,31 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "needs LoRA" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no such results folder" in capsys.readouterr().err
+
+
+def test_a_result_goes_stale_with_its_own_code_not_another_questions(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from transformer_lab.experiments import runner
+    from transformer_lab.experiments.base import Experiment
+
+    questions = tmp_path / "experiments" / "questions"
+    questions.mkdir(parents=True)
+    files = {name: questions / name for name in ("mine.py", "other.py", "_shared.py")}
+    files["library"] = tmp_path / "nn.py"
+    for f in files.values():
+        f.write_text("v = 1\n")
+    monkeypatch.setattr(runner, "SOURCE", tmp_path)
+    monkeypatch.setattr(runner, "QUESTIONS", questions)
+    module = types.ModuleType("mine_module")
+    module.__file__ = str(files["mine.py"])
+    monkeypatch.setitem(sys.modules, "mine_module", module)
+    mine = type("Mine", (Experiment,), {"__module__": "mine_module"})()
+    before = runner.code_version(mine)
+    files["other.py"].write_text("v = 2\n")
+    assert runner.code_version(mine) == before  # another question's module: still fresh
+    for name in ("mine.py", "_shared.py", "library"):
+        files[name].write_text(f"changed {name}\n")
+        assert runner.code_version(mine) != before, name  # its own code, shared helpers, the library: stale
+        before = runner.code_version(mine)

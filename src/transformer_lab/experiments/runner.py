@@ -2,13 +2,15 @@
 
 ``run_experiment`` measures one question and writes ``OUT/ID/result.json`` (settings, measurements,
 the decision rule, the verdict, versions, machine, wall time) and the figures beside it. A result is
-keyed by its settings and the code's version: ``run_all`` keeps a finished result whose key matches
-(resumable), and re-runs one whose settings or code changed.
+keyed by its settings and the version of the code it runs: the library, the experiments' engine and
+shared helpers, and its own module (not the other questions' modules). ``run_all`` keeps a finished
+result whose key matches (resumable), and re-runs one whose settings or code changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -31,10 +33,20 @@ RESULT = "result.json"
 SOURCE = Path(__file__).resolve().parents[1]  # the transformer_lab package
 
 
-def code_version() -> str:
-    """A hash of the package's source: any change to the code makes earlier results stale."""
+QUESTIONS = SOURCE / "experiments" / "questions"
+
+
+def code_version(exp: Experiment | None = None) -> str:
+    """A hash of the source an experiment runs: the whole package except the question modules, plus the
+    questions' shared helpers (``questions/_*.py``) and ``exp``'s own module. Any change there makes its
+    earlier results stale; editing another question does not."""
+    own = Path(inspect.getfile(type(exp))).resolve() if exp is not None else None
     h = hashlib.sha256(__version__.encode())
     for path in sorted(SOURCE.rglob("*.py")):
+        if path.parent == QUESTIONS and not path.name.startswith("_") and path != own:
+            continue
+        if path == SOURCE / "experiments" / "registry.py":
+            continue  # the list of questions, not how any is measured
         h.update(str(path.relative_to(SOURCE)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -100,7 +112,7 @@ def run_experiment(exp: Experiment, out: str | Path, budget: str = "quick", seed
         raise ValueError(f"{exp.id}: needs {exp.needs}, which is not built yet")
     settings = {**exp.settings(budget), "seed": seed}
     dev = choose_device(device)
-    key = result_key(exp.id, {**settings, "device": dev.type}, code_version())
+    key = result_key(exp.id, {**settings, "device": dev.type}, code_version(exp))
     folder = Path(out) / exp.id
     if reuse and (folder / RESULT).is_file():
         try:
