@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from transformer_lab.experiments.base import Experiment, pending
+from transformer_lab.experiments.questions.batch_ppl import BatchPerplexity
+from transformer_lab.experiments.questions.bpe_wordpiece import BPEWordPiece
 from transformer_lab.experiments.questions.causal_mask import CausalMask
+from transformer_lab.experiments.questions.cross_attention import CrossAttention
 from transformer_lab.experiments.questions.decoder_parallel import DecoderParallel
+from transformer_lab.experiments.questions.dot_vs_additive import DotVsAdditive
 from transformer_lab.experiments.questions.embedding_scale import EmbeddingScale
 from transformer_lab.experiments.questions.head_dim import HeadDim
+from transformer_lab.experiments.questions.interpretability import Interpretability
 from transformer_lab.experiments.questions.label_smoothing import LabelSmoothing
 from transformer_lab.experiments.questions.mixed_precision import MixedPrecision
 from transformer_lab.experiments.questions.multi_head import MultiHead
+from transformer_lab.experiments.questions.neuron_importance import NeuronImportance
+from transformer_lab.experiments.questions.overfitting import Overfitting
 from transformer_lab.experiments.questions.padding_mask import PaddingMask
 from transformer_lab.experiments.questions.qk_weights import QKWeights
 from transformer_lab.experiments.questions.residual import Residual
@@ -17,6 +24,7 @@ from transformer_lab.experiments.questions.scaling import Scaling
 from transformer_lab.experiments.questions.sinusoids import Sinusoids
 from transformer_lab.experiments.questions.slowest_part import SlowestPart
 from transformer_lab.experiments.questions.universal import Universal
+from transformer_lab.experiments.questions.vs_rnn import VsRNN
 
 EXPERIMENTS: list[Experiment] = [
     Scaling(),
@@ -33,14 +41,20 @@ EXPERIMENTS: list[Experiment] = [
     EmbeddingScale(),
     MultiHead(),
     Residual(),
+    BPEWordPiece(),
+    BatchPerplexity(),
+    Overfitting(),
+    VsRNN(),
+    DotVsAdditive(),
+    CrossAttention(),
+    Interpretability(),
+    NeuronImportance(),
 ]
 
 _IN_PROGRESS = "its experiment (issue 10, still being written)"
 # The rest of the canon, in its order: questions whose experiment is not written yet, and questions
 # that need a feature of a later issue. Listed by `explain --list`, never run.
 EXPERIMENTS += [pending(*q) for q in [
-    ("dot-vs-additive", "为什么使用点乘而不是加法？两者计算复杂度和效果上有什么区别？", "Dot-product vs additive attention",
-     "dot is faster on matrix hardware; similar quality", _IN_PROGRESS),
     ("positions", "你还了解哪些关于位置编码的技术，各自的优缺点是什么？", "Other position encodings?",
      "learned, relative, hybrid, …", "ALiBi, T5 and Shaw relative positions (issue 13)"),
     ("layernorm", "为什么Transformer块使用LayerNorm而不是BatchNorm？", "Why LayerNorm, not BatchNorm?",
@@ -49,10 +63,6 @@ EXPERIMENTS += [pending(*q) for q in [
      _IN_PROGRESS),
     ("ffn", "简单描述一下Transformer中的前馈神经网络？使用了什么激活函数？相关优缺点？", "The FFN and its activation",
      "expand then shrink; ReLU is cheap but has dead neurons", _IN_PROGRESS),
-    ("cross-attention", "Encoder端和Decoder端是如何进行交互的？", "How do encoder and decoder interact?",
-     "cross-attention: queries from the decoder, keys and values from the encoder", _IN_PROGRESS),
-    ("bpe-wordpiece", "简单描述一下wordpiece model和byte pair encoding", "BPE vs WordPiece",
-     "both subword; BPE merges frequent pairs, WordPiece maximises likelihood", _IN_PROGRESS),
     ("warmup", "预热？可以描述一下在Transformer模型训练中常用的优化方法和训练技巧吗？", "Why learning-rate warm-up?",
      "stabilises early training", _IN_PROGRESS),
     ("dropout", "（dropout的位置与测试时的处理）", "Dropout: where, and at test time?",
@@ -64,13 +74,9 @@ EXPERIMENTS += [pending(*q) for q in [
      "\"negative samples may far outnumber positives\"; NSP adds cost; can be dropped", _IN_PROGRESS),
     ("mask-80-10-10", "（MLM的80%/10%/10%替换策略）", "Why 80/10/10 masking?",
      "reduces the pre-train / fine-tune mismatch", _IN_PROGRESS),
-    ("batch-ppl", "请详解分析Transformer的Batch大小与训练的信息困惑度ppl的关系", "Batch size vs perplexity",
-     "larger batches give more stable gradients and so lower perplexity", _IN_PROGRESS),
     ("int8", "为何在对Transformer进行参数的Quantization的时候工业界最终选择了INT8？包括KL散度、长尾分布等",
      "Why INT8; KL calibration; long tails",
      "INT8 balances size and accuracy; KL calibration; dynamic quantization keeps accuracy", "INT8 quantization (issue 12)"),
-    ("neuron-importance", "请描述至少三种判断Transformer中神经元Neuron相对重要程度的具体方法", "Three ways to rank neuron importance",
-     "gradient, activation, entropy (\"higher output entropy = more important\")", _IN_PROGRESS),
     ("pretrain-finetune", "简要描述预训练和微调(Fine-Tuning)", "Pre-training vs fine-tuning",
      "pre-training transfers knowledge to small labelled sets", _IN_PROGRESS),
     ("peft", "业界常用的PEFT方案：Prompt Tuning、Prefix Tuning、LoRA、QLoRA", "Parameter-efficient fine-tuning",
@@ -78,12 +84,6 @@ EXPERIMENTS += [pending(*q) for q in [
     ("long-sequences", "（长序列：优化自注意力机制、分块策略、层次化注意力）", "Long sequences",
      "attention is O(n²); sparse / local attention, chunking, compression, hierarchy",
      "chunked, sliding-window and block-sparse attention (issue 13)"),
-    ("overfitting", "过拟合(Overfitting)与欠拟合(Underfitting)", "Over- and under-fitting",
-     "more data, regularisation, early stopping", _IN_PROGRESS),
-    ("vs-rnn", "为什么Transformer模型在处理序列数据方面比传统的RNN和LSTM模型有效率得多？", "Why more efficient than RNN/LSTM?",
-     "parallel over positions; no vanishing gradient over distance", _IN_PROGRESS),
-    ("interpretability", "Q、K、V到底是什么？（注意力可视化、可解释性）", "What do Q, K, V and the attention maps show?",
-     "attention weights show what the model looks at", _IN_PROGRESS),
     ("deployment", "设想你需要在不同的硬件配置上部署Transformer模型，你会考虑哪些因素以及可能采用的优化策略？",
      "Deploying on different hardware", "quantization, pruning, distillation, batching, hardware-specific kernels",
      "INT8, export and serving (issue 12)"),

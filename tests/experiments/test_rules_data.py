@@ -1,0 +1,91 @@
+"""The data group's decision rules (bpe-wordpiece, batch-ppl, overfitting, vs-rnn), given synthetic
+measurements in the shape each ``run`` returns, reach each outcome their numbers call for."""
+
+import pytest
+
+from transformer_lab.experiments.questions.batch_ppl import BatchPerplexity
+from transformer_lab.experiments.questions.bpe_wordpiece import BPEWordPiece
+from transformer_lab.experiments.questions.overfitting import Overfitting
+from transformer_lab.experiments.questions.vs_rnn import LSTM, TRANSFORMER, VsRNN
+
+EXPERIMENTS = {e.id: e for e in (BPEWordPiece(), BatchPerplexity(), Overfitting(), VsRNN())}
+
+
+def tokenizers(unknown=0.001, bpe_max_count=True, wp_max_score=True, disagree=True, wp_gain=10.0, freq_gain=100.0):
+    def rows(**flags):
+        return [dict(step=i, pair=["a", "b"], count=5, gain=gain, is_max_count=flags.get("count", False),
+                     is_max_score=flags.get("score", False), criteria_disagree=disagree) for i, gain in
+                enumerate([flags["gain"] / 2] * 2)]
+
+    seg = dict(tokens_per_sentence=20.0, tokens_per_word=1.3, unknown_rate=unknown, unknown_word_rate=unknown)
+    lang = dict(lang="en", sizes=[dict(size=1000, merges=900, bpe=seg, wordpiece=seg)],
+                bpe_replay=rows(count=bpe_max_count, gain=50.0),
+                wordpiece_replay=rows(score=wp_max_score, gain=wp_gain),
+                frequency_replay_wordpiece_symbols=rows(count=True, gain=freq_gain))
+    return {"langs": [lang], "replay": 2}
+
+
+def batches(steps_large=(2.0, 2.02), steps_small=(2.5, 2.52), tokens_large=(2.0, 2.02), tokens_small=(1.8, 1.82)):
+    return {"steps": 80, "tokens": 327680, "runs": {},
+            "equal_steps": {"4": list(steps_small), "64": list(steps_large)},
+            "equal_tokens": {"4": list(tokens_small), "64": list(tokens_large)},
+            "gradient_cosine": {"4": 0.3, "64": 0.8}}
+
+
+def fitting(base_curve=(2.9, 2.8, 3.0), base=(3.0, 3.01), more=(2.6, 2.61), reg=(2.8, 2.81), stop=(2.82, 2.83)):
+    def row(final, curve=(2.9, 2.9, 2.9)):
+        return dict(final_val=final, val_curve=[dict(step=10 * (i + 1), val_loss=v) for i, v in enumerate(curve)],
+                    train_curve=[dict(step=s, loss=3.0 - 0.03 * s) for s in range(1, 31)])
+    return {"chars": 5000, "more_data": 8, "steps": 30,
+            "runs": {"baseline": [row(x, base_curve) for x in base], "more data": [row(x) for x in more],
+                     "dropout + weight decay": [row(x) for x in reg], "early stopping": [row(x) for x in stop]}}
+
+
+def rnn(short=(1.0, 0.8), long=(1.0, 2.0), nll_t=(1.0, 1.02), nll_r=(1.5, 1.52), g_lstm=1e-4, g_transformer=0.9):
+    def decay(far):  # 17 distances: near eighth ~1, far eighth ~far
+        return [1.0, 1.0, 1.0] + [1.0] * 12 + [far, far]
+    return {"device": "cpu", "threads": 2, "budget_seconds": 10.0, "lstm_layers": 4,
+            "speed": [dict(length=16, seconds={TRANSFORMER: short[0], LSTM: short[1]}),
+                      dict(length=256, seconds={TRANSFORMER: long[0], LSTM: long[1]})],
+            "equal_time_nll": {TRANSFORMER: list(nll_t), LSTM: list(nll_r)},
+            "gradients": {"initialisation": {TRANSFORMER: decay(g_transformer), LSTM: decay(g_lstm)}}}
+
+
+CASES = [
+    ("bpe-wordpiece", tokenizers(wp_gain=200.0), "confirmed"),
+    ("bpe-wordpiece", tokenizers(), "partly"),
+    ("bpe-wordpiece", tokenizers(unknown=0.05), "refuted"),
+    ("bpe-wordpiece", tokenizers(wp_max_score=False), "refuted"),
+    ("bpe-wordpiece", tokenizers(bpe_max_count=False), "refuted"),
+    ("bpe-wordpiece", tokenizers(disagree=False), "inconclusive"),
+
+    ("batch-ppl", batches(tokens_large=(1.5, 1.52)), "confirmed"),
+    ("batch-ppl", batches(), "partly"),
+    ("batch-ppl", batches(tokens_large=(1.8, 1.81)), "partly"),
+    ("batch-ppl", batches(steps_large=(2.8, 2.82)), "refuted"),
+    ("batch-ppl", batches(steps_large=(2.5, 2.51)), "refuted"),
+    ("batch-ppl", batches(steps_large=(2.5, 2.51), tokens_large=(1.8, 1.81)), "inconclusive"),
+
+    ("overfitting", fitting(), "confirmed"),
+    ("overfitting", fitting(reg=(3.0, 3.02)), "partly"),
+    ("overfitting", fitting(more=(3.0, 3.02), reg=(3.05, 3.06), stop=(3.0, 2.99)), "refuted"),
+    ("overfitting", fitting(base_curve=(3.0, 2.95, 2.9)), "inconclusive"),
+
+    ("vs-rnn", rnn(), "confirmed"),
+    ("vs-rnn", rnn(long=(1.0, 0.5)), "partly"),
+    ("vs-rnn", rnn(long=(1.0, 0.5), nll_t=(2.0, 2.02), g_lstm=0.95), "refuted"),
+    ("vs-rnn", rnn(long=(1.0, 1.0), short=(1.0, 1.0), nll_t=(1.5, 1.51), g_lstm=0.5, g_transformer=0.9), "inconclusive"),
+]
+
+
+@pytest.mark.parametrize("exp_id, measurements, outcome", CASES,
+                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_rule_gives_the_outcome_its_numbers_call_for(exp_id, measurements, outcome):
+    verdict = EXPERIMENTS[exp_id].verdict(measurements)
+    assert verdict.outcome == outcome, verdict.because
+    assert verdict.because and verdict.deciding  # the sentence and the numbers that decided it
+
+
+def test_every_outcome_of_each_rule_is_covered():
+    for exp_id in EXPERIMENTS:
+        assert {c[2] for c in CASES if c[0] == exp_id} == {"confirmed", "partly", "refuted", "inconclusive"}
