@@ -9,13 +9,17 @@ from transformer_lab.experiments.questions.causal_mask import CausalMask
 from transformer_lab.experiments.questions.cross_attention import CrossAttention
 from transformer_lab.experiments.questions.decoder_parallel import DecoderParallel
 from transformer_lab.experiments.questions.dot_vs_additive import DotVsAdditive
+from transformer_lab.experiments.questions.dropout import Dropout
 from transformer_lab.experiments.questions.embedding_scale import EmbeddingScale
+from transformer_lab.experiments.questions.ffn import FeedForward
 from transformer_lab.experiments.questions.head_dim import HeadDim
 from transformer_lab.experiments.questions.interpretability import Interpretability
 from transformer_lab.experiments.questions.label_smoothing import LabelSmoothing
+from transformer_lab.experiments.questions.layernorm import LayerNormQuestion
 from transformer_lab.experiments.questions.mixed_precision import MixedPrecision
 from transformer_lab.experiments.questions.multi_head import MultiHead
 from transformer_lab.experiments.questions.neuron_importance import NeuronImportance
+from transformer_lab.experiments.questions.norm_position import NormPosition
 from transformer_lab.experiments.questions.overfitting import Overfitting
 from transformer_lab.experiments.questions.padding_mask import PaddingMask
 from transformer_lab.experiments.questions.qk_weights import QKWeights
@@ -25,6 +29,7 @@ from transformer_lab.experiments.questions.sinusoids import Sinusoids
 from transformer_lab.experiments.questions.slowest_part import SlowestPart
 from transformer_lab.experiments.questions.universal import Universal
 from transformer_lab.experiments.questions.vs_rnn import VsRNN
+from transformer_lab.experiments.questions.warmup import Warmup
 
 EXPERIMENTS: list[Experiment] = [
     Scaling(),
@@ -49,6 +54,11 @@ EXPERIMENTS: list[Experiment] = [
     CrossAttention(),
     Interpretability(),
     NeuronImportance(),
+    LayerNormQuestion(),
+    NormPosition(),
+    FeedForward(),
+    Warmup(),
+    Dropout(),
 ]
 
 _IN_PROGRESS = "its experiment (issue 10, still being written)"
@@ -57,16 +67,6 @@ _IN_PROGRESS = "its experiment (issue 10, still being written)"
 EXPERIMENTS += [pending(*q) for q in [
     ("positions", "你还了解哪些关于位置编码的技术，各自的优缺点是什么？", "Other position encodings?",
      "learned, relative, hybrid, …", "ALiBi, T5 and Shaw relative positions (issue 13)"),
-    ("layernorm", "为什么Transformer块使用LayerNorm而不是BatchNorm？", "Why LayerNorm, not BatchNorm?",
-     "padding and variable lengths corrupt batch statistics; small batches", _IN_PROGRESS),
-    ("norm-position", "LayerNorm 在Transformer的位置是哪里？", "Where does LayerNorm go?", "after the residual add (post-LN)",
-     _IN_PROGRESS),
-    ("ffn", "简单描述一下Transformer中的前馈神经网络？使用了什么激活函数？相关优缺点？", "The FFN and its activation",
-     "expand then shrink; ReLU is cheap but has dead neurons", _IN_PROGRESS),
-    ("warmup", "预热？可以描述一下在Transformer模型训练中常用的优化方法和训练技巧吗？", "Why learning-rate warm-up?",
-     "stabilises early training", _IN_PROGRESS),
-    ("dropout", "（dropout的位置与测试时的处理）", "Dropout: where, and at test time?",
-     "p = 0.1 on sub-layer outputs and embeddings; off at test", _IN_PROGRESS),
     ("bert-mask", "bert的mask为何不学习transformer在attention处进行屏蔽score的技巧？",
      "Why does BERT mask tokens, not attention scores?",
      "attention masking would hide context; BERT needs bidirectional context", _IN_PROGRESS),

@@ -70,8 +70,8 @@ def train_dates(seed: int, steps: int, model_overrides: dict[str, Any] | None = 
     torch.manual_seed(seed)
     model = Transformer(preset(model_preset, src_vocab_size=len(vocab), tgt_vocab_size=len(vocab), pad_id=vocab.pad_id,
                               **(model_overrides or {})))
-    cfg: TrainConfig = replace(RECIPE, max_steps=steps, warmup=min(RECIPE.warmup, max(1, steps // 5)), seed=seed,
-                               log_every=1, progress=False, **(train_overrides or {}))
+    cfg: TrainConfig = replace(RECIPE, **{"max_steps": steps, "warmup": min(RECIPE.warmup, max(1, steps // 5)), "seed": seed,
+                                          "log_every": 1, "progress": False, **(train_overrides or {})})
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, ShuffledBatches(train, vocab, batch_size, seed), cfg, Path(tmp), seq2seq_loss(cfg.label_smoothing),
                           runtime=Runtime(torch.device(device)))

@@ -4,6 +4,9 @@ The same two linear maps apply to every position independently (a 1×1 convoluti
 paper's; GELU (BERT: exact, with erf; GPT-2: its tanh approximation, "gelu_tanh") and SwiGLU (Shazeer 2020, "GLU Variants Improve Transformer":
 FFN(x) = (Swish(x W_1) ⊙ x W_3) W_2, a third matrix of the same size) are options.
 
+At equal cost: SwiGLU's three matrices at width ``gated_width(d_ff)`` = 2/3 · d_ff hold the parameters
+of ReLU's two at d_ff (Shazeer 2020, §2, reduces d_ff the same way).
+
 Shapes: x (B, T, D) -> (B, T, D); hidden width d_ff.
 """
 
@@ -13,6 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
+
+
+def gated_width(d_ff: int) -> int:
+    """The hidden width at which a gated FFN (three D × width matrices) has the parameters of a plain
+    one (two D × d_ff matrices) of width ``d_ff``: 3·D·w ≈ 2·D·d_ff, so w = 2/3 · d_ff, rounded."""
+    if d_ff < 2:
+        raise ValueError(f"d_ff: expected at least 2, got {d_ff}")
+    return round(2 * d_ff / 3)
 
 
 class PositionwiseFeedForward(nn.Module):
