@@ -94,10 +94,11 @@ def test_a_result_goes_stale_with_its_own_code_not_another_questions(tmp_path, m
 
     questions = tmp_path / "experiments" / "questions"
     questions.mkdir(parents=True)
-    files = {name: questions / name for name in ("mine.py", "other.py", "_shared.py")}
+    files = {name: questions / name for name in ("mine.py", "other.py", "_shared.py", "_unused.py")}
     files["library"] = tmp_path / "nn.py"
     for f in files.values():
         f.write_text("v = 1\n")
+    files["mine.py"].write_text("from transformer_lab.experiments.questions._shared import helper\n")
     monkeypatch.setattr(runner, "SOURCE", tmp_path)
     monkeypatch.setattr(runner, "QUESTIONS", questions)
     module = types.ModuleType("mine_module")
@@ -105,9 +106,10 @@ def test_a_result_goes_stale_with_its_own_code_not_another_questions(tmp_path, m
     monkeypatch.setitem(sys.modules, "mine_module", module)
     mine = type("Mine", (Experiment,), {"__module__": "mine_module"})()
     before = runner.code_version(mine)
-    files["other.py"].write_text("v = 2\n")
-    assert runner.code_version(mine) == before  # another question's module: still fresh
-    for name in ("mine.py", "_shared.py", "library"):
+    for name in ("other.py", "_unused.py"):
+        files[name].write_text("v = 2\n")
+        assert runner.code_version(mine) == before, name  # another question's module, a helper it does not use
+    for name in ("_shared.py", "library", "mine.py"):  # (mine.py last: its import of _shared goes)
         files[name].write_text(f"changed {name}\n")
         assert runner.code_version(mine) != before, name  # its own code, shared helpers, the library: stale
         before = runner.code_version(mine)

@@ -37,14 +37,16 @@ QUESTIONS = SOURCE / "experiments" / "questions"
 
 
 def code_version(exp: Experiment | None = None) -> str:
-    """A hash of the source an experiment runs: the whole package except the question modules, plus the
-    questions' shared helpers (``questions/_*.py``) and ``exp``'s own module. Any change there makes its
-    earlier results stale; editing another question does not."""
+    """A hash of the source an experiment runs: the whole package except the question modules, plus
+    ``exp``'s own module and the questions' shared helpers (``questions/_*.py``) it imports. Any change
+    there makes its earlier results stale; editing another question does not."""
     own = Path(inspect.getfile(type(exp))).resolve() if exp is not None else None
+    own_text = own.read_text() if own is not None else ""
     h = hashlib.sha256(__version__.encode())
     for path in sorted(SOURCE.rglob("*.py")):
-        if path.parent == QUESTIONS and not path.name.startswith("_") and path != own:
-            continue
+        if path.parent == QUESTIONS and path != own and path.name != "__init__.py" and (
+                not path.name.startswith("_") or (own is not None and f"questions.{path.stem} import" not in own_text)):
+            continue  # another question, or a shared helper this one does not import
         if path == SOURCE / "experiments" / "registry.py":
             continue  # the list of questions, not how any is measured
         h.update(str(path.relative_to(SOURCE)).encode())
