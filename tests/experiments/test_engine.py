@@ -113,3 +113,21 @@ def test_a_result_goes_stale_with_its_own_code_not_another_questions(tmp_path, m
         files[name].write_text(f"changed {name}\n")
         assert runner.code_version(mine) != before, name  # its own code, shared helpers, the library: stale
         before = runner.code_version(mine)
+
+
+def test_a_stop_signal_during_training_stops_the_experiment_and_writes_no_result(tmp_path, monkeypatch):
+    """The Trainer ends its run cleanly on SIGTERM/Ctrl-C; the experiment must not go on to the next run
+    and write a verdict from half-trained models (seen: `explain --all` ignored a SIGTERM)."""
+    import signal
+
+    from transformer_lab.training.loop import Trainer, TrainResult
+
+    real_fit = Trainer.fit
+
+    def fit_then_signal(self):
+        return TrainResult(real_fit(self).state, "signal", int(signal.SIGTERM))
+
+    monkeypatch.setattr(Trainer, "fit", fit_then_signal)
+    code = main(["explain", "--all", "--budget", "smoke", "--out", str(tmp_path), "--no-progress"])
+    assert code == 128 + signal.SIGTERM
+    assert not list(tmp_path.rglob("result.json"))  # the first training experiment stopped everything

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformer_lab.experiments.base import Experiment, pending
 from transformer_lab.experiments.questions.batch_ppl import BatchPerplexity
+from transformer_lab.experiments.questions.bert_mask import BertMask
 from transformer_lab.experiments.questions.bpe_wordpiece import BPEWordPiece
 from transformer_lab.experiments.questions.causal_mask import CausalMask
 from transformer_lab.experiments.questions.cross_attention import CrossAttention
@@ -16,12 +17,15 @@ from transformer_lab.experiments.questions.head_dim import HeadDim
 from transformer_lab.experiments.questions.interpretability import Interpretability
 from transformer_lab.experiments.questions.label_smoothing import LabelSmoothing
 from transformer_lab.experiments.questions.layernorm import LayerNormQuestion
+from transformer_lab.experiments.questions.mask_80_10_10 import Mask801010
 from transformer_lab.experiments.questions.mixed_precision import MixedPrecision
 from transformer_lab.experiments.questions.multi_head import MultiHead
 from transformer_lab.experiments.questions.neuron_importance import NeuronImportance
 from transformer_lab.experiments.questions.norm_position import NormPosition
+from transformer_lab.experiments.questions.nsp import NSP
 from transformer_lab.experiments.questions.overfitting import Overfitting
 from transformer_lab.experiments.questions.padding_mask import PaddingMask
+from transformer_lab.experiments.questions.pretrain_finetune import PretrainFinetune
 from transformer_lab.experiments.questions.qk_weights import QKWeights
 from transformer_lab.experiments.questions.residual import Residual
 from transformer_lab.experiments.questions.scaling import Scaling
@@ -59,26 +63,20 @@ EXPERIMENTS: list[Experiment] = [
     FeedForward(),
     Warmup(),
     Dropout(),
+    BertMask(),
+    NSP(),
+    Mask801010(),
+    PretrainFinetune(),
 ]
 
-_IN_PROGRESS = "its experiment (issue 10, still being written)"
-# The rest of the canon, in its order: questions whose experiment is not written yet, and questions
-# that need a feature of a later issue. Listed by `explain --list`, never run.
+# The rest of the canon, in its order: questions that need a feature of a later issue (issues 11-13).
+# Listed by `explain --list`, never run.
 EXPERIMENTS += [pending(*q) for q in [
     ("positions", "你还了解哪些关于位置编码的技术，各自的优缺点是什么？", "Other position encodings?",
      "learned, relative, hybrid, …", "ALiBi, T5 and Shaw relative positions (issue 13)"),
-    ("bert-mask", "bert的mask为何不学习transformer在attention处进行屏蔽score的技巧？",
-     "Why does BERT mask tokens, not attention scores?",
-     "attention masking would hide context; BERT needs bidirectional context", _IN_PROGRESS),
-    ("nsp", "Bert中NSP可能的问题有些哪些？如何改进？可以去掉NSP训练任务吗？", "NSP's problems; can it be removed?",
-     "\"negative samples may far outnumber positives\"; NSP adds cost; can be dropped", _IN_PROGRESS),
-    ("mask-80-10-10", "（MLM的80%/10%/10%替换策略）", "Why 80/10/10 masking?",
-     "reduces the pre-train / fine-tune mismatch", _IN_PROGRESS),
     ("int8", "为何在对Transformer进行参数的Quantization的时候工业界最终选择了INT8？包括KL散度、长尾分布等",
      "Why INT8; KL calibration; long tails",
      "INT8 balances size and accuracy; KL calibration; dynamic quantization keeps accuracy", "INT8 quantization (issue 12)"),
-    ("pretrain-finetune", "简要描述预训练和微调(Fine-Tuning)", "Pre-training vs fine-tuning",
-     "pre-training transfers knowledge to small labelled sets", _IN_PROGRESS),
     ("peft", "业界常用的PEFT方案：Prompt Tuning、Prefix Tuning、LoRA、QLoRA", "Parameter-efficient fine-tuning",
      "far fewer trainable parameters at similar quality", "LoRA, QLoRA, prefix and prompt tuning (issue 11)"),
     ("long-sequences", "（长序列：优化自注意力机制、分块策略、层次化注意力）", "Long sequences",

@@ -24,7 +24,8 @@ from transformer_lab.tasks.dates import RECIPE, exact_match
 from transformer_lab.tasks.translation import seq2seq_loss
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.losses import label_smoothed_nll
-from transformer_lab.training.loop import Trainer
+from transformer_lab.runtime.signals import Interrupted
+from transformer_lab.training.loop import Trainer, TrainResult
 
 
 # The budgets of a two-variant comparison on the date task: 600 steps reach ~55% exact match on the
@@ -41,6 +42,15 @@ class DatesRun:
     val_nll: float  # teacher-forced NLL per target token on held-out dates
     exact_match: float  # greedy decoding, held-out dates
     diverged: bool
+
+
+def fit(trainer: Trainer) -> TrainResult:
+    """``trainer.fit()`` for an experiment: a stop signal (Ctrl-C, SIGTERM) ends the Trainer's run cleanly,
+    and then the whole experiment (Interrupted), so no result is written from half-trained models."""
+    result = trainer.fit()
+    if result.signum is not None:
+        raise Interrupted(result.signum)
+    return result
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,7 +87,7 @@ def train_dates(seed: int, steps: int, model_overrides: dict[str, Any] | None = 
                           runtime=Runtime(torch.device(device)))
         diverged = False
         try:
-            result = trainer.fit()
+            result = fit(trainer)
             losses = [r["loss"] for r in result.state.history if "loss" in r]
         except FloatingPointError:
             diverged = True

@@ -29,6 +29,7 @@ from transformer_lab.models.gpt import GPT
 from transformer_lab.models.presets import gpt_preset
 from transformer_lab.runtime import Runtime
 from transformer_lab.tasks.lm import SHAKESPEARE_CHAR, LMData, lm_loss, make_validate, prepare_lm_data
+from transformer_lab.experiments.training import fit
 from transformer_lab.training.loop import Trainer
 
 
@@ -47,7 +48,7 @@ def train_run(data: LMData, s: dict[str, Any], batch: int, seed: int, device: to
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, RandomWindows(data.train, batch, s["context"], seed), cfg, Path(tmp), lm_loss, validate,
                           runtime=Runtime(device))
-        result = trainer.fit()
+        result = fit(trainer)
     curve = [dict(step=r["step"], tokens=r["step"] * batch * s["context"], val_loss=r["val_loss"])
              for r in result.state.history if "val_loss" in r]
     return trainer.model, curve

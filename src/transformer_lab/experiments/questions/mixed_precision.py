@@ -26,6 +26,7 @@ from transformer_lab.models.transformer import Transformer
 from transformer_lab.runtime import Runtime
 from transformer_lab.tasks.translation import seq2seq_loss
 from transformer_lab.training.config import TrainConfig
+from transformer_lab.experiments.training import fit
 from transformer_lab.training.loop import Trainer
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -78,7 +79,7 @@ class MixedPrecision(Experiment):
         bar = ctx.bar(len(PRECISIONS), self.id)
         for p in PRECISIONS:
             t = _trainer(_model(vocab, s["seed"]), pairs, vocab, s["steps"], p, folder / p, ctx.device)
-            result = t.fit()
+            result = fit(t)
             rows = [r for r in result.state.history if "loss" in r]
             losses = [r["loss"] for r in rows]
             first = len(rows) // 4  # time per step after a warm-up (the first steps pay one-time costs)

@@ -33,6 +33,7 @@ from transformer_lab.models.presets import gpt_preset
 from transformer_lab.runs import find_checkpoint, load_model
 from transformer_lab.runtime import Runtime
 from transformer_lab.tasks.lm import SHAKESPEARE_CHAR, LMData, evaluate_lm, lm_loss, make_validate, prepare_lm_data
+from transformer_lab.experiments.training import fit
 from transformer_lab.training.loop import Trainer
 
 BASELINE = "baseline"
@@ -64,7 +65,7 @@ def train_variant(data: LMData, name: str, s: dict[str, Any], seed: int, device:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, RandomWindows(data.train[:chars], s["batch_size"], ctx, seed), cfg, Path(tmp), lm_loss,
                           make_validate(data, ctx, windows=s["val_windows"]), runtime=Runtime(device))
-        result = trainer.fit()
+        result = fit(trainer)
         # the model this procedure hands over: early stopping keeps its best checkpoint, the others their last
         final = load_model(find_checkpoint(tmp, prefer=("best",))).model if name == "early stopping" else trainer.model
         final_val = evaluate_lm(final.to(device), data.valid[: s["val_chars"]], ctx)["loss"]

@@ -41,7 +41,7 @@ from transformer_lab.data.batches import Batch, ShuffledBatches, make_batch
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
 from transformer_lab.experiments.stats import differs, fmt, mean_spread
-from transformer_lab.experiments.training import dates_data, held_out_nll
+from transformer_lab.experiments.training import dates_data, fit, held_out_nll
 from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.rnn import RNNConfig, RNNSeq2Seq
 from transformer_lab.models.summary import parameter_summary
@@ -122,7 +122,7 @@ def train_on_dates(build: Callable[[], nn.Module], seed: int, s: dict[str, Any],
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, ShuffledBatches(train, vocab, 64, seed), cfg, Path(tmp), seq2seq_loss(cfg.label_smoothing),
                           lambda m: {"val_loss": held_out_nll(m, test, vocab)}, runtime=Runtime(device))
-        result = trainer.fit()
+        result = fit(trainer)
     curve = [dict(step=r["step"], val_nll=r["val_loss"]) for r in result.state.history if "val_loss" in r]
     return trainer.model, dict(seed=seed, curve=curve, exact_match=exact_match(trainer.model, test, vocab)[0])
 

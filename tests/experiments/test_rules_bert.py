@@ -1,0 +1,179 @@
+"""The BERT group's decision rules (bert-mask, nsp, mask-80-10-10, pretrain-finetune) on synthetic
+measurements in the exact shape their runs return, and the small pieces their runs are built from:
+the attention variants (causal; keys hidden: the leak through the residual stream), the mask-only
+corruption, the pair building that mirrors tasks/pretrain_bert.prepare."""
+
+import random
+
+import pytest
+import torch
+
+from transformer_lab.data.batches import PretrainBatches
+from transformer_lab.data.mlm import IGNORE
+from transformer_lab.experiments.questions._bert_small import (
+    AttentionVariant,
+    Corrupted,
+    pairs_from_documents,
+    small_config,
+)
+from transformer_lab.experiments.questions.bert_mask import BertMask
+from transformer_lab.experiments.questions.mask_80_10_10 import Mask801010
+from transformer_lab.experiments.questions.nsp import NSP
+from transformer_lab.experiments.questions.pretrain_finetune import PretrainFinetune
+from transformer_lab.models.bert import Bert
+from transformer_lab.tasks.common import RunOptions
+from transformer_lab.tasks.pretrain_bert import PretrainConfig, prepare
+from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
+
+EXPERIMENTS = {e.id: e for e in (BertMask(), NSP(), Mask801010(), PretrainFinetune())}
+
+
+# --- synthetic measurements, in the shapes the runs return -----------------------------------------
+def bert_mask(bi=(0.20, 0.21), causal=(0.15, 0.16), leak=0.99):
+    def rows(accs):
+        return [dict(seed=i, held_mlm_acc=a, held_mlm_loss=5.0, train_steps=[1, 2, 3], train_mlm_acc=[a] * 3)
+                for i, a in enumerate(accs)]
+    return {"steps": 3, "runs": {"bidirectional": rows(bi), "causal": rows(causal)}, "unigram_acc": 0.08,
+            "leak": {"steps": 3, "train_steps": [1, 2, 3], "train_mlm_acc": [leak] * 3, "final_train_mlm_acc": leak}}
+
+
+def nsp(share=0.5, with_time=1.0, without_time=1.0, ft_with=(0.70, 0.71), ft_without=(0.70, 0.71)):
+    def rows(accs, nsp_on):
+        return [dict(seed=i, held_mlm_acc=0.2, held_mlm_loss=5.0, **({"held_nsp_acc": 0.6} if nsp_on else {}),
+                     finetune_acc=a) for i, a in enumerate(accs)]
+    return {"steps": 5, "negative_share": share, "pairs": 1000,
+            "runs": {"with NSP": rows(ft_with, True), "without NSP": rows(ft_without, False)},
+            "finetune": {"sentences": 100, "dev_sentences": 50, "steps": 5, "majority_share": 0.55},
+            "step_seconds": {"with NSP": [with_time] * 4, "without NSP": [without_time] * 4}}
+
+
+def mask(un_a=(0.9, 0.91), un_b=(0.3, 0.31), ft_a=(0.75, 0.76), ft_b=(0.70, 0.71), mask_id=4, cls_id=2):
+    def rows(un, ft):
+        return [dict(seed=i, masked_acc=0.2, unmasked_acc=u, finetune_acc=f) for i, (u, f) in enumerate(zip(un, ft))]
+    return {"steps": 5, "token_ids": {"ours": {"[CLS]": cls_id, "[SEP]": 3, "[MASK]": mask_id, "[PAD]": 0},
+                                      "all-MiniLM-L6-v2": {"[CLS]": 101, "[SEP]": 102, "[MASK]": 103, "[PAD]": 0}},
+            "runs": {"80/10/10": rows(un_a, ft_a), "mask only": rows(un_b, ft_b)}, "unigram_acc": 0.08,
+            "finetune": {"sentences": 100, "dev_sentences": 50, "steps": 5, "majority_share": 0.55}}
+
+
+def transfer(pre=((0.80, 0.81), (0.85, 0.86)), scratch=((0.55, 0.56), (0.60, 0.61))):
+    sizes = [100, 400]
+    rows = [dict(size=n, init=init, steps=10, accs=list(a))
+            for init, accs in (("pre-trained", pre), ("from scratch", scratch)) for n, a in zip(sizes, accs)]
+    return {"sizes": sizes, "n_dev": 50, "batch_size": 16, "rows": rows, "majority_share": 0.55}
+
+
+CASES = [
+    ("bert-mask", bert_mask(), "confirmed"),
+    ("bert-mask", bert_mask(causal=(0.20, 0.215)), "inconclusive"),
+    ("bert-mask", bert_mask(causal=(0.25, 0.26)), "refuted"),
+    ("nsp", nsp(share=0.8, with_time=1.2, ft_without=(0.72, 0.73)), "confirmed"),
+    ("nsp", nsp(), "partly"),  # 50% negatives, no extra time, dropping costs nothing
+    ("nsp", nsp(ft_without=(0.60, 0.61)), "refuted"),  # and dropping it costs accuracy: no part holds
+    ("mask-80-10-10", mask(), "confirmed"),
+    ("mask-80-10-10", mask(ft_b=(0.75, 0.76)), "partly"),
+    ("mask-80-10-10", mask(un_b=(0.9, 0.91), ft_b=(0.75, 0.76)), "inconclusive"),
+    ("mask-80-10-10", mask(ft_b=(0.80, 0.81)), "refuted"),
+    ("mask-80-10-10", mask(mask_id=2), "confirmed"),  # the [MASK]/[CLS] aside does not move the outcome
+    ("pretrain-finetune", transfer(), "confirmed"),
+    ("pretrain-finetune", transfer(pre=((0.80, 0.81), (0.60, 0.61))), "partly"),
+    ("pretrain-finetune", transfer(pre=((0.55, 0.56), (0.60, 0.61))), "inconclusive"),
+    ("pretrain-finetune", transfer(pre=((0.80, 0.81), (0.50, 0.51))), "refuted"),
+]
+
+
+@pytest.mark.parametrize("exp_id, measurements, outcome", CASES,
+                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_rule_gives_the_outcome_its_numbers_call_for(exp_id, measurements, outcome):
+    verdict = EXPERIMENTS[exp_id].verdict(measurements)
+    assert verdict.outcome == outcome, verdict.because
+    assert verdict.because and verdict.deciding  # the sentence and the numbers that decided it
+
+
+def test_mask_80_10_10_reports_the_mask_cls_aside():
+    assert "different tokens" in Mask801010().verdict(mask()).because
+    assert Mask801010().verdict(mask(mask_id=2)).deciding["[MASK] is [CLS]"] is True
+
+
+# --- the pieces the runs are built from -------------------------------------------------------------
+def tiny_bert(**kw) -> Bert:
+    torch.manual_seed(0)
+    return Bert(small_config(50, 0, n_layers=2, d_model=32, n_heads=2, d_ff=64, dropout=0.0, attention_dropout=0.0,
+                             pretraining_heads=True, **kw)).eval()
+
+
+@torch.no_grad()
+def test_causal_variant_hides_the_right_context_only():
+    model = tiny_bert()
+    AttentionVariant(model, "causal")
+    a = torch.tensor([[2, 10, 11, 12, 13, 3]])
+    b = a.clone()
+    b[0, 4] = 20  # change a token: outputs to its left must not move, its own and later ones must
+    ha, hb = model(a).hidden, model(b).hidden
+    torch.testing.assert_close(ha[:, :4], hb[:, :4], rtol=0, atol=1e-6)
+    assert (ha[:, 4:] - hb[:, 4:]).abs().max() > 1e-3
+    plain = tiny_bert()  # bidirectional: every position sees the change
+    assert (plain(a).hidden[:, :4] - plain(b).hidden[:, :4]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_hidden_keys_leak_through_the_residual_stream():
+    """Hiding a token's key keeps it from every other position, but its own position still holds the
+    token (x + Attention(x)): the leak that makes this no substitute for replacing it with [MASK]."""
+    model = tiny_bert()
+    variant = AttentionVariant(model, "keys hidden")
+    a = torch.tensor([[2, 10, 11, 12, 13, 3]])
+    b = a.clone()
+    b[0, 3] = 20
+    variant.hidden = torch.zeros_like(a, dtype=torch.bool)
+    variant.hidden[0, 3] = True
+    ha, hb = model(a).hidden, model(b).hidden
+    others = [0, 1, 2, 4, 5]
+    torch.testing.assert_close(ha[:, others], hb[:, others], rtol=0, atol=1e-6)  # no other position sees it
+    assert (ha[:, 3] - hb[:, 3]).abs().max() > 1e-2  # its own position does
+
+
+class _Tok:
+    """The few tokenizer members PretrainBatches reads."""
+
+    def __init__(self, n=60):
+        names = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(n - 5)]
+        self.vocab = {t: i for i, t in enumerate(names)}
+        self.id_to_token = names
+        self.vocab_size = n
+
+    def token_to_id(self, t):
+        return self.vocab.get(t)
+
+
+def test_mask_only_replaces_every_selected_token_and_original_none():
+    docs = [[[10 + (d * 7 + s * 3 + k) % 50 for k in range(12)] for s in range(4)] for d in range(50)]
+    pairs = pairs_from_documents(docs, _Tok())
+    source = PretrainBatches(pairs.train_pairs, _Tok(), max_len=32, batch_size=64, seed=3)
+    ix = source.epoch(0)[0]
+    plain = source.make(ix)
+    masked, original = Corrupted(source, "mask").make(ix), Corrupted(source, "original").make(ix)
+    selected = plain.labels != IGNORE
+    assert selected.any()
+    assert torch.equal(masked.labels, plain.labels) and torch.equal(original.labels, plain.labels)
+    assert (masked.tokens[selected] == 4).all()  # all [MASK] (80/10/10 keeps ~20% otherwise)
+    assert ((plain.tokens[selected] == 4).float().mean() < 0.95)
+    assert torch.equal(masked.tokens[~selected], plain.tokens[~selected])
+    assert torch.equal(original.tokens[selected], plain.labels[selected])  # the token left in place
+    assert torch.equal(original.tokens[~selected], plain.tokens[~selected])
+
+
+def test_pairs_from_documents_match_tasks_pretrain_bert_prepare(tmp_path):
+    rng = random.Random(1)
+    words = ["the", "king", "queen", "speak", "hear", "me", "now", "good", "lord", "night", "day"]
+    docs = [[" ".join(rng.choice(words) for _ in range(rng.randint(2, 7))) for _ in range(rng.randint(2, 5))]
+            for _ in range(45)]
+    text = tmp_path / "docs.txt"
+    text.write_text("\n\n".join("\n".join(d) for d in docs) + "\n")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    ref = prepare(PretrainConfig(RunOptions(tmp_path / "run"), text, vocab=vocab))
+    tok = WordPieceTokenizer.from_vocab_file(vocab)
+    ours = pairs_from_documents([[tok.encode(s) for s in d] for d in docs], tok)
+    assert ours.n_documents == ref.n_documents and ref.held_pairs
+    assert ours.train_pairs == ref.train_pairs and ours.held_pairs == ref.held_pairs
