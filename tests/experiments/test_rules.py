@@ -1,9 +1,13 @@
 """Each experiment's decision rule, given synthetic measurements that must lead to each outcome it can
-reach: the verdict is computed from the numbers, and the numbers decide it."""
+reach: the verdict is computed from the numbers, and the numbers decide it. The cases of the later
+groups live in test_rules_*.py beside this file (their CASES lists); this file runs them all."""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 
-from transformer_lab.experiments.registry import get
+from transformer_lab.experiments.registry import EXPERIMENTS, get
 
 
 def scaling(ratio=1.0, peak_u=0.95, peak_s=0.1, shrink_last=0.4, shrink_64=0.4):
@@ -149,8 +153,22 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("exp_id, measurements, outcome", CASES,
-                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
+def _group_cases() -> list:
+    """The CASES of the other test_rules_*.py files beside this one (one file per group of questions)."""
+    cases = []
+    for path in sorted(Path(__file__).parent.glob("test_rules_*.py")):
+        spec = importlib.util.spec_from_file_location(f"_cases_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        cases += module.CASES
+    return cases
+
+
+ALL_CASES = CASES + _group_cases()
+
+
+@pytest.mark.parametrize("exp_id, measurements, outcome", ALL_CASES,
+                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(ALL_CASES)])
 def test_rule_gives_the_outcome_its_numbers_call_for(exp_id, measurements, outcome):
     verdict = get(exp_id).verdict(measurements)
     assert verdict.outcome == outcome, verdict.because
@@ -158,16 +176,4 @@ def test_rule_gives_the_outcome_its_numbers_call_for(exp_id, measurements, outco
 
 
 def test_every_runnable_experiment_has_its_rules_tested():
-    """The cases live here and in the other test_rules_*.py files beside this one (one per group)."""
-    import importlib.util
-    from pathlib import Path
-
-    from transformer_lab.experiments.registry import EXPERIMENTS
-
-    tested = {c[0] for c in CASES}
-    for path in Path(__file__).parent.glob("test_rules_*.py"):
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        tested |= {c[0] for c in module.CASES}
-    assert {e.id for e in EXPERIMENTS if not e.needs} <= tested
+    assert {e.id for e in EXPERIMENTS if not e.needs} <= {c[0] for c in ALL_CASES}

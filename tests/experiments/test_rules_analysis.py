@@ -96,14 +96,6 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("exp_id, measurements, outcome", CASES,
-                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
-def test_rule_gives_the_outcome_its_numbers_call_for(exp_id, measurements, outcome):
-    verdict = EXPERIMENTS[exp_id].verdict(measurements)
-    assert verdict.outcome == outcome, verdict.because
-    assert verdict.because and verdict.deciding  # the sentence and the numbers that decided it
-
-
 @pytest.mark.parametrize("exp_id, measurements", [(c[0], c[1]) for c in CASES[::4]])
 def test_figures_draw_from_the_measurements(exp_id, measurements, tmp_path):
     paths = EXPERIMENTS[exp_id].figures(measurements, tmp_path)
