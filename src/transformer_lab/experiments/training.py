@@ -98,6 +98,15 @@ def train_dates(seed: int, steps: int, model_overrides: dict[str, Any] | None = 
     return DatesRun(model, losses, held_out_nll(model, test, vocab), exact_match(model, test, vocab)[0], False)
 
 
+def train_depth(seed: int, steps: int, depth: int, norm_first: bool, train: dict[str, Any], n_test: int,
+                device: torch.device | str = "cpu") -> dict[str, Any]:
+    """``train_dates`` at ``depth`` encoder and decoder layers, post-LN or pre-LN, with ``train`` overrides
+    (warm-up included): one row (seed, losses, diverged, val_nll)."""
+    run = train_dates(seed, steps, {"n_encoder_layers": depth, "n_decoder_layers": depth, "norm_first": norm_first}, train,
+                      n_test=n_test, device=device)
+    return dict(seed=seed, losses=run.losses, diverged=run.diverged, val_nll=run.val_nll)
+
+
 def greedy_outputs(model: Transformer, pairs, vocab: Vocab) -> list[list[str]]:
     batch = make_batch(pairs, vocab)
     res = greedy_search(Seq2SeqStep(model, batch.src), len(pairs), vocab.bos_id, vocab.eos_id, batch.tgt_out.size(1) + 10)

@@ -54,6 +54,13 @@ def reference_attention(
 ) -> AttentionResult:
     """Eq. 1 written out. Shapes: q (B, H, T_q, Dh), k, v (B, H, T_k, Dh) -> (B, H, T_q, Dh)."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T_q, T_k)
+    return attend_scores(scores, v, mask, bias, dropout_p)
+
+
+def attend_scores(scores: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
+                  dropout_p: float = 0.0) -> AttentionResult:
+    """The rest of eq. 1 after the scores (B, H, T_q, T_k), whatever computed them: bias, mask,
+    softmax, dropout, the weighted sum of v."""
     if bias is not None:
         scores = scores + bias.to(scores.dtype)
     if mask is not None:
@@ -108,15 +115,7 @@ def additive_attention(
     masked softmax as eq. 1. Shapes: q (B, H, T_q, Dh), k, v (B, H, T_k, Dh), v_score (H, Dh)."""
     hidden = torch.tanh(q.unsqueeze(-2) + k.unsqueeze(-3))  # (B, H, T_q, T_k, Dh): the cost of "additive"
     scores = (hidden * v_score[None, :, None, None, :]).sum(-1)  # (B, H, T_q, T_k)
-    if bias is not None:
-        scores = scores + bias.to(scores.dtype)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    weights = scores.softmax(dim=-1)
-    if mask is not None:
-        weights = weights.masked_fill(~mask, 0.0)
-    dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
-    return AttentionResult(dropped @ v, weights)
+    return attend_scores(scores, v, mask, bias, dropout_p)
 
 
 def _guard_fully_masked_rows(has_key: Tensor) -> bool:

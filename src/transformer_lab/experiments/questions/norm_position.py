@@ -22,7 +22,7 @@ from transformer_lab.data.batches import make_batch
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
 from transformer_lab.experiments.stats import differs, fmt, mean_spread
-from transformer_lab.experiments.training import dates_data, train_dates
+from transformer_lab.experiments.training import dates_data, train_depth
 from transformer_lab.models.presets import preset
 from transformer_lab.models.transformer import Transformer, TransformerConfig
 from transformer_lab.tasks.translation import seq2seq_loss
@@ -33,15 +33,6 @@ PLACEMENTS = {"post-LN": False, "pre-LN": True}  # name -> norm_first
 def _model(vocab, depth: int, norm_first: bool, **overrides: Any) -> Transformer:
     return Transformer(preset("tiny", src_vocab_size=len(vocab), tgt_vocab_size=len(vocab), pad_id=vocab.pad_id,
                               n_encoder_layers=depth, n_decoder_layers=depth, norm_first=norm_first, **overrides))
-
-
-def train_run(seed: int, steps: int, depth: int, norm_first: bool, train: dict[str, Any], n_test: int,
-              device: torch.device) -> dict[str, Any]:
-    """One date-task run of the demo's recipe with ``train`` overrides (warm-up included) at ``depth``
-    layers; a run whose loss turns NaN/inf is reported as diverged."""
-    run = train_dates(seed, steps, {"n_encoder_layers": depth, "n_decoder_layers": depth, "norm_first": norm_first}, train,
-                      n_test=n_test, device=device)
-    return dict(seed=seed, losses=run.losses, diverged=run.diverged, val_nll=run.val_nll)
 
 
 def final_loss(row: dict[str, Any]) -> float:
@@ -112,7 +103,7 @@ class NormPosition(Experiment):
                     train = {"schedule": "linear", "lr": s["lr"], "warmup": s["warmup"] if warm else 1}
                     rows = []
                     for i in range(s["seeds"]):
-                        rows.append(train_run(ctx.seed + i, s["steps"], depth, norm_first, train, s["n_test"], ctx.device))
+                        rows.append(train_depth(ctx.seed + i, s["steps"], depth, norm_first, train, s["n_test"], ctx.device))
                         bar.update(1)
                     runs[_name(placement, depth, warm)] = rows
         bar.close()

@@ -16,24 +16,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
 from transformer_lab.experiments.stats import differs, fmt, mean_spread
-from transformer_lab.experiments.training import dates_data, train_dates
+from transformer_lab.experiments.training import dates_data, train_depth
 
 PLACEMENTS = {"post-LN": False, "pre-LN": True}  # name -> norm_first
 COLLAPSE = 0.95  # a held-out NLL at or above 95% of the target unigram entropy: no better than a context-free guess
-
-
-def train_run(seed: int, steps: int, depth: int, norm_first: bool, train: dict[str, Any], n_test: int,
-              device: torch.device) -> dict[str, Any]:
-    """One date-task run of the demo's recipe with ``train`` overrides (warm-up included) at ``depth``
-    layers; a run whose loss turns NaN/inf is reported as diverged."""
-    run = train_dates(seed, steps, {"n_encoder_layers": depth, "n_decoder_layers": depth, "norm_first": norm_first}, train,
-                      n_test=n_test, device=device)
-    return dict(seed=seed, losses=run.losses, diverged=run.diverged, val_nll=run.val_nll)
 
 
 def unigram_entropy(pairs, vocab) -> float:
@@ -91,7 +81,7 @@ class Warmup(Experiment):
                 train = {"schedule": "linear", "lr": s["lr"], "warmup": w}
                 rows = []
                 for i in range(s["seeds"]):
-                    rows.append(train_run(ctx.seed + i, s["steps"], s["depth"], norm_first, train, s["n_test"], ctx.device))
+                    rows.append(train_depth(ctx.seed + i, s["steps"], s["depth"], norm_first, train, s["n_test"], ctx.device))
                     bar.update(1)
                 runs[_name(placement, w)] = rows
         bar.close()
