@@ -121,7 +121,7 @@ class FeedForward(Experiment):
             "spread, or none holds; partly otherwise. GELU's and SwiGLU's NLL against ReLU's (do dead units cost "
             "quality?) and the whole FFN's time are reported, not part of the rule.")
     budgets = {"smoke": dict(ratios=[1, 4], steps=8, seeds=1, n_test=20, tokens=256, repeats=3),
-               "quick": dict(ratios=[1, 4], steps=350, seeds=2, n_test=100, tokens=4096, repeats=20),
+               "quick": dict(ratios=[1, 4], steps=300, seeds=2, n_test=100, tokens=4096, repeats=20),
                "full": dict(ratios=[1, 2, 4, 8], steps=1500, seeds=3, n_test=1000, tokens=4096, repeats=50)}
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:

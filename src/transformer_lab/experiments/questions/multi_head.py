@@ -45,7 +45,7 @@ class MultiHead(Experiment):
             "better beyond the spread; inconclusive if the NLL difference stays inside the spread (then one head "
             "is enough here).")
     budgets = {"smoke": dict(steps=20, seeds=1, heads=[1, 4], n_test=20),
-               "quick": dict(steps=450, seeds=2, heads=[1, 2, 8], n_test=200),
+               "quick": dict(steps=380, seeds=2, heads=[1, 2, 8], n_test=200),
                "full": dict(steps=2000, seeds=3, heads=[1, 2, 4, 8, 16], n_test=1000)}
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:

@@ -88,7 +88,7 @@ class NormPosition(Experiment):
             "setting separates them. Gradient norms per layer at initialisation are reported (Xiong et al. 2020), "
             "not part of the rule.")
     budgets = {"smoke": dict(depths=[2, 3], steps=6, seeds=1, lr=3e-3, warmup=2, n_test=20),
-               "quick": dict(depths=[2, 6], steps=100, seeds=2, lr=3e-3, warmup=33, n_test=50),
+               "quick": dict(depths=[2, 6], steps=80, seeds=2, lr=3e-3, warmup=27, n_test=50),
                "full": dict(depths=[2, 6], steps=600, seeds=3, lr=3e-3, warmup=200, n_test=200)}
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:

@@ -49,7 +49,7 @@ class Residual(Experiment):
             "difference stays inside the spread; refuted if the gradient does not vanish and training without "
             "residuals ends lower, beyond the spread.")
     budgets = {"smoke": dict(depths=[2, 4], steps=10, seeds=1),
-               "quick": dict(depths=[2, 6], steps=250, seeds=2),
+               "quick": dict(depths=[2, 6], steps=200, seeds=2),
                "full": dict(depths=[2, 6, 12], steps=1000, seeds=3)}
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class Warmup(Experiment):
             "beyond the spread and fails no more often. Confirmed if warm-up helps both placements; partly if it "
             "helps one; refuted if it helps neither and hurts at least one; inconclusive otherwise.")
     budgets = {"smoke": dict(depth=2, steps=8, seeds=1, lr=1e-2, warmups=[1, 4], n_test=20),
-               "quick": dict(depth=2, steps=240, seeds=2, lr=1e-2, warmups=[1, 24, 120], n_test=100),
+               "quick": dict(depth=2, steps=170, seeds=2, lr=1e-2, warmups=[1, 17, 85], n_test=100),
                "full": dict(depth=2, steps=1000, seeds=3, lr=1e-2, warmups=[1, 100, 500], n_test=200)}
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:
