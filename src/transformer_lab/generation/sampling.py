@@ -108,7 +108,7 @@ def generate(
     ``on_step(tokens)`` receives each step's new tokens (B,) as they are chosen (streaming output,
     progress); a row that has ended repeats the end token."""
     model.eval()
-    max_len = model.config.max_len
+    max_len = model.context  # tokens seen at once: max_len less a prefix's or soft prompt's positions
     too_long = [len(p) for p in prompts if len(p) > max_len]
     if too_long:
         raise ValueError(f"prompt: {max(too_long)} tokens, but the model's context is max_len={max_len}; "
@@ -124,7 +124,7 @@ def generate(
     step_logits: list[Tensor] = []
     new_tokens = tokens  # what this step feeds the model (the whole prompt, then one token)
     for _ in range(cfg.max_new_tokens):
-        if cache is not None and cache[0].length + new_tokens.size(1) <= max_len:
+        if cache is not None and cache[0].length + new_tokens.size(1) <= model.config.max_len:  # virtual ones too
             logits = model(new_tokens, mask if padded else None, cache=cache, last_only=True)[:, -1]  # (B, V)
         else:
             # no cache, or the context is full: recompute on the last max_len tokens (nanoGPT's crop)

@@ -84,7 +84,12 @@ class BertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, tokens: Tensor, segments: Tensor, positions: Tensor) -> Tensor:
-        x = self.token(tokens) + self.segment(segments)
+        return self.add_to_vectors(self.token(tokens), segments, positions)
+
+    def add_to_vectors(self, x: Tensor, segments: Tensor, positions: Tensor) -> Tensor:
+        """Segment and position embeddings, LayerNorm and dropout on token vectors ``x`` (B, S, D)
+        (looked up, or a soft prompt followed by looked-up ones)."""
+        x = x + self.segment(segments)
         x = self.position.add_to_embeddings(x, positions)  # a no-op for rotary (it acts in attention)
         return self.dropout(self.norm(x))
 
@@ -131,7 +136,18 @@ class Bert(nn.Module):
         self.mlm = MLMHead(c, self.embed.token.weight) if c.pretraining_heads else None
         self.nsp = nn.Linear(c.d_model, 2) if c.pretraining_heads else None
         self.classifier = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.d_model, c.n_labels)) if c.n_labels else None
+        # Parameter-efficient tuning slots (``adapters`` fills them): a prefix, whose keys and values every
+        # layer attends to first, or a soft prompt, vectors before the token embeddings. Either takes the
+        # first ``n_virtual`` positions; ``hidden`` keeps the real tokens only, but ``pooled`` is then the
+        # first virtual position's (a prompt's first vector comes before [CLS]; ``peft`` pools it too).
+        self.prefix: nn.Module | None = None
+        self.prompt: nn.Module | None = None
         self.reset_parameters()
+
+    @property
+    def n_virtual(self) -> int:
+        """Positions taken by a prefix or soft prompt (0 without one)."""
+        return self.prefix.length if self.prefix is not None else self.prompt.length if self.prompt is not None else 0
 
     def reset_parameters(self) -> None:
         """BERT's initialisation: N(0, 0.02) for weights and embeddings, zero biases, LayerNorm (1, 0)."""
@@ -154,10 +170,10 @@ class Bert(nn.Module):
         real token, default ``tokens != pad_id``. ``mlm_positions`` (bool (B, S)): compute MLM logits
         only there (the 15%), returned as (N, V); otherwise for every position."""
         check_tokens(tokens, self.config.vocab_size)  # once per batch, at the model's boundary
-        s = tokens.size(1)
-        if s > self.config.max_len:
-            raise ValueError(f"tokens: length {s} exceeds the model's max_len={self.config.max_len} "
-                             "positions; truncate the input")
+        (b, s), v = tokens.shape, self.n_virtual
+        if s + v > self.config.max_len:
+            raise ValueError(f"tokens: length {s}{f' + {v} prefix or prompt positions' if v else ''} exceeds the "
+                             f"model's max_len={self.config.max_len} positions; truncate the input")
         if segments is None:
             segments = torch.zeros_like(tokens)
         elif segments.shape != tokens.shape:
@@ -170,9 +186,24 @@ class Bert(nn.Module):
             raise ValueError(f"attention_mask: expected shape {tuple(tokens.shape)} like tokens, got {tuple(attention_mask.shape)}")
         else:
             mask = attention_mask.bool()[:, None, None, :]
-        positions = torch.arange(s, device=tokens.device)
-        hidden = self.encoder(self.embed(tokens, segments, positions), mask, positions)  # (B, S, D)
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, D)
+        if not v:
+            positions = torch.arange(s, device=tokens.device)
+            hidden = self.encoder(self.embed(tokens, segments, positions), mask, positions)  # (B, S, D)
+            pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, D)
+        else:
+            mask = torch.cat([mask.new_ones(b, 1, 1, v), mask], dim=-1)  # (B, 1, 1, P + S): virtual ones are seen
+            if self.prefix is not None:  # the prefix is P cached positions: tokens sit at P..P+S-1
+                positions = torch.arange(v, v + s, device=tokens.device)
+                x = self.embed(tokens, segments, positions)
+                hidden = self.encoder(x, mask, positions, self.prefix.caches(b))  # (B, S, D)
+                pooled_from = hidden
+            else:  # the soft prompt is P input vectors before the tokens, in segment 0
+                positions = torch.arange(v + s, device=tokens.device)
+                x = torch.cat([self.prompt.embeddings().expand(b, -1, -1), self.embed.token(tokens)], dim=1)
+                segments = torch.cat([segments.new_zeros(b, v), segments], dim=1)
+                pooled_from = self.encoder(self.embed.add_to_vectors(x, segments, positions), mask, positions)
+                hidden = pooled_from[:, v:]  # (B, S, D)
+            pooled = torch.tanh(self.pooler(pooled_from[:, 0]))  # (B, D)
         out = BertOutput(hidden, pooled)
         if self.mlm is not None:
             out.mlm_logits = self.mlm(hidden[mlm_positions] if mlm_positions is not None else hidden)

@@ -91,7 +91,22 @@ class GPT(nn.Module):
         # numbers and the same seed gives the same initial model as ever.
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False, device="meta")
         self.lm_head.weight = self.embed.token.weight  # tied: one (V, D) tensor, two uses
+        # Parameter-efficient tuning slots (``adapters`` fills them): a prefix, whose keys and values every
+        # layer attends to first, or a soft prompt, vectors before the token embeddings. Either takes the
+        # first ``n_virtual`` positions; the caller's tokens, masks and logits never include them.
+        self.prefix: nn.Module | None = None
+        self.prompt: nn.Module | None = None
         self.reset_parameters()
+
+    @property
+    def n_virtual(self) -> int:
+        """Positions taken by a prefix or soft prompt (0 without one)."""
+        return self.prefix.length if self.prefix is not None else self.prompt.length if self.prompt is not None else 0
+
+    @property
+    def context(self) -> int:
+        """Tokens the model can see at once: max_len less the virtual positions."""
+        return self.config.max_len - self.n_virtual
 
     def reset_parameters(self) -> None:
         """GPT-2's initialisation: N(0, 0.02) everywhere, the residual projections (attention output
@@ -128,29 +143,55 @@ class GPT(nn.Module):
         """
         check_tokens(tokens, self.config.vocab_size)  # once per batch, at the model's boundary
         b, t = tokens.shape
-        past = cache[0].length if cache is not None else 0
-        if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape != (b, past + t)):
-            raise ValueError(
-                f"attention_mask: expected (B={b}, T_k={past + t}) covering cached and new tokens, "
-                f"got {tuple(attention_mask.shape)}"
-            )
+        v = self.n_virtual
+        if self.prefix is not None and (cache is None or cache[0].length == 0):
+            prefixed = self.prefix.caches(b)  # each layer's cache starts with the prefix keys and values
+            if cache is not None:
+                for c, p in zip(cache, prefixed):
+                    c.k, c.v = p.k, p.v
+            cache = prefixed if cache is None else cache
+        past = cache[0].length if cache is not None else 0  # cached positions, virtual ones included
+        prompt = self.prompt is not None and past == 0  # a soft prompt goes in with the first tokens
+        n_new = t + v if prompt else t  # new positions
+        past_tokens = past - v if past else 0
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape != (b, past_tokens + t):
+                raise ValueError(
+                    f"attention_mask: expected (B={b}, T_k={past_tokens + t}) covering cached and new tokens, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            if v:  # the virtual positions are always visible
+                attention_mask = torch.cat([attention_mask.new_ones(b, v), attention_mask], dim=1)
         if positions is None:
             if attention_mask is not None:
                 positions = positions_from_mask(attention_mask)[:, past:]
             else:
-                positions = torch.arange(past, past + t, device=tokens.device)
-        if past + t > self.config.max_len:
+                positions = torch.arange(past, past + n_new, device=tokens.device)
+        elif v:
+            positions = positions + v
+            if prompt:
+                virtual = torch.arange(v, device=tokens.device)
+                positions = torch.cat([virtual.expand(*positions.shape[:-1], v), positions], dim=-1)
+        if past + n_new > self.config.max_len:
             raise ValueError(
-                f"tokens: {past} cached + {t} new = {past + t} positions, but the model's context is "
+                f"tokens: {past} cached + {n_new} new = {past + n_new} positions"
+                f"{f' ({v} of them a prefix or prompt)' if v else ''}, but the model's context is "
                 f"max_len={self.config.max_len}; shorten the input"
             )
         mask = None  # one new token without padding sees every key: no mask at all (the fastest kernel)
-        if t > 1 or attention_mask is not None:
-            mask = causal_mask(t, tokens.device, offset=past)  # (1, 1, T, T_k)
+        if n_new > 1 or attention_mask is not None:
+            mask = causal_mask(n_new, tokens.device, offset=past)  # (1, 1, T, T_k)
         if attention_mask is not None:
             mask = mask & attention_mask[:, None, None, :].bool()  # (B, 1, T, T_k)
-        x = self.embed(tokens, positions)  # (B, T, D)
+        if prompt:
+            x = self.embed.token(tokens)  # (B, T, D)
+            x = torch.cat([self.prompt.embeddings().to(x.dtype).expand(b, -1, -1), x], dim=1)  # (B, P + T, D)
+            x = self.embed.add_positions(x, positions)
+        else:
+            x = self.embed(tokens, positions)  # (B, T, D)
         x = self.blocks(x, mask, positions, cache)
+        if prompt:
+            x = x[:, v:]  # the prompt's own outputs predict nothing
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x)  # (B, T, V)

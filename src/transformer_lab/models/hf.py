@@ -1,4 +1,4 @@
-"""Weights in the Hugging Face formats: BERT folders (read and write) and GPT-2 (read).
+"""Weights in the Hugging Face formats: BERT folders and GPT-2 folders (read and write).
 
 A BERT folder is what ``transformers`` writes with ``save_pretrained``: ``config.json`` (HF keys),
 ``model.safetensors`` (HF tensor names) and ``vocab.txt``. ``load_bert`` reads one into ``Bert``,
@@ -121,7 +121,9 @@ def bert_config_to_hf(c: BertConfig) -> dict[str, Any]:
     return hf
 
 
-def _bert_name_maps(n_layers: int) -> list[tuple[str, str]]:
+def bert_name_pairs(n_layers: int) -> list[tuple[str, str]]:
+    """(HF name, our name) for every tensor or module of an n-layer BERT, HF names ``bert.``-prefixed as
+    the task models store them (BertModel's own names lack the prefix)."""
     pairs = list(_BERT_REST)
     for i in range(n_layers):
         pairs += [(f"bert.encoder.layer.{i}.{h}", f"encoder.layers.{i}.{o}") for h, o in _BERT_LAYER]
@@ -138,7 +140,7 @@ def _rename(name: str, pairs: list[tuple[str, str]]) -> str | None:
 def bert_state_from_hf(hf_state: dict[str, Tensor], n_layers: int) -> tuple[dict[str, Tensor], list[str]]:
     """Our names for HF BERT tensors (with or without the ``bert.`` prefix of the task models; old
     ``gamma``/``beta`` LayerNorm names too). Returns (state, HF names that have no place in ours)."""
-    pairs = _bert_name_maps(n_layers)
+    pairs = bert_name_pairs(n_layers)
     state, unused = {}, []
     for name, t in hf_state.items():
         key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
@@ -155,7 +157,7 @@ def bert_state_from_hf(hf_state: dict[str, Tensor], n_layers: int) -> tuple[dict
 def bert_state_to_hf(model: Bert) -> dict[str, Tensor]:
     """HF names, ``bert.`` prefixed as the task models (BertForPreTraining, ...) store them; a plain
     encoder is stored without the prefix, as BertModel does."""
-    reverse = [(o, h) for h, o in _bert_name_maps(model.config.n_layers)]
+    reverse = [(o, h) for h, o in bert_name_pairs(model.config.n_layers)]
     out = {}
     for name, t in model.state_dict().items():
         if name == "mlm.decoder.weight":
@@ -281,6 +283,46 @@ def gpt_from_hf_state(hf_state: dict[str, Tensor], config: GPTConfig) -> dict[st
         out[o + "ffn.w_1.weight"], out[o + "ffn.w_1.bias"] = take(h + "mlp.c_fc.weight").t(), take(h + "mlp.c_fc.bias")
         out[o + "ffn.w_2.weight"], out[o + "ffn.w_2.bias"] = take(h + "mlp.c_proj.weight").t(), take(h + "mlp.c_proj.bias")
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def gpt_config_to_hf(c: GPTConfig) -> dict[str, Any]:
+    if c.position != "learned":
+        raise ValueError(f"position: GPT-2 has learned positions; this model uses {c.position!r} and cannot be written "
+                         "as a GPT-2 folder (save a checkpoint instead)")
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
+            "n_positions": c.max_len, "n_embd": c.d_model, "n_head": c.n_heads, "n_layer": c.n_layers, "n_inner": c.d_ff,
+            "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.attention_dropout,
+            "activation_function": {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[c.activation],
+            "layer_norm_epsilon": c.eps, "bos_token_id": c.eos_id, "eos_token_id": c.eos_id,
+            "scale_attn_weights": True, "tie_word_embeddings": True}
+
+
+def gpt_to_hf_state(model: GPT) -> dict[str, Tensor]:
+    """Ours -> HF ``GPT2LMHeadModel`` tensors (the inverse of ``gpt_from_hf_state``): W_Q, W_K, W_V
+    joined into c_attn and every projection transposed to Conv1D's (in, out)."""
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    out = {"transformer.wte.weight": sd["embed.token.weight"], "transformer.wpe.weight": sd["embed.position.embedding.weight"],
+           "transformer.ln_f.weight": sd["blocks.norm.weight"], "transformer.ln_f.bias": sd["blocks.norm.bias"]}
+    for i in range(model.config.n_layers):
+        h, o = f"transformer.h.{i}.", f"blocks.layers.{i}."
+        for hf_ln, ours in (("ln_1", "sublayers.0.norm"), ("ln_2", "sublayers.1.norm")):
+            out[h + hf_ln + ".weight"], out[h + hf_ln + ".bias"] = sd[o + ours + ".weight"], sd[o + ours + ".bias"]
+        qkv = [sd[o + f"self_attn.{n}.weight"] for n in ("w_q", "w_k", "w_v")]
+        out[h + "attn.c_attn.weight"] = torch.cat(qkv).t()  # (D, 3D)
+        out[h + "attn.c_attn.bias"] = torch.cat([sd[o + f"self_attn.{n}.bias"] for n in ("w_q", "w_k", "w_v")])
+        for hf_name, ours in (("attn.c_proj", "self_attn.w_o"), ("mlp.c_fc", "ffn.w_1"), ("mlp.c_proj", "ffn.w_2")):
+            out[h + hf_name + ".weight"], out[h + hf_name + ".bias"] = sd[o + ours + ".weight"].t(), sd[o + ours + ".bias"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def save_gpt(model: GPT, folder: str | Path) -> Path:
+    """Write an HF GPT-2 folder (config.json, model.safetensors) that ``transformers`` reads; the LM head
+    is the embedding table (tied), so it is not stored."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(gpt_config_to_hf(model.config), indent=2) + "\n")
+    safetensors.torch.save_file(gpt_to_hf_state(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
 
 
 def gpt_from_hf(hf_model_or_folder: Any) -> GPT:

@@ -84,4 +84,8 @@ class Embeddings(nn.Module):
                     f"build the model with a larger max_len"
                 )
             positions = torch.arange(tokens.size(1), device=tokens.device)  # (T,)
+        return self.add_positions(x, positions)
+
+    def add_positions(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Position, then dropout, on vectors already embedded (tokens, or a soft prompt before them)."""
         return self.dropout(self.position.add_to_embeddings(x, positions))

@@ -35,13 +35,15 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from transformer_lab.config import read_json_object
+from transformer_lab.adapters import AdapterConfig, apply_adapter
+from transformer_lab.config import from_dict, read_json_object, to_dict
 from transformer_lab.models.registry import build_from_config, config_dict
 from transformer_lab.runtime import unwrap
 
 REQUIRED = ("model.safetensors", "config.json", "meta.json")
 TRAIN_STATE = "train_state.pt"
 CONFIG_METADATA = "transformer_lab.config"  # the config, as saved with the weights
+ADAPTER = "adapter"  # config.json key of a parameter-efficient adapter's settings
 NOT_IN_FUNCTION = ("attention_impl",)  # config fields that choose a kernel, not the function
 # Parameter names of earlier versions -> today's (old checkpoints still load).
 LEGACY_NAMES = {"mlm.bias": "mlm.decoder.bias"}
@@ -105,6 +107,8 @@ def save_checkpoint(
     directory = Path(directory)
     model = unwrap(model)
     config = config_dict(model)
+    if getattr(model, "adapter_config", None) is not None:  # LoRA, prefix ...: rebuilt on load (``adapters``)
+        config[ADAPTER] = to_dict(model.adapter_config)
     directory.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(directory.parent)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
@@ -202,7 +206,12 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
     directory = resolve_checkpoint(directory)
     config_path = directory / "config.json"
     config = read_json_object(config_path)
-    model = build_from_config(config, str(config_path))
+    adapter = config.get(ADAPTER)
+    model = build_from_config({k: v for k, v in config.items() if k != ADAPTER}, str(config_path))
+    if adapter is not None:
+        if not isinstance(adapter, dict):
+            raise ValueError(f"{config_path}: {ADAPTER}: expected an object, got {adapter!r}")
+        apply_adapter(model, from_dict(AdapterConfig, adapter, where=f"{config_path}: {ADAPTER}"))
     model.to(map_location)
     _load_weights(model, directory / "model.safetensors", str(map_location), config, config_path)
     return LoadedModel(model, read_json_object(directory / "meta.json"), directory)

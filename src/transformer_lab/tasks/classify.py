@@ -2,9 +2,10 @@
 
 prepare: GLUE-style TSV files (``sentence``, ``label``), tokenised as the folder's tokenizer does.
 build: the folder's encoder plus a fresh classification head on [CLS]'s pooled vector; every weight
-trains. loss: cross-entropy per sentence. validate: dev accuracy (the best checkpoint is the most
-accurate). The run scores --test once with the best checkpoint and exports OUT/model, a Hugging Face
-BERT folder.
+trains, or, with an ``adapter`` (LoRA, QLoRA, prefix or prompt tuning), only the adapter and the head.
+loss: cross-entropy per sentence. validate: dev accuracy (the best checkpoint is the most accurate).
+The run scores --test once with the best checkpoint and exports OUT/model, a Hugging Face BERT folder
+(full fine-tuning), or OUT/adapter, a ``peft`` adapter folder for that BERT.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_counts
 from transformer_lab.config import check_positive
 from transformer_lab.data.batches import ClassBatch, ClassBatches
 from transformer_lab.data.classification import read_labelled_tsv
@@ -25,8 +27,8 @@ from transformer_lab.models.bert import Bert
 from transformer_lab.models.hf import load_bert
 from transformer_lab.runs import BEST, LAST, find_checkpoint, load_model
 from transformer_lab.runtime import Runtime
-from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, train, write_summary,
-                                           write_uncut)
+from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run, save_adapter,
+                                           task_adapter, train, write_summary, write_uncut)
 from transformer_lab.tasks.embed import BERT_RECIPE, by_length, encode_texts, export
 from transformer_lab.tokenizers.io import load_bert_tokenizer
 from transformer_lab.training.config import TrainConfig
@@ -36,6 +38,11 @@ log = logging.getLogger(__name__)
 
 # BERT's fine-tuning rate, 5e-5; the steps (one epoch by default) and warm-up are set from the data.
 RECIPE = replace(BERT_RECIPE, lr=5e-5, max_steps=1, warmup=1)
+
+
+def recipe(adapter: AdapterConfig | None) -> TrainConfig:
+    """The training recipe: BERT's fine-tuning rate, or the adapter's (``adapters.LEARNING_RATES``)."""
+    return adapter_recipe(RECIPE, adapter)
 
 
 @dataclass
@@ -53,6 +60,8 @@ class ClassifyConfig:
     max_len: int = 128
     batch_size: int = 32
     split_special_tokens: bool | None = None  # None: as the folder's tokenizer
+    adapter: AdapterConfig | None = None  # None: full fine-tuning
+    prompt_text: str | None = None  # prompt tuning: initialise the soft prompt from this text
 
     def __post_init__(self) -> None:
         if self.train.label_smoothing:
@@ -93,6 +102,10 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         tok = load_bert_tokenizer(cfg.model, cfg.split_special_tokens)
         torch.manual_seed(cfg.train.seed)  # the fresh head's initial weights
         model = load_bert(cfg.model, n_labels=n_labels, pretraining_heads=False)
+        if cfg.adapter is not None:  # the fresh head trains in full beside the adapter
+            apply_adapter(model, task_adapter(cfg.adapter, tok, cfg.prompt_text, train="classifier"))
+        counts = parameter_counts(model)
+        log.info("%s%s", counts, f" ({cfg.adapter.method})" if cfg.adapter else " (full fine-tuning)")
         max_len = min(cfg.max_len, model.config.max_len)
         train_ids, dev_ids = encode_texts(tok, train_x, max_len), encode_texts(tok, dev_x, max_len)
         source = ClassBatches(train_ids, train_y, cfg.batch_size, model.config.pad_id, cfg.train.seed)
@@ -109,9 +122,12 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
 
         trainer, result = train(folder, cfg.run, runtime, model, source, train_cfg, classification_loss, validate)
         summary: dict[str, Any] = {"steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1),
-                                   "stopped_by": result.stopped_by}
+                                   "stopped_by": result.stopped_by, "method": cfg.adapter.method if cfg.adapter else "full",
+                                   "trainable_parameters": counts.trainable, "total_parameters": counts.total}
         best = load_model(find_checkpoint(folder.path, prefer=(BEST, LAST)), map_location=runtime.device).model
-        if runtime.is_main:
+        if runtime.is_main and cfg.adapter is not None:
+            summary["adapter"] = str(write_uncut(result, lambda: save_adapter(best, folder.export("adapter"), cfg.model)))
+        elif runtime.is_main:
             summary["model"] = str(write_uncut(result, lambda: export(best, tok, folder.export())))
 
         def score() -> dict:
@@ -125,6 +141,7 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         if scores is not None:
             summary.update(scores)
             log.info("dev accuracy %.2f%%%s; wrote %s", 100 * scores["dev_acc"],
-                     f", test accuracy {100 * scores['test_acc']:.2f}%" if "test_acc" in scores else "", summary.get("model"))
+                     f", test accuracy {100 * scores['test_acc']:.2f}%" if "test_acc" in scores else "",
+                     summary.get("model") or summary.get("adapter"))
         write_summary(folder, runtime, summary)
     return TaskResult(summary, result.signum)

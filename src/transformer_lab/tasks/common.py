@@ -5,13 +5,17 @@ must not), the summary."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
+from transformer_lab.adapters import LEARNING_RATES, AdapterConfig
+from transformer_lab.adapters.peft_format import save_peft
 from transformer_lab.runs import LAST, RunFolder, exit_code, find_checkpoint
 from transformer_lab.runtime import Runtime
 from transformer_lab.runtime.signals import Interrupted, deferred_signals, interruptible_section
@@ -102,3 +106,33 @@ def write_uncut(result: TrainResult, write: Callable[[], T]) -> T:
 def write_summary(folder: RunFolder, runtime: Runtime, summary: dict[str, Any]) -> None:
     if runtime.is_main:
         folder.write_summary(summary)
+
+
+def adapter_recipe(recipe: TrainConfig, adapter: AdapterConfig | None) -> TrainConfig:
+    """A task's recipe with an adapter's learning rate (``adapters.LEARNING_RATES``); unchanged without one.
+    The schedule's floor (cosine's ``min_lr``) keeps its ratio to the peak."""
+    if adapter is None:
+        return recipe
+    lr = LEARNING_RATES[adapter.method]
+    return replace(recipe, lr=lr, min_lr=recipe.min_lr * lr / recipe.lr)
+
+
+def task_adapter(adapter: AdapterConfig, tok: Any, prompt_text: str | None, train: str = "") -> AdapterConfig:
+    """The adapter a task applies: a soft prompt initialised from ``prompt_text`` (in the task's
+    tokenizer) and the task's fresh modules (a classification head) trained in full."""
+    if prompt_text:
+        ids = tok.encode(prompt_text)
+        if not ids:
+            raise ValueError(f"prompt text: {prompt_text!r} encodes to no tokens")
+        adapter = replace(adapter, prompt_init="text", prompt_ids=",".join(map(str, ids)))
+    return replace(adapter, train=train) if train else adapter
+
+
+def save_adapter(model: torch.nn.Module, folder: Path, base_model: str | Path) -> Path:
+    """The trained adapter as ``peft`` writes it (``adapters.peft_format``), swapped in whole."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_peft(model, tmp, base_model)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_counts
 from transformer_lab.config import check_positive, read_json_object
 from transformer_lab.data.batches import LMBatch, RandomWindows
 from transformer_lab.data.text import read_text, split_tokens
@@ -30,7 +31,8 @@ from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.runs import find_checkpoint, load_model
 from transformer_lab.runtime import Runtime
 from transformer_lab.runtime.signals import Interrupted, interruptible_section
-from transformer_lab.tasks.common import RunOptions, TaskResult, after_training, open_run, train, write_summary
+from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run, save_adapter,
+                                           task_adapter, train, write_summary, write_uncut)
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.char import CharTokenizer
 from transformer_lab.tokenizers.io import checkpoint_tokenizer, load_tokenizer, save_into_checkpoint
@@ -157,10 +159,11 @@ def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64) -> 
 
 
 def evaluate_file(model: GPT, tok: Any, path: str | Path, context: int | None = None, batch_size: int = 64) -> dict:
-    """``evaluate_lm`` over a whole text file, in windows of ``context`` (default: the model's max_len)."""
-    context = context or model.config.max_len
-    if not 1 <= context <= model.config.max_len:
-        raise ValueError(f"context: expected 1..{model.config.max_len} (the model's max_len), got {context}")
+    """``evaluate_lm`` over a whole text file, in windows of ``context`` (default: all the model sees)."""
+    context = context or model.context
+    if not 1 <= context <= model.context:
+        raise ValueError(f"context: expected 1..{model.context} (the model's max_len, less any prefix or prompt), "
+                         f"got {context}")
     ids = torch.tensor(tok.encode(read_text(path)), dtype=torch.long)
     return {**evaluate_lm(model, ids, context, batch_size), "context": context}
 
@@ -239,6 +242,74 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
                      result.state.elapsed_s)
         write_summary(folder, runtime, summary)
         log.info("wrote %s", folder.path)
+    return TaskResult(summary, result.signum)
+
+
+# --- fine-tuning ----------------------------------------------------------------------------------
+# Fine-tuning a pretrained GPT on a text: AdamW, cosine to a tenth, short warm-up; every weight at
+# 5e-5 (GPT-2 fine-tuning's usual rate), an adapter at its own rate (``adapters.LEARNING_RATES``).
+FINETUNE = TrainConfig(max_steps=500, warmup=50, lr=5e-5, schedule="cosine", min_lr=5e-6, beta2=0.99, adam_eps=1e-8,
+                       weight_decay=0.0, eval_every=100, label_smoothing=0.0)
+
+
+def finetune_recipe(adapter: AdapterConfig | None) -> TrainConfig:
+    return adapter_recipe(FINETUNE, adapter)
+
+
+@dataclass
+class LMFinetuneConfig:
+    run: RunOptions
+    model: Path  # a Hugging Face GPT-2 folder, or one of our GPT runs / checkpoints
+    data: Path  # a UTF-8 text file, tokenised by the model's tokenizer
+    train: TrainConfig = field(default_factory=lambda: replace(FINETUNE))
+    context: int | None = None  # training window; None: the model's context (less any prefix or prompt), at most 256
+    batch_size: int = 8
+    val_fraction: float = 0.1
+    adapter: AdapterConfig | None = None  # None: every weight trains
+    prompt_text: str | None = None  # prompt tuning: initialise the soft prompt from this text
+
+    def __post_init__(self) -> None:
+        self.model, self.data = Path(self.model), Path(self.data)
+        check_positive("batch_size", self.batch_size)
+        check_positive("context", self.context, allow_none=True)
+
+
+def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResult:
+    """Fine-tune a pretrained GPT on a text file (all weights, or an adapter); report the validation loss
+    before and after, and export OUT/adapter (a peft adapter folder) when an adapter trained."""
+    runtime = runtime or Runtime(cfg.run.device)
+    with open_run(cfg.run, runtime) as folder:
+        model, tok = load_lm(cfg.model, runtime.device)
+        if cfg.adapter is not None:
+            apply_adapter(model, task_adapter(cfg.adapter, tok, cfg.prompt_text))
+        counts = parameter_counts(model)
+        context = cfg.context or min(model.context, 256)
+        if context > model.context:
+            raise ValueError(f"context: {context} tokens, but the model sees {model.context} at once"
+                             f"{' (its prefix or prompt takes the rest)' if model.n_virtual else ''}")
+        train_ids, valid_ids = split_tokens(tok.encode(read_text(cfg.data)), cfg.val_fraction, context, str(cfg.data))
+        log.info("fine-tuning %s on %s: %s training tokens, %s validation; %s%s", cfg.model, cfg.data,
+                 f"{len(train_ids):,}", f"{len(valid_ids):,}", counts,
+                 f" ({cfg.adapter.method})" if cfg.adapter else " (every weight)")
+        before = evaluate_lm(model, valid_ids, context)
+        data = LMData(train_ids, valid_ids, tok)
+        source = RandomWindows(train_ids, cfg.batch_size, context, cfg.train.seed)
+        trainer, result = train(folder, cfg.run, runtime, model, source, cfg.train, lm_loss,
+                                make_validate(data, context), save_into_checkpoint(tok))
+        summary: dict[str, Any] = {
+            "task": "finetune-lm", "method": cfg.adapter.method if cfg.adapter else "full", "steps": result.state.step,
+            "stopped_by": result.stopped_by, "train_seconds": round(result.state.elapsed_s, 1),
+            "trainable_parameters": counts.trainable, "total_parameters": counts.total,
+            "val_loss_before": round(before["loss"], 4)}
+        after = after_training(result, lambda: evaluate_lm(trainer.model, valid_ids, context))
+        if after is not None:
+            summary.update(val_loss=round(after["loss"], 4), val_ppl=round(after["perplexity"], 3))
+            log.info("validation loss %.4f before fine-tuning, %.4f after %d steps", before["loss"], after["loss"],
+                     result.state.step)
+        if runtime.is_main and cfg.adapter is not None:
+            best = load_model(find_checkpoint(folder.path), map_location=runtime.device).model
+            summary["adapter"] = str(write_uncut(result, lambda: save_adapter(best, folder.export("adapter"), cfg.model)))
+        write_summary(folder, runtime, summary)
     return TaskResult(summary, result.signum)
 
 

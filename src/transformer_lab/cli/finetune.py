@@ -1,0 +1,92 @@
+"""Fine-tuning commands: `finetune classify` (a BERT folder on labelled sentences), `finetune lm` (a GPT
+on a text file), each with every weight trained or with a parameter-efficient adapter (`--peft lora |
+qlora | prefix | prompt`), and `peft merge` (a LoRA adapter folded into its base model).
+
+Adapters are written as `peft` writes them (OUT/adapter: adapter_config.json +
+adapter_model.safetensors), so `peft.PeftModel.from_pretrained` loads them onto the `transformers`
+model of the same base. Each run prints its trainable and total parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from transformer_lab.cli.args import (adapter_config, add_peft_args, add_run_args, add_split_special_tokens,
+                                      add_train_args, positive_float, positive_int, run_options, train_config)
+from transformer_lab.tasks import adapt, classify, lm
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser("finetune", help="fine-tune a pretrained model on a task (all weights, or --peft)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fsub = f.add_subparsers(dest="kind", metavar="KIND", required=True)
+    fc = fsub.add_parser("classify", help="sequence classification (e.g. SST-2) with a BERT folder",
+                         description="TSV files with a header naming 'sentence' and 'label' columns (GLUE format). "
+                                     "A fresh classification head on [CLS]'s pooled vector; every weight trains, or "
+                                     "with --peft only an adapter and the head. Reports dev (and --test) accuracy; "
+                                     "writes OUT/model (a HF BERT folder), or OUT/adapter (a peft adapter folder).")
+    fc.add_argument("--model", required=True, help="a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt)")
+    fc.add_argument("--train", required=True, metavar="TSV")
+    fc.add_argument("--dev", required=True, metavar="TSV")
+    fc.add_argument("--test", default=None, metavar="TSV", help="scored once at the end with the best dev checkpoint")
+    fc.add_argument("--epochs", type=positive_float, default=1.0)
+    fc.add_argument("--max-len", type=positive_int, default=128)
+    fc.add_argument("--batch-size", type=positive_int, default=32)
+    add_split_special_tokens(fc)
+    add_run_args(fc, out_required=True)
+    add_train_args(fc)
+    add_peft_args(fc)
+    fc.set_defaults(func=classify_cmd)
+
+    fl = fsub.add_parser("lm", help="continue training a GPT (HF GPT-2 folder or our run) on a text file",
+                         description="The text is tokenised by the model's own tokenizer and split 90/10; the "
+                                     "validation loss is reported before and after. With --peft, writes OUT/adapter "
+                                     "(a peft adapter for the GPT-2 model).")
+    fl.add_argument("--model", required=True, help="a Hugging Face GPT-2 folder, or one of our GPT runs / checkpoints")
+    fl.add_argument("--data", required=True, help="a UTF-8 text file")
+    fl.add_argument("--context", type=positive_int, default=None, help="training window (default: min(model's, 256))")
+    fl.add_argument("--batch-size", type=positive_int, default=8)
+    add_run_args(fl, out_required=True)
+    add_train_args(fl)
+    add_peft_args(fl)
+    fl.set_defaults(func=lm_cmd)
+
+    p = sub.add_parser("peft", help="adapters: merge a LoRA adapter into its base model")
+    psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    pm = psub.add_parser("merge", help="fold a LoRA / QLoRA adapter into its base and write a plain model",
+                         description="--model: a Hugging Face BERT or GPT-2 folder (written back as one, with its "
+                                     "tokenizer files) or one of our runs / checkpoints; --adapter: a peft adapter "
+                                     "folder (ours or peft's). The merged model has no adapter and the same outputs.")
+    pm.add_argument("--model", required=True, help="the base model the adapter was trained on")
+    pm.add_argument("--adapter", required=True, help="a peft adapter folder (adapter_config.json + adapter_model.safetensors)")
+    pm.add_argument("--out", required=True, help="a new folder for the merged model")
+    pm.set_defaults(func=merge_cmd)
+
+
+def classify_cmd(args: argparse.Namespace) -> int:
+    adapter = adapter_config(args)
+    cfg = classify.ClassifyConfig(
+        run_options(args), Path(args.model), Path(args.train), Path(args.dev), Path(args.test) if args.test else None,
+        train_config(args, classify.recipe(adapter)), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
+        eval_every=args.eval_every, max_len=args.max_len, batch_size=args.batch_size,
+        split_special_tokens=args.split_special_tokens, adapter=adapter, prompt_text=args.prompt_text)
+    result = classify.run(cfg)
+    print(json.dumps(result.summary))
+    return result.exit_code
+
+
+def lm_cmd(args: argparse.Namespace) -> int:
+    adapter = adapter_config(args)
+    cfg = lm.LMFinetuneConfig(run_options(args), Path(args.model), Path(args.data),
+                              train_config(args, lm.finetune_recipe(adapter)), context=args.context,
+                              batch_size=args.batch_size, adapter=adapter, prompt_text=args.prompt_text)
+    result = lm.finetune(cfg)
+    print(json.dumps(result.summary))
+    return result.exit_code
+
+
+def merge_cmd(args: argparse.Namespace) -> int:
+    print(json.dumps(adapt.merge_adapter(args.model, args.adapter, args.out)))
+    return 0

