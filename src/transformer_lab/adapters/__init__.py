@@ -29,9 +29,11 @@ from transformer_lab.nn.embeddings import TokenEmbedding
 
 METHODS = ("lora", "qlora", "prefix", "prompt")
 # Peak learning rates when a task's command gives none: only a few parameters train, and they take
-# larger steps than full fine-tuning's 5e-5. Starting points, not tuned here yet: LoRA's paper used
-# 2e-4..5e-4 for RoBERTa; prompt tuning's 0.3 (Adafactor, T5); prefix tuning's 5e-5..8e-5 with its MLP.
-LEARNING_RATES = {"lora": 5e-4, "qlora": 5e-4, "prefix": 5e-3, "prompt": 3e-2}
+# larger steps than full fine-tuning's 5e-5. Measured on SST-2 with all-MiniLM-L6-v2 (100 steps of 32,
+# dev accuracy; full fine-tuning at 5e-5: 0.803): LoRA r=8 on w_q,w_v 0.509 at 5e-4 (it had not moved),
+# 0.806 at 2e-3; prefix with its MLP 0.509 at 5e-3 (diverged), 0.698 at 1e-3 (without the MLP: 0.540 at
+# 5e-3, 0.756 at 2e-2); prompt tuning 0.731 at 3e-2 (200 steps).
+LEARNING_RATES = {"lora": 2e-3, "qlora": 2e-3, "prefix": 1e-3, "prompt": 3e-2}
 PROMPT_INITS = ("vocab", "text")
 
 
