@@ -106,3 +106,41 @@ def test_finetune_lm_with_a_prefix_on_our_gpt_run(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(out), "--prompt", "Speak", "--max-new-tokens", "10", "--greedy",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"][0]["tokens"] == 10
+
+
+def test_finetune_lm_lora_on_a_gpt2_folder_loads_in_peft_and_merges(tmp_path, capsys):
+    """A Hugging Face GPT-2 folder (a small random GPT2LMHeadModel and a byte-level BPE tokenizer.json):
+    fine-tune with LoRA, load the adapter with peft onto transformers' model, merge it into a GPT-2 folder."""
+    transformers, peft = require("transformers"), require("peft")
+    tokenizers = require("tokenizers")
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat and the dog sat on the log. " * 200)
+    base = tmp_path / "gpt2"
+    tok = tokenizers.ByteLevelBPETokenizer()
+    tok.train([str(text)], vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    base.mkdir()
+    tok.save(str(base / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                  bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(base)
+    out = tmp_path / "ft"
+    assert main(["finetune", "lm", "--model", str(base), "--data", str(text), "--out", str(out), "--max-steps", "20",
+                 "--context", "24", "--batch-size", "4", "--peft", "lora", "--target", "w_q,w_k,w_v,w_1",
+                 "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val_loss"] < summary["val_loss_before"]
+
+    x = torch.tensor([tok.encode("the cat sat on the log").ids])
+    ours = load_model(find_checkpoint(out)).model.eval()
+    with torch.no_grad():
+        expected = ours(x)
+        theirs = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(base), out / "adapter")
+        torch.testing.assert_close(theirs.eval()(x).logits, expected, atol=1e-5, rtol=0)
+    capsys.readouterr()
+    assert main(["peft", "merge", "--model", str(base), "--adapter", str(out / "adapter"), "--out", str(tmp_path / "m")]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "hf-gpt2"
+    merged = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x).logits, expected, atol=1e-4, rtol=0)
+    assert (tmp_path / "m" / "tokenizer.json").is_file()
