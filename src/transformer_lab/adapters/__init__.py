@@ -104,16 +104,13 @@ def _attention_shape(model: nn.Module, method: str) -> tuple[int, int, int]:
 
 
 def _in_trained(name: str, trained: tuple[str, ...]) -> bool:
-    return any(matches(name, t) or any(matches(prefix, t) for prefix in _parents(name)) for t in trained)
-
-
-def _parents(name: str) -> list[str]:
+    """Whether module or parameter ``name`` is (inside) one of the ``trained`` modules."""
     parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
+    return any(matches(".".join(parts[:i]), t) for i in range(1, len(parts) + 1) for t in trained)
 
 
-def _tied_to_embeddings(model: nn.Module, linear: nn.Linear) -> bool:
-    return any(linear.weight is m.weight for m in model.modules() if isinstance(m, (nn.Embedding, TokenEmbedding)))
+def _embedding_tables(model: nn.Module) -> set[int]:
+    return {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, TokenEmbedding))}
 
 
 def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
@@ -128,14 +125,13 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
     torch.random.manual_seed(cfg.seed)  # nn.init draws from the global generator
     try:
         if cfg.method in ("lora", "qlora"):
+            tables = _embedding_tables(model)
             if cfg.method == "qlora":  # every frozen Linear in NF4, except one tied to the embeddings (it is one)
                 for name, m in list(model.named_modules()):
-                    if type(m) is nn.Linear and name and not _in_trained(name, trained) \
-                            and not _tied_to_embeddings(model, m):
+                    if type(m) is nn.Linear and name and not _in_trained(name, trained) and id(m.weight) not in tables:
                         set_module(model, name, NF4Linear(m, cfg.block, cfg.double_quant))
-            kinds = (nn.Linear, NF4Linear)
-            for name in find_linears(model, parse_targets(cfg.targets), kinds):
-                if type(model.get_submodule(name)) is nn.Linear and _tied_to_embeddings(model, model.get_submodule(name)):
+            for name in find_linears(model, parse_targets(cfg.targets), (nn.Linear, NF4Linear)):
+                if id(getattr(model.get_submodule(name), "weight", None)) in tables:
                     raise ValueError(f"target: {name}'s weight is the token-embedding table (tied); a LoRA there "
                                      "could not be merged without changing the embeddings; choose other layers")
                 if not _in_trained(name, trained):

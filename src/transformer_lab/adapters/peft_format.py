@@ -19,6 +19,7 @@ are exact (a shared A is written once).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ from torch import Tensor, nn
 
 from transformer_lab.adapters import AdapterConfig, apply_adapter, freeze_except_adapter
 from transformer_lab.adapters.lora import LoRALinear
-from transformer_lab.adapters.nf4 import NF4Linear
 from transformer_lab.adapters.targets import set_module
 from transformer_lab.config import read_json_object
 from transformer_lab.models.bert import Bert
@@ -200,17 +200,15 @@ def _check_shape(where: str, got: Tensor, expected: tuple[int, ...]) -> None:
 
 
 def _pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
-    import re
-
+    """peft's rank_pattern / alpha_pattern lookup: a key matches a module name's end at a dot."""
     for key, value in patterns.items():
         if re.match(rf"(.*\.)?({key})$", name):
             return value
     return default
 
 
-def load_peft(model: nn.Module, folder: str | Path, quantize: bool = False) -> nn.Module:
-    """Add the peft adapter in ``folder`` to ``model`` (a base without adapter), in place; with
-    ``quantize`` a LoRA adapter goes on an NF4 base (QLoRA). Returns the model."""
+def load_peft(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Add the peft adapter in ``folder`` to ``model`` (a base without adapter), in place. Returns the model."""
     if getattr(model, "adapter_config", None) is not None:
         raise ValueError(f"load_peft: the model already has a {model.adapter_config.method} adapter")
     folder = Path(folder)
@@ -223,7 +221,7 @@ def load_peft(model: nn.Module, folder: str | Path, quantize: bool = False) -> n
             heads[key[len(prefix):]] = tensors.pop(key)
     trained = sorted({_our_name(model, h).rsplit(".", 1)[0] for h in heads})  # e.g. classifier.1
     if config["peft_type"] == "LORA":
-        _load_lora(model, config, tensors, where, quantize, ",".join(trained))
+        _load_lora(model, config, tensors, where, ",".join(trained))
     else:
         method = "prefix" if config["peft_type"] == "PREFIX_TUNING" else "prompt"
         if "prompt_embeddings" not in tensors:
@@ -249,8 +247,7 @@ def load_peft(model: nn.Module, folder: str | Path, quantize: bool = False) -> n
     return model
 
 
-def _load_lora(model: nn.Module, config: dict[str, Any], tensors: dict[str, Tensor], where: str, quantize: bool,
-               trained: str) -> None:
+def _load_lora(model: nn.Module, config: dict[str, Any], tensors: dict[str, Tensor], where: str, trained: str) -> None:
     r, alpha = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
     ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     modules = sorted({k[len("base_model.model."):].rsplit(".lora_", 1)[0] for k in tensors if ".lora_" in k})
@@ -273,19 +270,15 @@ def _load_lora(model: nn.Module, config: dict[str, Any], tensors: dict[str, Tens
                 plan[f"blocks.layers.{layer}.self_attn.{key}"] = (a, b[j * d:(j + 1) * d], rank, alph)
         else:
             plan[_our_name(model, hf)] = (a, b, rank, alph)
-    cfg = AdapterConfig(method="qlora" if quantize else "lora", r=r, alpha=alpha,
+    cfg = AdapterConfig(method="lora", r=r, alpha=alpha,
                         dropout=float(config.get("lora_dropout", 0.0)),
                         targets=",".join(sorted(plan)), train=trained)
-    if quantize:
-        apply_adapter(model, cfg)  # NF4 base and LoRA layers, then overwrite A and B below
     for name, (a, b, rank, alph) in plan.items():
         try:
             base = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"{where}: module {name} is not in this model") from None
-        if isinstance(base, LoRALinear):
-            base = base.base
-        if not isinstance(base, (nn.Linear, NF4Linear)):
+        if type(base) is not nn.Linear:
             raise ValueError(f"{where}: {name} is a {type(base).__name__}, not a Linear layer")
         _check_shape(f"{where}: {name} lora_A", a, (rank, base.in_features))
         _check_shape(f"{where}: {name} lora_B", b, (base.out_features, rank))

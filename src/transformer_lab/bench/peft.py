@@ -22,7 +22,7 @@ import resource
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -250,8 +250,7 @@ def bench_peft(model: str | Path | None = None, data: str | Path | None = None, 
             {"ours": None, "peer": None, "ratio": None})
     result = {"benchmark": "peft", "model": str(model), "unit": "LoRA training steps/s", **main,
               "n_train": n_train, "steps": steps, "batch": batch, "max_len": max_len, "seed": seed,
-              "threads": torch.get_num_threads() if not threads else threads, "torch": torch.__version__,
-              "settings": asdict(PeftRun("-", "-", "-", "-", "-", n_train, steps, batch, max_len, seed)),
+              "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
               "lr": {m: LR[m] for m in methods}, "runs": runs}
     for method, pair in runs.items():
         for impl, r in pair.items():

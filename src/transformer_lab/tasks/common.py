@@ -128,11 +128,17 @@ def task_adapter(adapter: AdapterConfig, tok: Any, prompt_text: str | None, trai
     return replace(adapter, train=train) if train else adapter
 
 
-def save_adapter(model: torch.nn.Module, folder: Path, base_model: str | Path) -> Path:
-    """The trained adapter as ``peft`` writes it (``adapters.peft_format``), swapped in whole."""
+def swap_in_folder(folder: Path, write: Callable[[Path], Any]) -> Path:
+    """Write a folder beside ``folder`` and then swap it in, so a reader never sees half of one."""
+    folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_peft(model, tmp, base_model)
+    write(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
+
+
+def save_adapter(model: torch.nn.Module, folder: Path, base_model: str | Path) -> Path:
+    """The trained adapter as ``peft`` writes it (``adapters.peft_format``), swapped in whole."""
+    return swap_in_folder(folder, lambda tmp: save_peft(model, tmp, base_model))

@@ -5,8 +5,6 @@ the encoder over batches of similar length, exporting a Hugging Face folder)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,6 +15,7 @@ from transformer_lab.config import check_positive
 from transformer_lab.data.batches import padding_and_mask
 from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.models.hf import load_bert, save_bert, sentence_max_seq_length
+from transformer_lab.tasks.common import swap_in_folder
 from transformer_lab.tokenizers.io import load_bert_tokenizer, write_bert_tokenizer
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 from transformer_lab.training.config import TrainConfig
@@ -82,11 +81,8 @@ def similarity(model: Bert, tok: WordPieceTokenizer, a: str, b: str, max_len: in
 def export(model: Bert, tok: WordPieceTokenizer, folder: Path) -> Path:
     """A Hugging Face BERT folder (config.json, model.safetensors, vocab.txt, tokenizer_config.json),
     written beside and then swapped in, so a reader never sees half of one."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_bert(model, tmp)
-    write_bert_tokenizer(tok, tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
+    def write(tmp: Path) -> None:
+        save_bert(model, tmp)
+        write_bert_tokenizer(tok, tmp)
+
+    return swap_in_folder(folder, write)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -25,6 +25,7 @@ from torch import Tensor
 from transformer_lab.data.batches import Batch, make_batch
 from transformer_lab.data.synthetic import MONTHS, date_to_words, day_words, two_digit_words
 from transformer_lab.data.vocab import Vocab
+from transformer_lab.experiments.base import Context
 from transformer_lab.experiments.training import DatesRun, train_dates
 
 Pair = tuple[Sequence[str], Sequence[str]]
@@ -36,6 +37,20 @@ def trained(seed: int, steps: int, n_test: int, overrides: tuple[tuple[str, obje
     all need (each still trains it when run alone). Callers must not modify the model. On the CPU,
     whatever the run's device: the tiny model and the analyses on it are small."""
     return train_dates(seed, steps, dict(overrides) or None, n_test=n_test)
+
+
+def measured_per_seed(ctx: Context, s: dict[str, Any], label: str,
+                      measure: Callable[[DatesRun, int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """One trained date model per seed (``trained`` with the budget's steps and n_test), each measured:
+    ``[dict(seed=seed, **measure(run, seed)), ...]``, with a progress bar over the seeds."""
+    bar = ctx.bar(s["seeds"], label)
+    models = []
+    for i in range(s["seeds"]):
+        seed = ctx.seed + i
+        models.append(dict(seed=seed, **measure(trained(seed, s["steps"], s["n_test"]), seed)))
+        bar.update(1)
+    bar.close()
+    return models
 
 
 def source_fields(src: Sequence[str]) -> dict[str, list[int]]:

@@ -21,7 +21,7 @@ import torch
 from transformer_lab.data.batches import make_batch
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
-from transformer_lab.experiments.questions._alignment import probe, score, trained
+from transformer_lab.experiments.questions._alignment import measured_per_seed, probe, score
 from transformer_lab.experiments.stats import fmt, mean_spread
 from transformer_lab.experiments.training import dates_data, held_out_nll
 from transformer_lab.models.transformer import Transformer
@@ -111,13 +111,7 @@ class CrossAttention(Experiment):
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:
         train, test, vocab = dates_data((1900, 2099), s["n_test"])
-        bar = ctx.bar(s["seeds"], self.id)
-        models = []
-        for i in range(s["seeds"]):
-            run = trained(ctx.seed + i, s["steps"], s["n_test"])
-            models.append(dict(seed=ctx.seed + i, **measure(run.model, train, test, vocab, s["n_probe"])))
-            bar.update(1)
-        bar.close()
+        models = measured_per_seed(ctx, s, self.id, lambda run, seed: measure(run.model, train, test, vocab, s["n_probe"]))
         return {"models": models, "guess_exact_match": guess_exact_match(train, test)}
 
     def verdict(self, m: dict[str, Any]) -> Verdict:

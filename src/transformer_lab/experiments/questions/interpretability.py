@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
-from transformer_lab.experiments.questions._alignment import Probe, probe, score, trained
+from transformer_lab.experiments.questions._alignment import Probe, measured_per_seed, probe, score
 from transformer_lab.experiments.stats import differs, fmt, mean_spread
 from transformer_lab.experiments.training import dates_data
 from transformer_lab.models.transformer import Transformer
@@ -158,14 +158,8 @@ class Interpretability(Experiment):
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:
         _, test, vocab = dates_data((1900, 2099), s["n_test"])
-        bar = ctx.bar(s["seeds"], self.id)
-        models = []
-        for i in range(s["seeds"]):
-            run = trained(ctx.seed + i, s["steps"], s["n_test"])
-            models.append(dict(seed=ctx.seed + i, exact_match=run.exact_match, **measure(run.model, test[: s["n_probe"]], vocab)))
-            bar.update(1)
-        bar.close()
-        return {"models": models}
+        return {"models": measured_per_seed(ctx, s, self.id, lambda run, seed: dict(
+            exact_match=run.exact_match, **measure(run.model, test[: s["n_probe"]], vocab)))}
 
     def verdict(self, m: dict[str, Any]) -> Verdict:
         models = m["models"]
