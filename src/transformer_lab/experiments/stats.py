@@ -27,5 +27,16 @@ def differs(a: Sequence[float], b: Sequence[float]) -> int:
     return 0
 
 
+def outcome_of(signs: Sequence[int]) -> str:
+    """The verdict of several comparisons with ``differs``'s signs (+1: the claim's way beyond the spread,
+    -1: against it, 0: inside it): refuted if any goes against, confirmed if all go the claim's way,
+    partly if some do, inconclusive if none leaves the spread."""
+    if any(s < 0 for s in signs):
+        return "refuted"
+    if all(s > 0 for s in signs):
+        return "confirmed"
+    return "partly" if any(s > 0 for s in signs) else "inconclusive"
+
+
 def fmt(mean: float, spread: float, digits: int = 3) -> str:
     return f"{mean:.{digits}g} ± {spread:.{digits}g}"

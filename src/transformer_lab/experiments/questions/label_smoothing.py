@@ -12,7 +12,7 @@ from typing import Any
 
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
-from transformer_lab.experiments.stats import differs, fmt, mean_spread
+from transformer_lab.experiments.stats import differs, fmt, mean_spread, outcome_of
 from transformer_lab.experiments.training import DATES_BUDGETS, sweep, values
 
 
@@ -39,14 +39,7 @@ class LabelSmoothing(Experiment):
         because = (f"held-out NLL {fmt(*mean_spread(values(smooth, 'val_nll')))} with ε = 0.1 against "
                    f"{fmt(*mean_spread(values(plain, 'val_nll')))} without; exact match "
                    f"{fmt(*mean_spread(values(smooth, 'exact_match')))} against {fmt(*mean_spread(values(plain, 'exact_match')))}")
-        if d_nll < 0 or d_em < 0:
-            outcome = "refuted"
-        elif d_nll > 0 and d_em > 0:
-            outcome = "confirmed"
-        elif d_nll > 0 or d_em > 0:
-            outcome = "partly"
-        else:
-            outcome = "inconclusive"
+        outcome = outcome_of([d_nll, d_em])
         return Verdict(outcome, because, {"perplexity hurt (beyond spread)": d_nll > 0, "accuracy helped (beyond spread)": d_em > 0,
                                           "NLL ε=0.1 / ε=0": f"{mean_spread(values(smooth, 'val_nll'))[0]:.3f} / "
                                                              f"{mean_spread(values(plain, 'val_nll'))[0]:.3f}"})

@@ -31,7 +31,7 @@ from transformer_lab.experiments.questions._bert_small import (
     pretrained_model,
     unigram_accuracy,
 )
-from transformer_lab.experiments.stats import differs, fmt, mean_spread
+from transformer_lab.experiments.stats import differs, fmt, mean_spread, outcome_of
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 
 VARIANTS = ("80/10/10", "mask only")
@@ -100,14 +100,7 @@ class Mask801010(Experiment):
                    f"accuracy after the same fine-tuning {fmt(*mean_spread(ft_a))} against {fmt(*mean_spread(ft_b))} "
                    f"(majority label {m['finetune']['majority_share']:.3g}); [MASK] and [CLS] are ids {id_text}: "
                    + ("the same token" if same else "different tokens, so '[MASK] 即 [CLS]' is wrong"))
-        if d_un < 0 or d_ft < 0:
-            outcome = "refuted"
-        elif d_un > 0 and d_ft > 0:
-            outcome = "confirmed"
-        elif d_un > 0 or d_ft > 0:
-            outcome = "partly"
-        else:
-            outcome = "inconclusive"
+        outcome = outcome_of([d_un, d_ft])
         return Verdict(outcome, because, {
             "mismatch reduced (beyond spread)": d_un > 0, "fine-tuning helped (beyond spread)": d_ft > 0,
             "token-in-place accuracy 80/10/10 / mask only": f"{mean_spread(un_a)[0]:.3f} / {mean_spread(un_b)[0]:.3f}",

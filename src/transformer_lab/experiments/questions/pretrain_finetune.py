@@ -17,7 +17,7 @@ from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.data import minilm_folder
 from transformer_lab.experiments.plots import figure
 from transformer_lab.experiments.questions._bert_small import finetune, majority_share
-from transformer_lab.experiments.stats import differs, fmt, mean_spread
+from transformer_lab.experiments.stats import differs, fmt, mean_spread, outcome_of
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.hf import load_bert
 from transformer_lab.tokenizers.io import load_bert_tokenizer
@@ -79,14 +79,7 @@ class PretrainFinetune(Experiment):
                  f"{fmt(*stats[n, 'from scratch'])} from scratch" for n in m["sizes"]]
         because = (f"SST-2 dev accuracy ({m['n_dev']} sentences, majority label {m['majority_share']:.3g}) after "
                    f"fine-tuning on " + "; ".join(parts))
-        if any(d < 0 for d in ds.values()):
-            outcome = "refuted"
-        elif all(d > 0 for d in ds.values()):
-            outcome = "confirmed"
-        elif any(d > 0 for d in ds.values()):
-            outcome = "partly"
-        else:
-            outcome = "inconclusive"
+        outcome = outcome_of(list(ds.values()))
         gaps = {f"pre-trained - scratch, {n} sentences":
                 round(stats[n, "pre-trained"][0] - stats[n, "from scratch"][0], 4) for n in m["sizes"]}
         return Verdict(outcome, because, {**gaps, "sizes where pre-trained wins beyond the spread":
