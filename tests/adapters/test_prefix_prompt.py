@@ -11,7 +11,6 @@ from transformer_lab.adapters.prefix import PrefixTuning
 from transformer_lab.generation.sampling import SamplingConfig, generate
 from transformer_lab.models.bert import Bert, BertConfig
 from transformer_lab.models.gpt import GPT, GPTConfig
-from transformer_lab.models.transformer import Transformer, TransformerConfig
 
 V = 60
 
@@ -84,14 +83,6 @@ def test_virtual_positions_count_against_the_context(method):
     model(torch.randint(0, V, (1, 30)))
     with pytest.raises(ValueError, match="prefix or prompt"):
         model(torch.randint(0, V, (1, 31)))
-
-
-@pytest.mark.parametrize("method", ["prefix", "prompt"])
-def test_the_encoder_decoder_has_no_prefix_or_prompt_slot_yet(method):
-    model = Transformer(TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=32, n_heads=4, d_ff=64,
-                                          n_encoder_layers=1, n_decoder_layers=1))
-    with pytest.raises(ValueError, match="use lora or qlora"):
-        apply_adapter(model, AdapterConfig(method=method))
 
 
 def test_prompt_from_text_repeats_the_text_tokens():

@@ -9,7 +9,8 @@ import pytest
 from transformer_lab.cli.main import main
 from transformer_lab.tasks import dates
 
-COMMANDS = [[], ["train"], ["model"], ["model", "summary"], ["bench"], ["bench", "model"]]
+COMMANDS = [[], ["train"], ["model"], ["model", "summary"], ["bench"], ["bench", "model"], ["finetune", "translate"],
+            ["peft", "merge"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "top")

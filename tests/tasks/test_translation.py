@@ -185,3 +185,32 @@ def test_corrupt_tokenizer_config_names_the_file(tiny_run, tmp_path, capsys):
     assert main(["translate", "--checkpoint", str(copy), "Ein Hund."]) == 2
     err = capsys.readouterr().err
     assert f"{config}: not valid JSON" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt"])
+def test_finetune_translate_with_an_adapter_then_translate_and_merge(tiny_run, tmp_path, capsys, method):
+    """`finetune translate --peft`: the run trains only the adapter, lowers the validation loss it
+    reports before training, writes OUT/adapter, and translates; a LoRA merged into the base
+    (`peft merge`) translates as the adapted run does."""
+    run, files = tiny_run
+    out = tmp_path / "ft"
+    args = ["finetune", "translate", "--model", str(run), "--train-src", str(files[0]), "--train-tgt", str(files[1]),
+            "--valid-src", str(files[2]), "--valid-tgt", str(files[3]), "--max-steps", "30", "--warmup", "5",
+            "--eval-every", "0", "--max-tokens", "800", "--bleu-sample", "10", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--peft", method]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["method"] == method and 0 < summary["trainable_parameters"] < 0.05 * summary["total_parameters"]
+    assert summary["best_val_loss"] < summary["val_loss_before"]
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    sentence = read_lines(files[2])[0]
+    assert main(["translate", "--checkpoint", str(out), "--beam", "2", sentence]) == 0
+    adapted = capsys.readouterr().out
+    assert adapted.strip()
+    if method == "lora":
+        merged = tmp_path / "merged"
+        assert main(["peft", "merge", "--model", str(run), "--adapter", str(out / "adapter"), "--out", str(merged)]) == 0
+        capsys.readouterr()
+        assert main(["translate", "--checkpoint", str(merged), "--beam", "2", sentence]) == 0
+        assert capsys.readouterr().out == adapted
+    assert main(args[:-2] + ["--peft", method]) == 2  # the folder holds a run: --resume or --overwrite

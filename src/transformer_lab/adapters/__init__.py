@@ -96,11 +96,20 @@ class ParameterCount:
 
 
 def _attention_shape(model: nn.Module, method: str) -> tuple[int, int, int]:
+    """(self-attention layers, heads, head width) of a model with prefix and prompt slots; an
+    encoder-decoder's layers are its encoder's, then its decoder's."""
     c = model.config
-    if not hasattr(model, "prefix") or not hasattr(c, "n_layers"):
-        raise ValueError(f"{method} tuning: supported for BERT and GPT models, not {type(model).__name__} "
-                         "(use lora or qlora for the encoder-decoder)")
-    return c.n_layers, c.n_heads, c.d_model // c.n_heads
+    if not hasattr(model, "prefix"):
+        raise ValueError(f"{method} tuning: supported for BERT, GPT and encoder-decoder models, not "
+                         f"{type(model).__name__}")
+    n_layers = c.n_layers if hasattr(c, "n_layers") else c.n_encoder_layers + c.n_decoder_layers
+    return n_layers, c.n_heads, c.d_model // c.n_heads
+
+
+def _token_table(model: nn.Module) -> torch.Tensor:
+    """The input token embeddings a soft prompt lives among (an encoder-decoder's: the source's)."""
+    embed = model.embed if hasattr(model, "embed") else model.src_embed
+    return embed.token.weight
 
 
 def _in_trained(name: str, trained: tuple[str, ...]) -> bool:
@@ -141,7 +150,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
             model.prefix = PrefixTuning(n_layers, n_heads, d_head, cfg.prefix_len, cfg.prefix_hidden or None)
         else:
             _attention_shape(model, "prompt")
-            table = model.embed.token.weight
+            table = _token_table(model)
             if cfg.prompt_init == "vocab":
                 model.prompt = SoftPrompt.from_vocab(table, cfg.prompt_len, generator)
             else:

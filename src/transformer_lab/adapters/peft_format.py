@@ -7,7 +7,9 @@ for a GPT) and computes the same outputs; an adapter ``peft`` saved for those lo
 Names. peft stores a LoRA layer as ``base_model.model.<HF module>.lora_A.weight`` (and ``lora_B``),
 a task head trained in full (``modules_to_save``) as ``base_model.model.<HF module>.weight``, and a
 prefix or soft prompt as one tensor ``prompt_embeddings`` (prompt learning saves heads as
-``base_model.<HF module>.weight``). Module names follow ``models.hf``'s tensor maps.
+``base_model.<HF module>.weight``). Module names follow ``models.hf``'s tensor maps. The encoder-decoder has no ``transformers``
+counterpart: its adapters keep this project's module names (``base_model.model.encoder.layers.0...``,
+task type SEQ_2_SEQ_LM), a file in peft's layout that this reader loads back.
 
 GPT-2 computes Q, K and V with one fused layer ``c_attn`` (D -> 3D), where this GPT has three. A
 peft LoRA on ``c_attn`` (A: (r, D), B: (3D, r)) is three LoRAs here sharing A, with B cut in three
@@ -34,6 +36,7 @@ from transformer_lab.config import read_json_object
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.hf import bert_name_pairs
+from transformer_lab.models.transformer import Transformer
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _PEFT_TYPES = {"lora": "LORA", "qlora": "LORA", "prefix": "PREFIX_TUNING", "prompt": "PROMPT_TUNING"}
@@ -58,6 +61,8 @@ def _module_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def _hf_name(model: nn.Module, ours: str) -> str:
+    if isinstance(model, Transformer):
+        return ours
     for h, o in _module_pairs(model):
         if ours == o or ours.startswith(o + "."):
             return h + ours[len(o):]
@@ -65,6 +70,8 @@ def _hf_name(model: nn.Module, ours: str) -> str:
 
 
 def _our_name(model: nn.Module, hf: str) -> str:
+    if isinstance(model, Transformer):
+        return hf
     for h, o in _module_pairs(model):
         if hf == h or hf.startswith(h + "."):
             return o + hf[len(h):]
@@ -74,6 +81,8 @@ def _our_name(model: nn.Module, hf: str) -> str:
 def _task_type(model: nn.Module) -> str:
     if isinstance(model, GPT):
         return "CAUSAL_LM"
+    if isinstance(model, Transformer):
+        return "SEQ_2_SEQ_LM"
     return "SEQ_CLS" if model.config.n_labels else "FEATURE_EXTRACTION"
 
 
@@ -156,8 +165,10 @@ def save_peft(model: nn.Module, folder: str | Path, base_model: str | Path = "")
                       alpha_pattern={k: a for k, (r, a) in ranks.items() if a != cfg.alpha})
         tensors.update({f"base_model.model.{h}": p for h, p in heads.items()})
     else:
-        common = {"num_virtual_tokens": model.n_virtual, "token_dim": c.d_model, "num_transformer_submodules": 1,
-                  "num_attention_heads": c.n_heads, "num_layers": c.n_layers, "modules_to_save": trained or None}
+        n_virtual = (model.prefix if model.prefix is not None else model.prompt).length
+        n_layers = c.n_layers if hasattr(c, "n_layers") else c.n_encoder_layers + c.n_decoder_layers
+        common = {"num_virtual_tokens": n_virtual, "token_dim": c.d_model, "num_transformer_submodules": 1,
+                  "num_attention_heads": c.n_heads, "num_layers": n_layers, "modules_to_save": trained or None}
         config.update(common)
         if cfg.method == "prefix":
             config.update(encoder_hidden_size=c.d_model, prefix_projection=False)  # the MLP is folded away

@@ -1,10 +1,11 @@
 """Fine-tuning commands: `finetune classify` (a BERT folder on labelled sentences), `finetune lm` (a GPT
-on a text file), each with every weight trained or with a parameter-efficient adapter (`--peft lora |
+on a text file), `finetune translate` (one of our translation runs on new parallel text), each with every weight trained or with a parameter-efficient adapter (`--peft lora |
 qlora | prefix | prompt`), and `peft merge` (a LoRA adapter folded into its base model).
 
 Adapters are written as `peft` writes them (OUT/adapter: adapter_config.json +
 adapter_model.safetensors), so `peft.PeftModel.from_pretrained` loads them onto the `transformers`
-model of the same base. Each run prints its trainable and total parameters.
+model of the same base (BERT, GPT-2; an encoder-decoder's adapter keeps this project's module names).
+Each run prints its trainable and total parameters.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from transformer_lab.cli.args import (adapter_config, add_peft_args, add_run_args, add_split_special_tokens,
                                       add_train_args, positive_float, positive_int, run_options, train_config)
-from transformer_lab.tasks import adapt, classify, lm
+from transformer_lab.cli.train import add_translation_data_args, translation_data
+from transformer_lab.tasks import adapt, classify, lm, translation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +55,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_peft_args(fl)
     fl.set_defaults(func=lm_cmd)
 
+    ft = fsub.add_parser("translate", help="continue training one of our translation runs on new parallel text",
+                         description="The text is encoded with the model's own tokenizers (a byte-level vocabulary "
+                                     "covers a new domain or a related source language). Validation loss and BLEU "
+                                     "are reported before and after. With --peft, writes OUT/adapter.")
+    ft.add_argument("--model", required=True, help="one of our translation runs or checkpoint folders")
+    add_translation_data_args(ft, "a named data set, multi30k (with --src and --tgt)")
+    add_run_args(ft, out_required=True)
+    add_train_args(ft)
+    add_peft_args(ft)
+    ft.set_defaults(func=translate_cmd)
+
     p = sub.add_parser("peft", help="adapters: merge a LoRA adapter into its base model")
     psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     pm = psub.add_parser("merge", help="fold a LoRA / QLoRA adapter into its base and write a plain model",
@@ -83,6 +96,17 @@ def lm_cmd(args: argparse.Namespace) -> int:
                               train_config(args, lm.finetune_recipe(adapter)), context=args.context,
                               batch_size=args.batch_size, adapter=adapter, prompt_text=args.prompt_text)
     result = lm.finetune(cfg)
+    print(json.dumps(result.summary))
+    return result.exit_code
+
+
+def translate_cmd(args: argparse.Namespace) -> int:
+    adapter = adapter_config(args)
+    cfg = translation.TranslationFinetuneConfig(
+        run_options(args), Path(args.model), train_config(args, translation.finetune_recipe(adapter)),
+        **translation_data(args), max_len=args.max_len, max_tokens=args.max_tokens, bleu_sample=args.bleu_sample,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None, adapter=adapter, prompt_text=args.prompt_text)
+    result = translation.finetune(cfg)
     print(json.dumps(result.summary))
     return result.exit_code
 

@@ -35,26 +35,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--model", default=None, choices=sorted(PRESETS) + sorted(GPT_PRESETS), help="model size preset")
     m.add_argument("--position", default=None, choices=sorted(POSITION_ENCODINGS),
                    help="position encoding (default: the preset's: sinusoidal for the encoder-decoder, learned for GPT)")
-    d = p.add_argument_group("data (translation)")
-    d.add_argument("--data", default=None, help="translation: named data set multi30k (looks in $TRANSFORMER_LAB_DATA/multi30k); "
-                                                "language model: a text file")
-    d.add_argument("--src", default=None, help="source language of a named set")
-    d.add_argument("--tgt", default=None, help="target language of a named set")
-    for name in ("train-src", "train-tgt", "valid-src", "valid-tgt"):
-        d.add_argument(f"--{name}", default=None, metavar="FILE", help="aligned text file (plain or .gz)")
+    d = add_translation_data_args(p, "translation: named data set multi30k (looks in $TRANSFORMER_LAB_DATA/multi30k); "
+                                     "language model: a text file")
     d.add_argument("--vocab-size", type=positive_int, default=None, help="subword vocabulary (byte-level BPE; "
                                                                          "default 8000)")
     d.add_argument("--separate-vocab", action="store_true", help="one vocabulary per language (no tying)")
-    d.add_argument("--max-len", type=positive_int, default=100, help="skip training pairs longer than this (counted)")
-    d.add_argument("--max-tokens", type=positive_int, default=4000, help="padded tokens per batch")
-    d.add_argument("--bleu-sample", type=non_negative_int, default=200, help="validation sentences scored with BLEU")
-    d.add_argument("--cache-dir", default=None, help="tokenizer and encoded-data cache (default: ~/.cache/transformer_lab)")
     g = p.add_argument_group("data (language model: --preset shakespeare-char or lm)")
     g.add_argument("--tokenizer", default=None, help="char, bytelevel (trained on the training split) or a tokenizer path")
     g.add_argument("--context", type=positive_int, default=None, help="training window (default: the model's max_len)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="dates: sentences per batch; LM: windows per batch")
     p.add_argument("--n-test", type=positive_int, default=1000, help="dates: held-out dates for exact-match accuracy")
     p.set_defaults(func=run)
+
+
+def add_translation_data_args(p: argparse.ArgumentParser, data_help: str) -> argparse._ArgumentGroup:
+    d = p.add_argument_group("data (translation)")
+    d.add_argument("--data", default=None, help=data_help)
+    d.add_argument("--src", default=None, help="source language of a named set")
+    d.add_argument("--tgt", default=None, help="target language of a named set")
+    for name in ("train-src", "train-tgt", "valid-src", "valid-tgt"):
+        d.add_argument(f"--{name}", default=None, metavar="FILE", help="aligned text file (plain or .gz)")
+    d.add_argument("--max-len", type=positive_int, default=100, help="skip training pairs longer than this (counted)")
+    d.add_argument("--max-tokens", type=positive_int, default=4000, help="padded tokens per batch")
+    d.add_argument("--bleu-sample", type=non_negative_int, default=200, help="validation sentences scored with BLEU")
+    d.add_argument("--cache-dir", default=None, help="tokenizer and encoded-data cache (default: ~/.cache/transformer_lab)")
+    return d
 
 
 def _task(args: argparse.Namespace) -> str:
@@ -86,23 +91,25 @@ def run(args: argparse.Namespace) -> int:
     return translation.run(_translation_config(args, opts)).exit_code
 
 
-def _translation_config(args: argparse.Namespace, opts) -> translation.TranslationConfig:
+def translation_data(args: argparse.Namespace, preset: str | None = None) -> dict:
+    """The data fields of a translation config: four aligned files, or a named set with its languages."""
     files = [getattr(args, n) for n in ("train_src", "train_tgt", "valid_src", "valid_tgt")]
-    named = dict(data=args.data, src=args.src, tgt=args.tgt)
     if any(files):
         missing = [n for n, f in zip(("train-src", "train-tgt", "valid-src", "valid-tgt"), files) if not f]
         if missing:
             raise ValueError(f"--{missing[0]}: give all four of --train-src/--train-tgt/--valid-src/--valid-tgt")
         paths = [Path(f) for f in files]
-        named = {}
-    elif args.preset in translation.TASKS:
-        named = dict(data=args.data or "multi30k", **translation.TASKS[args.preset])
-    elif not (args.src and args.tgt):
+        return dict(train_files=(paths[0], paths[1]), valid_files=(paths[2], paths[3]))
+    if preset in translation.TASKS:
+        return dict(data=args.data or "multi30k", **translation.TASKS[preset])
+    if not (args.src and args.tgt):
         raise ValueError("--src/--tgt: a named data set needs both languages (or use --preset multi30k-de-en)")
+    return dict(data=args.data or "multi30k", src=args.src, tgt=args.tgt)
+
+
+def _translation_config(args: argparse.Namespace, opts) -> translation.TranslationConfig:
     return translation.TranslationConfig(
-        opts, train_config(args, translation.RECIPE),
-        train_files=(paths[0], paths[1]) if any(files) else None,
-        valid_files=(paths[2], paths[3]) if any(files) else None, **named,
+        opts, train_config(args, translation.RECIPE), **translation_data(args, args.preset),
         model=args.model or "multi30k", position=args.position, vocab_size=args.vocab_size or 8000,
         joint=not args.separate_vocab, max_len=args.max_len, max_tokens=args.max_tokens, bleu_sample=args.bleu_sample,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, name=args.preset or "translation")

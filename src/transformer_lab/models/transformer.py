@@ -19,7 +19,7 @@ from transformer_lab.nn.attention import SCORES
 from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding, check_tokens
 from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.layers import NORMS, BlockConfig, Decoder, DecoderLayer, Encoder, EncoderLayer
-from transformer_lab.nn.kv_cache import DecoderCache
+from transformer_lab.nn.kv_cache import AttentionCache, DecoderCache
 from transformer_lab.nn.masks import causal_mask, check_mask, cross_attention_mask, decoder_self_mask, padding_mask
 from transformer_lab.nn.positions import POSITION_ENCODINGS, build_position_encoding
 
@@ -136,6 +136,14 @@ class Transformer(nn.Module):
         self.reset_parameters()
         if c.share_embeddings:
             self.generator.proj.weight = tgt_token.weight  # tie after init: one tensor, three uses
+        # Parameter-efficient tuning slots (``adapters`` fills them), as in BERT and GPT: the virtual
+        # positions come first and the real tokens follow at P, P+1, ... A prefix: keys and values that
+        # every encoder and decoder self-attention layer attends to first (its table's first
+        # n_encoder_layers layers are the encoder's; the cross-attention has none: Li & Liang prefix the
+        # encoder and the decoder). A soft prompt: vectors before the source's token embeddings (Lester et
+        # al. prompt T5's encoder so); the memory then holds P + S positions, all visible to the decoder.
+        self.prefix: nn.Module | None = None
+        self.prompt: nn.Module | None = None
 
     def reset_parameters(self) -> None:
         """Xavier-uniform for every matrix (as the Annotated Transformer and nn.Transformer do);
@@ -144,16 +152,43 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
+    @property
+    def n_virtual(self) -> int:
+        """Positions taken by a prefix or soft prompt before the real tokens (0 without one)."""
+        return self.prefix.length if self.prefix is not None else self.prompt.length if self.prompt is not None else 0
+
     # --- the two halves -------------------------------------------------------------------------
     def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
-        """Shapes: src (B, S) -> memory (B, S, D). ``src_mask`` defaults to the key-padding mask."""
+        """Shapes: src (B, S) -> memory (B, S, D), or (B, P + S, D) after a soft prompt of P vectors.
+        ``src_mask`` defaults to the key-padding mask."""
         check_tokens(src, self.config.src_vocab_size, "src")
-        x = self.src_embed(src)  # (B, S, D)
+        b, s = src.shape
         if src_mask is None:
             src_mask = padding_mask(src, self.config.pad_id)
-        check_mask(src_mask, src.size(0), self.config.n_heads, src.size(1), src.size(1), "src_mask")
-        pos = torch.arange(src.size(1), device=src.device)
-        return self.encoder(x, src_mask, pos)
+        elif self.prefix is not None or self.prompt is not None:
+            raise ValueError("src_mask: not supported with a prefix or prompt adapter (its padding mask is built)")
+        check_mask(src_mask, b, self.config.n_heads, s, s, "src_mask")
+        v = self.n_virtual
+        limit = self.src_embed.position.max_len
+        if v and limit is not None and v + s > limit:
+            raise ValueError(f"src: {v} prefix or prompt positions + {s} tokens = {v + s} positions, but the position "
+                             f"table holds max_len={limit}; shorten the input")
+        pos = torch.arange(v, v + s, device=src.device)  # after a prefix or prompt, as if P tokens came first
+        caches = None
+        if self.prompt is not None:
+            token = self.src_embed.token
+            x = token(src)  # (B, S, D)
+            prompt = self.prompt.embeddings().to(x.dtype) * token.factor  # table vectors, scaled as tokens are
+            x = torch.cat([prompt.expand(b, -1, -1), x], dim=1)  # (B, P + S, D)
+            pos = torch.arange(v + s, device=src.device)
+            x = self.src_embed.add_positions(x, pos)
+        else:
+            x = self.src_embed(src, pos)  # (B, S, D)
+        if v:
+            src_mask = _visible_first(src_mask, v)  # (B, 1, 1, P + S): the virtual positions are always visible
+        if self.prefix is not None:
+            caches = self.prefix.caches(b)[: self.config.n_encoder_layers]
+        return self.encoder(x, src_mask, pos, caches)
 
     def decode(
         self,
@@ -169,23 +204,41 @@ class Transformer(nn.Module):
         With ``cache`` (incremental decoding), ``tgt`` holds only the new positions, which follow the
         ``cache.length`` cached ones; the target then has no padding (decoders feed real tokens).
         """
-        if memory.dim() != 3 or memory.shape[:2] != src.shape:
-            raise ValueError(f"memory: expected (B, S, D) matching src {tuple(src.shape)}, got {tuple(memory.shape)}")
+        pv = self.prompt.length if self.prompt is not None else 0  # the memory's prompt positions
+        if memory.dim() != 3 or memory.shape[:2] != (src.size(0), pv + src.size(1)):
+            raise ValueError(f"memory: expected (B, {'P + ' if pv else ''}S, D) matching src {tuple(src.shape)}"
+                             f"{f' after a {pv}-vector prompt' if pv else ''}, got {tuple(memory.shape)}")
         check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
-        offset = 0 if cache is None else cache.length
-        positions = torch.arange(offset, offset + tgt.size(1), device=tgt.device)
-        x = self.tgt_embed(tgt, positions)  # (B, T, D)
         if tgt.size(0) != src.size(0):
             raise ValueError(f"tgt: batch size {tgt.size(0)} differs from src batch size {src.size(0)}")
         b, t = tgt.shape
-        if tgt_mask is None and cache is not None:
-            tgt_mask = causal_mask(t, tgt.device, offset)  # a cache holds only the past: no future to hide anyway
+        incremental = cache is not None
+        dp = self.prefix.length if self.prefix is not None else 0  # prefix keys before the target's own
+        if dp and (cache is None or cache.self_attn[0].length == 0):
+            prefixed = self.prefix.caches(b)[self.config.n_encoder_layers:]
+            if cache is None:  # teacher forcing: a cache that only serves this call
+                cache = DecoderCache(prefixed, [AttentionCache(static=True) for _ in prefixed])
+            else:
+                for c, p in zip(cache.self_attn, prefixed):
+                    c.k, c.v = p.k, p.v
+            cache.virtual = dp
+        offset = cache.length if incremental else 0  # target positions before tgt
+        limit = self.tgt_embed.position.max_len
+        if dp and limit is not None and dp + offset + t > limit:
+            raise ValueError(f"tgt: {dp} prefix positions + {offset + t} tokens = {dp + offset + t} positions, but the "
+                             f"position table holds max_len={limit}; shorten the output")
+        positions = torch.arange(dp + offset, dp + offset + t, device=tgt.device)  # after the prefix's, as in encode
+        x = self.tgt_embed(tgt, positions)  # (B, T, D)
+        if tgt_mask is None and incremental:
+            tgt_mask = causal_mask(t, tgt.device, dp + offset)  # a cache holds only the past: no future to hide anyway
         elif tgt_mask is None:
             # deviation (decoder_causal=False, the `causal-mask` experiment only): padding hidden, future not
             tgt_mask = decoder_self_mask(tgt, self.config.pad_id) if self.config.decoder_causal else padding_mask(
                 tgt, self.config.pad_id)
-        check_mask(tgt_mask, b, self.config.n_heads, t, offset + t, "tgt_mask")
-        cross_mask = cross_attention_mask(src, self.config.pad_id)
+        if dp and tgt_mask.size(-1) == offset + t:  # the prefix's keys are always visible
+            tgt_mask = _visible_first(tgt_mask, dp)
+        check_mask(tgt_mask, b, self.config.n_heads, t, dp + offset + t, "tgt_mask")
+        cross_mask = _visible_first(cross_attention_mask(src, self.config.pad_id), pv)
         return self.decoder(x, memory, tgt_mask, cross_mask, positions, record_cross_attention, cache)
 
     def new_cache(self) -> DecoderCache:
@@ -198,3 +251,10 @@ class Transformer(nn.Module):
     def logits(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Teacher-forced scores before the softmax, for a fused loss. Shapes: -> (B, T, V)."""
         return self.generator.proj(self.decode(self.encode(src), src, tgt))
+
+
+def _visible_first(mask: Tensor, n: int) -> Tensor:
+    """``mask`` with ``n`` always-visible keys before its own (a prefix's or prompt's). (..., K) -> (..., n + K)."""
+    if not n:
+        return mask
+    return torch.cat([torch.ones(*mask.shape[:-1], n, dtype=mask.dtype, device=mask.device), mask], dim=-1)

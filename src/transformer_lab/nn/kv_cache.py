@@ -48,10 +48,12 @@ class AttentionCache:
 
 @dataclass
 class DecoderCache:
-    """One self-attention and one cross-attention cache per decoder layer."""
+    """One self-attention and one cross-attention cache per decoder layer. ``virtual``: keys in each
+    self-attention cache that are no decoded position (a prefix-tuning prefix, placed there first)."""
 
     self_attn: list[AttentionCache] = field(default_factory=list)
     cross_attn: list[AttentionCache] = field(default_factory=list)
+    virtual: int = 0
 
     @classmethod
     def empty(cls, n_layers: int) -> "DecoderCache":
@@ -59,8 +61,8 @@ class DecoderCache:
 
     @property
     def length(self) -> int:
-        """Positions decoded so far."""
-        return self.self_attn[0].length if self.self_attn else 0
+        """Positions decoded so far (a prefix's keys not counted)."""
+        return self.self_attn[0].length - self.virtual if self.self_attn else 0
 
     def reorder(self, index: Tensor) -> None:
         for c in (*self.self_attn, *self.cross_attn):

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "sentence_bert_config.json")
+TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_src", "tokenizer_tgt")  # in our checkpoints
 
 
 def _head_size(tensors: dict) -> int:
@@ -34,15 +35,17 @@ def _head_size(tensors: dict) -> int:
     return 0
 
 
-def load_base(base: Path, adapter_tensors: dict) -> tuple[nn.Module, str]:
-    """The base model and its kind: "bert" / "gpt2" (a Hugging Face folder) or "ours" (a checkpoint)."""
+def load_base(base: Path, adapter_tensors: dict) -> tuple[nn.Module, str, Path]:
+    """The base model, its kind: "bert" / "gpt2" (a Hugging Face folder) or "ours" (a checkpoint), and
+    the folder its tokenizer files are in."""
     cfg = base / "config.json"
     kind = read_json_object(cfg).get("model_type") if cfg.is_file() else None
     if kind == "bert":
-        return load_bert(base, n_labels=_head_size(adapter_tensors)), "bert"
+        return load_bert(base, n_labels=_head_size(adapter_tensors)), "bert", base
     if kind == "gpt2":
-        return gpt_from_hf(base), "gpt2"
-    return load_model(find_checkpoint(base)).model, "ours"
+        return gpt_from_hf(base), "gpt2", base
+    loaded = load_model(find_checkpoint(base))
+    return loaded.model, "ours", loaded.path
 
 
 def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dict[str, Any]:
@@ -52,7 +55,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
     if config["peft_type"] != "LORA":
         raise ValueError(f"{adapter}: a {config['peft_type']} adapter adds inputs, not weights: there is nothing to "
                          "merge (load it with the base model instead)")
-    model, kind = load_base(base, tensors)
+    model, kind, files = load_base(base, tensors)
     load_peft(model, adapter)
     adapted = parameter_counts(model).trainable
     model = merge_lora(model.eval())
@@ -65,11 +68,12 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
     elif kind == "gpt2":
         save_gpt(model, out)
     else:
-        save_checkpoint(out, model, {"merged_from": {"base": str(base), "adapter": str(adapter)}})
-    if kind != "ours":
-        for name in TOKENIZER_FILES:
-            if (base / name).is_file():
-                shutil.copyfile(base / name, out / name)
+        folders = {name: (lambda dest, src=files / name: shutil.copytree(src, dest))  # a translation model's tokenizers
+                   for name in TOKENIZER_FOLDERS if (files / name).is_dir()}
+        save_checkpoint(out, model, {"merged_from": {"base": str(base), "adapter": str(adapter)}}, extra=folders)
+    for name in TOKENIZER_FILES if kind != "ours" else ():
+        if (files / name).is_file():
+            shutil.copyfile(files / name, out / name)
     log.info("merged %s (%s adapter parameters) into %s; wrote %s", adapter, f"{adapted:,}", base, out)
     return {"model": str(out), "format": {"bert": "hf-bert", "gpt2": "hf-gpt2", "ours": "checkpoint"}[kind],
             "adapter_parameters": adapted}

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_counts
 from transformer_lab.config import check_positive
 from transformer_lab.data.batches import Batch, TokenBuckets, pad_sequences
 from transformer_lab.data.parallel import EncodedPairs, filter_long, multi30k_files, read_parallel, user_cache_dir
@@ -30,7 +31,8 @@ from transformer_lab.models.summary import parameter_summary
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import clean_stale_temporaries, find_checkpoint, load_model
 from transformer_lab.runtime import Runtime
-from transformer_lab.tasks.common import RunOptions, TaskResult, open_run, train, write_summary
+from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, open_run, save_adapter, task_adapter,
+                                          train, write_summary, write_uncut)
 from transformer_lab.tokenizers.base import Tokenizer
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.cache import encode_file_cached
@@ -76,15 +78,25 @@ class TranslationConfig:
             raise ValueError(f"bleu_sample: expected >= 0, got {self.bleu_sample}")
         if self.model not in PRESETS:
             raise ValueError(f"model: expected one of {sorted(PRESETS)}, got {self.model!r}")
-        if (self.train_files is None) != (self.valid_files is None):
-            raise ValueError("train_files, valid_files: give both (training and validation files), or a named data set")
-        if self.train_files is None and not (self.data and self.src and self.tgt):
-            raise ValueError("data: give aligned files, or a named data set with both languages (src, tgt)")
+        check_files(self)
 
     def files(self) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
-        if self.train_files is not None:
-            return (Path(self.train_files[0]), Path(self.train_files[1])), (Path(self.valid_files[0]), Path(self.valid_files[1]))
-        return named_files(self.data, self.src, self.tgt, "train"), named_files(self.data, self.src, self.tgt, "valid")
+        return split_files(self)
+
+
+def check_files(cfg: Any) -> None:
+    """A config's data: aligned training and validation files, or a named set with both languages."""
+    if (cfg.train_files is None) != (cfg.valid_files is None):
+        raise ValueError("train_files, valid_files: give both (training and validation files), or a named data set")
+    if cfg.train_files is None and not (cfg.data and cfg.src and cfg.tgt):
+        raise ValueError("data: give aligned files, or a named data set with both languages (src, tgt)")
+
+
+def split_files(cfg: Any) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
+    """(train source, train target), (valid source, valid target) of a config checked by ``check_files``."""
+    if cfg.train_files is not None:
+        return (Path(cfg.train_files[0]), Path(cfg.train_files[1])), (Path(cfg.valid_files[0]), Path(cfg.valid_files[1]))
+    return named_files(cfg.data, cfg.src, cfg.tgt, "train"), named_files(cfg.data, cfg.src, cfg.tgt, "valid")
 
 
 def named_files(name: str | None, src: str, tgt: str, split: str) -> tuple[Path, Path]:
@@ -144,25 +156,34 @@ def prepare_data(
 ) -> TranslationData:
     cache_dir = cache_dir or user_cache_dir()
     train_text = read_parallel(*train_files)
-    valid_text = read_parallel(*valid_files)
     if joint:
         tok_src = tok_tgt = train_tokenizer(train_text.src + train_text.tgt, vocab_size, list(train_files), cache_dir)
     else:
         tok_src = train_tokenizer(train_text.src, vocab_size, [train_files[0]], cache_dir)
         tok_tgt = train_tokenizer(train_text.tgt, vocab_size, [train_files[1]], cache_dir)
+    return encode_data(tok_src, tok_tgt, train_files, valid_files, max_len, cache_dir)
 
-    def encode_pairs(files: tuple[Path, Path], text) -> tuple[list[list[int]], list[list[int]]]:
+
+def encode_data(tok_src: Tokenizer, tok_tgt: Tokenizer, train_files: tuple[Path, Path], valid_files: tuple[Path, Path],
+                max_len: int | None = 100, cache_dir: Path | None = None) -> TranslationData:
+    """Aligned files encoded with given tokenizers (cached); pairs longer than ``max_len`` dropped, counted."""
+    cache_dir = cache_dir or user_cache_dir()
+
+    def encode_pairs(files: tuple[Path, Path]) -> tuple[Any, list[list[int]], list[list[int]]]:
         # The cache encodes whole files; keep the pairs read_parallel kept (no empty side).
+        text = read_parallel(*files)
         ids_src = encode_file_cached(files[0], FastTokenizer.from_tokenizer(tok_src), cache_dir / "encoded")
         ids_tgt = encode_file_cached(files[1], FastTokenizer.from_tokenizer(tok_tgt), cache_dir / "encoded")
         if text.kept is None:
-            return ids_src, ids_tgt
-        return [ids_src[i] for i in text.kept], [ids_tgt[i] for i in text.kept]
+            return text, ids_src, ids_tgt
+        return text, [ids_src[i] for i in text.kept], [ids_tgt[i] for i in text.kept]
 
-    enc_train = filter_long(*encode_pairs(train_files, train_text), max_len)
+    _, *train_ids = encode_pairs(train_files)
+    valid_text, *valid_ids = encode_pairs(valid_files)
+    enc_train = filter_long(*train_ids, max_len)
     if enc_train.skipped_long:
         log.warning("skipped %d training pairs longer than %d tokens (--max-len)", enc_train.skipped_long, max_len)
-    enc_valid = filter_long(*encode_pairs(valid_files, valid_text), max_len)
+    enc_valid = filter_long(*valid_ids, max_len)
     if enc_valid.skipped_long:
         log.warning("validation loss leaves out %d pairs longer than %d tokens", enc_valid.skipped_long, max_len)
     return TranslationData(tok_src, tok_tgt, enc_train, valid_text.src, valid_text.tgt, enc_valid)
@@ -251,7 +272,7 @@ def translate_detailed(
         raise ValueError(f"alpha: expected a length penalty >= 0, got {alpha}")
     model.eval()
     device = next(model.parameters()).device
-    limit = model.config.max_len - 1
+    limit = model.config.max_len - 1 - model.n_virtual  # a prefix or prompt takes the first positions
     encoded: dict[int, list[int]] = {}
     truncated: list[int] = []
     for i, s in enumerate(sentences):
@@ -367,6 +388,84 @@ def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
     return TaskResult(summary, result.signum)
 
 
+# --- fine-tuning ----------------------------------------------------------------------------------
+# Continuing a trained translation model on new parallel text (another domain, or another source
+# language its byte-level vocabulary covers), encoded with the model's own tokenizers: Adam with a short
+# warm-up and cosine decay, every weight at 1e-4 (a tenth of the recipe's peak), an adapter at its own
+# rate (``adapters.LEARNING_RATES``); label smoothing 0.1 as in training.
+FINETUNE = TrainConfig(max_steps=1000, warmup=100, lr=1e-4, schedule="cosine", min_lr=1e-5, eval_every=250)
+
+
+def finetune_recipe(adapter: AdapterConfig | None) -> TrainConfig:
+    return adapter_recipe(FINETUNE, adapter)
+
+
+@dataclass
+class TranslationFinetuneConfig:
+    run: RunOptions
+    model: Path  # one of our translation runs, or a checkpoint folder
+    train: TrainConfig = field(default_factory=lambda: replace(FINETUNE))
+    train_files: tuple[Path, Path] | None = None  # aligned source and target files
+    valid_files: tuple[Path, Path] | None = None
+    data: str | None = None  # a named set ("multi30k") instead of files, with src and tgt
+    src: str | None = None
+    tgt: str | None = None
+    max_len: int = 100  # training pairs longer than this (tokens) are skipped, counted
+    max_tokens: int = 4000
+    bleu_sample: int = 200
+    cache_dir: Path | None = None
+    adapter: AdapterConfig | None = None  # None: every weight trains
+    prompt_text: str | None = None  # prompt tuning: initialise the soft prompt from this (source-side) text
+
+    def __post_init__(self) -> None:
+        self.model = Path(self.model)
+        for name in ("max_len", "max_tokens"):
+            check_positive(name, getattr(self, name))
+        if self.bleu_sample < 0:
+            raise ValueError(f"bleu_sample: expected >= 0, got {self.bleu_sample}")
+        check_files(self)
+
+
+def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> TaskResult:
+    """Fine-tune a trained translation model (all weights, or an adapter) on new parallel text; report
+    validation loss and BLEU before and after, and export OUT/adapter when an adapter trained."""
+    runtime = runtime or Runtime(cfg.run.device)
+    train_files, valid_files = split_files(cfg)
+    with open_run(cfg.run, runtime) as folder:
+        model, tok_src, tok_tgt = load_translator(cfg.model, runtime.device)
+        if getattr(model, "adapter_config", None) is not None:
+            raise ValueError(f"{cfg.model}: the model carries a {model.adapter_config.method} adapter; merge it "
+                             "(transformer-lab peft merge) or start from its base")
+        if cfg.adapter is not None:
+            apply_adapter(model, task_adapter(cfg.adapter, tok_src, cfg.prompt_text))
+        counts = parameter_counts(model)
+        data = encode_data(tok_src, tok_tgt, train_files, valid_files, cfg.max_len,
+                           Path(cfg.cache_dir) if cfg.cache_dir else None)
+        log.info("fine-tuning %s on %d pairs (%d skipped as longer than %d tokens), %d validation; %s%s", cfg.model,
+                 len(data.train), data.train.skipped_long, cfg.max_len, len(data.valid), counts,
+                 f" ({cfg.adapter.method})" if cfg.adapter else " (every weight)")
+        validate = make_validate(data, cfg.bleu_sample)
+        before = validate(model)
+        model.train()
+        _, result = train(folder, cfg.run, runtime, model, batches(data, cfg.max_tokens, cfg.train.seed), cfg.train,
+                          seq2seq_loss(cfg.train.label_smoothing), validate, tokenizer_files(data))
+        summary: dict[str, Any] = {
+            "task": "finetune-translation", "method": cfg.adapter.method if cfg.adapter else "full",
+            "steps": result.state.step, "stopped_by": result.stopped_by,
+            "train_seconds": round(result.state.elapsed_s, 1), "trainable_parameters": counts.trainable,
+            "total_parameters": counts.total, **{f"{k}_before": round(v, 4) for k, v in before.items()},
+            "best_val_loss": finite_or_none(result.state.best_val_loss),
+            "last_validation": next((r for r in reversed(result.state.history) if "val_loss" in r), None)}
+        if before.get("val_bleu") is not None and summary["last_validation"]:
+            log.info("validation BLEU %.2f before fine-tuning, %.2f after %d steps", before["val_bleu"],
+                     summary["last_validation"].get("val_bleu", float("nan")), result.state.step)
+        if runtime.is_main and cfg.adapter is not None:
+            best = load_model(find_checkpoint(folder.path), map_location=runtime.device).model
+            summary["adapter"] = str(write_uncut(result, lambda: save_adapter(best, folder.export("adapter"), cfg.model)))
+        write_summary(folder, runtime, summary)
+    return TaskResult(summary, result.signum)
+
+
 # --- attention --------------------------------------------------------------------------------------
 def plot_attention(model: Transformer, tok_src: Tokenizer, tok_tgt: Tokenizer, sentence: str, path: str | Path) -> None:
     """Greedy-decode one sentence while recording the last layer's cross-attention, then draw each
@@ -379,13 +478,15 @@ def plot_attention(model: Transformer, tok_src: Tokenizer, tok_tgt: Tokenizer, s
     if not sentence.strip():
         raise ValueError("sentence: blank; nothing to draw the attention of")
     device = next(model.parameters()).device
-    src_ids = tok_src.encode(sentence)[: model.config.max_len - 2] + [EOS_ID]
+    src_ids = tok_src.encode(sentence)[: model.config.max_len - 2 - model.n_virtual] + [EOS_ID]
     src = torch.tensor([src_ids], device=device)
     step = Seq2SeqStep(model, src, use_cache=True, record_cross_attention=True)
-    res = greedy_search(step, 1, BOS_ID, EOS_ID, min(len(src_ids) + 50, model.config.max_len - 1))
+    res = greedy_search(step, 1, BOS_ID, EOS_ID, min(len(src_ids) + 50, model.config.max_len - 1 - model.n_virtual))
     out_ids = res.tokens[0] + [EOS_ID]
     weights = torch.cat(step.cross_attention[: len(out_ids)], dim=2)[0].float().cpu()  # (H, T_out, S)
     src_labels, out_labels = _labels(tok_src, src_ids), _labels(tok_tgt, out_ids)
+    if model.prompt is not None:  # the memory's soft-prompt positions come first
+        src_labels = [f"<p{i}>" for i in range(model.prompt.length)] + src_labels
     h = weights.size(0)
     cols = min(4, h)
     rows = (h + cols - 1) // cols
