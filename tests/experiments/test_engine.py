@@ -66,7 +66,8 @@ def test_list_shows_every_question_and_its_status(smoke_all, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 36
     assert any(line.startswith("scaling") and "measured (smoke)" in line for line in lines)
-    assert any(line.startswith("peft") and "needs LoRA" in line for line in lines)
+    assert any(line.startswith("peft") and "measured (smoke)" in line for line in lines)
+    assert any(line.startswith("int8") and "needs INT8" in line for line in lines)
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
@@ -79,8 +80,8 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     blocker.write_text("")
     assert main(["explain", "sinusoids", "--budget", "smoke", "--out", str(blocker)]) == 2
     assert "cannot write the results here" in capsys.readouterr().err
-    assert main(["explain", "peft", "--out", str(tmp_path)]) == 2
-    assert "needs LoRA" in capsys.readouterr().err
+    assert main(["explain", "int8", "--out", str(tmp_path)]) == 2
+    assert "needs INT8" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no such results folder" in capsys.readouterr().err
 

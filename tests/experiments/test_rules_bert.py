@@ -51,11 +51,26 @@ def mask(un_a=(0.9, 0.91), un_b=(0.3, 0.31), ft_a=(0.75, 0.76), ft_b=(0.70, 0.71
             "finetune": {"sentences": 100, "dev_sentences": 50, "steps": 5, "majority_share": 0.55}}
 
 
-def transfer(pre=((0.80, 0.81), (0.85, 0.86)), scratch=((0.55, 0.56), (0.60, 0.61))):
+def transfer(pre=((0.80, 0.81), (0.85, 0.86)), scratch=((0.55, 0.56), (0.60, 0.61)), lora=((0.80, 0.81), (0.55, 0.56))):
     sizes = [100, 400]
     rows = [dict(size=n, init=init, steps=10, accs=list(a))
             for init, accs in (("pre-trained", pre), ("from scratch", scratch)) for n, a in zip(sizes, accs)]
-    return {"sizes": sizes, "n_dev": 50, "batch_size": 16, "rows": rows, "majority_share": 0.55}
+    lora_rows = [dict(size=400, init=init, steps=10, lr=1e-2, accs=list(a))
+                 for init, a in zip(("pre-trained", "from scratch"), lora)]
+    return {"sizes": sizes, "n_dev": 50, "batch_size": 16, "rows": rows, "lora": lora_rows, "majority_share": 0.55}
+
+
+def peft(full=(0.80, 0.81), lora=(0.80, 0.81), qlora=(0.79, 0.80), prefix=(0.79, 0.81), prompt=(0.78, 0.80),
+         saved=None):
+    saved = saved or {"lora": 74498, "qlora": 74498, "prefix": 92930, "prompt": 8450}
+    total = 22713986
+
+    def rows(accs, kept):
+        return [dict(accuracy=a, s_per_step=0.5, lr=1e-3, trained=kept, total=total, saved=kept, state_mib=100.0)
+                for a in accs]
+    runs = {"full": rows(full, total), **{m: rows(a, saved[m]) for m, a in
+                                          (("lora", lora), ("qlora", qlora), ("prefix", prefix), ("prompt", prompt))}}
+    return {"n_train": 1600, "n_dev": 200, "steps": 30, "batch_size": 16, "runs": runs, "majority_share": 0.55}
 
 
 CASES = [
@@ -72,8 +87,14 @@ CASES = [
     ("mask-80-10-10", mask(mask_id=2), "confirmed"),  # the [MASK]/[CLS] aside does not move the outcome
     ("pretrain-finetune", transfer(), "confirmed"),
     ("pretrain-finetune", transfer(pre=((0.80, 0.81), (0.60, 0.61))), "partly"),
-    ("pretrain-finetune", transfer(pre=((0.55, 0.56), (0.60, 0.61))), "inconclusive"),
+    ("pretrain-finetune", transfer(pre=((0.55, 0.56), (0.60, 0.61)), lora=((0.55, 0.56), (0.55, 0.56))), "inconclusive"),
     ("pretrain-finetune", transfer(pre=((0.80, 0.81), (0.50, 0.51))), "refuted"),
+    ("pretrain-finetune", transfer(lora=((0.80, 0.81), (0.80, 0.81))), "partly"),  # LoRA's half inside the spread
+    ("peft", peft(), "confirmed"),
+    ("peft", peft(prefix=(0.60, 0.62), prompt=(0.55, 0.56)), "partly"),  # below full beyond the spread
+    ("peft", peft(saved={"lora": 74498, "qlora": 74498, "prefix": 2569474, "prompt": 8450}), "partly"),  # 11% saved
+    ("peft", peft(lora=(0.6, 0.6), qlora=(0.6, 0.6), prefix=(0.6, 0.6), prompt=(0.6, 0.6)), "refuted"),
+    ("peft", peft(full=(0.56, 0.57)), "inconclusive"),  # full fine-tuning at the majority label
 ]
 
 
@@ -164,3 +185,11 @@ def test_pairs_from_documents_match_tasks_pretrain_bert_prepare(tmp_path):
     ours = pairs_from_documents([[tok.encode(s) for s in d] for d in docs], tok)
     assert ours.n_documents == ref.n_documents and ref.held_pairs
     assert ours.train_pairs == ref.train_pairs and ours.held_pairs == ref.held_pairs
+
+
+def test_bert_group_figures_draw_from_the_measurements(tmp_path):
+    from transformer_lab.experiments.registry import get
+
+    for exp_id, m in (("pretrain-finetune", transfer()), ("peft", peft())):
+        paths = get(exp_id).figures(m, tmp_path)
+        assert paths and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)

@@ -25,6 +25,7 @@ from transformer_lab.experiments.questions.norm_position import NormPosition
 from transformer_lab.experiments.questions.nsp import NSP
 from transformer_lab.experiments.questions.overfitting import Overfitting
 from transformer_lab.experiments.questions.padding_mask import PaddingMask
+from transformer_lab.experiments.questions.peft import Peft
 from transformer_lab.experiments.questions.pretrain_finetune import PretrainFinetune
 from transformer_lab.experiments.questions.qk_weights import QKWeights
 from transformer_lab.experiments.questions.residual import Residual
@@ -67,9 +68,10 @@ EXPERIMENTS: list[Experiment] = [
     NSP(),
     Mask801010(),
     PretrainFinetune(),
+    Peft(),
 ]
 
-# The rest of the canon, in its order: questions that need a feature of a later issue (issues 11-13).
+# The rest of the canon, in its order: questions that need a feature of a later issue (issues 12-13).
 # Listed by `explain --list`, never run.
 EXPERIMENTS += [pending(*q) for q in [
     ("positions", "你还了解哪些关于位置编码的技术，各自的优缺点是什么？", "Other position encodings?",
@@ -77,8 +79,6 @@ EXPERIMENTS += [pending(*q) for q in [
     ("int8", "为何在对Transformer进行参数的Quantization的时候工业界最终选择了INT8？包括KL散度、长尾分布等",
      "Why INT8; KL calibration; long tails",
      "INT8 balances size and accuracy; KL calibration; dynamic quantization keeps accuracy", "INT8 quantization (issue 12)"),
-    ("peft", "业界常用的PEFT方案：Prompt Tuning、Prefix Tuning、LoRA、QLoRA", "Parameter-efficient fine-tuning",
-     "far fewer trainable parameters at similar quality", "LoRA, QLoRA, prefix and prompt tuning (issue 11)"),
     ("long-sequences", "（长序列：优化自注意力机制、分块策略、层次化注意力）", "Long sequences",
      "attention is O(n²); sparse / local attention, chunking, compression, hierarchy",
      "chunked, sliding-window and block-sparse attention (issue 13)"),

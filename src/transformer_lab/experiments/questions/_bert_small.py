@@ -296,10 +296,18 @@ def tail_mean(values, n: int = 20) -> float:
 
 
 # --- fine-tuning ----------------------------------------------------------------------------------
-def finetune(model: Bert, tok: WordPieceTokenizer, seed: int, n_train: int, n_dev: int, steps: int, lr: float,
-             max_len: int = MAX_LEN, batch_size: int = BATCH, device: str | torch.device = "cpu") -> float:
+@dataclass
+class Finetuned:
+    accuracy: float  # on the dev sentences
+    train_s: float  # wall time of the training steps
+
+
+def finetune_measured(model: Bert, tok: WordPieceTokenizer, seed: int, n_train: int, n_dev: int, steps: int, lr: float,
+                      max_len: int = MAX_LEN, batch_size: int = BATCH,
+                      device: str | torch.device = "cpu") -> Finetuned:
     """Fine-tune ``model`` (with a 2-label head) on ``n_train`` SST-2 sentences for ``steps`` steps of
-    tasks/classify's recipe at rate ``lr`` (10% warm-up); returns its accuracy on ``n_dev`` dev sentences."""
+    tasks/classify's recipe at rate ``lr`` (10% warm-up); its accuracy on ``n_dev`` dev sentences and
+    the training's wall time. Only the parameters that require gradients train (an adapter's)."""
     tx, ty, dx, dy = sst2_subset(n_train, n_dev)
     train_ids, dev_ids = encode_texts(tok, tx, max_len), encode_texts(tok, dx, max_len)
     source = ClassBatches(train_ids, ty, batch_size, model.config.pad_id, seed)
@@ -307,9 +315,14 @@ def finetune(model: Bert, tok: WordPieceTokenizer, seed: int, n_train: int, n_de
                   progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, source, cfg, Path(tmp), classification_loss, runtime=Runtime(torch.device(device)))
-        fit(trainer)
-    return accuracy(trainer.model.eval(), dev_ids, dy)
+        result = fit(trainer)
+    return Finetuned(accuracy(trainer.model.eval(), dev_ids, dy), result.state.elapsed_s)
 
+
+def finetune(model: Bert, tok: WordPieceTokenizer, seed: int, n_train: int, n_dev: int, steps: int, lr: float,
+             max_len: int = MAX_LEN, batch_size: int = BATCH, device: str | torch.device = "cpu") -> float:
+    """``finetune_measured``'s accuracy."""
+    return finetune_measured(model, tok, seed, n_train, n_dev, steps, lr, max_len, batch_size, device).accuracy
 
 
 def majority_share(n_dev: int) -> float:
