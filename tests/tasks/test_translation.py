@@ -214,3 +214,12 @@ def test_finetune_translate_with_an_adapter_then_translate_and_merge(tiny_run, t
         assert main(["translate", "--checkpoint", str(merged), "--beam", "2", sentence]) == 0
         assert capsys.readouterr().out == adapted
     assert main(args[:-2] + ["--peft", method]) == 2  # the folder holds a run: --resume or --overwrite
+
+
+def test_finetune_translate_without_data_names_the_options(tmp_path, capsys):
+    assert main(["finetune", "translate", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--data multi30k" in capsys.readouterr().err
+    files = [str(write(tmp_path / n, ["a b", "c d"])) for n in ("a.fr", "a.en", "b.fr", "b.en")]
+    assert main(["finetune", "translate", "--model", str(tmp_path / "none"), "--train-src", files[0], "--train-tgt",
+                 files[1], "--valid-src", files[2], "--valid-tgt", files[3], "--out", str(tmp_path / "o")]) == 2
+    assert "none" in capsys.readouterr().err  # the missing model folder is named

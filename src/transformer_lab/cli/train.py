@@ -103,7 +103,8 @@ def translation_data(args: argparse.Namespace, preset: str | None = None) -> dic
     if preset in translation.TASKS:
         return dict(data=args.data or "multi30k", **translation.TASKS[preset])
     if not (args.src and args.tgt):
-        raise ValueError("--src/--tgt: a named data set needs both languages (or use --preset multi30k-de-en)")
+        raise ValueError("--src/--tgt: a named data set (--data multi30k) needs both languages; or give the files "
+                         "(--train-src/--train-tgt/--valid-src/--valid-tgt)")
     return dict(data=args.data or "multi30k", src=args.src, tgt=args.tgt)
 
 

@@ -430,6 +430,7 @@ def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> 
     """Fine-tune a trained translation model (all weights, or an adapter) on new parallel text; report
     validation loss and BLEU before and after, and export OUT/adapter when an adapter trained."""
     runtime = runtime or Runtime(cfg.run.device)
+    find_checkpoint(cfg.model)  # a wrong model path fails before any data work
     train_files, valid_files = split_files(cfg)
     with open_run(cfg.run, runtime) as folder:
         model, tok_src, tok_tgt = load_translator(cfg.model, runtime.device)
