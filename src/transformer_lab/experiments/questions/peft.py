@@ -70,6 +70,11 @@ def runs(m: dict[str, Any], method: str) -> list[dict[str, Any]]:
     return m["runs"][method]
 
 
+def seconds(m: dict[str, Any], method: str) -> float:
+    """Mean seconds per training step over the seeds."""
+    return sum(r["s_per_step"] for r in runs(m, method)) / len(runs(m, method))
+
+
 def accs(m: dict[str, Any], method: str) -> list[float]:
     return [r["accuracy"] for r in runs(m, method)]
 
@@ -136,6 +141,7 @@ class Peft(Experiment):
             numbers[f"{method}: saved parameters (% of the model)"] = round(100 * fraction, 3)
             numbers[f"{method}: training-state MiB (full: {runs(m, 'full')[0]['state_mib']:.0f})"] = round(
                 r["state_mib"], 1)
+            numbers[f"{method}: s/step (full: {seconds(m, 'full'):.3g})"] = round(seconds(m, method), 3)
         because = (f"SST-2 dev accuracy ({m['n_dev']} sentences, majority label {m['majority_share']:.3g}) after "
                    f"{m['steps']} steps of {m['batch_size']}: full fine-tuning {fmt(*full)}; " + "; ".join(parts))
         if full[0] - m["majority_share"] < NOTHING_LEARNED:
