@@ -52,15 +52,36 @@ TASKS = {f"multi30k-{s}-{t}": dict(src=s, tgt=t) for s, t in (("de", "en"), ("en
 RECIPE = TrainConfig(max_steps=100_000, warmup=1000, lr=0.7, schedule="noam", eval_every=500)
 
 
-@dataclass
-class TranslationConfig:
-    run: RunOptions
-    train: TrainConfig = field(default_factory=lambda: replace(RECIPE))
+@dataclass(kw_only=True)
+class ParallelSource:
+    """Where a translation task's text comes from: aligned training and validation files, or a named
+    set with both languages."""
+
     train_files: tuple[Path, Path] | None = None  # aligned source and target files
     valid_files: tuple[Path, Path] | None = None
     data: str | None = None  # a named set ("multi30k") instead of files, with src and tgt
     src: str | None = None
     tgt: str | None = None
+
+    def check_files(self) -> None:
+        if (self.train_files is None) != (self.valid_files is None):
+            raise ValueError("train_files, valid_files: give both (training and validation files), or a named data set")
+        if self.train_files is None and not (self.data and self.src and self.tgt):
+            raise ValueError("data: give aligned files, or a named data set with both languages (src, tgt)")
+
+    def files(self) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
+        """(train source, train target), (valid source, valid target)."""
+        if self.train_files is not None:
+            return ((Path(self.train_files[0]), Path(self.train_files[1])),
+                    (Path(self.valid_files[0]), Path(self.valid_files[1])))
+        return (named_files(self.data, self.src, self.tgt, "train"),
+                named_files(self.data, self.src, self.tgt, "valid"))
+
+
+@dataclass
+class TranslationConfig(ParallelSource):
+    run: RunOptions
+    train: TrainConfig = field(default_factory=lambda: replace(RECIPE))
     model: str = "multi30k"  # size preset
     position: str | None = None  # None: the preset's (sinusoidal)
     vocab_size: int = 8000  # byte-level BPE
@@ -78,26 +99,7 @@ class TranslationConfig:
             raise ValueError(f"bleu_sample: expected >= 0, got {self.bleu_sample}")
         if self.model not in PRESETS:
             raise ValueError(f"model: expected one of {sorted(PRESETS)}, got {self.model!r}")
-        check_files(self)
-
-    def files(self) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
-        return split_files(self)
-
-
-def check_files(cfg: Any) -> None:
-    """A config's data: aligned training and validation files, or a named set with both languages."""
-    if (cfg.train_files is None) != (cfg.valid_files is None):
-        raise ValueError("train_files, valid_files: give both (training and validation files), or a named data set")
-    if cfg.train_files is None and not (cfg.data and cfg.src and cfg.tgt):
-        raise ValueError("data: give aligned files, or a named data set with both languages (src, tgt)")
-
-
-def split_files(cfg: Any) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
-    """(train source, train target), (valid source, valid target) of a config checked by ``check_files``."""
-    if cfg.train_files is not None:
-        return (Path(cfg.train_files[0]), Path(cfg.train_files[1])), (Path(cfg.valid_files[0]), Path(cfg.valid_files[1]))
-    return named_files(cfg.data, cfg.src, cfg.tgt, "train"), named_files(cfg.data, cfg.src, cfg.tgt, "valid")
-
+        self.check_files()
 
 def named_files(name: str | None, src: str, tgt: str, split: str) -> tuple[Path, Path]:
     if name != "multi30k":
@@ -401,15 +403,10 @@ def finetune_recipe(adapter: AdapterConfig | None) -> TrainConfig:
 
 
 @dataclass
-class TranslationFinetuneConfig:
+class TranslationFinetuneConfig(ParallelSource):
     run: RunOptions
     model: Path  # one of our translation runs, or a checkpoint folder
     train: TrainConfig = field(default_factory=lambda: replace(FINETUNE))
-    train_files: tuple[Path, Path] | None = None  # aligned source and target files
-    valid_files: tuple[Path, Path] | None = None
-    data: str | None = None  # a named set ("multi30k") instead of files, with src and tgt
-    src: str | None = None
-    tgt: str | None = None
     max_len: int = 100  # training pairs longer than this (tokens) are skipped, counted
     max_tokens: int = 4000
     bleu_sample: int = 200
@@ -423,7 +420,7 @@ class TranslationFinetuneConfig:
             check_positive(name, getattr(self, name))
         if self.bleu_sample < 0:
             raise ValueError(f"bleu_sample: expected >= 0, got {self.bleu_sample}")
-        check_files(self)
+        self.check_files()
 
 
 def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> TaskResult:
@@ -431,7 +428,7 @@ def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> 
     validation loss and BLEU before and after, and export OUT/adapter when an adapter trained."""
     runtime = runtime or Runtime(cfg.run.device)
     find_checkpoint(cfg.model)  # a wrong model path fails before any data work
-    train_files, valid_files = split_files(cfg)
+    train_files, valid_files = cfg.files()
     with open_run(cfg.run, runtime) as folder:
         model, tok_src, tok_tgt = load_translator(cfg.model, runtime.device)
         if getattr(model, "adapter_config", None) is not None:
