@@ -1,7 +1,7 @@
 """The shape of the house, read from the source: every internal import (module level or not) goes
 down the layers, none hides inside a function, and the modules form no cycle.
 
-    cli -> experiments -> bench -> tasks -> training / generation -> runs -> adapters -> models -> nn
+    cli -> experiments -> bench -> tasks -> training / generation -> runs -> adapters, compression -> models -> nn
     data and tokenizers sit below tasks; runtime and config are leaves.
 """
 
@@ -19,6 +19,7 @@ BELOW = {
     "tokenizers": {"config"},
     "data": {"tokenizers", "config"},
     "adapters": {"models", "nn", "config"},
+    "compression": {"models", "nn", "config"},
     "runs": {"models", "adapters", "runtime", "config"},
     "generation": {"models", "nn"},
     "training": {"runs", "runtime", "config"},
