@@ -10,7 +10,7 @@ import json
 
 from tqdm import tqdm
 
-from transformer_lab.bench import bert, gpt, model, peft, tokenizer, translation
+from transformer_lab.bench import bert, gpt, int8, model, peft, tokenizer, translation
 from transformer_lab.bench.harness import BenchResult
 from transformer_lab.cli.args import non_negative_int, positive_int
 from transformer_lab.models.presets import PRESETS
@@ -60,6 +60,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--steps", type=positive_int, default=3, help="timed forwards per round")
     b.add_argument("--rounds", type=positive_int, default=5)
     b.set_defaults(run=lambda a: bert.bench_bert(a.model, a.batch, a.length, a.steps, a.rounds))
+
+    q = _parser(bsub, "int8", "INT8 BERT encoder: our Int8Linear vs torch.ao dynamic INT8, each beside fp32",
+                int8.__doc__)
+    q.add_argument("--model", default=None, help="an HF BERT folder (default: all-MiniLM-L6-v2 if installed)")
+    q.add_argument("--batch", type=positive_int, default=8)
+    q.add_argument("--length", type=positive_int, default=128)
+    q.add_argument("--steps", type=positive_int, default=3, help="timed forwards per round")
+    q.add_argument("--rounds", type=positive_int, default=5)
+    q.set_defaults(run=lambda a: int8.bench_int8(a.model, a.batch, a.length, a.steps, a.rounds))
 
     g = _parser(bsub, "gpt", "GPT generation (cache / no cache) and training: ours vs HF GPT-2", gpt.__doc__)
     g.add_argument("--n-layers", type=positive_int, default=12, help="GPT-2 small has 12; fewer for a quick run")

@@ -1,0 +1,65 @@
+"""INT8 inference of a BERT encoder (default all-MiniLM-L6-v2, else a random BERT-base): our Int8Linear
+layers (``compression.int8``: per-channel weights, per-token activations, ``torch._int_mm``) against
+``torch.ao.quantization.quantize_dynamic`` on the same fp32 model, each timed beside the fp32 model in
+the same rounds. The speed is input tokens/s of the eval forward; agreement is the cosine between the
+fp32 and the INT8 mean-pooled hidden states (the lowest over the batch)."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from transformer_lab.bench.bert import _bert_folder
+from transformer_lab.bench.harness import BenchResult, time_rounds
+from transformer_lab.compression.int8 import Int8Linear, quantize_linears
+from transformer_lab.models.hf import load_bert
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    return sum(m.weight_bytes() if isinstance(m, Int8Linear) else 4 * m.weight.numel()
+               for m in model.modules() if isinstance(m, (Int8Linear, torch.nn.Linear)))
+
+
+def bench_int8(model: str | None = None, batch: int = 8, length: int = 128, steps: int = 3,
+               rounds: int = 5) -> BenchResult:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, name = _bert_folder(model, tmp)
+        fp32 = load_bert(folder).eval()
+    if length > fp32.config.max_len:
+        raise ValueError(f"length: {length} exceeds the model's max_len={fp32.config.max_len}")
+    ours = quantize_linears(copy.deepcopy(fp32))
+    with warnings.catch_warnings():  # torch.ao announces its own deprecation
+        warnings.simplefilter("ignore")
+        peer = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
+    torch.manual_seed(0)
+    tokens = torch.randint(1000, fp32.config.vocab_size, (batch, length))
+    models = {"fp32": fp32, "ours": ours, "peer": peer}
+    with torch.no_grad():
+        pooled = {k: m(tokens).hidden.mean(dim=1) for k, m in models.items()}
+    cosine = {k: round(float(F.cosine_similarity(pooled["fp32"], pooled[k]).min()), 4) for k in ("ours", "peer")}
+
+    def runner(m):
+        def run():
+            with torch.no_grad():
+                m(tokens)
+        return run
+
+    seconds = time_rounds({k: runner(m) for k, m in models.items()}, steps, rounds)
+    speed = {k: round(tokens.numel() / s, 1) for k, s in seconds.items()}
+    row = {"ours": speed["ours"], "peer": speed["peer"], "ratio": round(seconds["peer"] / seconds["ours"], 3)}
+    fp_row = {"ours": speed["ours"], "peer": speed["fp32"], "ratio": round(seconds["fp32"] / seconds["ours"], 3)}
+    peer_fp_row = {"ours": speed["peer"], "peer": speed["fp32"], "ratio": round(seconds["fp32"] / seconds["peer"], 3)}
+    result = {"benchmark": "int8", "model": name, "batch": batch, "length": length,
+              "unit": "input tokens/s (eval forward, no grad)", **row, "fp32": speed["fp32"],
+              "speedup_over_fp32": {"ours": fp_row["ratio"], "peer": peer_fp_row["ratio"]},
+              "min_cosine_to_fp32": cosine,
+              "linear_weight_bytes": {"fp32": _weight_bytes(fp32), "ours": _weight_bytes(ours)},
+              "peer_name": "torch.ao.quantization.quantize_dynamic (qint8)", "threads": torch.get_num_threads(),
+              "torch": torch.__version__}
+    notes = [f"min cosine to fp32 (mean-pooled hidden states): ours {cosine['ours']}, torch.ao {cosine['peer']}"]
+    return BenchResult(result, [("int8 tok/s: ours vs torch.ao", row), ("ours vs fp32", fp_row),
+                                ("torch.ao vs fp32", peer_fp_row)], notes=notes)
