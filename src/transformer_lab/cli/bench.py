@@ -53,22 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--merges", type=positive_int, default=8000, help="bpe merges")
     t.set_defaults(run=lambda a: tokenizer.bench_tokenizer(a.algo, a.data, a.vocab_size, a.merges))
 
-    b = _parser(bsub, "bert", "BERT encoder forward: ours vs HF BertModel, same weights", bert.__doc__)
-    b.add_argument("--model", default=None, help="an HF BERT folder (default: all-MiniLM-L6-v2 if installed, else random BERT-base)")
-    b.add_argument("--batch", type=positive_int, default=32)
-    b.add_argument("--length", type=positive_int, default=128)
-    b.add_argument("--steps", type=positive_int, default=3, help="timed forwards per round")
-    b.add_argument("--rounds", type=positive_int, default=5)
-    b.set_defaults(run=lambda a: bert.bench_bert(a.model, a.batch, a.length, a.steps, a.rounds))
-
-    q = _parser(bsub, "int8", "INT8 BERT encoder: our Int8Linear vs torch.ao dynamic INT8, each beside fp32",
-                int8.__doc__)
-    q.add_argument("--model", default=None, help="an HF BERT folder (default: all-MiniLM-L6-v2 if installed)")
-    q.add_argument("--batch", type=positive_int, default=8)
-    q.add_argument("--length", type=positive_int, default=128)
-    q.add_argument("--steps", type=positive_int, default=3, help="timed forwards per round")
-    q.add_argument("--rounds", type=positive_int, default=5)
-    q.set_defaults(run=lambda a: int8.bench_int8(a.model, a.batch, a.length, a.steps, a.rounds))
+    for name, help, doc, fn, batch in (
+            ("bert", "BERT encoder forward: ours vs HF BertModel, same weights", bert.__doc__, bert.bench_bert, 32),
+            ("int8", "INT8 BERT encoder: our Int8Linear vs torch.ao dynamic INT8, each beside fp32", int8.__doc__,
+             int8.bench_int8, 8)):
+        b = _parser(bsub, name, help, doc)
+        b.add_argument("--model", default=None,
+                       help="an HF BERT folder (default: all-MiniLM-L6-v2 if installed, else random BERT-base)")
+        b.add_argument("--batch", type=positive_int, default=batch)
+        b.add_argument("--length", type=positive_int, default=128)
+        b.add_argument("--steps", type=positive_int, default=3, help="timed forwards per round")
+        b.add_argument("--rounds", type=positive_int, default=5)
+        b.set_defaults(run=lambda a, fn=fn: fn(a.model, a.batch, a.length, a.steps, a.rounds))
 
     g = _parser(bsub, "gpt", "GPT generation (cache / no cache) and training: ours vs HF GPT-2", gpt.__doc__)
     g.add_argument("--n-layers", type=positive_int, default=12, help="GPT-2 small has 12; fewer for a quick run")
