@@ -66,3 +66,16 @@ def test_bench_int8_json_has_ours_peer_ratio_and_agreement(capsys):
     assert {"ours", "peer", "ratio", "fp32", "speedup_over_fp32"} <= set(r)
     assert r["min_cosine_to_fp32"]["ours"] > 0.95  # per-channel weights, per-token activations
     assert r["linear_weight_bytes"]["fp32"] > 3.5 * r["linear_weight_bytes"]["ours"]
+
+
+@pytest.mark.slow  # two models compile (~30 s)
+def test_bench_int8_compiled(capsys):
+    import json
+
+    from transformer_lab.cli.main import main
+
+    assert main(["bench", "int8", "--batch", "2", "--length", "16", "--steps", "1", "--rounds", "1", "--compile",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["compiled"] and "ours_over_compiled_fp32" in r["speedup_over_fp32"]
+    assert r["min_cosine_to_fp32"]["ours"] > 0.95

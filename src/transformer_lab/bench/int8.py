@@ -2,7 +2,9 @@
 layers (``compression.int8``: per-channel weights, per-token activations, ``torch._int_mm``) against
 ``torch.ao.quantization.quantize_dynamic`` on the same fp32 model, each timed beside the fp32 model in
 the same rounds. The speed is input tokens/s of the eval forward; agreement is the cosine between the
-fp32 and the INT8 mean-pooled hidden states (the lowest over the batch)."""
+fp32 and the INT8 mean-pooled hidden states (the lowest over the batch). ``--compile``: ours under
+``torch.compile`` (it fuses the per-token quantization and the rescale around the integer GEMM), timed
+against a compiled fp32 model too, so the speed-up is not the compiler's alone."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 
 
 def bench_int8(model: str | None = None, batch: int = 8, length: int = 128, steps: int = 3,
-               rounds: int = 5) -> BenchResult:
+               rounds: int = 5, compile: bool = False) -> BenchResult:
     with tempfile.TemporaryDirectory() as tmp:
         folder, name = _bert_folder(model, tmp)
         fp32 = load_bert(folder).eval()
@@ -38,7 +40,9 @@ def bench_int8(model: str | None = None, batch: int = 8, length: int = 128, step
     torch.manual_seed(0)
     tokens = torch.randint(1000, fp32.config.vocab_size, (batch, length))
     models = {"fp32": fp32, "ours": ours, "peer": peer}
-    with torch.no_grad():
+    if compile:
+        models.update(ours=torch.compile(ours), fp32_compiled=torch.compile(fp32))
+    with torch.no_grad():  # (the first call compiles)
         pooled = {k: m(tokens).hidden.mean(dim=1) for k, m in models.items()}
     cosine = {k: round(float(F.cosine_similarity(pooled["fp32"], pooled[k]).min()), 4) for k in ("ours", "peer")}
 
@@ -58,8 +62,14 @@ def bench_int8(model: str | None = None, batch: int = 8, length: int = 128, step
               "speedup_over_fp32": {"ours": fp_row["ratio"], "peer": peer_fp_row["ratio"]},
               "min_cosine_to_fp32": cosine,
               "linear_weight_bytes": {"fp32": _weight_bytes(fp32), "ours": _weight_bytes(ours)},
-              "peer_name": "torch.ao.quantization.quantize_dynamic (qint8)", "threads": torch.get_num_threads(),
-              "torch": torch.__version__}
+              "peer_name": "torch.ao.quantization.quantize_dynamic (qint8)", "compiled": compile,
+              "threads": torch.get_num_threads(), "torch": torch.__version__}
+    rows = [("int8 tok/s: ours vs torch.ao", row), ("ours vs fp32", fp_row), ("torch.ao vs fp32", peer_fp_row)]
+    if compile:
+        c_row = {"ours": speed["ours"], "peer": speed["fp32_compiled"],
+                 "ratio": round(seconds["fp32_compiled"] / seconds["ours"], 3)}
+        result.update(fp32_compiled=speed["fp32_compiled"])
+        result["speedup_over_fp32"]["ours_over_compiled_fp32"] = c_row["ratio"]
+        rows.append(("ours vs compiled fp32", c_row))
     notes = [f"min cosine to fp32 (mean-pooled hidden states): ours {cosine['ours']}, torch.ao {cosine['peer']}"]
-    return BenchResult(result, [("int8 tok/s: ours vs torch.ao", row), ("ours vs fp32", fp_row),
-                                ("torch.ao vs fp32", peer_fp_row)], notes=notes)
+    return BenchResult(result, rows, notes=notes)

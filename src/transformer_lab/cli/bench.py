@@ -53,10 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--merges", type=positive_int, default=8000, help="bpe merges")
     t.set_defaults(run=lambda a: tokenizer.bench_tokenizer(a.algo, a.data, a.vocab_size, a.merges))
 
-    for name, help, doc, fn, batch in (
-            ("bert", "BERT encoder forward: ours vs HF BertModel, same weights", bert.__doc__, bert.bench_bert, 32),
+    for name, help, doc, run, batch in (
+            ("bert", "BERT encoder forward: ours vs HF BertModel, same weights", bert.__doc__,
+             lambda a: bert.bench_bert(a.model, a.batch, a.length, a.steps, a.rounds), 32),
             ("int8", "INT8 BERT encoder: our Int8Linear vs torch.ao dynamic INT8, each beside fp32", int8.__doc__,
-             int8.bench_int8, 8)):
+             lambda a: int8.bench_int8(a.model, a.batch, a.length, a.steps, a.rounds, a.compile), 8)):
         b = _parser(bsub, name, help, doc)
         b.add_argument("--model", default=None,
                        help="an HF BERT folder (default: all-MiniLM-L6-v2 if installed, else random BERT-base)")
@@ -64,7 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         b.add_argument("--length", type=positive_int, default=128)
         b.add_argument("--steps", type=positive_int, default=3, help="timed forwards per round")
         b.add_argument("--rounds", type=positive_int, default=5)
-        b.set_defaults(run=lambda a, fn=fn: fn(a.model, a.batch, a.length, a.steps, a.rounds))
+        if name == "int8":
+            b.add_argument("--compile", action="store_true", help="ours (and an fp32 reference) under torch.compile")
+        b.set_defaults(run=run)
 
     g = _parser(bsub, "gpt", "GPT generation (cache / no cache) and training: ours vs HF GPT-2", gpt.__doc__)
     g.add_argument("--n-layers", type=positive_int, default=12, help="GPT-2 small has 12; fewer for a quick run")
