@@ -95,7 +95,7 @@ class ParameterCount:
         return f"trainable parameters: {self.trainable:,} of {self.total:,} ({100 * self.fraction:.3f}%)"
 
 
-def _attention_shape(model: nn.Module, method: str) -> tuple[int, int, int]:
+def attention_shape(model: nn.Module, method: str) -> tuple[int, int, int]:
     """(self-attention layers, heads, head width) of a model with prefix and prompt slots; an
     encoder-decoder's layers are its encoder's, then its decoder's."""
     c = model.config
@@ -146,10 +146,10 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
                 if not _in_trained(name, trained):
                     set_module(model, name, LoRALinear(model.get_submodule(name), cfg.r, cfg.alpha, cfg.dropout))
         elif cfg.method == "prefix":
-            n_layers, n_heads, d_head = _attention_shape(model, "prefix")
+            n_layers, n_heads, d_head = attention_shape(model, "prefix")
             model.prefix = PrefixTuning(n_layers, n_heads, d_head, cfg.prefix_len, cfg.prefix_hidden or None)
         else:
-            _attention_shape(model, "prompt")
+            attention_shape(model, "prompt")
             table = _token_table(model)
             if cfg.prompt_init == "vocab":
                 model.prompt = SoftPrompt.from_vocab(table, cfg.prompt_len, generator)

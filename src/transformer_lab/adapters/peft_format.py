@@ -29,7 +29,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from transformer_lab.adapters import AdapterConfig, apply_adapter, freeze_except_adapter
+from transformer_lab.adapters import AdapterConfig, apply_adapter, attention_shape, freeze_except_adapter
 from transformer_lab.adapters.lora import LoRALinear
 from transformer_lab.adapters.targets import set_module
 from transformer_lab.config import read_json_object
@@ -49,6 +49,8 @@ def _module_pairs(model: nn.Module) -> list[tuple[str, str]]:
     if isinstance(model, Bert):
         task_model = model.config.n_labels or model.config.pretraining_heads
         return [(h if task_model else h.removeprefix("bert."), o) for h, o in bert_name_pairs(model.config.n_layers)]
+    if isinstance(model, Transformer):  # no transformers counterpart: our names, top module by top module
+        return [(name, name) for name, _ in model.named_children()]
     if isinstance(model, GPT):
         pairs = [("lm_head", "lm_head")]
         for i in range(model.config.n_layers):
@@ -60,22 +62,14 @@ def _module_pairs(model: nn.Module) -> list[tuple[str, str]]:
                      f"not {type(model).__name__}")
 
 
-def _hf_name(model: nn.Module, ours: str) -> str:
-    if isinstance(model, Transformer):
-        return ours
+def _rename(model: nn.Module, name: str, to_hf: bool) -> str:
+    """Our module or parameter name as the transformers model's (``to_hf``), or back."""
     for h, o in _module_pairs(model):
-        if ours == o or ours.startswith(o + "."):
-            return h + ours[len(o):]
-    raise ValueError(f"peft format: no transformers name for module {ours}")
-
-
-def _our_name(model: nn.Module, hf: str) -> str:
-    if isinstance(model, Transformer):
-        return hf
-    for h, o in _module_pairs(model):
-        if hf == h or hf.startswith(h + "."):
-            return o + hf[len(h):]
-    raise ValueError(f"peft format: module {hf} has no counterpart in this {type(model).__name__}")
+        old, new = (o, h) if to_hf else (h, o)
+        if name == old or name.startswith(old + "."):
+            return new + name[len(old):]
+    raise ValueError(f"peft format: no transformers name for module {name}" if to_hf else
+                     f"peft format: module {name} has no counterpart in this {type(model).__name__}")
 
 
 def _task_type(model: nn.Module) -> str:
@@ -109,7 +103,7 @@ def _lora_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, tuple[
         if qkv is not None:
             fused.setdefault(qkv[0], {})[qkv[1]] = m
             continue
-        hf = _hf_name(model, name)
+        hf = _rename(model, name, to_hf=True)
         tensors[f"base_model.model.{hf}.lora_A.weight"] = m.lora_A.weight
         tensors[f"base_model.model.{hf}.lora_B.weight"] = m.lora_B.weight
         ranks[hf] = (m.r, m.alpha)
@@ -151,7 +145,7 @@ def save_peft(model: nn.Module, folder: str | Path, base_model: str | Path = "")
     c = model.config
     config: dict[str, Any] = {"peft_type": _PEFT_TYPES[cfg.method], "task_type": _task_type(model),
                               "base_model_name_or_path": str(base_model), "inference_mode": True, "revision": None}
-    heads = {_hf_name(model, name): p for name, p in model.named_parameters()
+    heads = {_rename(model, name, to_hf=True): p for name, p in model.named_parameters()
              if any(name == t or name.startswith(t + ".") for t in cfg.trained_modules)}
     trained = sorted({h.rsplit(".", 1)[0] for h in heads})  # HF modules trained in full (a task's head)
     if cfg.method in ("lora", "qlora"):
@@ -166,7 +160,7 @@ def save_peft(model: nn.Module, folder: str | Path, base_model: str | Path = "")
         tensors.update({f"base_model.model.{h}": p for h, p in heads.items()})
     else:
         n_virtual = (model.prefix if model.prefix is not None else model.prompt).length
-        n_layers = c.n_layers if hasattr(c, "n_layers") else c.n_encoder_layers + c.n_decoder_layers
+        n_layers = attention_shape(model, cfg.method)[0]
         common = {"num_virtual_tokens": n_virtual, "token_dim": c.d_model, "num_transformer_submodules": 1,
                   "num_attention_heads": c.n_heads, "num_layers": n_layers, "modules_to_save": trained or None}
         config.update(common)
@@ -230,7 +224,7 @@ def load_peft(model: nn.Module, folder: str | Path) -> nn.Module:
     for key in list(tensors):
         if key.startswith(prefix) and ".lora_" not in key:
             heads[key[len(prefix):]] = tensors.pop(key)
-    trained = sorted({_our_name(model, h).rsplit(".", 1)[0] for h in heads})  # e.g. classifier.1
+    trained = sorted({_rename(model, h, to_hf=False).rsplit(".", 1)[0] for h in heads})  # e.g. classifier.1
     if config["peft_type"] == "LORA":
         _load_lora(model, config, tensors, where, ",".join(trained))
     else:
@@ -250,7 +244,7 @@ def load_peft(model: nn.Module, folder: str | Path) -> nn.Module:
     own = dict(model.named_parameters())
     with torch.no_grad():
         for h, t in heads.items():
-            ours = _our_name(model, h)
+            ours = _rename(model, h, to_hf=False)
             if ours not in own:
                 raise ValueError(f"{where}: {h} has no counterpart ({ours}) in this model")
             _check_shape(f"{where}: {h}", t, tuple(own[ours].shape))
@@ -280,7 +274,7 @@ def _load_lora(model: nn.Module, config: dict[str, Any], tensors: dict[str, Tens
             for j, key in enumerate(_QKV):
                 plan[f"blocks.layers.{layer}.self_attn.{key}"] = (a, b[j * d:(j + 1) * d], rank, alph)
         else:
-            plan[_our_name(model, hf)] = (a, b, rank, alph)
+            plan[_rename(model, hf, to_hf=False)] = (a, b, rank, alph)
     cfg = AdapterConfig(method="lora", r=r, alpha=alpha,
                         dropout=float(config.get("lora_dropout", 0.0)),
                         targets=",".join(sorted(plan)), train=trained)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from transformer_lab.bench.bert import _bert_folder
-from transformer_lab.bench.harness import BenchResult, time_rounds
+from transformer_lab.bench.harness import BenchResult, speed_row, time_rounds
 from transformer_lab.compression.int8 import Int8Linear, quantize_linears
 from transformer_lab.models.hf import load_bert
 
@@ -53,12 +53,13 @@ def bench_int8(model: str | None = None, batch: int = 8, length: int = 128, step
         return run
 
     seconds = time_rounds({k: runner(m) for k, m in models.items()}, steps, rounds)
-    speed = {k: round(tokens.numel() / s, 1) for k, s in seconds.items()}
-    row = {"ours": speed["ours"], "peer": speed["peer"], "ratio": round(seconds["peer"] / seconds["ours"], 3)}
-    fp_row = {"ours": speed["ours"], "peer": speed["fp32"], "ratio": round(seconds["fp32"] / seconds["ours"], 3)}
-    peer_fp_row = {"ours": speed["peer"], "peer": speed["fp32"], "ratio": round(seconds["fp32"] / seconds["peer"], 3)}
+
+    def pair(a: str, b: str) -> dict[str, float]:  # a against b: tokens/s of each, b's time / a's
+        return speed_row(tokens.numel(), {"ours": seconds[a], "peer": seconds[b]})
+
+    row, fp_row, peer_fp_row = pair("ours", "peer"), pair("ours", "fp32"), pair("peer", "fp32")
     result = {"benchmark": "int8", "model": name, "batch": batch, "length": length,
-              "unit": "input tokens/s (eval forward, no grad)", **row, "fp32": speed["fp32"],
+              "unit": "input tokens/s (eval forward, no grad)", **row, "fp32": fp_row["peer"],
               "speedup_over_fp32": {"ours": fp_row["ratio"], "peer": peer_fp_row["ratio"]},
               "min_cosine_to_fp32": cosine,
               "linear_weight_bytes": {"fp32": _weight_bytes(fp32), "ours": _weight_bytes(ours)},
@@ -66,9 +67,8 @@ def bench_int8(model: str | None = None, batch: int = 8, length: int = 128, step
               "threads": torch.get_num_threads(), "torch": torch.__version__}
     rows = [("int8 tok/s: ours vs torch.ao", row), ("ours vs fp32", fp_row), ("torch.ao vs fp32", peer_fp_row)]
     if compile:
-        c_row = {"ours": speed["ours"], "peer": speed["fp32_compiled"],
-                 "ratio": round(seconds["fp32_compiled"] / seconds["ours"], 3)}
-        result.update(fp32_compiled=speed["fp32_compiled"])
+        c_row = pair("ours", "fp32_compiled")
+        result.update(fp32_compiled=c_row["peer"])
         result["speedup_over_fp32"]["ours_over_compiled_fp32"] = c_row["ratio"]
         rows.append(("ours vs compiled fp32", c_row))
     notes = [f"min cosine to fp32 (mean-pooled hidden states): ours {cosine['ours']}, torch.ao {cosine['peer']}"]

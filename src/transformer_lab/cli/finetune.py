@@ -37,10 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fc.add_argument("--max-len", type=positive_int, default=128)
     fc.add_argument("--batch-size", type=positive_int, default=32)
     add_split_special_tokens(fc)
-    add_run_args(fc, out_required=True)
-    add_train_args(fc)
-    add_peft_args(fc)
-    fc.set_defaults(func=classify_cmd)
+    _run_train_peft_args(fc, classify_cmd)
 
     fl = fsub.add_parser("lm", help="continue training a GPT (HF GPT-2 folder or our run) on a text file",
                          description="The text is tokenised by the model's own tokenizer and split 90/10; the "
@@ -50,10 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fl.add_argument("--data", required=True, help="a UTF-8 text file")
     fl.add_argument("--context", type=positive_int, default=None, help="training window (default: min(model's, 256))")
     fl.add_argument("--batch-size", type=positive_int, default=8)
-    add_run_args(fl, out_required=True)
-    add_train_args(fl)
-    add_peft_args(fl)
-    fl.set_defaults(func=lm_cmd)
+    _run_train_peft_args(fl, lm_cmd)
 
     ft = fsub.add_parser("translate", help="continue training one of our translation runs on new parallel text",
                          description="The text is encoded with the model's own tokenizers (a byte-level vocabulary "
@@ -61,10 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "are reported before and after. With --peft, writes OUT/adapter.")
     ft.add_argument("--model", required=True, help="one of our translation runs or checkpoint folders")
     add_translation_data_args(ft, "a named data set, multi30k (with --src and --tgt)")
-    add_run_args(ft, out_required=True)
-    add_train_args(ft)
-    add_peft_args(ft)
-    ft.set_defaults(func=translate_cmd)
+    _run_train_peft_args(ft, translate_cmd)
 
     p = sub.add_parser("peft", help="adapters: merge a LoRA adapter into its base model")
     psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -78,6 +69,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     pm.set_defaults(func=merge_cmd)
 
 
+def _run_train_peft_args(p: argparse.ArgumentParser, func) -> None:
+    """What every fine-tuning command takes besides its data: the run, the optimisation, the adapter."""
+    add_run_args(p, out_required=True)
+    add_train_args(p)
+    add_peft_args(p)
+    p.set_defaults(func=func)
+
+
+def _summary(result) -> int:
+    """A fine-tuning run's summary as one JSON line; its exit code (128 + signal when stopped)."""
+    print(json.dumps(result.summary))
+    return result.exit_code
+
+
 def classify_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
     cfg = classify.ClassifyConfig(
@@ -85,9 +90,7 @@ def classify_cmd(args: argparse.Namespace) -> int:
         train_config(args, classify.recipe(adapter)), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
         eval_every=args.eval_every, max_len=args.max_len, batch_size=args.batch_size,
         split_special_tokens=args.split_special_tokens, adapter=adapter, prompt_text=args.prompt_text)
-    result = classify.run(cfg)
-    print(json.dumps(result.summary))
-    return result.exit_code
+    return _summary(classify.run(cfg))
 
 
 def lm_cmd(args: argparse.Namespace) -> int:
@@ -95,9 +98,7 @@ def lm_cmd(args: argparse.Namespace) -> int:
     cfg = lm.LMFinetuneConfig(run_options(args), Path(args.model), Path(args.data),
                               train_config(args, lm.finetune_recipe(adapter)), context=args.context,
                               batch_size=args.batch_size, adapter=adapter, prompt_text=args.prompt_text)
-    result = lm.finetune(cfg)
-    print(json.dumps(result.summary))
-    return result.exit_code
+    return _summary(lm.finetune(cfg))
 
 
 def translate_cmd(args: argparse.Namespace) -> int:
@@ -106,9 +107,7 @@ def translate_cmd(args: argparse.Namespace) -> int:
         run_options(args), Path(args.model), train_config(args, translation.finetune_recipe(adapter)),
         **translation_data(args), max_len=args.max_len, max_tokens=args.max_tokens, bleu_sample=args.bleu_sample,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, adapter=adapter, prompt_text=args.prompt_text)
-    result = translation.finetune(cfg)
-    print(json.dumps(result.summary))
-    return result.exit_code
+    return _summary(translation.finetune(cfg))
 
 
 def merge_cmd(args: argparse.Namespace) -> int:

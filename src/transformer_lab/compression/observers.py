@@ -188,20 +188,18 @@ class KLObserver(_Keeping):
             p[0] += counts[:start].sum()  # the clipped tails pile up at the edges
             p[-1] += counts[end:].sum()
             merged = window.numel() // self.quantized_bins  # bins per quantized level
-            q = torch.zeros_like(p)
-            for k in range(self.quantized_bins):
-                a = k * merged
-                b = (k + 1) * merged if k < self.quantized_bins - 1 else window.numel()  # the last takes the rest
-                level = window[a:b].sum()
-                if self.onnxruntime_compatible:  # integer counts on every bin of the level; the rest stay 0
-                    b = (k + 1) * merged
-                    n = int((p[a:b] != 0).sum())
-                    if n:
-                        q[a:b] = torch.floor(level / n)
-                else:  # the level's count spread evenly over its bins that P has values in
-                    used = p[a:b] != 0
-                    if used.any():
-                        q[a:b] = used * level / used.sum()
+            body = merged * self.quantized_bins  # the rest (fewer than a level's) joins the last level
+            levels = window[:body].view(-1, merged).sum(dim=1)
+            levels[-1] += window[body:].sum()
+            q, used = torch.zeros_like(p), p != 0
+            per_level = used[:body].view(-1, merged).sum(dim=1)  # P's non-empty bins in each level
+            if self.onnxruntime_compatible:  # integer counts on every bin of the level; the rest stay 0
+                q[:body] = torch.floor(levels / per_level.clamp(min=1)).repeat_interleave(merged)
+            else:  # each level's count spread evenly over its bins that P has values in (the last takes the rest)
+                per_level[-1] += used[body:].sum()
+                share = levels / per_level.clamp(min=1)
+                q[:body] = used[:body] * share.repeat_interleave(merged)
+                q[body:] = used[body:] * share[-1]
             ps, qs = self._smooth(p), self._smooth(q)
             if ps is None or qs is None:
                 kls.append(float("inf"))

@@ -71,9 +71,10 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
         folders = {name: (lambda dest, src=files / name: shutil.copytree(src, dest))  # a translation model's tokenizers
                    for name in TOKENIZER_FOLDERS if (files / name).is_dir()}
         save_checkpoint(out, model, {"merged_from": {"base": str(base), "adapter": str(adapter)}}, extra=folders)
-    for name in TOKENIZER_FILES if kind != "ours" else ():
-        if (files / name).is_file():
-            shutil.copyfile(files / name, out / name)
+    if kind != "ours":
+        for name in TOKENIZER_FILES:
+            if (files / name).is_file():
+                shutil.copyfile(files / name, out / name)
     log.info("merged %s (%s adapter parameters) into %s; wrote %s", adapter, f"{adapted:,}", base, out)
     return {"model": str(out), "format": {"bert": "hf-bert", "gpt2": "hf-gpt2", "ours": "checkpoint"}[kind],
             "adapter_parameters": adapted}

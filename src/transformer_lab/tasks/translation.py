@@ -101,6 +101,7 @@ class TranslationConfig(ParallelSource):
             raise ValueError(f"model: expected one of {sorted(PRESETS)}, got {self.model!r}")
         self.check_files()
 
+
 def named_files(name: str | None, src: str, tgt: str, split: str) -> tuple[Path, Path]:
     if name != "multi30k":
         raise ValueError(f"data: the named data sets are ['multi30k'], got {name!r}")
@@ -163,24 +164,25 @@ def prepare_data(
     else:
         tok_src = train_tokenizer(train_text.src, vocab_size, [train_files[0]], cache_dir)
         tok_tgt = train_tokenizer(train_text.tgt, vocab_size, [train_files[1]], cache_dir)
-    return encode_data(tok_src, tok_tgt, train_files, valid_files, max_len, cache_dir)
+    return encode_data(tok_src, tok_tgt, train_files, valid_files, max_len, cache_dir, train_text)
 
 
 def encode_data(tok_src: Tokenizer, tok_tgt: Tokenizer, train_files: tuple[Path, Path], valid_files: tuple[Path, Path],
-                max_len: int | None = 100, cache_dir: Path | None = None) -> TranslationData:
-    """Aligned files encoded with given tokenizers (cached); pairs longer than ``max_len`` dropped, counted."""
+                max_len: int | None = 100, cache_dir: Path | None = None, train_text: Any = None) -> TranslationData:
+    """Aligned files encoded with given tokenizers (cached); pairs longer than ``max_len`` dropped, counted.
+    ``train_text``: the training files' ``read_parallel``, when the caller has read them already."""
     cache_dir = cache_dir or user_cache_dir()
 
-    def encode_pairs(files: tuple[Path, Path]) -> tuple[Any, list[list[int]], list[list[int]]]:
+    def encode_pairs(files: tuple[Path, Path], text: Any = None) -> tuple[Any, list[list[int]], list[list[int]]]:
         # The cache encodes whole files; keep the pairs read_parallel kept (no empty side).
-        text = read_parallel(*files)
+        text = text if text is not None else read_parallel(*files)
         ids_src = encode_file_cached(files[0], FastTokenizer.from_tokenizer(tok_src), cache_dir / "encoded")
         ids_tgt = encode_file_cached(files[1], FastTokenizer.from_tokenizer(tok_tgt), cache_dir / "encoded")
         if text.kept is None:
             return text, ids_src, ids_tgt
         return text, [ids_src[i] for i in text.kept], [ids_tgt[i] for i in text.kept]
 
-    _, *train_ids = encode_pairs(train_files)
+    _, *train_ids = encode_pairs(train_files, train_text)
     valid_text, *valid_ids = encode_pairs(valid_files)
     enc_train = filter_long(*train_ids, max_len)
     if enc_train.skipped_long:
@@ -444,7 +446,6 @@ def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> 
                  f" ({cfg.adapter.method})" if cfg.adapter else " (every weight)")
         validate = make_validate(data, cfg.bleu_sample)
         before = validate(model)
-        model.train()
         _, result = train(folder, cfg.run, runtime, model, batches(data, cfg.max_tokens, cfg.train.seed), cfg.train,
                           seq2seq_loss(cfg.train.label_smoothing), validate, tokenizer_files(data))
         summary: dict[str, Any] = {

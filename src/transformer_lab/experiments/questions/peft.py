@@ -52,14 +52,14 @@ def state_bytes(model: nn.Module) -> int:
     gradient and Adam's two moments (fp32) per trained parameter."""
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
     stored = sum(t.numel() * t.element_size() for t in tensors)
-    trained = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
+    trained = parameter_counts(model).trainable
     return stored + 3 * 4 * trained
 
 
 def saved_parameters(model: nn.Module, method: str) -> int:
     """Numbers in the file a user keeps: the whole model, or the peft adapter file (adapter + head)."""
     if method == "full":
-        return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        return parameter_counts(model).total
     fold_prefix(model)
     with tempfile.TemporaryDirectory() as tmp:
         save_peft(model, tmp)
