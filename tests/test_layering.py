@@ -20,7 +20,7 @@ BELOW = {
     "data": {"tokenizers", "config"},
     "adapters": {"models", "nn", "config"},
     "compression": {"models", "nn", "config"},
-    "runs": {"models", "adapters", "runtime", "config"},
+    "runs": {"models", "adapters", "compression", "runtime", "config"},
     "generation": {"models", "nn"},
     "training": {"runs", "runtime", "config"},
 }

@@ -1,5 +1,5 @@
-"""INT8 inference of a BERT encoder (default all-MiniLM-L6-v2, else a random BERT-base): our Int8Linear
-layers (``compression.int8``: per-channel weights, per-token activations, ``torch._int_mm``) against
+"""INT8 inference of a BERT encoder (default all-MiniLM-L6-v2, else a random BERT-base): our QuantLinear
+layers (``compression.linear``, dynamic scheme: per-channel weights, per-token activations, ``torch._int_mm``) against
 ``torch.ao.quantization.quantize_dynamic`` on the same fp32 model, each timed beside the fp32 model in
 the same rounds. The speed is input tokens/s of the eval forward; agreement is the cosine between the
 fp32 and the INT8 mean-pooled hidden states (the lowest over the batch). ``--compile``: ours under
@@ -17,13 +17,8 @@ import torch.nn.functional as F
 
 from transformer_lab.bench.bert import _bert_folder
 from transformer_lab.bench.harness import BenchResult, speed_row, time_rounds
-from transformer_lab.compression.int8 import Int8Linear, quantize_linears
+from transformer_lab.compression import QuantConfig, linear_weight_bytes, quantize_model
 from transformer_lab.models.hf import load_bert
-
-
-def _weight_bytes(model: torch.nn.Module) -> int:
-    return sum(m.weight_bytes() if isinstance(m, Int8Linear) else 4 * m.weight.numel()
-               for m in model.modules() if isinstance(m, (Int8Linear, torch.nn.Linear)))
 
 
 def bench_int8(model: str | None = None, batch: int = 8, length: int = 128, steps: int = 3,
@@ -33,7 +28,7 @@ def bench_int8(model: str | None = None, batch: int = 8, length: int = 128, step
         fp32 = load_bert(folder).eval()
     if length > fp32.config.max_len:
         raise ValueError(f"length: {length} exceeds the model's max_len={fp32.config.max_len}")
-    ours = quantize_linears(copy.deepcopy(fp32))
+    ours = quantize_model(copy.deepcopy(fp32), QuantConfig())
     with warnings.catch_warnings():  # torch.ao announces its own deprecation
         warnings.simplefilter("ignore")
         peer = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
@@ -62,7 +57,7 @@ def bench_int8(model: str | None = None, batch: int = 8, length: int = 128, step
               "unit": "input tokens/s (eval forward, no grad)", **row, "fp32": fp_row["peer"],
               "speedup_over_fp32": {"ours": fp_row["ratio"], "peer": peer_fp_row["ratio"]},
               "min_cosine_to_fp32": cosine,
-              "linear_weight_bytes": {"fp32": _weight_bytes(fp32), "ours": _weight_bytes(ours)},
+              "linear_weight_bytes": {"fp32": linear_weight_bytes(fp32), "ours": linear_weight_bytes(ours)},
               "peer_name": "torch.ao.quantization.quantize_dynamic (qint8)", "compiled": compile,
               "threads": torch.get_num_threads(), "torch": torch.__version__}
     rows = [("int8 tok/s: ours vs torch.ao", row), ("ours vs fp32", fp_row), ("torch.ao vs fp32", peer_fp_row)]

@@ -1,16 +1,23 @@
-"""Quantization: the integer grid, its parameters from calibration, and (later) quantized models.
+"""Quantization: the integer grid, its parameters from calibration, quantized layers and models.
 
     quant        the affine map x -> q = clamp(round(x / s) + z, q_min, q_max) and back, written out
     observers    calibration: which range [lo, hi] a tensor's grid covers (min-max, percentile, MSE, KL)
+    linear       QuantLinear: int8/int4 weights; dynamic, static or weight-only; integer and fp32 paths
+    model        QuantConfig and quantize_model: which layers, calibrated how (SmoothQuant as an option)
 
 Readable first: every formula is plain PyTorch on fp32 tensors ("fake quantization": quantize, then
-dequantize, so the error is visible in the model's own arithmetic). ``torch.ao.quantization``'s
-observers and fake-quantize ops are the oracle in the tests.
+dequantize, so the error is visible in the model's own arithmetic); the integer path is tested equal
+to it. ``torch.ao.quantization``'s observers and fake-quantize ops and onnxruntime's calibrators are
+the oracles in the tests.
 """
 
+from transformer_lab.compression.linear import QuantLinear
+from transformer_lab.compression.model import (QuantConfig, linear_weight_bytes, quantize_model, quantized_shell,
+                                               set_impl)
 from transformer_lab.compression.observers import (OBSERVERS, KLObserver, MinMaxObserver, MSEObserver,
                                                   PercentileObserver)
 from transformer_lab.compression.quant import QParams, dequantize, fake_quantize, qparams_from_range, quantize
 
-__all__ = ["OBSERVERS", "KLObserver", "MSEObserver", "MinMaxObserver", "PercentileObserver", "QParams", "dequantize",
-           "fake_quantize", "qparams_from_range", "quantize"]
+__all__ = ["OBSERVERS", "KLObserver", "MSEObserver", "MinMaxObserver", "PercentileObserver", "QParams", "QuantConfig",
+           "QuantLinear", "dequantize", "fake_quantize", "linear_weight_bytes", "qparams_from_range", "quantize",
+           "quantize_model", "quantized_shell", "set_impl"]

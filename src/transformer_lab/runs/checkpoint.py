@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from transformer_lab.adapters import AdapterConfig, apply_adapter
+from transformer_lab.compression import QuantConfig, quantized_shell
 from transformer_lab.config import from_dict, read_json_object, to_dict
 from transformer_lab.models.registry import build_from_config, config_dict
 from transformer_lab.runtime import unwrap
@@ -44,6 +45,7 @@ REQUIRED = ("model.safetensors", "config.json", "meta.json")
 TRAIN_STATE = "train_state.pt"
 CONFIG_METADATA = "transformer_lab.config"  # the config, as saved with the weights
 ADAPTER = "adapter"  # config.json key of a parameter-efficient adapter's settings
+QUANTIZATION = "quantization"  # config.json key of a quantized model's settings (``compression``)
 NOT_IN_FUNCTION = ("attention_impl",)  # config fields that choose a kernel, not the function
 # Parameter names of earlier versions -> today's (old checkpoints still load).
 LEGACY_NAMES = {"mlm.bias": "mlm.decoder.bias"}
@@ -109,6 +111,8 @@ def save_checkpoint(
     config = config_dict(model)
     if getattr(model, "adapter_config", None) is not None:  # LoRA, prefix ...: rebuilt on load (``adapters``)
         config[ADAPTER] = to_dict(model.adapter_config)
+    if getattr(model, "quant_config", None) is not None:  # QuantLinear layers: rebuilt empty on load
+        config[QUANTIZATION] = to_dict(model.quant_config)
     directory.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(directory.parent)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
@@ -206,12 +210,15 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
     directory = resolve_checkpoint(directory)
     config_path = directory / "config.json"
     config = read_json_object(config_path)
-    adapter = config.get(ADAPTER)
-    model = build_from_config({k: v for k, v in config.items() if k != ADAPTER}, str(config_path))
+    adapter, quantization = config.get(ADAPTER), config.get(QUANTIZATION)
+    model = build_from_config({k: v for k, v in config.items() if k not in (ADAPTER, QUANTIZATION)}, str(config_path))
+    for key, value in ((ADAPTER, adapter), (QUANTIZATION, quantization)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{config_path}: {key}: expected an object, got {value!r}")
     if adapter is not None:
-        if not isinstance(adapter, dict):
-            raise ValueError(f"{config_path}: {ADAPTER}: expected an object, got {adapter!r}")
         apply_adapter(model, from_dict(AdapterConfig, adapter, where=f"{config_path}: {ADAPTER}"))
+    if quantization is not None:
+        quantized_shell(model, from_dict(QuantConfig, quantization, where=f"{config_path}: {QUANTIZATION}"))
     model.to(map_location)
     _load_weights(model, directory / "model.safetensors", str(map_location), config, config_path)
     return LoadedModel(model, read_json_object(directory / "meta.json"), directory)

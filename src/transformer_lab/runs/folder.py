@@ -205,6 +205,15 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = (BEST, LAST)) ->
     return resolve_checkpoint(path)
 
 
+def is_ours(path: str | Path) -> bool:
+    """Whether ``path`` is one of our run folders or checkpoint folders (not, say, a Hugging Face
+    model folder, which has a config.json and weights but no meta.json)."""
+    path = Path(path)
+    if (path / CHECKPOINTS).is_dir():
+        return True
+    return any((p / "meta.json").is_file() and (p / "config.json").is_file() for p in (path, path.with_name(path.name + ".old")))
+
+
 def exit_code(signum: int | None) -> int:
     """0, or 128 + the signal number after a run stopped by a signal (as shells report it)."""
     return 0 if signum is None else 128 + int(signum)

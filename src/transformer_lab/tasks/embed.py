@@ -15,6 +15,7 @@ from transformer_lab.config import check_positive
 from transformer_lab.data.batches import padding_and_mask
 from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.models.hf import load_bert, save_bert, sentence_max_seq_length
+from transformer_lab.runs import find_checkpoint, is_ours, load_model
 from transformer_lab.tasks.common import swap_in_folder
 from transformer_lab.tokenizers.io import load_bert_tokenizer, write_bert_tokenizer
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
@@ -28,8 +29,15 @@ BERT_RECIPE = TrainConfig(schedule="linear", label_smoothing=0.0, clip_norm=1.0,
 
 def load_encoder(folder: str | Path, device: str | torch.device = "cpu",
                  split_special_tokens: bool | None = None) -> tuple[Bert, WordPieceTokenizer, int]:
-    """The encoder of a BERT folder (heads left out), its tokenizer, and the truncation length."""
-    model = load_bert(folder, pretraining_heads=False, n_labels=0).to(device).eval()
+    """The encoder of a BERT folder (heads left out) or of one of our BERT checkpoints (a quantized
+    one, say), its tokenizer, and the truncation length."""
+    if is_ours(folder):
+        loaded = load_model(find_checkpoint(folder), map_location=device)
+        if not isinstance(loaded.model, Bert):
+            raise ValueError(f"{loaded.path}: a {type(loaded.model).__name__} checkpoint, not a BERT encoder")
+        folder, model = loaded.path, loaded.model.eval()
+    else:
+        model = load_bert(folder, pretraining_heads=False, n_labels=0).to(device).eval()
     return model, load_bert_tokenizer(folder, split_special_tokens), sentence_max_seq_length(folder, model.config.max_len)
 
 

@@ -1,0 +1,76 @@
+"""`transformer-lab quantize`: an fp32 model into an INT8 (or INT4) checkpoint.
+
+    transformer-lab quantize --checkpoint runs/m30k --out runs/m30k-int8
+    transformer-lab quantize --checkpoint MiniLM_FOLDER --out minilm-int8 --scheme static --calibrate kl \\
+        --calib-data sentences.txt
+    transformer-lab quantize --checkpoint runs/gpt --out runs/gpt-w4 --scheme weight-only --bits 4 --granularity group
+
+Schemes: dynamic (int8 weights per output channel, activations quantized per token at run time: no
+calibration needed), static (activation grids fixed from --calib-data with an observer: minmax,
+percentile, mse or kl), weight-only (int8 or int4 weights, fp32 activations: smaller, not faster).
+--smooth ALPHA applies SmoothQuant (needs --calib-data). The output loads in translate, evaluate,
+generate, embed and similarity like the fp32 model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from transformer_lab.cli.args import positive_float, positive_int
+from transformer_lab.compression import OBSERVERS, QuantConfig
+from transformer_lab.compression.linear import GRANULARITIES, SCHEMES
+from transformer_lab.tasks import quantize
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="quantize a model to INT8 / INT4 (dynamic, static or weight-only)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True,
+                   help="the fp32 model: one of our run or checkpoint folders, or a Hugging Face BERT / GPT-2 folder")
+    p.add_argument("--out", required=True, help="the quantized checkpoint folder to write")
+    p.add_argument("--scheme", default="dynamic", choices=SCHEMES)
+    p.add_argument("--bits", type=int, default=8, choices=(8, 4), help="weight bits (activations: 8)")
+    p.add_argument("--granularity", default="channel", choices=GRANULARITIES,
+                   help="one weight scale per tensor, per output channel, or per group of --group-size inputs "
+                        "(weight-only)")
+    p.add_argument("--group-size", type=positive_int, default=32)
+    p.add_argument("--calibrate", default="minmax", choices=sorted(OBSERVERS),
+                   help="the static scheme's activation range: min-max, percentile (99.99), MSE-optimal, KL (entropy)")
+    p.add_argument("--weight-calibrate", default="minmax", choices=sorted(OBSERVERS), help="the weight range")
+    p.add_argument("--smooth", type=positive_float, default=None, metavar="ALPHA",
+                   help="SmoothQuant: move activation outliers into the weights with strength ALPHA (0.5 typical)")
+    p.add_argument("--skip", default="", help="comma-separated module names to keep in fp32")
+    p.add_argument("--calib-data", default=None, metavar="FILE",
+                   help="calibration text, one sample per line (plain or .gz), like the model's inputs")
+    p.add_argument("--calib-samples", type=positive_int, default=256, metavar="N", help="lines of FILE used")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--any-text", action="store_true",
+                   help="skip the check that the calibration text is in the model's input language")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=quantize_cmd)
+
+
+def quantize_cmd(args: argparse.Namespace) -> int:
+    qcfg = QuantConfig(scheme=args.scheme, bits=args.bits, granularity=args.granularity, group_size=args.group_size,
+                       weight_calibrate=args.weight_calibrate, calibrate=args.calibrate, smooth=args.smooth,
+                       skip=args.skip)
+    summary = quantize.run(quantize.QuantizeConfig(
+        args.checkpoint, args.out, qcfg, args.calib_data, args.calib_samples, args.batch_size, args.overwrite,
+        args.any_text))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    b = summary["linear_weight_bytes"]
+    print(f"{summary['model_type']}: {summary['layers_quantized']} Linear layers -> {args.scheme} {args.bits}-bit "
+          f"({args.granularity}); Linear weights {b['fp32'] / 2**20:.1f} MiB -> {b['quantized'] / 2**20:.1f} MiB "
+          f"({summary['linear_weights_smaller']}x smaller)")
+    f = summary["file_bytes"]
+    if f["fp32"]:
+        print(f"model.safetensors: {f['fp32'] / 2**20:.1f} MiB -> {f['quantized'] / 2**20:.1f} MiB")
+    if "agreement_with_fp32" in summary:
+        print("agreement with fp32 on the calibration text: "
+              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary["agreement_with_fp32"].items()))
+    print(f"wrote {args.out}")
+    return 0

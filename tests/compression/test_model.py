@@ -1,0 +1,84 @@
+"""Quantizing whole models: which layers convert, calibration through forward hooks, and a quantized
+checkpoint that loads back into the same function (the saved model is the oracle for the loaded one)."""
+
+import pytest
+import torch
+
+from transformer_lab.compression import QuantConfig, QuantLinear, linear_weight_bytes, quantize_model
+from transformer_lab.models.gpt import GPT, GPTConfig
+from transformer_lab.models.transformer import Transformer, TransformerConfig
+from transformer_lab.runs import load_model, save_checkpoint
+
+
+def _translation_model():
+    torch.manual_seed(0)
+    return Transformer(TransformerConfig(src_vocab_size=50, tgt_vocab_size=50, d_model=32, n_heads=4, d_ff=64,
+                                         n_encoder_layers=1, n_decoder_layers=1, dropout=0.0)).eval()
+
+
+def _batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randint(4, 50, (2, 7), generator=g), torch.randint(4, 50, (2, 5), generator=g)) for _ in range(3)]
+
+
+def _calibrate(model):
+    for src, tgt in _batches():
+        model(src, tgt)
+
+
+def test_every_linear_converts_but_the_skipped_and_the_tied_projection():
+    model = _translation_model()
+    src, tgt = _batches()[0]
+    with torch.no_grad():
+        want = model(src, tgt)
+        quantize_model(model, QuantConfig(skip="decoder.layers.0.ffn"))
+        got = model(src, tgt)
+    kinds = {n: type(m).__name__ for n, m in model.named_modules()}
+    assert kinds["encoder.layers.0.self_attn.w_q"] == "QuantLinear"
+    assert kinds["generator.proj"] == "Linear"  # tied to the target embedding
+    assert kinds["decoder.layers.0.ffn.w_1"] == "Linear"  # skipped
+    assert float((got.exp() - want.exp()).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(), QuantConfig(scheme="static", calibrate="kl"),
+                                 QuantConfig(scheme="static", calibrate="percentile", smooth=0.5),
+                                 QuantConfig(scheme="weight-only", bits=4, granularity="group", group_size=16),
+                                 QuantConfig(bits=4, smooth=0.8, granularity="tensor")])
+def test_a_quantized_checkpoint_loads_back_to_the_same_function(cfg, tmp_path):
+    model = quantize_model(_translation_model(), cfg, calibrate=_calibrate)
+    src, tgt = _batches()[0]
+    save_checkpoint(tmp_path / "q", model, {"step": 0})
+    loaded = load_model(tmp_path / "q").model.eval()
+    assert loaded.quant_config == cfg
+    assert sum(isinstance(m, QuantLinear) for m in loaded.modules()) == 16  # encoder 4 + 2 (attention, FFN), decoder 4 + 4 + 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(src, tgt), model(src, tgt), atol=0, rtol=0)
+    fp32 = linear_weight_bytes(_translation_model())
+    assert linear_weight_bytes(loaded) < fp32 / (3.5 if cfg.bits == 8 else 5)  # (16-weight groups: a 4-byte scale each)
+
+
+def test_calibration_is_required_and_a_quantized_model_is_refused():
+    with pytest.raises(ValueError, match="calibration data"):
+        quantize_model(_translation_model(), QuantConfig(scheme="static"))
+    model = quantize_model(_translation_model(), QuantConfig())
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_model(model, QuantConfig())
+    with pytest.raises(ValueError, match="saw no input"):  # a calibration run that never reaches the decoder
+        quantize_model(_translation_model(), QuantConfig(scheme="static"),
+                       calibrate=lambda m: m.encode(_batches()[0][0]))
+    with pytest.raises(ValueError, match="weight-only"):
+        QuantConfig(scheme="weight-only", smooth=0.5)
+    with pytest.raises(ValueError, match="calibrate"):
+        QuantConfig(calibrate="entropy")
+
+
+def test_a_gpt_quantizes_with_its_tied_head_in_fp32():
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=40, max_len=16, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)).eval()
+    tokens = torch.randint(0, 40, (2, 12))
+    with torch.no_grad():
+        want = gpt(tokens)
+        quantize_model(gpt, QuantConfig(scheme="static", calibrate="mse"), calibrate=lambda m: m(tokens))
+        got = gpt(tokens)
+    assert type(gpt.lm_head).__name__ == "Linear"
+    assert float((got.softmax(-1) - want.softmax(-1)).abs().max()) < 0.05
