@@ -2,6 +2,7 @@
 down the layers, none hides inside a function, and the modules form no cycle.
 
     cli -> experiments -> bench -> tasks -> training / generation -> runs -> adapters, compression -> models -> nn
+    (export -> compression)
     data and tokenizers sit below tasks; runtime and config are leaves.
 """
 
@@ -20,6 +21,7 @@ BELOW = {
     "data": {"tokenizers", "config"},
     "adapters": {"models", "nn", "config"},
     "compression": {"models", "nn", "config"},
+    "export": {"compression", "models", "nn", "config"},
     "runs": {"models", "adapters", "compression", "runtime", "config"},
     "generation": {"models", "nn"},
     "training": {"runs", "runtime", "config"},
