@@ -10,10 +10,10 @@ from transformer_lab.models.transformer import Transformer, TransformerConfig
 from transformer_lab.runs import load_model, save_checkpoint
 
 
-def _translation_model():
+def _translation_model(**kw):
     torch.manual_seed(0)
     return Transformer(TransformerConfig(src_vocab_size=50, tgt_vocab_size=50, d_model=32, n_heads=4, d_ff=64,
-                                         n_encoder_layers=1, n_decoder_layers=1, dropout=0.0)).eval()
+                                         n_encoder_layers=1, n_decoder_layers=1, dropout=0.0, **kw)).eval()
 
 
 def _batches():
@@ -43,7 +43,8 @@ def test_every_linear_converts_but_the_skipped_and_the_tied_projection():
 @pytest.mark.parametrize("cfg", [QuantConfig(), QuantConfig(scheme="static", calibrate="kl"),
                                  QuantConfig(scheme="static", calibrate="percentile", smooth=0.5),
                                  QuantConfig(scheme="weight-only", bits=4, granularity="group", group_size=16),
-                                 QuantConfig(bits=4, smooth=0.8, granularity="tensor")])
+                                 QuantConfig(bits=4, smooth=0.8, granularity="tensor"),
+                                 QuantConfig(embeddings=True)])
 def test_a_quantized_checkpoint_loads_back_to_the_same_function(cfg, tmp_path):
     model = quantize_model(_translation_model(), cfg, calibrate=_calibrate)
     src, tgt = _batches()[0]
@@ -82,3 +83,22 @@ def test_a_gpt_quantizes_with_its_tied_head_in_fp32():
         got = gpt(tokens)
     assert type(gpt.lm_head).__name__ == "Linear"
     assert float((got.softmax(-1) - want.softmax(-1)).abs().max()) < 0.05
+
+
+def test_int8_embedding_tables_keep_the_lookup_and_leave_tied_ones():
+    """Untied tables become int8 rows; a table shared with the output projection (the default
+    translation model ties source, target and generator) stays fp32 with it."""
+    from transformer_lab.compression import QuantEmbedding, model_bytes
+
+    model = _translation_model(share_embeddings=False)
+    src, tgt = _batches()[0]
+    before = model_bytes(model)
+    with torch.no_grad():
+        want = model.src_embed.token(src)
+        quantize_model(model, QuantConfig(embeddings=True))
+        got = model.src_embed.token(src)
+    assert isinstance(model.src_embed.token, QuantEmbedding) and isinstance(model.tgt_embed.token, QuantEmbedding)
+    assert float((got - want).abs().max()) <= float(want.abs().max()) / 127  # half a step of the widest row, and less
+    assert model_bytes(model) < before
+    tied = quantize_model(_translation_model(), QuantConfig(embeddings=True))
+    assert not any(isinstance(m, QuantEmbedding) for m in tied.modules())

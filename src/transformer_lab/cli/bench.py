@@ -10,7 +10,7 @@ import json
 
 from tqdm import tqdm
 
-from transformer_lab.bench import bert, gpt, int8, model, peft, tokenizer, translation
+from transformer_lab.bench import bert, gpt, int8, model, peft, quantize, tokenizer, translation
 from transformer_lab.bench.harness import BenchResult
 from transformer_lab.cli.args import non_negative_int, positive_int
 from transformer_lab.models.presets import PRESETS
@@ -82,6 +82,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                a.train_batch, a.train_len, a.rounds, a.train_rounds))
 
 
+    q = _parser(bsub, "quantize", "quantized models: our schemes vs torch.ao and onnxruntime (quality, speed, size)",
+                quantize.__doc__)
+    q.add_argument("--task", default="classify", choices=quantize.TASKS)
+    q.add_argument("--model", default=None, help="classify: a fine-tuned BERT folder (default: fine-tune MiniLM first); "
+                                                 "embed: a BERT folder (default MiniLM); translate: our run (required)")
+    q.add_argument("--data", default=None, help="the SST-2 folder (default: $TRANSFORMER_LAB_DATA/sst2)")
+    q.add_argument("--src", default=None, help="translate: the test sources")
+    q.add_argument("--ref", default=None, help="translate: the test references")
+    q.add_argument("--calib-data", default=None, help="translate: source-language calibration text")
+    q.add_argument("--variants", default=",".join(quantize.DEFAULT_VARIANTS),
+                   help="comma-separated, of " + ",".join(quantize.VARIANTS))
+    q.add_argument("--peers", default=",".join(quantize.PEERS), help="comma-separated, of " + ",".join(quantize.PEERS))
+    q.add_argument("--batch", type=positive_int, default=8)
+    q.add_argument("--length", type=positive_int, default=128)
+    q.add_argument("--steps", type=positive_int, default=3, help="timed calls per round")
+    q.add_argument("--rounds", type=positive_int, default=5)
+    q.add_argument("--calib-samples", type=positive_int, default=256)
+    q.add_argument("--limit", type=positive_int, default=None, help="evaluate on the first N sentences only")
+    q.add_argument("--finetune-steps", type=positive_int, default=300)
+    q.add_argument("--beam", type=positive_int, default=4, help="translate: beam size for BLEU")
+    q.set_defaults(run=_quantize)
+
     pf = _parser(bsub, "peft", "SST-2 fine-tuning: full, LoRA, QLoRA, prefix, prompt; ours vs peft", peft.__doc__)
     pf.add_argument("--model", default=None, help="an HF BERT folder (default: all-MiniLM-L6-v2)")
     pf.add_argument("--data", default=None, help="the SST-2 folder (default: $TRANSFORMER_LAB_DATA/sst2)")
@@ -106,6 +128,16 @@ def _peft(a: argparse.Namespace) -> BenchResult:
     if a.markdown:
         res.notes.append(peft.format_table(res.result))
     return res
+
+
+def _quantize(a: argparse.Namespace) -> BenchResult:
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    with tqdm(desc="bench quantize", unit="stage", disable=None) as bar:
+        return quantize.bench_quantize(a.task, a.model, a.data, names(a.variants), names(a.peers), a.batch, a.length,
+                                       a.steps, a.rounds, a.calib_samples, a.limit, a.finetune_steps, a.src, a.ref,
+                                       a.calib_data, a.beam, on_step=lambda s: (bar.set_postfix_str(s), bar.update(1)))
 
 
 def _parser(bsub: argparse._SubParsersAction, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:

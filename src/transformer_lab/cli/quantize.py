@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-calibrate", default="minmax", choices=sorted(OBSERVERS), help="the weight range")
     p.add_argument("--smooth", type=positive_float, default=None, metavar="ALPHA",
                    help="SmoothQuant: move activation outliers into the weights with strength ALPHA (0.5 typical)")
+    p.add_argument("--embeddings", action="store_true",
+                   help="also store embedding tables in int8, one scale per row (those not tied to an output layer)")
     p.add_argument("--skip", default="", help="comma-separated module names to keep in fp32")
     p.add_argument("--calib-data", default=None, metavar="FILE",
                    help="calibration text, one sample per line (plain or .gz), like the model's inputs")
@@ -55,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def quantize_cmd(args: argparse.Namespace) -> int:
     qcfg = QuantConfig(scheme=args.scheme, bits=args.bits, granularity=args.granularity, group_size=args.group_size,
                        weight_calibrate=args.weight_calibrate, calibrate=args.calibrate, smooth=args.smooth,
-                       skip=args.skip)
+                       skip=args.skip, embeddings=args.embeddings)
     summary = quantize.run(quantize.QuantizeConfig(
         args.checkpoint, args.out, qcfg, args.calib_data, args.calib_samples, args.batch_size, args.overwrite,
         args.any_text))

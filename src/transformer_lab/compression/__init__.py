@@ -11,13 +11,13 @@ to it. ``torch.ao.quantization``'s observers and fake-quantize ops and onnxrunti
 the oracles in the tests.
 """
 
-from transformer_lab.compression.linear import QuantLinear
-from transformer_lab.compression.model import (QuantConfig, linear_weight_bytes, quantize_model, quantized_shell,
-                                               set_impl)
+from transformer_lab.compression.linear import QuantEmbedding, QuantLinear
+from transformer_lab.compression.model import (QuantConfig, linear_weight_bytes, model_bytes, quantize_model,
+                                               quantized_shell, set_impl)
 from transformer_lab.compression.observers import (OBSERVERS, KLObserver, MinMaxObserver, MSEObserver,
                                                   PercentileObserver)
 from transformer_lab.compression.quant import QParams, dequantize, fake_quantize, qparams_from_range, quantize
 
 __all__ = ["OBSERVERS", "KLObserver", "MSEObserver", "MinMaxObserver", "PercentileObserver", "QParams", "QuantConfig",
-           "QuantLinear", "dequantize", "fake_quantize", "linear_weight_bytes", "qparams_from_range", "quantize",
+           "QuantEmbedding", "QuantLinear", "dequantize", "fake_quantize", "linear_weight_bytes", "model_bytes", "qparams_from_range", "quantize",
            "quantize_model", "quantized_shell", "set_impl"]

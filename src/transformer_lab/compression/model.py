@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from transformer_lab.compression.linear import GRANULARITIES, IMPLS, SCHEMES, QuantLinear
+from transformer_lab.compression.linear import GRANULARITIES, IMPLS, SCHEMES, QuantEmbedding, QuantLinear
 from transformer_lab.compression.observers import OBSERVERS, Observer
 
 # An observer keeps at most this many activation values per layer (a seeded sample beyond): enough for
@@ -38,6 +38,7 @@ class QuantConfig:
     calibrate: str = "minmax"  # the static scheme's activation observer: minmax | percentile | mse | kl
     smooth: float | None = None  # SmoothQuant's migration strength alpha in (0, 1]; None: off
     skip: str = ""  # comma-separated module names left in fp32
+    embeddings: bool = False  # also int8 embedding tables (one scale per row), those not tied to an output layer
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("scheme", self.scheme, SCHEMES), ("granularity", self.granularity, GRANULARITIES),
@@ -78,13 +79,32 @@ def target_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
             and not any(name == s or name.startswith(s + ".") for s in skip)]
 
 
+def target_embeddings(model: nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
+    """Embedding tables (nn.Embedding, or a module with a ``vocab_size`` and its own ``weight``) used
+    by no other module: a table tied to an output projection stays fp32 with it."""
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    return [name for name, m in model.named_modules()
+            if (isinstance(m, nn.Embedding) or (hasattr(m, "vocab_size") and isinstance(getattr(m, "weight", None), nn.Parameter)))
+            and uses[id(m.weight)] == 1 and not any(name == s or name.startswith(s + ".") for s in skip)]
+
+
+def _quantize_embeddings(model: nn.Module, cfg: QuantConfig, empty: bool) -> None:
+    for n in target_embeddings(model, cfg.skipped):
+        m = model.get_submodule(n)
+        factor = float(getattr(m, "factor", 1.0))
+        _set(model, n, QuantEmbedding(*m.weight.shape, factor) if empty else QuantEmbedding.from_table(m.weight, factor))
+
+
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def _check_quantizable(model: nn.Module) -> None:
-    if getattr(model, "quant_config", None) is not None or any(isinstance(m, QuantLinear) for m in model.modules()):
+    if getattr(model, "quant_config", None) is not None or any(isinstance(m, (QuantLinear, QuantEmbedding))
+                                                                for m in model.modules()):
         raise ValueError("model: already quantized; quantize the fp32 checkpoint it was made from")
     if getattr(model, "adapter_config", None) is not None:
         raise ValueError("model: carries an adapter (LoRA, prefix, ...); merge it first (transformer-lab peft merge) "
@@ -162,6 +182,8 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calibrate: Callable[[nn.M
         _set(model, n, QuantLinear.from_linear(
             linears[n], cfg.scheme, cfg.bits, cfg.granularity, cfg.group_size, weight_observer,
             inputs[n].qparams() if inputs else None, smooth.get(n), impl))
+    if cfg.embeddings:
+        _quantize_embeddings(model, cfg, empty=False)
     model.quant_config = cfg
     return model
 
@@ -173,6 +195,8 @@ def quantized_shell(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         m = model.get_submodule(n)
         _set(model, n, QuantLinear(m.in_features, m.out_features, m.bias is not None, cfg.scheme, cfg.bits,
                                    cfg.granularity, cfg.group_size, cfg.smooth is not None))
+    if cfg.embeddings:
+        _quantize_embeddings(model, cfg, empty=True)
     model.quant_config = cfg
     return model
 
@@ -194,6 +218,15 @@ def linear_weight_bytes(model: nn.Module) -> int:
     return sum(m.weight_bytes() if isinstance(m, QuantLinear) else m.weight.numel() * m.weight.element_size()
                for m in model.modules()
                if isinstance(m, QuantLinear) or (isinstance(m, nn.Linear) and id(m.weight) not in tables))
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer as stored (a tensor shared by two names counted once)."""
+    seen: dict[int, int] = {}
+    for t in model.state_dict().values():
+        if isinstance(t, Tensor):
+            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
+    return sum(seen.values())
 
 
 class _AbsMax(Observer):

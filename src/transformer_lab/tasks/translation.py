@@ -17,7 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -266,10 +266,13 @@ def translate_detailed(
     alpha: float = 0.6,
     batch_size: int = 64,
     use_cache: bool = True,
+    make_step: Callable[[torch.Tensor], Any] | None = None,
 ) -> Translations:
     """Detokenised translations, batched by source length. A blank input gives a blank output (no
     model call: there is nothing to translate); an input longer than the model's position table is
-    cut to fit, with a warning naming it."""
+    cut to fit, with a warning naming it. ``make_step(src)``: another engine's decoding step for a
+    batch of sources (e.g. onnxruntime's, ``export.OnnxSeq2SeqStep``); ``model`` then only gives the
+    limits."""
     check_positive("batch_size", batch_size)
     check_positive("beam", beam)
     if alpha < 0:
@@ -298,7 +301,7 @@ def translate_detailed(
         idx = order[start : start + batch_size]
         src = pad_sequences([encoded[i] for i in idx], PAD_ID).to(device)
         lengths = max_output_lengths(src).clamp(max=limit)
-        step = Seq2SeqStep(model, src, use_cache=use_cache)
+        step = make_step(src) if make_step is not None else Seq2SeqStep(model, src, use_cache=use_cache)
         if beam > 1:
             res = beam_search(step, len(idx), beam, BOS_ID, EOS_ID, lengths, alpha)
         else:
