@@ -28,8 +28,9 @@ BELOW = {
 }
 BELOW["tasks"] = set(BELOW) | {p for deps in BELOW.values() for p in deps}
 BELOW["bench"] = BELOW["tasks"] | {"tasks"}
+BELOW["serving"] = BELOW["tasks"] | {"tasks"}
 BELOW["experiments"] = BELOW["bench"] | {"bench"}
-BELOW["cli"] = BELOW["experiments"] | {"experiments"}
+BELOW["cli"] = BELOW["experiments"] | {"experiments", "serving"}
 BELOW["__main__"] = {"cli"}
 BELOW["__init__"] = set()
 

@@ -11,8 +11,8 @@ import logging
 import sys
 
 from transformer_lab import __version__
-from transformer_lab.cli import (bench, bert, explain, export, finetune, generate, model, quantize, tokenizer, train,
-                                 translate)
+from transformer_lab.cli import (bench, bert, explain, export, finetune, generate, model, quantize, serve, tokenizer,
+                                 train, translate)
 from transformer_lab.runs import exit_code
 from transformer_lab.runtime.signals import Interrupted
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, translate, generate, bert, finetune, quantize, export, model, tokenizer, bench, explain):
+    for module in (train, translate, generate, bert, finetune, quantize, export, serve, model, tokenizer, bench, explain):
         module.register(sub)
     return parser
 

@@ -1,0 +1,34 @@
+"""`transformer-lab serve`: a model behind HTTP (FastAPI + uvicorn) with request batching.
+
+    transformer-lab serve --checkpoint runs/m30k-int8 --port 8000
+    curl -s localhost:8000/translate -H 'content-type: application/json' -d '{"texts": ["Ein Hund läuft."]}'
+
+Endpoints by model: /translate (translation), /embed (BERT), /generate (GPT); /health for all.
+Interactive API documentation at /docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from transformer_lab.cli.args import positive_float, positive_int
+from transformer_lab.serving.app import ServeConfig, serve
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP (/translate, /embed, /generate, /health)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="our run or checkpoint folder (quantized too), or an HF BERT / "
+                                                       "GPT-2 folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--max-batch", type=positive_int, default=32, help="texts per model call")
+    p.add_argument("--max-wait-ms", type=positive_float, default=5.0, help="wait for more requests to join a batch")
+    p.add_argument("--max-texts", type=positive_int, default=64, help="texts per request")
+    p.add_argument("--max-chars", type=positive_int, default=2000, help="characters per text")
+    p.set_defaults(func=serve_cmd)
+
+
+def serve_cmd(args: argparse.Namespace) -> int:
+    serve(ServeConfig(args.checkpoint, args.max_batch, args.max_wait_ms, args.max_texts, args.max_chars), args.host, args.port)
+    return 0

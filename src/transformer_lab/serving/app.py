@@ -1,0 +1,229 @@
+"""`transformer-lab serve`: one model behind HTTP, with request batching.
+
+    GET  /health      {"status": "ok", "model": "translation" | "gpt" | "bert", "quantized": ..., batching figures}
+    POST /translate   {"texts": [...], "beam": 1}                  -> {"translations": [...]}
+    POST /embed       {"texts": [...]}                             -> {"embeddings": [[...], ...]}
+    POST /generate    {"prompt": "...", "max_new_tokens": 64, "temperature": 1.0, "top_k": null,
+                       "top_p": 1.0, "greedy": false, "seed": null} -> {"text": "...", "tokens": n}
+
+The model runs in one worker thread, so requests never race on it. /translate and /embed requests
+that arrive together are batched: the worker takes every waiting request (up to ``max_batch``
+texts, after waiting ``max_wait_ms`` for more) and runs them as one model call, each caller getting
+its own rows back. /generate runs one request at a time (each carries its own sampling settings).
+
+Input is bounded: at most ``max_texts`` texts of at most ``max_chars`` characters each, a body of at
+most ``max_body`` bytes, ``max_new_tokens`` up to the model's context. A request outside the bounds,
+malformed JSON or a wrong field is a 4xx with a message (413 for an oversized body, 422 for a
+malformed one, 400 for input the model refuses, 404 for an endpoint another kind of model serves);
+the server keeps serving the others.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at run time,
+# and the request models are local to ``build_app``.
+import asyncio
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from transformer_lab.generation.sampling import SamplingConfig
+from transformer_lab.models.bert import Bert
+from transformer_lab.models.gpt import GPT
+from transformer_lab.models.hf import sentence_max_seq_length
+from transformer_lab.models.transformer import Transformer
+from transformer_lab.tasks import embed as embed_task
+from transformer_lab.tasks import lm
+from transformer_lab.tasks.quantize import load_source
+from transformer_lab.tasks.translation import translate
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    checkpoint: str
+    max_batch: int = 32  # texts per model call
+    max_wait_ms: float = 5.0  # how long the worker waits for more requests to join a batch
+    max_texts: int = 64  # texts per request
+    max_chars: int = 2000  # characters per text
+    max_body: int = 1 << 20  # bytes per request body
+    max_beam: int = 8
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    key: Any  # requests batch together only with the same key (translation: the beam size)
+    future: Future = field(default_factory=Future)
+
+
+class Worker:
+    """One thread owns the model; ``submit`` queues texts and returns a future of their results."""
+
+    def __init__(self, run_batch: Callable[[list[str], Any], list[Any]], max_batch: int, max_wait_ms: float):
+        self.run_batch, self.max_batch, self.max_wait = run_batch, max_batch, max_wait_ms / 1000
+        self.queue: list[_Job] = []
+        self.cond = threading.Condition()
+        self.batches = self.requests = self.largest = 0
+        self.thread = threading.Thread(target=self._loop, name="model-worker", daemon=True)
+        self.thread.start()
+
+    def submit(self, texts: list[str], key: Any = None) -> Future:
+        job = _Job(texts, key)
+        with self.cond:
+            self.queue.append(job)
+            self.cond.notify()
+        return job.future
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` alone on the model thread (a request that is not batched)."""
+        return self.submit([], ("call", fn))
+
+    def _take(self) -> list[_Job]:
+        with self.cond:
+            while not self.queue:
+                self.cond.wait()
+            self.cond.wait_for(lambda: sum(len(j.texts) for j in self.queue) >= self.max_batch, timeout=self.max_wait)
+            first = self.queue[0]
+            if isinstance(first.key, tuple) and first.key[0] == "call":
+                return [self.queue.pop(0)]
+            jobs, n = [], 0
+            for job in list(self.queue):
+                if job.key == first.key and (not jobs or n + len(job.texts) <= self.max_batch):
+                    jobs.append(job)
+                    n += len(job.texts)
+                    self.queue.remove(job)
+            return jobs
+
+    def _loop(self) -> None:
+        while True:
+            jobs = self._take()
+            try:
+                if isinstance(jobs[0].key, tuple) and jobs[0].key[0] == "call":
+                    jobs[0].future.set_result(jobs[0].key[1]())
+                    continue
+                texts = [t for j in jobs for t in j.texts]
+                out = self.run_batch(texts, jobs[0].key)
+                self.batches, self.requests = self.batches + 1, self.requests + len(jobs)
+                self.largest = max(self.largest, len(jobs))
+                start = 0
+                for j in jobs:
+                    j.future.set_result(out[start:start + len(j.texts)])
+                    start += len(j.texts)
+            except Exception as e:  # the callers get the error; the worker keeps serving
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+
+
+def build_app(cfg: ServeConfig) -> Any:
+    """The FastAPI application serving ``cfg.checkpoint`` (FastAPI is imported here: only `serve` needs it)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, Field
+
+    class Texts(BaseModel):
+        texts: list[str] = Field(min_length=1)
+        beam: int = Field(default=1, ge=1)
+
+    class GenerateRequest(BaseModel):
+        prompt: str
+        max_new_tokens: int = Field(default=64, ge=1)
+        temperature: float = Field(default=1.0, gt=0)
+        top_k: int | None = Field(default=None, ge=1)
+        top_p: float = Field(default=1.0, gt=0, le=1)
+        greedy: bool = False
+        seed: int | None = None
+
+    source = load_source(cfg.checkpoint)
+    model = source.model.eval()
+    kind = "translation" if isinstance(model, Transformer) else "gpt" if isinstance(model, GPT) else "bert"
+    max_len = sentence_max_seq_length(source.folder, model.config.max_len) if isinstance(model, Bert) else None
+
+    def run_batch(texts: list[str], key: Any) -> list[Any]:
+        with torch.no_grad():
+            if kind == "translation":
+                return translate(model, source.tokenizer, source.target_tokenizer, texts, beam=key,
+                                 batch_size=cfg.max_batch)
+            return embed_task.embed(model, source.tokenizer, texts, max_len, cfg.max_batch).tolist()
+
+    worker = Worker(run_batch, cfg.max_batch, cfg.max_wait_ms)
+    app = FastAPI(title="transformer-lab", description=f"serving {cfg.checkpoint} ({kind})")
+    app.state.worker = worker
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > cfg.max_body:
+            return JSONResponse({"detail": f"request body of {size} bytes exceeds the limit of {cfg.max_body}"},
+                                status_code=413)
+        return await call_next(request)
+
+    def check_texts(req: Texts) -> None:
+        if len(req.texts) > cfg.max_texts:
+            raise HTTPException(413, f"texts: {len(req.texts)} in one request, the limit is {cfg.max_texts}")
+        long = [i for i, t in enumerate(req.texts) if len(t) > cfg.max_chars]
+        if long:
+            raise HTTPException(413, f"texts[{long[0]}]: {len(req.texts[long[0]])} characters, the limit is {cfg.max_chars}")
+
+    def serves(wanted: str) -> None:
+        if kind != wanted:
+            other = {"translation": "/translate", "gpt": "/generate", "bert": "/embed"}[kind]
+            raise HTTPException(404, f"this server holds a {kind} model; it answers {other}, not this endpoint")
+
+    async def result(future: Future) -> Any:
+        try:
+            return await asyncio.wrap_future(future)
+        except ValueError as e:  # the model refused the input (ids out of range, too long ...)
+            raise HTTPException(400, str(e)) from None
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": kind, "checkpoint": cfg.checkpoint,
+                "quantized": getattr(model, "quant_config", None) is not None, "batches": worker.batches,
+                "requests": worker.requests, "largest_batch_requests": worker.largest, "queued": len(worker.queue)}
+
+    @app.post("/translate")
+    async def translate_texts(req: Texts) -> dict:
+        serves("translation")
+        check_texts(req)
+        if req.beam > cfg.max_beam:
+            raise HTTPException(422, f"beam: {req.beam}, the limit is {cfg.max_beam}")
+        return {"translations": await result(worker.submit(req.texts, req.beam))}
+
+    @app.post("/embed")
+    async def embed_texts(req: Texts) -> dict:
+        serves("bert")
+        check_texts(req)
+        return {"embeddings": await result(worker.submit(req.texts))}
+
+    @app.post("/generate")
+    async def generate_text(req: GenerateRequest) -> dict:
+        serves("gpt")
+        if len(req.prompt) > cfg.max_chars:
+            raise HTTPException(413, f"prompt: {len(req.prompt)} characters, the limit is {cfg.max_chars}")
+        if req.max_new_tokens > model.config.max_len:
+            raise HTTPException(422, f"max_new_tokens: {req.max_new_tokens}, the limit is the context, {model.config.max_len}")
+        try:
+            sampling = SamplingConfig(max_new_tokens=req.max_new_tokens, greedy=req.greedy, temperature=req.temperature,
+                                      top_k=req.top_k, top_p=req.top_p)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+
+        def run() -> dict:
+            g = torch.Generator().manual_seed(req.seed if req.seed is not None else torch.seed())
+            s = lm.sample(model, source.tokenizer, [req.prompt], sampling, g)
+            return {"text": s.texts[0], "tokens": s.tokens[0]}
+
+        return await result(worker.call(run))
+
+    return app
+
+
+def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise OSError(f"serve needs FastAPI and uvicorn ({e}); pip install 'transformer-lab[deploy]'") from None
+
+    uvicorn.run(build_app(cfg), host=host, port=port, log_level="info")
