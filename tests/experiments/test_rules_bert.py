@@ -73,7 +73,43 @@ def peft(full=(0.80, 0.81), lora=(0.80, 0.81), qlora=(0.79, 0.80), prefix=(0.79,
     return {"n_train": 1600, "n_dev": 200, "steps": 30, "batch_size": 16, "runs": runs, "majority_share": 0.55}
 
 
+def int8(acc=0.85, dyn=(0.85, 0.01, 1e-4), w8=(0.85, 0.0, 1e-5), w4=(0.83, 0.05, 1e-2), minmax=(0.82, 0.06, 1e-2),
+         kl=(0.84, 0.02, 1e-3)):
+    """(accuracy, flips, output KL) per variant; the others copy dynamic int8."""
+    def row(a, f, k, nbytes=10):
+        return dict(accuracy=a, flips=f, output_kl=k, linear_bytes=nbytes, tokens_per_s=1000.0)
+    rows = {"fp32": row(acc, 0.0, 0.0, 40), "dynamic int8": row(*dyn), "weight-only int8": row(*w8),
+            "weight-only int4": row(*w4, nbytes=5), "static int8, min-max": row(*minmax), "static int8, KL": row(*kl)}
+    for name in ("dynamic int8, weights per tensor", "static int8, percentile", "static int8, MSE",
+                 "static int8, SmoothQuant", "weight-only int4, groups of 32"):
+        rows[name] = row(*dyn)
+    return {"n_dev": 300, "steps": 40, "finetune_accuracy": acc, "majority_share": 0.55, "rows": rows,
+            "layer": "encoder.layers.0.ffn.w_2", "outlier_ratio": 29.0, "kurtosis": 1900.0, "weight_kurtosis": 5.0,
+            "thresholds": {"minmax": 10.0, "percentile": 6.0, "mse": 4.0, "kl": 3.0},
+            "values": [0.1 * i for i in range(-50, 50)], "channel_ranges": [1.0] * 30 + [29.0], "weights": [0.01, -0.02]}
+
+
+def deployment(int8=2.0, ort=1.9, ort_int8=4.0, compiled=None, one=60.0, batched=90.0):
+    """Throughput gains over fp32 eager (latency alike); serving sentences/s one at a time and batched."""
+    def row(g):
+        return {"latency_ms": 10.0 / g, "throughput": 200.0 * g}
+    rows = {"fp32 eager": row(1.0), "ours int8": row(int8), "onnxruntime fp32": row(ort), "onnxruntime int8": row(ort_int8)}
+    if compiled:
+        rows["compiled fp32"] = row(compiled)
+    return {"n": 256, "batch": 32, "clients": 8, "threads": 2, "rows": rows,
+            "serving": {"one at a time": one, "batched": batched}}
+
+
 CASES = [
+    ("deployment", deployment(), "confirmed"),
+    ("deployment", deployment(batched=61.0), "partly"),  # batching does not pay
+    ("deployment", deployment(int8=1.1, ort=1.1, ort_int8=1.1, compiled=1.15, batched=61.0), "refuted"),
+    ("deployment", deployment(ort=1.0, ort_int8=1.0, compiled=1.3), "confirmed"),  # compile alone carries kernels
+    ("int8", int8(), "confirmed"),
+    ("int8", int8(dyn=(0.83, 0.04, 1e-3)), "partly"),  # 4% flips: dynamic INT8 does not keep accuracy
+    ("int8", int8(kl=(0.82, 0.06, 2e-2)), "partly"),  # KL calibration worse than min-max
+    ("int8", int8(dyn=(0.80, 0.08, 1e-1), w4=(0.85, 0.0, 1e-6), kl=(0.82, 0.06, 2e-2)), "refuted"),
+    ("int8", int8(acc=0.56), "inconclusive"),  # fp32 at the majority label
     ("bert-mask", bert_mask(), "confirmed"),
     ("bert-mask", bert_mask(causal=(0.20, 0.215)), "inconclusive"),
     ("bert-mask", bert_mask(causal=(0.25, 0.26)), "refuted"),
@@ -190,6 +226,7 @@ def test_pairs_from_documents_match_tasks_pretrain_bert_prepare(tmp_path):
 def test_bert_group_figures_draw_from_the_measurements(tmp_path):
     from transformer_lab.experiments.registry import get
 
-    for exp_id, m in (("pretrain-finetune", transfer()), ("peft", peft())):
+    for exp_id, m in (("pretrain-finetune", transfer()), ("peft", peft()), ("int8", int8()),
+                      ("deployment", deployment(compiled=1.5))):
         paths = get(exp_id).figures(m, tmp_path)
         assert paths and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)

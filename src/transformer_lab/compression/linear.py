@@ -162,8 +162,6 @@ class QuantLinear(nn.Module):
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def _weight_only(self, x: Tensor) -> Tensor:
-        if self.impl == "int" and self.bits == 8 and self.granularity == "channel":
-            return torch._weight_int8pack_mm(x, self.qweight, self.weight_scale)
         return x @ self.dequantized_weight().t()
 
     def _integer(self, x: Tensor) -> Tensor:

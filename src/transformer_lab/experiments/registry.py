@@ -9,11 +9,13 @@ from transformer_lab.experiments.questions.bpe_wordpiece import BPEWordPiece
 from transformer_lab.experiments.questions.causal_mask import CausalMask
 from transformer_lab.experiments.questions.cross_attention import CrossAttention
 from transformer_lab.experiments.questions.decoder_parallel import DecoderParallel
+from transformer_lab.experiments.questions.deployment import Deployment
 from transformer_lab.experiments.questions.dot_vs_additive import DotVsAdditive
 from transformer_lab.experiments.questions.dropout import Dropout
 from transformer_lab.experiments.questions.embedding_scale import EmbeddingScale
 from transformer_lab.experiments.questions.ffn import FeedForward
 from transformer_lab.experiments.questions.head_dim import HeadDim
+from transformer_lab.experiments.questions.int8 import Int8
 from transformer_lab.experiments.questions.interpretability import Interpretability
 from transformer_lab.experiments.questions.label_smoothing import LabelSmoothing
 from transformer_lab.experiments.questions.layernorm import LayerNormQuestion
@@ -69,6 +71,8 @@ EXPERIMENTS: list[Experiment] = [
     Mask801010(),
     PretrainFinetune(),
     Peft(),
+    Int8(),
+    Deployment(),
 ]
 
 # The rest of the canon, in its order: questions that need a feature of a later issue (issues 12-13).
@@ -76,15 +80,9 @@ EXPERIMENTS: list[Experiment] = [
 EXPERIMENTS += [pending(*q) for q in [
     ("positions", "你还了解哪些关于位置编码的技术，各自的优缺点是什么？", "Other position encodings?",
      "learned, relative, hybrid, …", "ALiBi, T5 and Shaw relative positions (issue 13)"),
-    ("int8", "为何在对Transformer进行参数的Quantization的时候工业界最终选择了INT8？包括KL散度、长尾分布等",
-     "Why INT8; KL calibration; long tails",
-     "INT8 balances size and accuracy; KL calibration; dynamic quantization keeps accuracy", "INT8 quantization (issue 12)"),
     ("long-sequences", "（长序列：优化自注意力机制、分块策略、层次化注意力）", "Long sequences",
      "attention is O(n²); sparse / local attention, chunking, compression, hierarchy",
      "chunked, sliding-window and block-sparse attention (issue 13)"),
-    ("deployment", "设想你需要在不同的硬件配置上部署Transformer模型，你会考虑哪些因素以及可能采用的优化策略？",
-     "Deploying on different hardware", "quantization, pruning, distillation, batching, hardware-specific kernels",
-     "INT8, export and serving (issue 12)"),
 ]]
 CANON_ORDER = ["multi-head", "scaling", "qk-weights", "dot-vs-additive", "padding-mask", "head-dim", "embedding-scale",
                "sinusoids", "positions", "residual", "layernorm", "norm-position", "ffn", "slowest-part",

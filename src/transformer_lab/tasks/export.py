@@ -87,7 +87,7 @@ def quantize_onnx(path: Path) -> Path:
 
     out = path.with_name(path.stem + ".int8.onnx")
     root = logging.getLogger()
-    level, root.level = root.level, logging.WARNING  # its per-tensor notes are logged at INFO
+    level, root.level = root.level, logging.ERROR  # its per-tensor notes (INFO) and advice (WARNING)
     try:
         quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
     finally:
