@@ -99,3 +99,20 @@ def test_a_quantized_gpt_generates_and_keeps_its_perplexity(tmp_path, capsys):
         assert main(["evaluate", "--checkpoint", str(model), "--text", str(text), "--json"]) == 0
         losses.append(json.loads(capsys.readouterr().out)["loss"])
     assert losses[1] == pytest.approx(losses[0], rel=0.05)
+
+
+def test_finetune_classify_with_qat_writes_a_quantized_model(shared_data, tmp_path, capsys):
+    rows = read_lines(shared_data / "sst2" / "train.tsv")
+    train = _write(tmp_path / "train.tsv", rows[:97])
+    dev = _write(tmp_path / "dev.tsv", [rows[0]] + rows[200:232])
+    out = tmp_path / "run"
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(train), "--dev", str(dev), "--max-steps", "2",
+                 "--max-len", "32", "--qat", "static", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "qat" and 0 <= summary["quantized_dev_acc"] <= 1
+    config = json.loads((out / "quantized" / "config.json").read_text())
+    assert config["quantization"]["scheme"] == "static" and config["n_labels"] == 2
+    assert main(["embed", "--model", str(out / "quantized"), "a fine film"]) == 0
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(train), "--dev", str(dev), "--max-steps", "2",
+                 "--qat", "dynamic", "--peft", "lora", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "does not combine with --peft" in capsys.readouterr().err

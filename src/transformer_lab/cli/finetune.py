@@ -17,6 +17,8 @@ from pathlib import Path
 from transformer_lab.cli.args import (adapter_config, add_peft_args, add_run_args, add_split_special_tokens,
                                       add_train_args, positive_float, positive_int, run_options, train_config)
 from transformer_lab.cli.train import add_translation_data_args, translation_data
+from transformer_lab.compression import OBSERVERS, QuantConfig
+from transformer_lab.compression.linear import SCHEMES
 from transformer_lab.tasks import adapt, classify, lm, translation
 
 
@@ -36,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     fc.add_argument("--epochs", type=positive_float, default=1.0)
     fc.add_argument("--max-len", type=positive_int, default=128)
     fc.add_argument("--batch-size", type=positive_int, default=32)
+    fc.add_argument("--qat", default=None, choices=SCHEMES,
+                    help="quantization-aware training for this quantization scheme (straight-through estimator); "
+                         "also writes OUT/quantized")
+    fc.add_argument("--qat-bits", type=int, default=8, choices=(8, 4), help="weight bits with --qat")
+    fc.add_argument("--qat-calibrate", default="minmax", choices=sorted(OBSERVERS),
+                    help="the static scheme's activation range when the QAT model is quantized")
     add_split_special_tokens(fc)
     _run_train_peft_args(fc, classify_cmd)
 
@@ -89,7 +97,8 @@ def classify_cmd(args: argparse.Namespace) -> int:
         run_options(args), Path(args.model), Path(args.train), Path(args.dev), Path(args.test) if args.test else None,
         train_config(args, classify.recipe(adapter)), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
         eval_every=args.eval_every, max_len=args.max_len, batch_size=args.batch_size,
-        split_special_tokens=args.split_special_tokens, adapter=adapter, prompt_text=args.prompt_text)
+        split_special_tokens=args.split_special_tokens, adapter=adapter, prompt_text=args.prompt_text,
+        qat=QuantConfig(scheme=args.qat, bits=args.qat_bits, calibrate=args.qat_calibrate) if args.qat else None)
     return _summary(classify.run(cfg))
 
 

@@ -6,10 +6,16 @@ trains, or, with an ``adapter`` (LoRA, QLoRA, prefix or prompt tuning), only the
 loss: cross-entropy per sentence. validate: dev accuracy (the best checkpoint is the most accurate).
 The run scores --test once with the best checkpoint and exports OUT/model, a Hugging Face BERT folder
 (full fine-tuning), or OUT/adapter, a ``peft`` adapter folder for that BERT.
+
+With ``qat`` (a ``QuantConfig``), quantization-aware training: every Linear computes with fake-quantized
+weights and activations (``compression.qat``; the dev accuracy that picks the best checkpoint is the
+quantized model's), and the run also writes OUT/quantized, the quantized checkpoint (``embed``,
+``bench quantize --model`` read it), scoring it on dev and test.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -20,16 +26,19 @@ import torch
 import torch.nn.functional as F
 
 from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_counts
+from transformer_lab.compression import QuantConfig, quantize_model
+from transformer_lab.compression.qat import prepare_qat
 from transformer_lab.config import check_positive
 from transformer_lab.data.batches import ClassBatch, ClassBatches
 from transformer_lab.data.classification import read_labelled_tsv
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.hf import load_bert
-from transformer_lab.runs import BEST, LAST, find_checkpoint, load_model
+from transformer_lab.runs import BEST, LAST, find_checkpoint, load_model, save_checkpoint
 from transformer_lab.runtime import Runtime
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run, save_adapter,
                                            task_adapter, train, write_summary, write_uncut)
 from transformer_lab.tasks.embed import BERT_RECIPE, by_length, encode_texts, export
+from transformer_lab.tasks.quantize import copied, hf_tokenizer_files
 from transformer_lab.tokenizers.io import load_bert_tokenizer
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.loop import StepLoss
@@ -62,6 +71,7 @@ class ClassifyConfig:
     split_special_tokens: bool | None = None  # None: as the folder's tokenizer
     adapter: AdapterConfig | None = None  # None: full fine-tuning
     prompt_text: str | None = None  # prompt tuning: initialise the soft prompt from this text
+    qat: QuantConfig | None = None  # quantization-aware training for this quantization; None: plain fp32
 
     def __post_init__(self) -> None:
         if self.train.label_smoothing:
@@ -74,6 +84,8 @@ class ClassifyConfig:
         check_positive("batch_size", self.batch_size)
         if self.warmup is not None and self.warmup < 0:
             raise ValueError(f"warmup: expected >= 0, got {self.warmup}")
+        if self.qat is not None and self.adapter is not None:
+            raise ValueError("qat: quantization-aware training trains every weight; it does not combine with --peft")
 
 
 def classification_loss(model: Bert, b: ClassBatch, device: torch.device) -> StepLoss:
@@ -104,8 +116,11 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         model = load_bert(cfg.model, n_labels=n_labels, pretraining_heads=False)
         if cfg.adapter is not None:  # the fresh head trains in full beside the adapter
             apply_adapter(model, task_adapter(cfg.adapter, tok, cfg.prompt_text, train="classifier"))
+        if cfg.qat is not None:
+            prepare_qat(model, cfg.qat)
         counts = parameter_counts(model)
-        log.info("%s%s", counts, f" ({cfg.adapter.method})" if cfg.adapter else " (full fine-tuning)")
+        log.info("%s%s", counts, f" ({cfg.adapter.method})" if cfg.adapter else
+                 f" (quantization-aware: {cfg.qat.scheme} {cfg.qat.bits}-bit)" if cfg.qat else " (full fine-tuning)")
         max_len = min(cfg.max_len, model.config.max_len)
         train_ids, dev_ids = encode_texts(tok, train_x, max_len), encode_texts(tok, dev_x, max_len)
         source = ClassBatches(train_ids, train_y, cfg.batch_size, model.config.pad_id, cfg.train.seed)
@@ -122,19 +137,33 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
 
         trainer, result = train(folder, cfg.run, runtime, model, source, train_cfg, classification_loss, validate)
         summary: dict[str, Any] = {"steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1),
-                                   "stopped_by": result.stopped_by, "method": cfg.adapter.method if cfg.adapter else "full",
+                                   "stopped_by": result.stopped_by, "method": cfg.adapter.method if cfg.adapter else "qat" if cfg.qat else "full",
                                    "trainable_parameters": counts.trainable, "total_parameters": counts.total}
         best = load_model(find_checkpoint(folder.path, prefer=(BEST, LAST)), map_location=runtime.device).model
         if runtime.is_main and cfg.adapter is not None:
             summary["adapter"] = str(write_uncut(result, lambda: save_adapter(best, folder.export("adapter"), cfg.model)))
         elif runtime.is_main:
             summary["model"] = str(write_uncut(result, lambda: export(best, tok, folder.export())))
+        quantized = None
+        if cfg.qat is not None:  # the fp32 weights QAT trained, quantized the way it simulated
+            calib = train_ids[:256]
+            quantized = quantize_model(copy.deepcopy(best).eval(), cfg.qat, calibrate=lambda m: by_length(
+                m, calib, cfg.batch_size, lambda mm, t, mask: mm(t, attention_mask=mask).class_logits))
+            if runtime.is_main:
+                path = folder.export("quantized")
+                summary["quantized"] = str(write_uncut(result, lambda: save_checkpoint(
+                    path, quantized, {"qat": True}, extra=copied(hf_tokenizer_files(cfg.model)))))
 
         def score() -> dict:
             out = {"dev_acc": round(accuracy(best, dev_ids, dev_y), 4)}
+            if quantized is not None:
+                out["quantized_dev_acc"] = round(accuracy(quantized, dev_ids, dev_y), 4)
             if test is not None:
-                out["test_acc"] = round(accuracy(best, encode_texts(tok, test[0], max_len), test[1]), 4)
+                test_ids = encode_texts(tok, test[0], max_len)
+                out["test_acc"] = round(accuracy(best, test_ids, test[1]), 4)
                 out["test_sentences"] = len(test[0])
+                if quantized is not None:
+                    out["quantized_test_acc"] = round(accuracy(quantized, test_ids, test[1]), 4)
             return out
 
         scores = after_training(result, score)
@@ -145,3 +174,4 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
                      summary.get("model") or summary.get("adapter"))
         write_summary(folder, runtime, summary)
     return TaskResult(summary, result.signum)
+

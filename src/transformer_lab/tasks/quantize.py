@@ -95,7 +95,7 @@ def load_source(path: str | Path) -> Source:
         raise FileNotFoundError(f"{path}: neither one of our run/checkpoint folders nor a Hugging Face model folder "
                                 "(no config.json)")
     kind = read_json_object(config).get("model_type")
-    files = [path / n for n in HF_TOKENIZER_FILES if (path / n).is_file()]
+    files = hf_tokenizer_files(path)
     if kind == "bert":
         return Source(load_bert(path), path, files, load_bert_tokenizer(path))
     if kind == "gpt2":
@@ -198,7 +198,7 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
     summary["linear_weights_smaller"] = round(fp32_bytes / summary["linear_weight_bytes"]["quantized"], 2)
     if texts:
         summary["agreement_with_fp32"] = agreement(source, fp32, model, texts, cfg.batch_size)
-    extra = {p.name: _copier(p) for p in source.tokenizer_files}
+    extra = copied(source.tokenizer_files)
     if out.exists():
         shutil.rmtree(out)
     save_checkpoint(out, model, summary, extra=extra)
@@ -208,6 +208,16 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
 
 def _copier(src: Path) -> Callable[[Path], None]:
     return (lambda dst: shutil.copytree(src, dst)) if src.is_dir() else (lambda dst: shutil.copyfile(src, dst))
+
+
+def copied(files: list[Path]) -> dict[str, Callable[[Path], None]]:
+    """``save_checkpoint``'s ``extra``: each file or folder copied in under its name."""
+    return {p.name: _copier(p) for p in files}
+
+
+def hf_tokenizer_files(folder: Path) -> list[Path]:
+    """The tokenizer files of a Hugging Face model folder."""
+    return [folder / n for n in HF_TOKENIZER_FILES if (folder / n).is_file()]
 
 
 def _weights_file_bytes(folder: Path) -> int | None:
