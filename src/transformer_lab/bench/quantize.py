@@ -31,7 +31,8 @@ from torch import nn
 
 from transformer_lab.bench.bert import _bert_folder
 from transformer_lab.bench.harness import BenchResult, speed_row, time_rounds
-from transformer_lab.compression import QuantConfig, linear_weight_bytes, model_bytes, quantize_model
+from transformer_lab.compression import linear_weight_bytes, model_bytes, quantize_model
+from transformer_lab.compression.model import PRESETS
 from transformer_lab.data.classification import read_labelled_tsv
 from transformer_lab.export import OnnxSeq2SeqStep, export_model, onnx_session
 from transformer_lab.models.bert import mean_pool
@@ -44,20 +45,7 @@ from transformer_lab.tasks.translation import corpus_scores, translate
 from transformer_lab.tokenizers.corpus import read_lines
 from transformer_lab.training.config import TrainConfig
 
-VARIANTS = {
-    "dynamic": QuantConfig(),
-    "dynamic-tensor": QuantConfig(granularity="tensor"),
-    "dynamic-emb": QuantConfig(embeddings=True),
-    "dynamic-smooth": QuantConfig(smooth=0.5),
-    "static-minmax": QuantConfig(scheme="static"),
-    "static-percentile": QuantConfig(scheme="static", calibrate="percentile"),
-    "static-mse": QuantConfig(scheme="static", calibrate="mse"),
-    "static-kl": QuantConfig(scheme="static", calibrate="kl"),
-    "static-smooth": QuantConfig(scheme="static", smooth=0.5),
-    "w8": QuantConfig(scheme="weight-only"),
-    "w4": QuantConfig(scheme="weight-only", bits=4, granularity="group"),
-    "w4a8": QuantConfig(bits=4),
-}
+VARIANTS = PRESETS
 DEFAULT_VARIANTS = ("dynamic", "static-minmax", "static-kl", "static-smooth", "w4")
 PEERS = ("torch.ao", "ort-fp32", "ort-int8")
 TASKS = ("classify", "embed", "translate")

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, help, doc, run, batch in (
             ("bert", "BERT encoder forward: ours vs HF BertModel, same weights", bert.__doc__,
              lambda a: bert.bench_bert(a.model, a.batch, a.length, a.steps, a.rounds), 32),
-            ("int8", "INT8 BERT encoder: our Int8Linear vs torch.ao dynamic INT8, each beside fp32", int8.__doc__,
+            ("int8", "INT8 BERT encoder: our dynamic QuantLinear vs torch.ao dynamic INT8, each beside fp32", int8.__doc__,
              lambda a: int8.bench_int8(a.model, a.batch, a.length, a.steps, a.rounds, a.compile), 8)):
         b = _parser(bsub, name, help, doc)
         b.add_argument("--model", default=None,

@@ -71,6 +71,24 @@ def _tables(model: nn.Module) -> set[int]:
             if isinstance(m, nn.Embedding) or (hasattr(m, "vocab_size") and isinstance(getattr(m, "weight", None), nn.Parameter))}
 
 
+# Named quantizations (``bench quantize --variants``, ``explain int8``).
+PRESETS = {
+    "dynamic": QuantConfig(),
+    "dynamic-tensor": QuantConfig(granularity="tensor"),
+    "dynamic-emb": QuantConfig(embeddings=True),
+    "dynamic-smooth": QuantConfig(smooth=0.5),
+    "static-minmax": QuantConfig(scheme="static"),
+    "static-percentile": QuantConfig(scheme="static", calibrate="percentile"),
+    "static-mse": QuantConfig(scheme="static", calibrate="mse"),
+    "static-kl": QuantConfig(scheme="static", calibrate="kl"),
+    "static-smooth": QuantConfig(scheme="static", smooth=0.5),
+    "w8": QuantConfig(scheme="weight-only"),
+    "w4-channel": QuantConfig(scheme="weight-only", bits=4),
+    "w4": QuantConfig(scheme="weight-only", bits=4, granularity="group"),
+    "w4a8": QuantConfig(bits=4),
+}
+
+
 def target_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
     """The names of the Linear layers to quantize: all but the skipped and the tied-to-an-embedding."""
     tables = _tables(model)

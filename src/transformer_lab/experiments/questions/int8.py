@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformer_lab.compression import OBSERVERS, QuantConfig, linear_weight_bytes, quantize_model
-from transformer_lab.compression.model import target_linears, watch_inputs
+from transformer_lab.compression import OBSERVERS, linear_weight_bytes, quantize_model
+from transformer_lab.compression.model import PRESETS, target_linears, watch_inputs
 from transformer_lab.compression.observers import Observer
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.data import minilm_folder
@@ -38,18 +38,11 @@ from transformer_lab.models.hf import load_bert
 from transformer_lab.tasks.embed import by_length, encode_texts
 from transformer_lab.tokenizers.io import load_bert_tokenizer
 
-VARIANTS = {
-    "dynamic int8": QuantConfig(),
-    "dynamic int8, weights per tensor": QuantConfig(granularity="tensor"),
-    "static int8, min-max": QuantConfig(scheme="static"),
-    "static int8, percentile": QuantConfig(scheme="static", calibrate="percentile"),
-    "static int8, MSE": QuantConfig(scheme="static", calibrate="mse"),
-    "static int8, KL": QuantConfig(scheme="static", calibrate="kl"),
-    "static int8, SmoothQuant": QuantConfig(scheme="static", smooth=0.5),
-    "weight-only int8": QuantConfig(scheme="weight-only"),
-    "weight-only int4": QuantConfig(scheme="weight-only", bits=4),
-    "weight-only int4, groups of 32": QuantConfig(scheme="weight-only", bits=4, granularity="group"),
-}
+LABELS = {"dynamic": "dynamic int8", "dynamic-tensor": "dynamic int8, weights per tensor",
+          "static-minmax": "static int8, min-max", "static-percentile": "static int8, percentile",
+          "static-mse": "static int8, MSE", "static-kl": "static int8, KL", "static-smooth": "static int8, SmoothQuant",
+          "w8": "weight-only int8", "w4-channel": "weight-only int4", "w4": "weight-only int4, groups of 32"}
+VARIANTS = {label: PRESETS[name] for name, label in LABELS.items()}
 KEEPS = dict(flips=0.02, points=0.01)  # "keeps accuracy": at most 2% of predictions flip, within 1 point
 NOTHING_LEARNED = 0.05
 THRESHOLDS = ("minmax", "percentile", "mse", "kl")
