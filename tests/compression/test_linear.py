@@ -41,6 +41,24 @@ def test_the_integer_path_equals_the_reference_path(scheme, bits, granularity, s
     assert float((fast - exact).norm() / exact.norm()) < bound
 
 
+@pytest.mark.parametrize("shape", [(8, 16, 48), (1, 48), (3, 1, 48)])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_per_tensor_activations_on_fbgemm_equal_the_reference_path(shape, bits):
+    """Dynamic activations with one affine grid per call: fbgemm's quantized::linear_dynamic on our int8
+    weights against the same formula in fp32 (within a grid step's rounding at a tie: fbgemm scales by
+    1 / s)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 80)
+    x = torch.randn(*shape) * 2
+    layer = QuantLinear.from_linear(linear, "dynamic", bits, activations="tensor")
+    with torch.no_grad():
+        fast = layer(x)
+        layer.impl = "reference"
+        slow, exact = layer(x), linear(x)
+    torch.testing.assert_close(fast, slow, atol=2e-3, rtol=1e-3)
+    assert float((fast - exact).norm() / exact.norm()) < {8: 0.03, 4: 0.2}[bits]
+
+
 @pytest.mark.parametrize("scheme", ["dynamic", "static", "weight-only"])
 def test_the_reference_path_is_torchs_fake_quantization(scheme):
     """Oracle: torch.fake_quantize_per_channel_affine on W (int8, symmetric) and, for the activations,

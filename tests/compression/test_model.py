@@ -44,17 +44,18 @@ def test_every_linear_converts_but_the_skipped_and_the_tied_projection():
                                  QuantConfig(scheme="static", calibrate="percentile", smooth=0.5),
                                  QuantConfig(scheme="weight-only", bits=4, granularity="group", group_size=16),
                                  QuantConfig(bits=4, smooth=0.8, granularity="tensor"),
-                                 QuantConfig(embeddings=True)])
+                                 QuantConfig(embeddings=True), QuantConfig(activations="tensor", tied=True)])
 def test_a_quantized_checkpoint_loads_back_to_the_same_function(cfg, tmp_path):
     model = quantize_model(_translation_model(), cfg, calibrate=_calibrate)
     src, tgt = _batches()[0]
     save_checkpoint(tmp_path / "q", model, {"step": 0})
     loaded = load_model(tmp_path / "q").model.eval()
     assert loaded.quant_config == cfg
-    assert sum(isinstance(m, QuantLinear) for m in loaded.modules()) == 16  # encoder 4 + 2 (attention, FFN), decoder 4 + 4 + 2
+    # encoder 4 + 2 (attention, FFN), decoder 4 + 4 + 2, and with ``tied`` the generator tied to the embeddings
+    assert sum(isinstance(m, QuantLinear) for m in loaded.modules()) == 16 + cfg.tied
     with torch.no_grad():
         torch.testing.assert_close(loaded(src, tgt), model(src, tgt), atol=0, rtol=0)
-    fp32 = linear_weight_bytes(_translation_model())
+    fp32 = linear_weight_bytes(_translation_model()) + (4 * 50 * 32 if cfg.tied else 0)  # + the tied generator
     assert linear_weight_bytes(loaded) < fp32 / (3.5 if cfg.bits == 8 else 5)  # (16-weight groups: a 4-byte scale each)
 
 

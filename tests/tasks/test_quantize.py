@@ -80,6 +80,13 @@ def test_a_quantized_translation_model_translates_and_evaluates(shared_data, tmp
     assert "already quantized" in capsys.readouterr().err
     assert main(["quantize", "--checkpoint", str(run), "--out", str(out)]) == 2  # OUT exists
     assert "--overwrite" in capsys.readouterr().err
+    # bench quantize on it: BLEU of ours and of onnxruntime's INT8 graphs (decoded by our beam search)
+    assert main(["bench", "quantize", "--task", "translate", "--model", str(run), "--src", str(files[2]), "--ref",
+                 str(files[3]), "--calib-data", str(files[0]), "--variants", "dynamic", "--peers", "ort-int8",
+                 "--limit", "8", "--batch", "4", "--steps", "1", "--rounds", "1", "--beam", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert set(rows) == {"fp32", "dynamic", "ort-int8"} and all(0 <= r["bleu"] <= 100 for r in rows.values())
+    assert rows["ort-int8"]["model_bytes"] < rows["fp32"]["model_bytes"]
 
 
 def test_a_quantized_gpt_generates_and_keeps_its_perplexity(tmp_path, capsys):

@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-calibrate", default="minmax", choices=sorted(OBSERVERS), help="the weight range")
     p.add_argument("--smooth", type=positive_float, default=None, metavar="ALPHA",
                    help="SmoothQuant: move activation outliers into the weights with strength ALPHA (0.5 typical)")
+    p.add_argument("--activations", default="token", choices=("token", "tensor"),
+                   help="dynamic scheme: a grid per token (default), or one per call (fbgemm's kernel: faster decoding)")
+    p.add_argument("--tied", action="store_true",
+                   help="also quantize an output layer tied to the embedding table (an int8 copy; the table stays fp32)")
     p.add_argument("--embeddings", action="store_true",
                    help="also store embedding tables in int8, one scale per row (those not tied to an output layer)")
     p.add_argument("--skip", default="", help="comma-separated module names to keep in fp32")
@@ -57,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def quantize_cmd(args: argparse.Namespace) -> int:
     qcfg = QuantConfig(scheme=args.scheme, bits=args.bits, granularity=args.granularity, group_size=args.group_size,
                        weight_calibrate=args.weight_calibrate, calibrate=args.calibrate, smooth=args.smooth,
-                       skip=args.skip, embeddings=args.embeddings)
+                       skip=args.skip, embeddings=args.embeddings,
+                       activations=args.activations, tied=args.tied)
     summary = quantize.run(quantize.QuantizeConfig(
         args.checkpoint, args.out, qcfg, args.calib_data, args.calib_samples, args.batch_size, args.overwrite,
         args.any_text))

@@ -4,6 +4,11 @@
 
 - ``dynamic``: activations quantized per token at run time, ``s_x = max|x[t, :]| / 127.5``:
       y = (s_x ⊗ s_w) · (q_x q_wᵀ) + b                      q_x q_wᵀ summed exactly in int32
+  With ``activations="tensor"``, one affine grid over the whole input per call instead
+  (s_x = (max - min) / 255, as fbgemm's dynamic Linear chooses it), computed like ``static`` below;
+  its integer path is PyTorch's fbgemm kernel (``quantized::linear_dynamic``, quantization, GEMM and
+  rescale in one call) on our int8 weights, which pays where the per-token path's dozen small kernel
+  calls dominate: decoding, a few rows per step (measured: greedy translation 1.4x faster).
 - ``static``: one activation grid fixed by calibration (an observer: min-max, percentile, MSE, KL),
   affine, q_x = round(x / s_x) + z_x:
       y = (s_x · s_w) · (q_x q_wᵀ - z_x Σ_i q_w[:, i]) + b
@@ -35,9 +40,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_lab.compression.observers import MinMaxObserver, Observer
-from transformer_lab.compression.quant import EPS, QParams, quantize
+from transformer_lab.compression.quant import EPS, QParams, qparams_from_range, quantize
 
 IMPLS = ("int", "reference")
+ACTIVATIONS = ("token", "tensor")
 SCHEMES = ("dynamic", "static", "weight-only")
 GRANULARITIES = ("tensor", "channel", "group")
 
@@ -67,10 +73,11 @@ class QuantLinear(nn.Module):
     shell a checkpoint's tensors are loaded into."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, scheme: str = "dynamic", bits: int = 8,
-                 granularity: str = "channel", group_size: int = 32, smooth: bool = False, impl: str = "int"):
+                 granularity: str = "channel", group_size: int = 32, smooth: bool = False, impl: str = "int",
+                 activations: str = "token"):
         super().__init__()
         for name, value, allowed in (("scheme", scheme, SCHEMES), ("granularity", granularity, GRANULARITIES),
-                                     ("impl", impl, IMPLS), ("bits", bits, (4, 8))):
+                                     ("impl", impl, IMPLS), ("bits", bits, (4, 8)), ("activations", activations, ACTIVATIONS)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         if granularity == "group" and scheme != "weight-only":
@@ -80,6 +87,8 @@ class QuantLinear(nn.Module):
             raise ValueError(f"group_size: {group_size} does not divide in_features={in_features}")
         self.in_features, self.out_features = in_features, out_features
         self.scheme, self.bits, self.granularity, self.group_size, self.impl = scheme, bits, granularity, group_size, impl
+        self.activations = activations
+        self._packed: tuple | None = None  # fbgemm's prepacked weight, built on first use (not saved)
         n_scales = {"tensor": 1, "channel": out_features, "group": out_features * (in_features // max(group_size, 1))}
         width = (in_features + 1) // 2 if bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8 if bits == 4 else torch.int8))
@@ -95,12 +104,12 @@ class QuantLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, scheme: str = "dynamic", bits: int = 8, granularity: str = "channel",
                     group_size: int = 32, weight_observer: Callable[..., Observer] = MinMaxObserver,
                     input_qparams: QParams | None = None,
-                    smooth: Tensor | None = None, impl: str = "int") -> "QuantLinear":
+                    smooth: Tensor | None = None, impl: str = "int", activations: str = "token") -> "QuantLinear":
         """Quantize ``linear``: its weight's range from ``weight_observer`` (an observer class, min-max by
         default; built symmetric, ``bits``, one range per ``granularity``); ``input_qparams`` is the static scheme's activation
         grid (8-bit, per tensor); ``smooth`` the SmoothQuant multipliers m (in_features,)."""
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, scheme, bits, granularity,
-                    group_size, smooth is not None, impl)
+                    group_size, smooth is not None, impl, activations)
         w = linear.weight.detach().float()
         if smooth is not None:
             w = w * smooth
@@ -139,12 +148,21 @@ class QuantLinear(nn.Module):
         return self.int_weight().float() * self.weight_scales()
 
     # --- forward -----------------------------------------------------------------------------------
-    def quantize_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(q_x int8 (T, in), s_x (T, 1) or ()) for the integer schemes."""
-        if self.scheme == "dynamic":
-            return quantize_tokens(x)
-        q = torch.clamp(torch.round(x / self.input_scale) + self.input_zero_point, -128, 127).to(torch.int8)
-        return q, self.input_scale
+    def input_grid(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(s_x, z_x on the int8 grid) of one affine grid over ``x``: the static scheme's calibrated one,
+        or per call for dynamic per-tensor activations."""
+        if self.scheme == "static":
+            return self.input_scale, self.input_zero_point
+        p = qparams_from_range(x.min(), x.max(), 8, symmetric=False)
+        return p.scale, p.zero_point - 128
+
+    def quantize_input(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | int]:
+        """(q_x int8 (T, in), s_x (T, 1) or (), z_x) for the integer schemes."""
+        if self.scheme == "dynamic" and self.activations == "token":
+            q, s = quantize_tokens(x)
+            return q, s, 0
+        s, z = self.input_grid(x)
+        return torch.clamp(torch.round(x / s) + z, -128, 127).to(torch.int8), s, z
 
     def forward(self, x: Tensor) -> Tensor:
         if x.size(-1) != self.in_features:
@@ -165,14 +183,27 @@ class QuantLinear(nn.Module):
         return x @ self.dequantized_weight().t()
 
     def _integer(self, x: Tensor) -> Tensor:
-        q_x, s_x = self.quantize_input(x)
+        if self.impl == "int" and self.scheme == "dynamic" and self.activations == "tensor" and _fbgemm(x):
+            return self._fbgemm(x)
+        q_x, s_x, z = self.quantize_input(x)
         if self.impl == "reference":
-            z = self.input_zero_point if self.scheme == "static" else 0
             return ((q_x.float() - z) * s_x) @ self.dequantized_weight().t()
-        acc = torch._int_mm(q_x, self.int_weight().t())  # int32 sums
-        if self.scheme == "static":
-            acc = acc - self.input_zero_point * self.weight_sum
+        q_w = self.int_weight()
+        acc = torch._int_mm(q_x, q_w.t())  # int32 sums
+        if not isinstance(z, int):  # an affine input grid: take z_x · Σ_i q_w[o, i] back out
+            acc = acc - z * (self.weight_sum if self.scheme == "static" else q_w.sum(dim=1, dtype=torch.int32))
         return acc.float().mul_(s_x).mul_(self.weight_scale)  # one rescale (per-token / per-tensor x per-channel)
+
+    def _fbgemm(self, x: Tensor) -> Tensor:
+        """fbgemm's dynamic Linear on our int8 weights (it adds the bias itself; forward adds ours, so
+        the packed weight carries none)."""
+        key = (self.qweight.data_ptr(), self.qweight._version, self.weight_scale._version)
+        if self._packed is None or self._packed[0] != key:
+            scales = self.weight_scale.double().expand(self.out_features).contiguous()
+            w = torch._make_per_channel_quantized_tensor(self.int_weight(), scales,
+                                                         torch.zeros(self.out_features, dtype=torch.long), 0)
+            self._packed = (key, torch.ops.quantized.linear_prepack(w, None))
+        return torch.ops.quantized.linear_dynamic(x, self._packed[1], False)
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.weight_scale))
@@ -180,7 +211,13 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}, "
                 f"bits={self.bits}, granularity={self.granularity}, impl={self.impl}"
+                + (", activations per tensor" if self.scheme == "dynamic" and self.activations == "tensor" else "")
                 + (", smooth" if self.input_multiplier is not None else ""))
+
+
+def _fbgemm(x: Tensor) -> bool:
+    """Whether PyTorch's fbgemm kernels serve ``x`` (a CPU tensor on an x86 build)."""
+    return x.device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
 
 
 class QuantEmbedding(nn.Module):

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from transformer_lab.compression.linear import GRANULARITIES, IMPLS, SCHEMES, QuantEmbedding, QuantLinear
+from transformer_lab.compression.linear import ACTIVATIONS, GRANULARITIES, IMPLS, SCHEMES, QuantEmbedding, QuantLinear
 from transformer_lab.compression.observers import OBSERVERS, Observer
 
 # An observer keeps at most this many activation values per layer (a seeded sample beyond): enough for
@@ -39,11 +39,13 @@ class QuantConfig:
     smooth: float | None = None  # SmoothQuant's migration strength alpha in (0, 1]; None: off
     skip: str = ""  # comma-separated module names left in fp32
     embeddings: bool = False  # also int8 embedding tables (one scale per row), those not tied to an output layer
+    activations: str = "token"  # dynamic scheme: one grid per token, or per tensor (fbgemm's kernel; faster decoding)
+    tied: bool = False  # also an output projection tied to an embedding table (an int8 copy; the table stays fp32)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("scheme", self.scheme, SCHEMES), ("granularity", self.granularity, GRANULARITIES),
                                      ("bits", self.bits, (4, 8)), ("weight_calibrate", self.weight_calibrate, OBSERVERS),
-                                     ("calibrate", self.calibrate, OBSERVERS)):
+                                     ("calibrate", self.calibrate, OBSERVERS), ("activations", self.activations, ACTIVATIONS)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {sorted(allowed)}, got {value!r}")
         if self.granularity == "group" and self.scheme != "weight-only":
@@ -86,12 +88,14 @@ PRESETS = {
     "w4-channel": QuantConfig(scheme="weight-only", bits=4),
     "w4": QuantConfig(scheme="weight-only", bits=4, granularity="group"),
     "w4a8": QuantConfig(bits=4),
+    "fast": QuantConfig(activations="tensor", tied=True),
 }
 
 
-def target_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
-    """The names of the Linear layers to quantize: all but the skipped and the tied-to-an-embedding."""
-    tables = _tables(model)
+def target_linears(model: nn.Module, skip: tuple[str, ...] = (), tied: bool = False) -> list[str]:
+    """The names of the Linear layers to quantize: all but the skipped and (unless ``tied``) those
+    tied to an embedding table."""
+    tables = set() if tied else _tables(model)
     return [name for name, m in model.named_modules()
             if type(m) is nn.Linear and id(m.weight) not in tables
             and not any(name == s or name.startswith(s + ".") for s in skip)]
@@ -182,7 +186,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calibrate: Callable[[nn.M
     if cfg.needs_calibration and calibrate is None:
         raise ValueError(f"{'the static scheme' if cfg.scheme == 'static' else 'smooth'}: needs calibration data "
                          "(sample inputs the model reads)")
-    names = target_linears(model, cfg.skipped)
+    names = target_linears(model, cfg.skipped, cfg.tied)
     if not names:
         raise ValueError("model: no Linear layer left to quantize (every one is skipped or tied to an embedding)")
     linears = {n: model.get_submodule(n) for n in names}
@@ -199,7 +203,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calibrate: Callable[[nn.M
     for n in names:
         _set(model, n, QuantLinear.from_linear(
             linears[n], cfg.scheme, cfg.bits, cfg.granularity, cfg.group_size, weight_observer,
-            inputs[n].qparams() if inputs else None, smooth.get(n), impl))
+            inputs[n].qparams() if inputs else None, smooth.get(n), impl, cfg.activations))
     if cfg.embeddings:
         _quantize_embeddings(model, cfg, empty=False)
     model.quant_config = cfg
@@ -209,10 +213,10 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calibrate: Callable[[nn.M
 def quantized_shell(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     """The layers ``quantize_model(model, cfg)`` makes, empty, for a checkpoint's tensors to fill."""
     _check_quantizable(model)
-    for n in target_linears(model, cfg.skipped):
+    for n in target_linears(model, cfg.skipped, cfg.tied):
         m = model.get_submodule(n)
         _set(model, n, QuantLinear(m.in_features, m.out_features, m.bias is not None, cfg.scheme, cfg.bits,
-                                   cfg.granularity, cfg.group_size, cfg.smooth is not None))
+                                   cfg.granularity, cfg.group_size, cfg.smooth is not None, activations=cfg.activations))
     if cfg.embeddings:
         _quantize_embeddings(model, cfg, empty=True)
     model.quant_config = cfg

@@ -312,9 +312,10 @@ def translate_detailed(
 
 
 def translate(model: Transformer, tok_src: Tokenizer, tok_tgt: Tokenizer, sentences: Sequence[str], beam: int = 4,
-              alpha: float = 0.6, batch_size: int = 64, use_cache: bool = True) -> list[str]:
+              alpha: float = 0.6, batch_size: int = 64, use_cache: bool = True,
+              make_step: Callable[[torch.Tensor], Any] | None = None) -> list[str]:
     """``translate_detailed``'s texts."""
-    return translate_detailed(model, tok_src, tok_tgt, sentences, beam, alpha, batch_size, use_cache).texts
+    return translate_detailed(model, tok_src, tok_tgt, sentences, beam, alpha, batch_size, use_cache, make_step).texts
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
