@@ -44,6 +44,7 @@ from transformer_lab.compression.quant import EPS, QParams, qparams_from_range, 
 
 IMPLS = ("int", "reference")
 ACTIVATIONS = ("token", "tensor")
+FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines  # PyTorch's x86 quantized kernels are built in
 SCHEMES = ("dynamic", "static", "weight-only")
 GRANULARITIES = ("tensor", "channel", "group")
 
@@ -88,7 +89,7 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.scheme, self.bits, self.granularity, self.group_size, self.impl = scheme, bits, granularity, group_size, impl
         self.activations = activations
-        self._packed: tuple | None = None  # fbgemm's prepacked weight, built on first use (not saved)
+        self._packed = None  # fbgemm's prepacked weight and bias, built on first use (not saved)
         n_scales = {"tensor": 1, "channel": out_features, "group": out_features * (in_features // max(group_size, 1))}
         width = (in_features + 1) // 2 if bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8 if bits == 4 else torch.int8))
@@ -169,6 +170,8 @@ class QuantLinear(nn.Module):
             raise ValueError(f"x: last dimension {x.size(-1)}, but this layer takes {self.in_features}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).float()
+        if self._on_fbgemm(x):  # one kernel call: quantization, GEMM, rescale and bias
+            return self._fbgemm(x2).to(x.dtype).reshape(*lead, self.out_features)
         if self.input_multiplier is not None:
             x2 = x2 * self.input_multiplier
         if self.scheme == "weight-only":
@@ -182,9 +185,11 @@ class QuantLinear(nn.Module):
     def _weight_only(self, x: Tensor) -> Tensor:
         return x @ self.dequantized_weight().t()
 
+    def _on_fbgemm(self, x: Tensor) -> bool:
+        return (self.impl == "int" and self.scheme == "dynamic" and self.activations == "tensor" and FBGEMM
+                and self.input_multiplier is None and x.device.type == "cpu")
+
     def _integer(self, x: Tensor) -> Tensor:
-        if self.impl == "int" and self.scheme == "dynamic" and self.activations == "tensor" and _fbgemm(x):
-            return self._fbgemm(x)
         q_x, s_x, z = self.quantize_input(x)
         if self.impl == "reference":
             return ((q_x.float() - z) * s_x) @ self.dequantized_weight().t()
@@ -195,15 +200,18 @@ class QuantLinear(nn.Module):
         return acc.float().mul_(s_x).mul_(self.weight_scale)  # one rescale (per-token / per-tensor x per-channel)
 
     def _fbgemm(self, x: Tensor) -> Tensor:
-        """fbgemm's dynamic Linear on our int8 weights (it adds the bias itself; forward adds ours, so
-        the packed weight carries none)."""
-        key = (self.qweight.data_ptr(), self.qweight._version, self.weight_scale._version)
-        if self._packed is None or self._packed[0] != key:
+        """fbgemm's dynamic Linear on our int8 weights and bias, packed on first use (and again after
+        a checkpoint is loaded into the layer)."""
+        if self._packed is None:
             scales = self.weight_scale.double().expand(self.out_features).contiguous()
             w = torch._make_per_channel_quantized_tensor(self.int_weight(), scales,
                                                          torch.zeros(self.out_features, dtype=torch.long), 0)
-            self._packed = (key, torch.ops.quantized.linear_prepack(w, None))
-        return torch.ops.quantized.linear_dynamic(x, self._packed[1], False)
+            self._packed = torch.ops.quantized.linear_prepack(w, self.bias)
+        return torch.ops.quantized.linear_dynamic(x, self._packed, False)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed = None  # new weights: pack them again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.weight_scale))
@@ -213,11 +221,6 @@ class QuantLinear(nn.Module):
                 f"bits={self.bits}, granularity={self.granularity}, impl={self.impl}"
                 + (", activations per tensor" if self.scheme == "dynamic" and self.activations == "tensor" else "")
                 + (", smooth" if self.input_multiplier is not None else ""))
-
-
-def _fbgemm(x: Tensor) -> bool:
-    """Whether PyTorch's fbgemm kernels serve ``x`` (a CPU tensor on an x86 build)."""
-    return x.device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
 
 
 class QuantEmbedding(nn.Module):
