@@ -1,6 +1,8 @@
 """Quantizing whole models: which layers convert, calibration through forward hooks, and a quantized
 checkpoint that loads back into the same function (the saved model is the oracle for the loaded one)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -44,7 +46,8 @@ def test_every_linear_converts_but_the_skipped_and_the_tied_projection():
                                  QuantConfig(scheme="static", calibrate="percentile", smooth=0.5),
                                  QuantConfig(scheme="weight-only", bits=4, granularity="group", group_size=16),
                                  QuantConfig(bits=4, smooth=0.8, granularity="tensor"),
-                                 QuantConfig(embeddings=True), QuantConfig(activations="tensor", tied=True)])
+                                 QuantConfig(embeddings=True), QuantConfig(activations="tensor", tied=True),
+                                 QuantConfig(activations="tensor", tied=True, embeddings=True)])
 def test_a_quantized_checkpoint_loads_back_to_the_same_function(cfg, tmp_path):
     model = quantize_model(_translation_model(), cfg, calibrate=_calibrate)
     src, tgt = _batches()[0]
@@ -103,3 +106,12 @@ def test_int8_embedding_tables_keep_the_lookup_and_leave_tied_ones():
     assert model_bytes(model) < before
     tied = quantize_model(_translation_model(), QuantConfig(embeddings=True))
     assert not any(isinstance(m, QuantEmbedding) for m in tied.modules())
+    # With the tied output layer quantized too, the shared table becomes one int8 table read by the source and
+    # target lookups and the generator (as the fp32 model had one table): a third of the fp32 model's bytes.
+    fp32 = _translation_model()
+    shared = quantize_model(copy.deepcopy(fp32), QuantConfig(embeddings=True, tied=True))
+    assert shared.src_embed.token is shared.tgt_embed.token and isinstance(shared.src_embed.token, QuantEmbedding)
+    assert shared.generator.proj.qweight is shared.src_embed.token.qweight
+    assert model_bytes(shared) < 0.35 * model_bytes(fp32)
+    with torch.no_grad():
+        assert float((shared(src, tgt).exp() - fp32(src, tgt).exp()).abs().max()) < 0.05

@@ -33,6 +33,7 @@ small model the table is much of the size (all-MiniLM-L6-v2: 45 of its 87 MiB).
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -204,8 +205,10 @@ class QuantLinear(nn.Module):
         a checkpoint is loaded into the layer)."""
         if self._packed is None:
             scales = self.weight_scale.double().expand(self.out_features).contiguous()
-            w = torch._make_per_channel_quantized_tensor(self.int_weight(), scales,
-                                                         torch.zeros(self.out_features, dtype=torch.long), 0)
+            with warnings.catch_warnings():  # torch announces the quantized tensor type's deprecation
+                warnings.simplefilter("ignore")
+                w = torch._make_per_channel_quantized_tensor(self.int_weight(), scales,
+                                                             torch.zeros(self.out_features, dtype=torch.long), 0)
             self._packed = torch.ops.quantized.linear_prepack(w, self.bias)
         return torch.ops.quantized.linear_dynamic(x, self._packed, False)
 

@@ -89,6 +89,7 @@ PRESETS = {
     "w4": QuantConfig(scheme="weight-only", bits=4, granularity="group"),
     "w4a8": QuantConfig(bits=4),
     "fast": QuantConfig(activations="tensor", tied=True),
+    "fast-emb": QuantConfig(activations="tensor", tied=True, embeddings=True),
 }
 
 
@@ -101,22 +102,53 @@ def target_linears(model: nn.Module, skip: tuple[str, ...] = (), tied: bool = Fa
             and not any(name == s or name.startswith(s + ".") for s in skip)]
 
 
+def _is_table(m: nn.Module) -> bool:
+    return isinstance(m, nn.Embedding) or (hasattr(m, "vocab_size") and isinstance(getattr(m, "weight", None), nn.Parameter))
+
+
 def target_embeddings(model: nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
-    """Embedding tables (nn.Embedding, or a module with a ``vocab_size`` and its own ``weight``) used
-    by no other module: a table tied to an output projection stays fp32 with it."""
-    uses: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        uses[id(p)] = uses.get(id(p), 0) + 1
+    """Embedding tables (nn.Embedding, or a module with a ``vocab_size`` and its own ``weight``) whose
+    table no other module holds: one tied to a Linear output layer stays fp32 with it (with ``tied``
+    that layer is quantized first, and then shares the int8 table). A module reachable under two names
+    (the encoder-decoder's shared source and target embedding) is one owner."""
+    owners: dict[int, set[int]] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(id(m))
     return [name for name, m in model.named_modules()
-            if (isinstance(m, nn.Embedding) or (hasattr(m, "vocab_size") and isinstance(getattr(m, "weight", None), nn.Parameter)))
-            and uses[id(m.weight)] == 1 and not any(name == s or name.startswith(s + ".") for s in skip)]
+            if _is_table(m) and owners[id(m.weight)] == {id(m)} and not any(name == s or name.startswith(s + ".")
+                                                                           for s in skip)]
 
 
-def _quantize_embeddings(model: nn.Module, cfg: QuantConfig, empty: bool) -> None:
+def _quantize_embeddings(model: nn.Module, cfg: QuantConfig, empty: bool) -> dict[int, QuantEmbedding]:
+    """Every target table -> QuantEmbedding (under each name the module has); {id(fp32 table): its int8 one}."""
+    done = {}
     for n in target_embeddings(model, cfg.skipped):
         m = model.get_submodule(n)
         factor = float(getattr(m, "factor", 1.0))
-        _set(model, n, QuantEmbedding(*m.weight.shape, factor) if empty else QuantEmbedding.from_table(m.weight, factor))
+        q = QuantEmbedding(*m.weight.shape, factor) if empty else QuantEmbedding.from_table(m.weight, factor)
+        for name, other in list(model.named_modules(remove_duplicate=False)):
+            if other is m:
+                _set(model, name, q)
+        done[id(m.weight)] = q
+    return done
+
+
+def _tied_outputs(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """{name: id(table)} of the Linear layers among ``names`` whose weight is an embedding table."""
+    tables = _tables(model)
+    return {n: id(model.get_submodule(n).weight) for n in names if id(model.get_submodule(n).weight) in tables}
+
+
+def _share_tables(model: nn.Module, tied: dict[str, int], tables: dict[int, QuantEmbedding], cfg: QuantConfig) -> None:
+    """A tied output layer reads the int8 table its embedding now holds: one int8 copy, as the fp32
+    model had one table. (The same grid: symmetric min-max, one scale per row = per output channel.)"""
+    if cfg.bits != 8 or cfg.granularity != "channel" or cfg.weight_calibrate != "minmax":
+        return  # another weight grid than the table's: the output layer keeps its own copy
+    for name, table in tied.items():
+        if table in tables:
+            layer, q = model.get_submodule(name), tables[table]
+            layer.qweight, layer.weight_scale, layer._packed = q.qweight, q.weight_scale, None
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -187,6 +219,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calibrate: Callable[[nn.M
         raise ValueError(f"{'the static scheme' if cfg.scheme == 'static' else 'smooth'}: needs calibration data "
                          "(sample inputs the model reads)")
     names = target_linears(model, cfg.skipped, cfg.tied)
+    tied = _tied_outputs(model, names)
     if not names:
         raise ValueError("model: no Linear layer left to quantize (every one is skipped or tied to an embedding)")
     linears = {n: model.get_submodule(n) for n in names}
@@ -205,7 +238,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calibrate: Callable[[nn.M
             linears[n], cfg.scheme, cfg.bits, cfg.granularity, cfg.group_size, weight_observer,
             inputs[n].qparams() if inputs else None, smooth.get(n), impl, cfg.activations))
     if cfg.embeddings:
-        _quantize_embeddings(model, cfg, empty=False)
+        _share_tables(model, tied, _quantize_embeddings(model, cfg, empty=False), cfg)
     model.quant_config = cfg
     return model
 
@@ -213,12 +246,14 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calibrate: Callable[[nn.M
 def quantized_shell(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     """The layers ``quantize_model(model, cfg)`` makes, empty, for a checkpoint's tensors to fill."""
     _check_quantizable(model)
-    for n in target_linears(model, cfg.skipped, cfg.tied):
+    names = target_linears(model, cfg.skipped, cfg.tied)
+    tied = _tied_outputs(model, names)
+    for n in names:
         m = model.get_submodule(n)
         _set(model, n, QuantLinear(m.in_features, m.out_features, m.bias is not None, cfg.scheme, cfg.bits,
                                    cfg.granularity, cfg.group_size, cfg.smooth is not None, activations=cfg.activations))
     if cfg.embeddings:
-        _quantize_embeddings(model, cfg, empty=True)
+        _share_tables(model, tied, _quantize_embeddings(model, cfg, empty=True), cfg)
     model.quant_config = cfg
     return model
 
