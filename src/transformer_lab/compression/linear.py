@@ -88,7 +88,7 @@ class QuantLinear(nn.Module):
         if granularity == "group" and (group_size < 1 or in_features % group_size):
             raise ValueError(f"group_size: {group_size} does not divide in_features={in_features}")
         self.in_features, self.out_features = in_features, out_features
-        self.scheme, self.bits, self.granularity, self.group_size, self.impl = scheme, bits, granularity, group_size, impl
+        self.scheme, self.bits, self.granularity, self.group_size = scheme, bits, granularity, group_size
         self.activations = activations
         self._packed = None  # fbgemm's prepacked weight and bias, built on first use (not saved)
         n_scales = {"tensor": 1, "channel": out_features, "group": out_features * (in_features // max(group_size, 1))}
@@ -101,6 +101,7 @@ class QuantLinear(nn.Module):
             self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32))  # on the int8 grid
             self.register_buffer("weight_sum", torch.zeros(out_features, dtype=torch.int32))  # Σ_i q_w[o, i]
         self.register_buffer("input_multiplier", torch.ones(in_features) if smooth else None)  # 1 / m
+        self.impl = impl  # (also sets _fast: whether calls go straight to fbgemm)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: str = "dynamic", bits: int = 8, granularity: str = "channel",
@@ -166,13 +167,25 @@ class QuantLinear(nn.Module):
         s, z = self.input_grid(x)
         return torch.clamp(torch.round(x / s) + z, -128, 127).to(torch.int8), s, z
 
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in IMPLS:
+            raise ValueError(f"impl: expected one of {IMPLS}, got {value!r}")
+        self._impl = value
+        self._fast = (value == "int" and self.scheme == "dynamic" and self.activations == "tensor" and FBGEMM
+                      and self.input_multiplier is None)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.size(-1) != self.in_features:
             raise ValueError(f"x: last dimension {x.size(-1)}, but this layer takes {self.in_features}")
+        if self._fast and x.dtype == torch.float32 and x.device.type == "cpu":
+            return self._fbgemm(x)  # one kernel call: quantization, GEMM, rescale and bias (any leading dims)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).float()
-        if self._on_fbgemm(x):  # one kernel call: quantization, GEMM, rescale and bias
-            return self._fbgemm(x2).to(x.dtype).reshape(*lead, self.out_features)
         if self.input_multiplier is not None:
             x2 = x2 * self.input_multiplier
         if self.scheme == "weight-only":
@@ -185,10 +198,6 @@ class QuantLinear(nn.Module):
 
     def _weight_only(self, x: Tensor) -> Tensor:
         return x @ self.dequantized_weight().t()
-
-    def _on_fbgemm(self, x: Tensor) -> bool:
-        return (self.impl == "int" and self.scheme == "dynamic" and self.activations == "tensor" and FBGEMM
-                and self.input_multiplier is None and x.device.type == "cpu")
 
     def _integer(self, x: Tensor) -> Tensor:
         q_x, s_x, z = self.quantize_input(x)
