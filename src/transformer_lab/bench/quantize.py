@@ -19,8 +19,8 @@ ONNX: the .onnx files). Each row's
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
+from dataclasses import replace
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -31,10 +31,12 @@ from torch import nn
 
 from transformer_lab.bench.bert import _bert_folder
 from transformer_lab.bench.harness import BenchResult, speed_row, time_rounds
+from transformer_lab.bench.peft import data_folder
 from transformer_lab.compression import linear_weight_bytes, model_bytes, quantize_model
 from transformer_lab.compression.model import PRESETS
 from transformer_lab.data.classification import read_labelled_tsv
-from transformer_lab.export import OnnxSeq2SeqStep, export_model, onnx_session
+from transformer_lab.data.batches import padding_and_mask
+from transformer_lab.export import OnnxSeq2SeqStep, bert_inputs, export_model, onnx_session
 from transformer_lab.models.bert import mean_pool
 from transformer_lab.tasks import classify as classify_task
 from transformer_lab.tasks.common import RunOptions
@@ -43,7 +45,6 @@ from transformer_lab.tasks.export import quantize_onnx
 from transformer_lab.tasks.quantize import Source, calibrator, load_source
 from transformer_lab.tasks.translation import corpus_scores, translate
 from transformer_lab.tokenizers.corpus import read_lines
-from transformer_lab.training.config import TrainConfig
 
 VARIANTS = PRESETS
 DEFAULT_VARIANTS = ("dynamic", "static-minmax", "static-kl", "static-smooth", "w4")
@@ -51,19 +52,9 @@ PEERS = ("torch.ao", "ort-fp32", "ort-int8")
 TASKS = ("classify", "embed", "translate")
 
 
-def _data_root(data: str | Path | None, sub: str) -> Path:
-    if data:
-        return Path(data)
-    root = os.environ.get("TRANSFORMER_LAB_DATA")
-    if not root:
-        raise ValueError(f"--data: give the {sub} folder, or set TRANSFORMER_LAB_DATA to a folder holding {sub}/")
-    return Path(root) / sub
-
-
 def _finetuned_minilm(data: Path, steps: int, tmp: str) -> str:
     folder, _ = _bert_folder(None, tmp)
-    train = TrainConfig(schedule="linear", label_smoothing=0.0, clip_norm=1.0, beta2=0.999, adam_eps=1e-8,
-                        weight_decay=0.01, lr=1e-4, max_steps=steps, seed=0, progress=False)
+    train = replace(classify_task.RECIPE, lr=1e-4, max_steps=steps, seed=0, progress=False)
     cfg = classify_task.ClassifyConfig(RunOptions(Path(tmp) / "run"), Path(folder), data / "train.tsv", data / "dev.tsv",
                                        train=train, steps=steps, eval_every=0, max_len=64, batch_size=32)
     classify_task.run(cfg)
@@ -85,7 +76,7 @@ class _Bert:
     """Quality and speed of BERT-like engines: a PyTorch module or an onnxruntime session."""
 
     def __init__(self, source: Source, task: str, texts: list[str], labels: list[int] | None, batch: int, length: int):
-        self.task, self.labels = task, labels
+        self.task, self.labels, self.pad_id = task, labels, source.model.config.pad_id
         self.ids = encode_texts(source.tokenizer, texts, min(128, source.model.config.max_len))
         g = torch.Generator().manual_seed(0)
         vocab = source.model.config.vocab_size
@@ -101,12 +92,8 @@ class _Bert:
             return by_length(engine, self.ids, 64, head)
         rows = []
         for i in range(0, len(self.ids), 64):  # onnxruntime: batches in order, padded
-            part = self.ids[i:i + 64]
-            width = max(map(len, part))
-            ids = torch.tensor([r + [0] * (width - len(r)) for r in part])
-            mask = (torch.arange(width)[None] < torch.tensor([len(r) for r in part])[:, None]).long()
-            out = engine.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-                                    "token_type_ids": torch.zeros_like(ids).numpy()})
+            ids, mask = padding_and_mask(self.ids[i:i + 64], self.pad_id)
+            out = engine.run(None, bert_inputs(ids, mask))
             rows.append(torch.from_numpy(out[2]).argmax(-1) if self.task == "classify"
                         else mean_pool(torch.from_numpy(out[0]), mask))
         return torch.cat(rows)
@@ -127,8 +114,7 @@ class _Bert:
                 with torch.no_grad():
                     engine(tokens)
             return run
-        feed = {"input_ids": tokens.numpy(), "attention_mask": torch.ones_like(tokens).numpy(),
-                "token_type_ids": torch.zeros_like(tokens).numpy()}
+        feed = bert_inputs(tokens)
         return lambda: engine.run(None, feed)
 
     def work(self, shape: str) -> int:
@@ -181,7 +167,7 @@ def bench_quantize(task: str = "classify", model: str | None = None, data: str |
             calib = [line for line in read_lines(calib_data) if line.strip()][:calib_samples]
             name = model
         else:
-            folder = _data_root(data, "sst2")
+            folder = data_folder(data)
             if task == "classify" and model is None:
                 note(f"fine-tuning all-MiniLM-L6-v2 on SST-2 ({finetune_steps} steps)")
                 model = _finetuned_minilm(folder, finetune_steps, tmp)

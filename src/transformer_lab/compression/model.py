@@ -67,10 +67,14 @@ class QuantConfig:
         return tuple(s.strip() for s in self.skip.split(",") if s.strip())
 
 
+def _is_table(m: nn.Module) -> bool:
+    """An embedding table: an nn.Embedding, or an embedding module owning its ``weight`` (TokenEmbedding)."""
+    return isinstance(m, nn.Embedding) or (hasattr(m, "vocab_size") and isinstance(getattr(m, "weight", None), nn.Parameter))
+
+
 def _tables(model: nn.Module) -> set[int]:
     """ids of the embedding tables (an nn.Embedding's, or an embedding module's own ``weight``)."""
-    return {id(m.weight) for m in model.modules()
-            if isinstance(m, nn.Embedding) or (hasattr(m, "vocab_size") and isinstance(getattr(m, "weight", None), nn.Parameter))}
+    return {id(m.weight) for m in model.modules() if _is_table(m)}
 
 
 # Named quantizations (``bench quantize --variants``, ``explain int8``).
@@ -100,10 +104,6 @@ def target_linears(model: nn.Module, skip: tuple[str, ...] = (), tied: bool = Fa
     return [name for name, m in model.named_modules()
             if type(m) is nn.Linear and id(m.weight) not in tables
             and not any(name == s or name.startswith(s + ".") for s in skip)]
-
-
-def _is_table(m: nn.Module) -> bool:
-    return isinstance(m, nn.Embedding) or (hasattr(m, "vocab_size") and isinstance(getattr(m, "weight", None), nn.Parameter))
 
 
 def target_embeddings(model: nn.Module, skip: tuple[str, ...] = ()) -> list[str]:

@@ -78,6 +78,13 @@ class _BertGraph(nn.Module):
         return (out.hidden, out.pooled) if out.class_logits is None else (out.hidden, out.pooled, out.class_logits)
 
 
+def bert_inputs(input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, np.ndarray]:
+    """The feed of the BERT graph: ids (B, S), the mask (True / 1 = real token; default all), segment 0."""
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+    return {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy(),
+            "token_type_ids": torch.zeros_like(input_ids).numpy()}
+
+
 def export_bert(model: Bert, path: str | Path, opset: int = OPSET) -> Path:
     _check_exportable(model)
     b, s = 2, 8

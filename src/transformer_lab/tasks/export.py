@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transformer_lab.export import OnnxSeq2SeqStep, export_model, gpt_inputs, onnx_session
+from transformer_lab.export import OnnxSeq2SeqStep, bert_inputs, export_model, gpt_inputs, onnx_session
 from transformer_lab.generation.search import Seq2SeqStep
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.gpt import GPT
@@ -54,10 +54,10 @@ def max_difference(model: nn.Module, files: list[Path], seed: int = 0) -> float:
             s = onnx_session(files[0])
             for b, t in ((1, 5), (3, 17)):
                 ids = torch.randint(0, model.config.vocab_size, (b, t), generator=g)
-                mask, seg = torch.ones_like(ids), torch.zeros_like(ids)
+                mask = torch.ones_like(ids)
                 mask[0, t // 2 + 1:] = 0
-                got = s.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": seg.numpy()})
-                out = model(ids, seg, attention_mask=mask)
+                got = s.run(None, bert_inputs(ids, mask))
+                out = model(ids, attention_mask=mask)
                 worst = max(worst, diff(got[0], out.hidden), diff(got[1], out.pooled))
         elif isinstance(model, GPT):
             s = onnx_session(files[0])

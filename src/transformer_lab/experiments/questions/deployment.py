@@ -33,7 +33,8 @@ from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.data import minilm_folder
 from transformer_lab.experiments.plots import figure
 from transformer_lab.experiments.questions._bert_small import sst2_subset
-from transformer_lab.export import export_bert, onnx_session
+from transformer_lab.data.batches import padding_and_mask
+from transformer_lab.export import bert_inputs, export_bert, onnx_session
 from transformer_lab.models.bert import mean_pool
 from transformer_lab.models.hf import load_bert
 from transformer_lab.serving.app import Worker
@@ -46,26 +47,18 @@ STRATEGIES = {"quantization": ("ours int8", "onnxruntime int8"), "kernels and ru
               "batching": ("batched serving",)}
 
 
-def _padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
-    return ids, (ids != 0).long()
-
-
 def _torch_engine(model: nn.Module) -> Callable[[list[list[int]]], torch.Tensor]:
     def run(rows):
-        ids, mask = _padded(rows)
+        ids, mask = padding_and_mask(rows, model.config.pad_id)
         with torch.no_grad():
             return mean_pool(model(ids, attention_mask=mask).hidden, mask)
     return run
 
 
-def _ort_engine(session) -> Callable[[list[list[int]]], torch.Tensor]:
+def _ort_engine(session, pad_id: int) -> Callable[[list[list[int]]], torch.Tensor]:
     def run(rows):
-        ids, mask = _padded(rows)
-        out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-                                 "token_type_ids": torch.zeros_like(ids).numpy()})
-        return mean_pool(torch.from_numpy(out[0]), mask)
+        ids, mask = padding_and_mask(rows, pad_id)
+        return mean_pool(torch.from_numpy(session.run(None, bert_inputs(ids, mask))[0]), mask)
     return run
 
 
@@ -126,8 +119,8 @@ class Deployment(Experiment):
         with tempfile.TemporaryDirectory() as tmp:
             path = export_bert(fp32, Path(tmp) / "model.onnx")
             threads = torch.get_num_threads()
-            engines["onnxruntime fp32"] = _ort_engine(onnx_session(path, threads))
-            engines["onnxruntime int8"] = _ort_engine(onnx_session(quantize_onnx(path), threads))
+            engines["onnxruntime fp32"] = _ort_engine(onnx_session(path, threads), fp32.config.pad_id)
+            engines["onnxruntime int8"] = _ort_engine(onnx_session(quantize_onnx(path), threads), fp32.config.pad_id)
             if s["compile"]:
                 engines["compiled fp32"] = _torch_engine(torch.compile(copy.deepcopy(fp32), dynamic=True))
             bar = ctx.bar(len(engines) + 2, self.id)

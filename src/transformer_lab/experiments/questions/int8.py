@@ -19,7 +19,6 @@ channels), and a weight histogram for contrast.
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transformer_lab.bench.harness import time_rounds
 from transformer_lab.compression import OBSERVERS, linear_weight_bytes, quantize_model
 from transformer_lab.compression.model import PRESETS, target_linears, watch_inputs
 from transformer_lab.compression.observers import Observer
@@ -65,15 +65,14 @@ def predictions(model: nn.Module, ids: list[list[int]]) -> torch.Tensor:
 
 
 def tokens_per_s(model: nn.Module, batch: int, length: int, vocab: int, rounds: int) -> float:
+    """Eval-forward tokens/s on random tokens (the median of ``rounds``, after a warm-up call)."""
     tokens = torch.randint(1000, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        model(tokens)
-        best = float("inf")
-        for _ in range(rounds):
-            t0 = time.perf_counter()
+
+    def run() -> None:
+        with torch.no_grad():
             model(tokens)
-            best = min(best, time.perf_counter() - t0)
-    return tokens.numel() / best
+
+    return tokens.numel() / time_rounds({"model": run}, 1, rounds)["model"]
 
 
 class Int8(Experiment):
