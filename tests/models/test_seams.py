@@ -102,12 +102,14 @@ def test_bad_ids_are_still_clear_errors():
         bert()(torch.tensor([[1, 2]]), torch.tensor([[0, 2]]))
 
 
-@pytest.mark.parametrize("position", ["rotary", "sinusoidal"])
+@pytest.mark.parametrize("position", ["rotary", "sinusoidal", "alibi", "t5", "shaw"])
 def test_gpt_position_is_a_config_choice(position):
     g = gpt(position=position)
     assert not hasattr(g.embed.position, "embedding")  # no learned table
     inner = g.blocks.layers[0].self_attn.position
-    assert (inner is g.embed.position) == (position == "rotary")
+    assert (inner is g.embed.position) == (position in ("rotary", "alibi", "t5"))  # one shared instance
+    if position == "shaw":  # one pair of tables per layer, as in the paper
+        assert inner is not g.blocks.layers[1].self_attn.position and hasattr(inner, "key")
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
     cfg = SamplingConfig(max_new_tokens=12, greedy=True)
     cached = generate(g, prompts, cfg, return_logits=True)
@@ -128,4 +130,25 @@ def test_bert_position_is_a_config_choice(tmp_path):
     with pytest.raises(ValueError, match="learned absolute positions"):
         save_bert(b, tmp_path / "hf")  # a Hugging Face BERT folder cannot hold it
     with pytest.raises(ValueError, match="position"):
-        BertConfig(position="alibi")
+        BertConfig(position="alibi-2")
+
+
+@pytest.mark.parametrize("position", ["alibi", "t5", "shaw"])
+def test_relative_positions_in_every_family_with_the_cache(position):
+    """The encoder-decoder decodes the same tokens with and without its K/V cache (the cache keeps
+    key positions); BERT sees order; relative encodings run past max_len, a learned table does not."""
+    from transformer_lab.generation.search import Seq2SeqStep, greedy_search
+
+    t = transformer(position=position)
+    if position != "shaw":  # ALiBi and T5: the encoder bidirectional, the decoder causal
+        assert not t.src_embed.position.causal and t.tgt_embed.position.causal
+    src = torch.randint(3, V, (3, 10))
+    runs = [greedy_search(Seq2SeqStep(t, src, use_cache=c), 3, 1, 2, 12) for c in (True, False)]
+    assert runs[0].tokens == runs[1].tokens
+    b = bert(position=position)
+    x = torch.randint(1, V, (2, 9))
+    assert not torch.allclose(b(x).hidden[:, 0], b(x.flip(1)).hidden[:, 0], atol=1e-4)
+    long = torch.randint(1, V, (1, 40))  # max_len is 32
+    assert gpt(position=position)(long).shape == (1, 40, V) and b(long).hidden.shape == (1, 40, 32)
+    with pytest.raises(ValueError, match="max_len=32"):
+        gpt()(long)

@@ -176,3 +176,31 @@ def test_options_a_task_would_ignore_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="label_smoothing"):
         lm.LMConfig.preset("lm", RunOptions(tmp_path), tmp_path / "t.txt", train=replace(lm.SUBWORD, label_smoothing=0.1))
+
+
+def test_alibi_lm_evaluates_past_its_training_length_by_band(tmp_path, capsys):
+    """Issue 13: `train --position alibi` then `evaluate --context 4x --band`: the loss per band of
+    positions, each band's figure the mean of the per-position losses computed directly."""
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(path), "--context", "16", "--position", "alibi",
+                 "--max-steps", "3", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    model, tok = lm.load_lm(out)
+    n = 2 * model.config.max_len  # twice what its position range was built for
+    assert main(["evaluate", "--checkpoint", str(out), "--text", str(path), "--context", str(n), "--band", str(n // 4),
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["context"] == n and [b["from"] for b in res["loss_by_band"]] == [0, n // 4, n // 2, 3 * n // 4]
+    ids = torch.tensor(tok.encode(TEXT))
+    windows = ids[: (len(ids) - 1) // n * n + 1].unfold(0, n + 1, n)
+    with torch.no_grad():
+        nll = F.cross_entropy(model(windows[:, :-1]).transpose(1, 2), windows[:, 1:], reduction="none").mean(0)
+    assert res["loss_by_band"][2]["loss"] == pytest.approx(float(nll[n // 2:3 * n // 4].mean()), rel=1e-4)
+    learned = tmp_path / "learned"
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(path), "--context", "16", "--max-steps", "1",
+                 "--out", str(learned), "--no-progress"]) == 0
+    limit = lm.load_lm(learned)[0].config.max_len
+    assert main(["evaluate", "--checkpoint", str(learned), "--text", str(path), "--context", str(limit + 1)]) == 2
+    assert "learned positions hold no more" in capsys.readouterr().err

@@ -13,11 +13,14 @@ sentence of ``--length`` (BERT); sentences/s of greedy translation of ``--batch`
 one (translation). Calibration (static schemes, SmoothQuant): the first ``--calib-samples`` training
 sentences. Size: bytes of the Linear layers' weights as stored, and of the whole model (every tensor;
 ONNX: the .onnx files). Each row's
-``speedup`` is against our fp32 model timed in the same rounds.
+``speedup`` is against our fp32 model timed in the same rounds. ``--compile`` (BERT tasks): fp32 and
+every variant once more under ``runtime.compile_for_inference`` (rows ``NAME+compile``); the headline
+ratio is then ``dynamic+compile``'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 from dataclasses import replace
@@ -38,6 +41,7 @@ from transformer_lab.data.classification import read_labelled_tsv
 from transformer_lab.data.batches import padding_and_mask
 from transformer_lab.export import OnnxSeq2SeqStep, bert_inputs, export_model, onnx_session
 from transformer_lab.models.bert import mean_pool
+from transformer_lab.runtime import compile_for_inference
 from transformer_lab.tasks import classify as classify_task
 from transformer_lab.tasks.common import RunOptions
 from transformer_lab.tasks.embed import by_length, encode_texts
@@ -149,14 +153,18 @@ def bench_quantize(task: str = "classify", model: str | None = None, data: str |
                    variants: tuple[str, ...] = DEFAULT_VARIANTS, peers: tuple[str, ...] = PEERS, batch: int = 8,
                    length: int = 128, steps: int = 3, rounds: int = 5, calib_samples: int = 256, limit: int | None = None,
                    finetune_steps: int = 300, src: str | None = None, ref: str | None = None,
-                   calib_data: str | None = None, beam: int = 4, on_step: Callable[[str], None] | None = None) -> BenchResult:
+                   calib_data: str | None = None, beam: int = 4, compile: bool = False,
+                   on_step: Callable[[str], None] | None = None) -> BenchResult:
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+    if compile and task == "translate":
+        raise ValueError("compile: for the BERT tasks; a translation model decodes step by step, and a compiled decoder "
+                         "step measured slower than eager (runtime.compile_for_inference)")
     unknown = [v for v in variants if v not in VARIANTS] + [p for p in peers if p not in PEERS]
     if unknown:
         raise ValueError(f"variants/peers: unknown {unknown}; variants are {sorted(VARIANTS)}, peers {list(PEERS)}")
     note = on_step or (lambda _: None)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as scope:
         if task == "translate":
             if not (model and src and ref and calib_data):
                 raise ValueError("translate: give --model (a translation run), --src and --ref (the test set) and "
@@ -186,6 +194,12 @@ def bench_quantize(task: str = "classify", model: str | None = None, data: str |
             probe = Source(copy.deepcopy(fp32), source.folder, [], source.tokenizer, source.target_tokenizer)
             engines[v] = quantize_model(probe.model, VARIANTS[v], calibrate=calibrator(probe, calib, 16)).eval()
             sizes[v] = (linear_weight_bytes(engines[v]), model_bytes(engines[v]))
+        if compile:  # fp32 and every variant once more, compiled (they compile on their first call, for quality)
+            # Every engine runs Bert.forward's code: each needs its own graphs (two: batch 1 is specialised
+            # apart), more than Dynamo's default limit of 8 per code object, past which it runs eager.
+            scope.enter_context(torch._dynamo.config.patch(recompile_limit=8 * len(engines)))
+            for k in list(engines):
+                engines[f"{k}+compile"], sizes[f"{k}+compile"] = compile_for_inference(engines[k]), sizes[k]
         if "torch.ao" in peers:
             engines["torch.ao"] = _torch_ao(fp32)
             ao = _ao_linear_bytes(engines["torch.ao"])
@@ -211,7 +225,7 @@ def bench_quantize(task: str = "classify", model: str | None = None, data: str |
                 rows[k][f"{shape}_per_s"] = round(subject.work(shape) / seconds[k], 1)
                 rows[k][f"{shape}_speedup"] = round(seconds["fp32"] / seconds[k], 3)
     best_peer = max((p for p in peers if p in rows and p != "ort-fp32"), key=lambda p: rows[p]["batch_per_s"], default=None)
-    ours_key = "dynamic" if "dynamic" in rows else next((v for v in variants), "fp32")
+    ours_key = next((k for k in ("dynamic+compile", "dynamic") if k in rows), next((v for v in variants), "fp32"))
     unit = "input tokens/s" if task != "translate" else "sentences/s (greedy)"
     result = {"benchmark": "quantize", "task": task, "model": name, "batch": batch, "length": length if task != "translate" else None,
               "unit": unit, "ours_variant": ours_key, "peer_name": best_peer, "threads": torch.get_num_threads(),

@@ -10,7 +10,7 @@ import json
 
 from tqdm import tqdm
 
-from transformer_lab.bench import bert, gpt, int8, model, peft, quantize, tokenizer, translation
+from transformer_lab.bench import attention, bert, gpt, int8, model, peft, quantize, tokenizer, translation
 from transformer_lab.bench.harness import BenchResult
 from transformer_lab.cli.args import non_negative_int, positive_int
 from transformer_lab.models.presets import PRESETS
@@ -102,7 +102,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--limit", type=positive_int, default=None, help="evaluate on the first N sentences only")
     q.add_argument("--finetune-steps", type=positive_int, default=300)
     q.add_argument("--beam", type=positive_int, default=4, help="translate: beam size for BLEU")
+    q.add_argument("--compile", action="store_true", help="BERT tasks: fp32 and each variant also under torch.compile")
     q.set_defaults(run=_quantize)
+
+    at = _parser(bsub, "attention", "long-sequence attention: time and peak memory vs n (full, chunked, window, "
+                                    "block-sparse, Longformer)", attention.__doc__)
+    at.add_argument("--lengths", default="1024,2048,4096,8192,16384", help="comma-separated sequence lengths")
+    at.add_argument("--impls", default=",".join(attention.IMPLS), help="comma-separated, of " + ",".join(attention.IMPLS))
+    at.add_argument("--heads", type=positive_int, default=8)
+    at.add_argument("--d-head", type=positive_int, default=64)
+    at.add_argument("--window", type=positive_int, default=256, help="keys on each side (causal: before)")
+    at.add_argument("--block", type=positive_int, default=64, help="block-sparse block size")
+    at.add_argument("--chunk", type=positive_int, default=1024, help="chunked: queries per chunk")
+    at.add_argument("--causal", action="store_true")
+    at.add_argument("--rounds", type=positive_int, default=3)
+    at.add_argument("--threads", type=positive_int, default=None)
+    at.add_argument("--max-dense-gib", type=float, default=6.0, help="skip the dense reference past this score size")
+    at.set_defaults(run=_attention)
 
     pf = _parser(bsub, "peft", "SST-2 fine-tuning: full, LoRA, QLoRA, prefix, prompt; ours vs peft", peft.__doc__)
     pf.add_argument("--model", default=None, help="an HF BERT folder (default: all-MiniLM-L6-v2)")
@@ -117,6 +133,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     pf.add_argument("--no-peer", action="store_true", help="ours only")
     pf.add_argument("--markdown", action="store_true", help="print the README's table")
     pf.set_defaults(run=_peft)
+
+
+def _attention(a: argparse.Namespace) -> BenchResult:
+    lengths = _ints(a.lengths, "--lengths")
+    impls = tuple(x.strip() for x in a.impls.split(",") if x.strip())
+    with tqdm(desc="bench attention", unit="run", disable=None) as bar:
+        return attention.bench_attention(lengths, impls, a.heads, a.d_head, a.window, a.block, a.chunk, a.causal,
+                                         a.rounds, a.threads, a.max_dense_gib,
+                                         on_run=lambda s: (bar.set_postfix_str(s), bar.update(1)))
 
 
 def _peft(a: argparse.Namespace) -> BenchResult:
@@ -137,7 +162,7 @@ def _quantize(a: argparse.Namespace) -> BenchResult:
     with tqdm(desc="bench quantize", unit="stage", disable=None) as bar:
         return quantize.bench_quantize(a.task, a.model, a.data, names(a.variants), names(a.peers), a.batch, a.length,
                                        a.steps, a.rounds, a.calib_samples, a.limit, a.finetune_steps, a.src, a.ref,
-                                       a.calib_data, a.beam, on_step=lambda s: (bar.set_postfix_str(s), bar.update(1)))
+                                       a.calib_data, a.beam, a.compile, on_step=lambda s: (bar.set_postfix_str(s), bar.update(1)))
 
 
 def _parser(bsub: argparse._SubParsersAction, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:

@@ -31,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--src", default=None, help="source sentences, one per line (plain or .gz)")
     e.add_argument("--ref", default=None, help="reference translations, aligned with --src")
     e.add_argument("--text", default=None, help="GPT: a text file to score (loss per token, perplexity)")
-    e.add_argument("--context", type=positive_int, default=None, help="GPT: window length (default: the model's max_len)")
+    e.add_argument("--context", type=positive_int, default=None,
+                   help="GPT: window length (default: the model's max_len; relative positions allow more)")
+    e.add_argument("--band", type=positive_int, default=None,
+                   help="GPT: also the loss per band of this many positions (e.g. the training length)")
     add_split_special_tokens(e)
     e.add_argument("--out", default=None, help="also write the translations to this file (one line per --src line)")
     e.add_argument("--json", action="store_true", help='print one JSON object: {"bleu", "chrf", "signature", ...}')
@@ -83,10 +86,12 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 def _evaluate_lm(args: argparse.Namespace, device) -> int:
     model, tok = lm.load_lm(args.checkpoint, device, args.split_special_tokens)
-    res = lm.evaluate_file(model, tok, args.text, args.context, args.batch_size)
+    res = lm.evaluate_file(model, tok, args.text, args.context, args.batch_size, args.band)
     if args.json:
         print(json.dumps(res))
     else:
         print(f"loss {res['loss']:.4f} nats/token  perplexity {res['perplexity']:.2f}  ({res['tokens']:,} tokens, "
               f"context {res['context']})")
+        for b in res.get("loss_by_band", []):
+            print(f"  positions {b['from']:>6}-{b['to'] - 1:<6} loss {b['loss']:.4f}")
     return 0

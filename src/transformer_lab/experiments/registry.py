@@ -28,6 +28,7 @@ from transformer_lab.experiments.questions.nsp import NSP
 from transformer_lab.experiments.questions.overfitting import Overfitting
 from transformer_lab.experiments.questions.padding_mask import PaddingMask
 from transformer_lab.experiments.questions.peft import Peft
+from transformer_lab.experiments.questions.positions import Positions
 from transformer_lab.experiments.questions.pretrain_finetune import PretrainFinetune
 from transformer_lab.experiments.questions.qk_weights import QKWeights
 from transformer_lab.experiments.questions.residual import Residual
@@ -73,13 +74,12 @@ EXPERIMENTS: list[Experiment] = [
     Peft(),
     Int8(),
     Deployment(),
+    Positions(),
 ]
 
-# The rest of the canon, in its order: questions that need a feature of a later issue (issues 12-13).
+# The rest of the canon, in its order: questions that need a feature of a later issue (issue 13).
 # Listed by `explain --list`, never run.
 EXPERIMENTS += [pending(*q) for q in [
-    ("positions", "你还了解哪些关于位置编码的技术，各自的优缺点是什么？", "Other position encodings?",
-     "learned, relative, hybrid, …", "ALiBi, T5 and Shaw relative positions (issue 13)"),
     ("long-sequences", "（长序列：优化自注意力机制、分块策略、层次化注意力）", "Long sequences",
      "attention is O(n²); sparse / local attention, chunking, compression, hierarchy",
      "chunked, sliding-window and block-sparse attention (issue 13)"),

@@ -47,7 +47,7 @@ class BertConfig:
     pretraining_heads: bool = False  # MLM + NSP heads
     n_labels: int = 0  # > 0: a sequence-classification head with this many classes
     attention_impl: str = "sdpa"
-    position: str = "learned"  # "learned" (BERT), "sinusoidal" or "rotary" (inside self-attention)
+    position: str = "learned"  # "learned" (BERT), "sinusoidal"; inside self-attention "rotary", "alibi", "t5", "shaw"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "type_vocab_size"):
@@ -130,7 +130,7 @@ class Bert(nn.Module):
         self.config = c = config
         self.embed = BertEmbeddings(c)
         position = self.embed.position
-        inner = position if position.acts_in_attention else None  # rotary acts inside self-attention
+        inner = position if position.acts_in_attention else None  # relative encodings act inside self-attention
         self.encoder = Encoder([EncoderLayer(c.block(), inner) for _ in range(c.n_layers)], c.d_model, norm_first=False)
         self.pooler = nn.Linear(c.d_model, c.d_model)
         self.mlm = MLMHead(c, self.embed.token.weight) if c.pretraining_heads else None
@@ -171,7 +171,7 @@ class Bert(nn.Module):
         only there (the 15%), returned as (N, V); otherwise for every position."""
         check_tokens(tokens, self.config.vocab_size)  # once per batch, at the model's boundary
         (b, s), v = tokens.shape, self.n_virtual
-        if s + v > self.config.max_len:
+        if self.embed.position.max_len is not None and s + v > self.config.max_len:  # relative encodings: no limit
             raise ValueError(f"tokens: length {s}{f' + {v} prefix or prompt positions' if v else ''} exceeds the "
                              f"model's max_len={self.config.max_len} positions; truncate the input")
         if segments is None:

@@ -47,7 +47,10 @@ class GPTConfig:
     eps: float = 1e-5
     attention_impl: str = "sdpa"
     eos_id: int | None = None  # generation stops a row at this token (GPT-2: 50256 "<|endoftext|>")
-    position: str = "learned"  # "learned" (GPT-2), "sinusoidal" or "rotary"
+    position: str = "learned"  # "learned" (GPT-2), "sinusoidal", "rotary", "alibi", "t5" or "shaw"
+    # × √d_model on the token vectors, as the paper pairs them with its sinusoids (|PE| = 1 per pair);
+    # GPT-2 adds its learned table to plain 0.02-std vectors, which unit sinusoids would swamp.
+    scale_embeddings: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff"):
@@ -81,9 +84,9 @@ class GPT(nn.Module):
         super().__init__()
         self.config = c = config
         block = c.block()
-        position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads)
-        self.embed = Embeddings(TokenEmbedding(c.vocab_size, c.d_model, scale=False), position, c.dropout)
-        inner = position if position.acts_in_attention else None  # rotary acts inside self-attention
+        position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads, causal=True)
+        self.embed = Embeddings(TokenEmbedding(c.vocab_size, c.d_model, scale=c.scale_embeddings), position, c.dropout)
+        inner = position if position.acts_in_attention else None  # relative encodings act inside self-attention
         self.blocks = Encoder([EncoderLayer(block, inner) for _ in range(c.n_layers)], c.d_model, norm_first=True,
                               eps=c.eps)
         # The LM head is a module (not F.linear on the table), so a replaced Linear (LoRA, INT8) is used.
@@ -172,7 +175,8 @@ class GPT(nn.Module):
             if prompt:
                 virtual = torch.arange(v, device=tokens.device)
                 positions = torch.cat([virtual.expand(*positions.shape[:-1], v), positions], dim=-1)
-        if past + n_new > self.config.max_len:
+        limit = self.embed.position.max_len  # None for relative encodings: they run past the training length
+        if limit is not None and past + n_new > limit:
             raise ValueError(
                 f"tokens: {past} cached + {n_new} new = {past + n_new} positions"
                 f"{f' ({v} of them a prefix or prompt)' if v else ''}, but the model's context is "

@@ -41,7 +41,7 @@ class TransformerConfig:
     attention_dropout: float | None = None
     activation: str = "relu"
     norm_first: bool = False  # False: post-LN as in the paper
-    position: str = "sinusoidal"  # "sinusoidal" (paper), "learned", or "rotary" (inside self-attention)
+    position: str = "sinusoidal"  # "sinusoidal" (paper), "learned"; inside self-attention "rotary", "alibi", "t5", "shaw"
     max_len: int = 512
     share_embeddings: bool = True  # tie source, target and output embeddings (§3.4); needs one vocabulary
     pad_id: int = 0
@@ -120,17 +120,21 @@ class Transformer(nn.Module):
         self.config = c = config
         block = c.block()
         self.position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads)
+        # ALiBi and T5 see the decoder's past only: the decoder gets its own (T5: its own table, as in T5).
+        tgt_position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads, causal=True) \
+            if self.position.directional else self.position
         src_token = TokenEmbedding(c.src_vocab_size, c.d_model, scale=c.scale_embeddings)
         tgt_token = src_token if c.share_embeddings else TokenEmbedding(c.tgt_vocab_size, c.d_model, c.scale_embeddings)
         self.src_embed = Embeddings(src_token, self.position, c.dropout)
-        self.tgt_embed = Embeddings(tgt_token, self.position, c.dropout)
-        # Only relative variants (rotary, ALiBi) are handed to the attention layers.
-        inner = self.position if self.position.acts_in_attention else None
+        self.tgt_embed = Embeddings(tgt_token, tgt_position, c.dropout)
+        # Only relative variants (rotary, ALiBi, T5, Shaw) are handed to the attention layers.
+        inner_src = self.position if self.position.acts_in_attention else None
+        inner_tgt = tgt_position if tgt_position.acts_in_attention else None
         self.encoder = Encoder(
-            [EncoderLayer(block, inner) for _ in range(c.n_encoder_layers)], c.d_model, c.norm_first, c.layer_norm_eps
+            [EncoderLayer(block, inner_src) for _ in range(c.n_encoder_layers)], c.d_model, c.norm_first, c.layer_norm_eps
         )
         self.decoder = Decoder(
-            [DecoderLayer(block, inner) for _ in range(c.n_decoder_layers)], c.d_model, c.norm_first, c.layer_norm_eps
+            [DecoderLayer(block, inner_tgt) for _ in range(c.n_decoder_layers)], c.d_model, c.norm_first, c.layer_norm_eps
         )
         self.generator = Generator(c.d_model, c.tgt_vocab_size)
         self.reset_parameters()

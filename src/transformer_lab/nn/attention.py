@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,16 +52,18 @@ def reference_attention(
     mask: Tensor | None = None,
     bias: Tensor | None = None,
     dropout_p: float = 0.0,
+    value_term: Callable[[Tensor], Tensor] | None = None,
 ) -> AttentionResult:
     """Eq. 1 written out. Shapes: q (B, H, T_q, Dh), k, v (B, H, T_k, Dh) -> (B, H, T_q, Dh)."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T_q, T_k)
-    return attend_scores(scores, v, mask, bias, dropout_p)
+    return attend_scores(scores, v, mask, bias, dropout_p, value_term)
 
 
 def attend_scores(scores: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
-                  dropout_p: float = 0.0) -> AttentionResult:
+                  dropout_p: float = 0.0, value_term: Callable[[Tensor], Tensor] | None = None) -> AttentionResult:
     """The rest of eq. 1 after the scores (B, H, T_q, T_k), whatever computed them: bias, mask,
-    softmax, dropout, the weighted sum of v."""
+    softmax, dropout, the weighted sum of v, plus ``value_term(weights)`` (after dropout) when a
+    position encoding adds to the values (Shaw's)."""
     if bias is not None:
         scores = scores + bias.to(scores.dtype)
     if mask is not None:
@@ -71,7 +74,8 @@ def attend_scores(scores: Tensor, v: Tensor, mask: Tensor | None = None, bias: T
     if mask is not None:
         weights = weights.masked_fill(~mask, 0.0)  # exact zeros; a fully masked row -> all zeros
     dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
-    return AttentionResult(dropped @ v, weights)
+    out = dropped @ v
+    return AttentionResult(out if value_term is None else out + value_term(dropped), weights)
 
 
 def fast_attention(
@@ -110,12 +114,13 @@ def additive_attention(
     mask: Tensor | None = None,
     bias: Tensor | None = None,
     dropout_p: float = 0.0,
+    value_term: Callable[[Tensor], Tensor] | None = None,
 ) -> AttentionResult:
     """Additive (Bahdanau) attention: scores_ij = v_scoreᵀ tanh(q_i + k_j), per head, then the same
     masked softmax as eq. 1. Shapes: q (B, H, T_q, Dh), k, v (B, H, T_k, Dh), v_score (H, Dh)."""
     hidden = torch.tanh(q.unsqueeze(-2) + k.unsqueeze(-3))  # (B, H, T_q, T_k, Dh): the cost of "additive"
     scores = (hidden * v_score[None, :, None, None, :]).sum(-1)  # (B, H, T_q, T_k)
-    return attend_scores(scores, v, mask, bias, dropout_p)
+    return attend_scores(scores, v, mask, bias, dropout_p, value_term)
 
 
 def _guard_fully_masked_rows(has_key: Tensor) -> bool:
@@ -226,33 +231,42 @@ class MultiHeadAttention(nn.Module):
                 f"key_value: expected (B={query.size(0)}, T_k, {self.d_model}), got {tuple(key_value.shape)}"
             )
         b, t_q, _ = query.shape
-        use_reference = need_weights or self.impl == "reference" or self.score == "additive"
+        positioned = self.position is not None and q_pos is not None and k_pos is not None
+        use_reference = (need_weights or self.impl == "reference" or self.score == "additive"
+                         or (positioned and self.position.needs_weights))
         if cache is not None and cache.static and cache.k is not None:
             # cross-attention after the first step: the encoder's K/V are cached
             q, k, v = self._split(self.w_q(query)), cache.k, cache.v
         else:
             # Fusing pays off only for many rows: its weight concatenation (3·D² floats) costs as much
             # as the products themselves when one token is decoded (measured: 6% of a GPT-2 step).
-            if use_reference or b * t_q < 32 or not self._plain_projections():
+            # Under torch.compile the row count is symbolic: one path, so one graph serves all sizes.
+            few_rows = b * t_q < 32 and not torch.compiler.is_compiling()
+            if use_reference or few_rows or not self._plain_projections():
                 q, k, v = self.w_q(query), self.w_k(key_value), self.w_v(key_value)
             else:
                 q, k, v = self._fused_projections(query, key_value)
             q, k, v = self._split(q), self._split(k), self._split(v)  # (B, H, T, Dh)
-            if self.position is not None and q_pos is not None and k_pos is not None:
+            if positioned:
                 q, k = self.position.rotate_qk(q, k, q_pos, k_pos)
             if cache is not None:
-                k, v = cache.append(k, v)  # (B, H, T_cached + T_new, Dh)
+                k, v = cache.append(k, v, k_pos if positioned else None)  # (B, H, T_cached + T_new, Dh)
+                k_pos = cache.positions(k.device) if positioned else k_pos
         if mask is not None:
             check_mask(mask, b, self.n_heads, t_q, k.size(2))
-        bias = None
-        if self.position is not None and q_pos is not None and k_pos is not None:
-            bias = self.position.score_bias(q_pos, torch.arange(k.size(2), device=k.device) if cache is not None else k_pos)
+        bias = value_term = None
+        if positioned:
+            bias = self.position.score_bias(q_pos, k_pos, q)
+            if self.position.needs_weights:
+                def value_term(weights: Tensor) -> Tensor:
+                    return self.position.value_term(weights, q_pos, k_pos)
 
         p = self.dropout if self.training else 0.0
         if self.score == "additive":
-            res = additive_attention(q, k, v, self.v_score, mask=mask, bias=bias, dropout_p=p)
+            res = additive_attention(q, k, v, self.v_score, mask=mask, bias=bias, dropout_p=p, value_term=value_term)
+        elif use_reference:
+            res = reference_attention(q, k, v, mask=mask, bias=bias, dropout_p=p, value_term=value_term)
         else:
-            attend = reference_attention if use_reference else fast_attention
-            res = attend(q, k, v, mask=mask, bias=bias, dropout_p=p)
+            res = fast_attention(q, k, v, mask=mask, bias=bias, dropout_p=p)
         out = res.output.transpose(1, 2).reshape(b, t_q, self.d_inner)  # (B, T_q, H·Dh)
         return AttentionResult(self.w_o(out), res.weights if need_weights else None)

@@ -24,26 +24,45 @@ class AttentionCache:
     static: bool = False  # True: K/V of a fixed sequence (cross-attention), set once
     k: Tensor | None = None
     v: Tensor | None = None
+    pos: Tensor | None = None  # the cached keys' positions, (T_cached,) or (B, T_cached); None: 0, 1, 2, ...
 
     @property
     def length(self) -> int:
         return 0 if self.k is None else self.k.size(2)
 
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new positions' K/V and return all of them."""
+    def append(self, k: Tensor, v: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Store the new positions' K/V (and, for encodings that bias by distance, their positions)
+        and return all of them."""
         if self.static:
             if self.k is None:
                 self.k, self.v = k, v
             return self.k, self.v
+        if pos is not None:
+            self.pos = pos if self.k is None else _cat_positions(self.positions(k.device), pos)
         if self.k is not None:
             k = torch.cat([self.k, k], dim=2)  # (B, H, T_cached + T_new, Dh)
             v = torch.cat([self.v, v], dim=2)
         self.k, self.v = k, v
         return k, v
 
+    def positions(self, device: torch.device) -> Tensor:
+        """Every cached key's position: as recorded, or 0, 1, 2, ... (keys placed without positions,
+        e.g. a prefix's, come first)."""
+        return self.pos if self.pos is not None else torch.arange(self.length, device=device)
+
     def reorder(self, index: Tensor) -> None:
         if self.k is not None:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        if self.pos is not None and self.pos.dim() == 2:
+            self.pos = self.pos.index_select(0, index)
+
+
+def _cat_positions(old: Tensor, new: Tensor) -> Tensor:
+    """Positions along the last dimension; a shared (T,) row is repeated for each sequence of a (B, T) one."""
+    if old.dim() != new.dim():
+        b = max(old.size(0) if old.dim() == 2 else 1, new.size(0) if new.dim() == 2 else 1)
+        old, new = old.expand(b, -1) if old.dim() == 1 else old, new.expand(b, -1) if new.dim() == 1 else new
+    return torch.cat([old, new], dim=-1)
 
 
 @dataclass

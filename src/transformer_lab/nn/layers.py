@@ -80,8 +80,8 @@ class BlockConfig:
 
     def attention(self, position: PositionEncoding | None, self_attention: bool = True) -> MultiHeadAttention:
         mha = MultiHeadAttention(
-            self.d_model, self.n_heads, self.attention_dropout, impl=self.attention_impl, position=position,
-            score=self.attention_score,
+            self.d_model, self.n_heads, self.attention_dropout, impl=self.attention_impl,
+            position=position.for_layer() if position is not None else None, score=self.attention_score,
         )
         if self.tie_qk and self_attention:
             mha.w_k = mha.w_q  # one module, two roles: scores q_i·k_j become symmetric in i and j

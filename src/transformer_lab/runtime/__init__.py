@@ -6,6 +6,6 @@ methods: ``place`` moves (and wraps) a model, ``unwrap`` gives back the plain mo
 ``is_main`` tells which process writes files, ``barrier`` waits for the others.
 """
 
-from transformer_lab.runtime.local import Runtime, choose_device, unwrap
+from transformer_lab.runtime.local import Runtime, choose_device, compile_for_inference, unwrap
 
-__all__ = ["Runtime", "choose_device", "unwrap"]
+__all__ = ["Runtime", "choose_device", "compile_for_inference", "unwrap"]

@@ -63,3 +63,20 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"Runtime(device={self.device}, world_size={self.world_size})"
+
+
+def compile_for_inference(model: nn.Module) -> nn.Module:
+    """``torch.compile`` for a model that encodes batches of many shapes (``embed``, ``serve``'s
+    /embed): dynamic shapes from the first call, so a new batch size or length does not recompile
+    (a batch of one is compiled apart: Dynamo specialises sizes 0 and 1); eval mode. The wrapper
+    forwards attribute reads (``config``, ``parameters()``) to the model.
+
+    Measured on this project's 2-core CPU, all-MiniLM-L6-v2 (``bench quantize --task embed --variants
+    dynamic --peers torch.ao --compile``): per-token dynamic INT8 (``quantize``'s default) 1.20x its
+    eager speed at 8 x 128 tokens and 1.31x at 1 x 128 (inductor fuses the quantization and the
+    rescale around the integer GEMM), 1.12x / 1.10x torch.ao's dynamic INT8 (with seven engines in
+    the process: 0.98x / 1.18x eager); fp32 0.93x-1.05x over three runs (MKL's GEMMs either way).
+    Static shapes (``dynamic=False``) would recompile for every new batch shape. A translation model's cached decoder step
+    measured 0.88x eager (the cache grows each step): decoding is not compiled. The first call
+    compiles: 25-30 s on 2 cores."""
+    return torch.compile(model.eval(), dynamic=True)

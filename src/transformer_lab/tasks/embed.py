@@ -16,6 +16,7 @@ from transformer_lab.data.batches import padding_and_mask
 from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.models.hf import load_bert, save_bert, sentence_max_seq_length
 from transformer_lab.runs import find_checkpoint, is_ours, load_model
+from transformer_lab.runtime import compile_for_inference
 from transformer_lab.tasks.common import swap_in_folder
 from transformer_lab.tokenizers.io import load_bert_tokenizer, write_bert_tokenizer
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
@@ -27,10 +28,11 @@ BERT_RECIPE = TrainConfig(schedule="linear", label_smoothing=0.0, clip_norm=1.0,
                           weight_decay=0.01)
 
 
-def load_encoder(folder: str | Path, device: str | torch.device = "cpu",
-                 split_special_tokens: bool | None = None) -> tuple[Bert, WordPieceTokenizer, int]:
+def load_encoder(folder: str | Path, device: str | torch.device = "cpu", split_special_tokens: bool | None = None,
+                 compile: bool = False) -> tuple[Bert, WordPieceTokenizer, int]:
     """The encoder of a BERT folder (heads left out) or of one of our BERT checkpoints (a quantized
-    one, say), its tokenizer, and the truncation length."""
+    one, say), its tokenizer, and the truncation length. ``compile``: the encoder under
+    ``runtime.compile_for_inference`` (a per-token INT8 model 1.0-1.3x, once the first batch has compiled it)."""
     if is_ours(folder):
         loaded = load_model(find_checkpoint(folder), map_location=device)
         if not isinstance(loaded.model, Bert):
@@ -38,7 +40,8 @@ def load_encoder(folder: str | Path, device: str | torch.device = "cpu",
         folder, model = loaded.path, loaded.model.eval()
     else:
         model = load_bert(folder, pretraining_heads=False, n_labels=0).to(device).eval()
-    return model, load_bert_tokenizer(folder, split_special_tokens), sentence_max_seq_length(folder, model.config.max_len)
+    tok, max_len = load_bert_tokenizer(folder, split_special_tokens), sentence_max_seq_length(folder, model.config.max_len)
+    return (compile_for_inference(model) if compile else model), tok, max_len
 
 
 def special_id(tok: WordPieceTokenizer, name: str) -> int:

@@ -158,14 +158,50 @@ def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64) -> 
     return {"loss": loss, "perplexity": perplexity(loss), "tokens": count}
 
 
-def evaluate_file(model: GPT, tok: Any, path: str | Path, context: int | None = None, batch_size: int = 64) -> dict:
-    """``evaluate_lm`` over a whole text file, in windows of ``context`` (default: all the model sees)."""
+@torch.no_grad()
+def loss_by_position(model: GPT, windows: Tensor, batch_size: int = 16) -> Tensor:
+    """Mean next-token loss at each position of windows (W, T+1), over the windows: (T,). Position t
+    predicts token t+1 having seen t+1 tokens: what a model trained on shorter windows makes of the
+    positions it never saw is the extrapolation curve."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros(windows.size(1) - 1, dtype=torch.float64)
+    for i in range(0, len(windows), batch_size):
+        w = windows[i:i + batch_size].to(device)
+        nll = F.cross_entropy(model(w[:, :-1]).transpose(1, 2).float(), w[:, 1:], reduction="none")  # (b, T)
+        total += nll.sum(0).double().cpu()
+    model.train(was_training)
+    return (total / len(windows)).float()
+
+
+def position_bands(per_position: Tensor, band: int) -> list[dict]:
+    """Mean loss over consecutive bands of ``band`` positions (the last band may be shorter)."""
+    check_positive("band", band)
+    return [{"from": i, "to": min(i + band, len(per_position)), "loss": float(per_position[i:i + band].mean())}
+            for i in range(0, len(per_position), band)]
+
+
+def evaluate_file(model: GPT, tok: Any, path: str | Path, context: int | None = None, batch_size: int = 64,
+                  band: int | None = None) -> dict:
+    """``evaluate_lm`` over a whole text file, in windows of ``context`` (default: all the model sees).
+    A model whose positions are relative (ALiBi, T5, Shaw, rotary) takes windows longer than its
+    max_len, the length it was trained at; a position table (learned, sinusoidal) does not. ``band``:
+    also the loss per band of positions over the full windows (``loss_by_band``)."""
     context = context or model.context
-    if not 1 <= context <= model.context:
-        raise ValueError(f"context: expected 1..{model.context} (the model's max_len, less any prefix or prompt), "
-                         f"got {context}")
+    unbounded = model.embed.position.max_len is None
+    if context < 1 or (context > model.context and not unbounded):
+        raise ValueError(f"context: expected 1..{model.context} (the model's max_len, less any prefix or prompt; "
+                         f"its {model.config.position} positions hold no more), got {context}")
     ids = torch.tensor(tok.encode(read_text(path)), dtype=torch.long)
-    return {**evaluate_lm(model, ids, context, batch_size), "context": context}
+    out = {**evaluate_lm(model, ids, context, batch_size), "context": context}
+    if band is not None:
+        n_full = (len(ids) - 1) // context
+        if n_full == 0:
+            raise ValueError(f"band: the text ({len(ids)} tokens) does not fill one window of {context}")
+        windows = ids[: n_full * context + 1].unfold(0, context + 1, context)
+        out["loss_by_band"] = position_bands(loss_by_position(model, windows, max(1, batch_size // 4)), band)
+    return out
 
 
 def make_validate(data: LMData, context: int, windows: int = 240, seed: int = 0) -> Callable[[GPT], dict]:

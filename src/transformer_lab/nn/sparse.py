@@ -1,0 +1,270 @@
+"""Attention patterns for long sequences: which keys each query may see, each pattern with a readable
+dense-masked reference and an efficient implementation whose memory grows as O(n·w), not O(n²).
+
+* ``full``: every key (the paper's); the reference.
+* ``window``: keys within ``window`` positions of the query, on both sides (bidirectional: 2w + 1
+  keys; Longformer's ``attention_window`` is 2w) or before it (causal: w + 1 keys, as Mistral's
+  sliding window). ``global_tokens`` (Longformer, bidirectional): those positions see every key, and
+  every query sees them.
+* ``block``: BigBird's block-sparse pattern: the sequence in blocks of ``block`` positions; each query
+  block sees its own block and its neighbours, the first ``global_blocks`` blocks (which see every
+  key), and ``random_blocks`` other blocks drawn with ``seed``.
+* ``chunked``: exact full attention, queries in chunks of ``chunk``: one chunk's scores (chunk × n) at
+  a time instead of n × n; under autograd each chunk is recomputed in the backward pass
+  (checkpointing), so training keeps that bound too.
+
+Efficient forms: ``window`` cuts the queries into blocks of w and gives each block the keys it can see
+(its span of keys, a strided view, then one batched SDPA over the blocks: scores of n × 3w);
+``block`` gathers each query block's key blocks the same way. Both pad the sequence to whole blocks,
+and a padded or fully masked query row gets zeros, as in ``attention.fast_attention``.
+
+Inputs: q, k, v (B, H, n, Dh) of one sequence (self-attention, keys at the queries' positions);
+``keep`` (B, n) bool, True = a real token (key padding), or None. Window and block sizes larger than
+the sequence are clamped to it (the pattern is then full attention, or as close as its shape allows).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from transformer_lab.nn.attention import fast_attention, reference_attention
+
+KINDS = ("full", "window", "block", "chunked")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    kind: str = "full"
+    causal: bool = False
+    window: int = 256  # window: keys on each side (causal: before)
+    global_tokens: tuple[int, ...] = field(default_factory=tuple)  # window: positions with full attention
+    block: int = 64  # block: positions per block
+    global_blocks: int = 1  # block: leading blocks with full attention
+    random_blocks: int = 1  # block: random key blocks per query block
+    seed: int = 0  # block: the random blocks' draw
+    chunk: int = 1024  # chunked: queries per chunk
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"pattern: expected one of {KINDS}, got {self.kind!r}")
+        for name in ("window", "block", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive size, got {getattr(self, name)}")
+        if self.global_blocks < 0 or self.random_blocks < 0:
+            raise ValueError("global_blocks, random_blocks: expected counts >= 0")
+        if self.global_tokens and (self.kind != "window" or self.causal):
+            raise ValueError("global_tokens: Longformer's global attention is for a bidirectional window pattern; "
+                             f"got kind={self.kind!r}, causal={self.causal}")
+
+    # --- which keys: the dense mask, for the reference and the tests ------------------------------
+    def dense_mask(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """(n, n) bool, True = query i may see key j."""
+        i = torch.arange(n, device=device)[:, None]
+        j = torch.arange(n, device=device)[None, :]
+        if self.kind in ("full", "chunked"):
+            allowed = torch.ones(n, n, dtype=torch.bool, device=device)
+        elif self.kind == "window":
+            allowed = ((i - j) <= self.window) & ((j - i) <= (0 if self.causal else self.window))
+            g = torch.tensor(self.global_tokens, dtype=torch.long, device=device)
+            if len(g):
+                _check_tokens(g, n)
+                allowed[g, :] = True
+                allowed[:, g] = True
+        else:
+            b = min(self.block, n)
+            ids = block_index(n, b, self.global_blocks, self.random_blocks, self.seed, self.causal).to(device)
+            nb = ids.size(0)
+            blocks = torch.zeros(nb, nb, dtype=torch.bool, device=device)
+            valid = ids >= 0
+            blocks[torch.arange(nb, device=device)[:, None].expand_as(ids)[valid], ids[valid]] = True
+            blocks[: min(self.global_blocks, nb)] = True  # global query blocks see everything
+            allowed = blocks[i // b, j // b]
+        if self.causal:
+            allowed = allowed & (j <= i)
+        return allowed
+
+
+def _check_tokens(g: Tensor, n: int) -> None:
+    if len(g) and (int(g.min()) < 0 or int(g.max()) >= n):
+        raise ValueError(f"global_tokens: positions must lie in 0..{n - 1}, got {g.tolist()}")
+
+
+def block_index(n: int, b: int, global_blocks: int, random_blocks: int, seed: int, causal: bool = False) -> Tensor:
+    """BigBird's key blocks for each query block: (n_blocks, K) block ids, -1 for "none" (an edge,
+    or a block already chosen). K = 3 neighbours + global + random. Random blocks are drawn without
+    repeats from the blocks not already chosen (causal: from the earlier ones), one seeded draw."""
+    nb = math.ceil(n / b)
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for qb in range(nb):
+        chosen = [qb - 1, qb] if causal else [qb - 1, qb, qb + 1]
+        chosen += list(range(min(global_blocks, nb)))
+        picked = {c for c in chosen if 0 <= c < nb}
+        pool = [c for c in range(qb if causal else nb) if c not in picked]
+        extra = [pool[i] for i in torch.randperm(len(pool), generator=g)[:random_blocks].tolist()] if pool else []
+        row, seen = [], set()
+        for c in chosen + extra:
+            ok = 0 <= c < nb and c not in seen
+            row.append(c if ok else -1)
+            seen.add(c)
+        row += [-1] * ((3 if not causal else 2) + global_blocks + random_blocks - len(row))
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+# --- the readable path ------------------------------------------------------------------------------
+def reference(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | None = None) -> Tensor:
+    """Explicit softmax under the pattern's dense (n, n) mask: O(n²) memory, every rule visible."""
+    n = q.size(-2)
+    mask = pattern.dense_mask(n, q.device)[None, None]  # (1, 1, n, n)
+    if keep is not None:
+        mask = mask & keep[:, None, None, :]
+    return reference_attention(q, k, v, mask).output
+
+
+# --- the efficient paths ----------------------------------------------------------------------------
+def attend(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | None = None) -> Tensor:
+    """The pattern's efficient implementation; equals ``reference`` (see the module docstring)."""
+    if q.dim() != 4 or q.shape != k.shape or k.shape != v.shape:
+        raise ValueError(f"q, k, v: expected three (B, H, n, Dh) tensors of one shape, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if keep is not None and keep.shape != (q.size(0), q.size(2)):
+        raise ValueError(f"keep: expected (B, n) = {(q.size(0), q.size(2))}, got {tuple(keep.shape)}")
+    if pattern.kind == "full":
+        return _full(q, k, v, pattern.causal, keep)
+    if pattern.kind == "chunked":
+        return _chunked(q, k, v, pattern, keep)
+    if pattern.kind == "window":
+        return _window(q, k, v, pattern, keep)
+    return _block_sparse(q, k, v, pattern, keep)
+
+
+def _full(q: Tensor, k: Tensor, v: Tensor, causal: bool, keep: Tensor | None, offset: int = 0) -> Tensor:
+    """Queries (positions offset..offset + T_q - 1) against every key, causal or not, in one SDPA call."""
+    if keep is None and not causal:
+        return F.scaled_dot_product_attention(q, k, v)
+    mask = None
+    if causal:
+        i = torch.arange(offset, offset + q.size(2), device=q.device)[:, None]
+        mask = (torch.arange(k.size(2), device=q.device)[None, :] <= i)[None, None]
+    if keep is not None:
+        pad = keep[:, None, None, :]
+        mask = pad if mask is None else mask & pad
+    return fast_attention(q, k, v, mask).output
+
+
+def _chunked(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None) -> Tensor:
+    outs = []
+    for s in range(0, q.size(2), p.chunk):
+        part = q[:, :, s:s + p.chunk]
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            outs.append(checkpoint(_full, part, k, v, p.causal, keep, s, use_reentrant=False))
+        else:
+            outs.append(_full(part, k, v, p.causal, keep, s))
+    return torch.cat(outs, dim=2)
+
+
+def _blocks(x: Tensor, size: int) -> Tensor:
+    """(B, H, n_pad, Dh) -> (B, H, n_pad / size, size, Dh)."""
+    b, h, n, d = x.shape
+    return x.view(b, h, n // size, size, d)
+
+
+GROUP_BYTES = 32 * 2**20  # float32 scores per SDPA call: the working memory of the block patterns
+
+
+def _grouped(qb: Tensor, keys: Callable[[slice], tuple[Tensor, Tensor, Tensor]], span: int) -> Tensor:
+    """Attention over blocks, a group of blocks per SDPA call so that one call's scores stay under
+    ``GROUP_BYTES`` whatever n: qb (B, H, nb, c, Dh); ``keys(blocks)`` gives those blocks' keys and
+    values (B, H, g, span, Dh) and mask (B|1, 1, g, c, span). A query row with no key gets zeros
+    (``fast_attention``'s guard). -> (B, H, nb, c, Dh)."""
+    b, h, nb, c, d = qb.shape
+    group = max(1, GROUP_BYTES // (b * h * c * span * 4))
+    out = qb.new_empty(qb.shape)
+    for s0 in range(0, nb, group):
+        blocks = slice(s0, min(nb, s0 + group))
+        kb, vb, mask = keys(blocks)
+        out[:, :, blocks] = fast_attention(qb[:, :, blocks], kb, vb, mask).output
+    return out
+
+
+def _window(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None) -> Tensor:
+    b, h, n, d = q.shape
+    w = min(p.window, n - 1) if n > 1 else 1
+    c = w  # queries per block: each block then sees c + 2w keys (causal c + w)
+    nb = math.ceil(n / c)
+    n_pad = nb * c
+    left, right = w, (0 if p.causal else w)
+    span = c + left + right
+    if keep is None:
+        keep = torch.ones(b, n, dtype=torch.bool, device=q.device)
+    # Keys padded by w on the left and w (plus the queries' padding) on the right; block i's keys are
+    # the padded positions i·c .. i·c + span - 1, i.e. original positions i·c - w .. i·c + c - 1 + w.
+    pad = (0, 0, left, n_pad - n + right)
+    kw = F.pad(k, pad).unfold(2, span, c).transpose(-1, -2)  # (B, H, nb, span, Dh): a view
+    vw = F.pad(v, pad).unfold(2, span, c).transpose(-1, -2)
+    key_ok = F.pad(keep, (left, n_pad - n + right), value=False).unfold(1, span, c)  # (B, nb, span)
+    a = torch.arange(c, device=q.device)[:, None]
+    s_ = torch.arange(span, device=q.device)[None, :]
+    band = (s_ >= a) & (s_ <= a + left + right)  # query i = start + a, key j = start - w + s: -right <= i - j <= w
+    g = torch.tensor(sorted(set(p.global_tokens)), dtype=torch.long, device=q.device)
+    _check_tokens(g, n)
+
+    def keys(blocks: slice) -> tuple[Tensor, Tensor, Tensor]:
+        kb, vb = kw[:, :, blocks], vw[:, :, blocks]
+        mask = band[None, None, None] & key_ok[:, None, blocks, None, :]  # (B, 1, g, c, span)
+        if len(g):  # every block also sees the global keys, unless the band already holds them
+            shape = (b, h, kb.size(2), len(g), d)
+            kb = torch.cat([kb, k[:, :, g][:, :, None].expand(shape)], dim=3)
+            vb = torch.cat([vb, v[:, :, g][:, :, None].expand(shape)], dim=3)
+            i = torch.arange(blocks.start, blocks.stop, device=q.device)[:, None, None] * c + a[None]  # (g, c, 1)
+            outside = (i - g).abs() > w
+            mask = torch.cat([mask, outside[None, None] & keep[:, None, None, None, g]], dim=-1)
+        return kb, vb, mask
+
+    qb = _blocks(F.pad(q, (0, 0, 0, n_pad - n)), c)
+    out = _grouped(qb, keys, span + len(g)).reshape(b, h, n_pad, d)[:, :, :n]
+    if len(g):
+        out = out.clone()
+        out[:, :, g] = _full(q[:, :, g], k, v, False, keep)  # global queries see every key
+    return out
+
+
+def _block_sparse(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None) -> Tensor:
+    b, h, n, d = q.shape
+    size = min(p.block, n)
+    ids = block_index(n, size, p.global_blocks, p.random_blocks, p.seed, p.causal).to(q.device)  # (nb, K)
+    nb, kk = ids.shape
+    n_pad = nb * size
+    if keep is None:
+        keep = torch.ones(b, n, dtype=torch.bool, device=q.device)
+    pad = (0, 0, 0, n_pad - n)
+    safe = ids.clamp(min=0)
+    k_blocks, v_blocks = _blocks(F.pad(k, pad), size), _blocks(F.pad(v, pad), size)
+    ok_blocks = F.pad(keep, (0, n_pad - n), value=False).view(b, nb, size)
+    offsets = torch.arange(size, device=q.device)
+
+    def keys(blocks: slice) -> tuple[Tensor, Tensor, Tensor]:
+        chosen = safe[blocks]  # (g, K): each query block's key blocks, gathered for this group only
+        kb, vb = k_blocks[:, :, chosen].flatten(3, 4), v_blocks[:, :, chosen].flatten(3, 4)  # (B, H, g, K·size, Dh)
+        ok = (ok_blocks[:, chosen] & (ids[blocks] >= 0)[None, :, :, None]).flatten(2)  # (B, g, K·size)
+        mask = ok[:, None, :, None, :].expand(b, 1, chosen.size(0), size, kk * size)
+        if p.causal:
+            i = torch.arange(blocks.start, blocks.stop, device=q.device)[:, None] * size + offsets  # (g, size)
+            j = (chosen[:, :, None] * size + offsets).flatten(1)  # (g, K·size)
+            mask = mask & (j[:, None, :] <= i[:, :, None])[None, None]
+        return kb, vb, mask
+
+    out = _grouped(_blocks(F.pad(q, pad), size), keys, kk * size).reshape(b, h, n_pad, d)[:, :, :n]
+    rows = min(p.global_blocks, nb) * size
+    if rows:  # global query blocks see every key
+        out = out.clone()
+        out[:, :, :rows] = _full(q[:, :, :rows], k, v, p.causal, keep)
+    return out

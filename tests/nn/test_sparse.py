@@ -1,0 +1,133 @@
+"""Long-sequence attention patterns (issue 13, ``nn/sparse.py``): every efficient form equals its
+dense-masked reference (explicit softmax under the pattern's (n, n) mask) within 1e-5, forward and
+gradients, with padded keys and lengths that are not whole blocks; sliding window + global tokens
+equals ``transformers``' LongformerSelfAttention with copied weights."""
+
+import pytest
+import torch
+
+from transformer_lab.nn.sparse import Pattern, attend, block_index, reference
+
+PATTERNS = {
+    "window": Pattern("window", window=3),
+    "window-causal": Pattern("window", causal=True, window=4),
+    "window-global": Pattern("window", window=3, global_tokens=(0, 9)),
+    "block": Pattern("block", block=4, global_blocks=1, random_blocks=1, seed=3),
+    "block-causal": Pattern("block", causal=True, block=4, global_blocks=1, random_blocks=2),
+    "chunked": Pattern("chunked", chunk=5),
+    "chunked-causal": Pattern("chunked", causal=True, chunk=6),
+    "full-causal": Pattern("full", causal=True),
+}
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_efficient_equals_the_dense_reference_forward_and_backward(name):
+    torch.manual_seed(0)
+    p = PATTERNS[name]
+    b, h, n, d = 2, 3, 23, 8
+    q, k, v = (torch.randn(b, h, n, d, requires_grad=True) for _ in range(3))
+    keep = torch.ones(b, n, dtype=torch.bool)
+    keep[1, -5:] = False  # row 1: five padded keys at the end
+    fast, ref = attend(q, k, v, p, keep), reference(q, k, v, p, keep)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(fast)
+    gf = torch.autograd.grad((fast * g).sum(), (q, k, v))
+    gr = torch.autograd.grad((ref * g).sum(), (q, k, v))
+    for a, r in zip(gf, gr):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+
+
+def test_what_each_pattern_lets_a_query_see():
+    n = 40
+    m = Pattern("window", window=4).dense_mask(n)
+    assert m[20].sum() == 9 and m[20, 16] and not m[20, 15]  # 2w + 1 keys
+    assert Pattern("window", window=4, causal=True).dense_mask(n)[20].sum() == 5  # w + 1, none after
+    g = Pattern("window", window=2, global_tokens=(0,)).dense_mask(n)
+    assert g[0].all() and g[:, 0].all() and g[30].sum() == 6
+    ids = block_index(n, 8, 1, 1, seed=0)
+    assert ids.shape == (5, 5) and (ids[2, :3] == torch.tensor([1, 2, 3])).all()
+    mb = Pattern("block", block=8, global_blocks=1, random_blocks=1).dense_mask(n)
+    assert mb[:8].all() and mb[:, :8].all() and mb[20].sum() == 8 * 5  # own + 2 neighbours + global + 1 random
+    assert torch.equal(Pattern("block", block=8, random_blocks=1, seed=5).dense_mask(n),
+                       Pattern("block", block=8, random_blocks=1, seed=5).dense_mask(n))  # seeded
+    assert Pattern("chunked").dense_mask(n).all()
+
+
+def test_sizes_beyond_the_sequence_are_clamped_and_bad_patterns_named():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 4) for _ in range(3))
+    full = attend(q, k, v, Pattern("full"))
+    for p in (Pattern("window", window=100), Pattern("block", block=64, random_blocks=0), Pattern("chunked", chunk=99)):
+        torch.testing.assert_close(attend(q, k, v, p), full, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="pattern"):
+        Pattern("dilated")
+    with pytest.raises(ValueError, match="global_tokens"):
+        Pattern("window", causal=True, global_tokens=(0,))
+    with pytest.raises(ValueError, match="global_tokens: positions"):
+        attend(q, k, v, Pattern("window", window=2, global_tokens=(7,)))
+    with pytest.raises(ValueError, match="keep"):
+        attend(q, k, v, Pattern("window"), torch.ones(1, 5, dtype=torch.bool))
+
+
+def test_window_with_global_tokens_equals_transformers_longformer():
+    """LongformerSelfAttention (attention_window 2w, its global projections copied from the local
+    ones) against our projections + ``attend(window=w, global_tokens)``."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+
+    torch.manual_seed(0)
+    d, h, w, n = 32, 4, 4, 48  # n: a multiple of the attention window, as Longformer requires
+    cfg = transformers.LongformerConfig(hidden_size=d, num_attention_heads=h, attention_window=[2 * w],
+                                        attention_probs_dropout_prob=0.0)
+    peer = LongformerSelfAttention(cfg, layer_id=0).eval()
+    for name in ("query", "key", "value"):
+        getattr(peer, name + "_global").load_state_dict(getattr(peer, name).state_dict())
+    x = torch.randn(2, n, d)
+    glob = (0, 17)
+    mask = torch.zeros(2, n)
+    mask[:, list(glob)] = 10000.0  # global
+    mask[1, -6:] = -10000.0  # padding
+    with torch.no_grad():
+        want = peer(x, attention_mask=mask, is_index_masked=mask < 0, is_index_global_attn=mask > 0,
+                    is_global_attn=True)[0]
+
+        def heads(lin):
+            return lin(x).view(2, n, h, d // h).transpose(1, 2)
+
+        out = attend(heads(peer.query), heads(peer.key), heads(peer.value), Pattern("window", window=w, global_tokens=glob),
+                     keep=mask >= 0)
+    got = out.transpose(1, 2).reshape(2, n, d)
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1, :-6], want[1, :-6], atol=1e-5, rtol=1e-5)  # padded rows: each side's own filler
+
+
+def test_one_block_per_call_gives_the_same_answer(monkeypatch):
+    """The block patterns bound their working memory by running groups of blocks per SDPA call;
+    with a group of one block the result is the same."""
+    from transformer_lab.nn import sparse
+
+    monkeypatch.setattr(sparse, "GROUP_BYTES", 1)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 21, 4) for _ in range(3))
+    keep = torch.ones(2, 21, dtype=torch.bool)
+    keep[0, :3] = False
+    for name in ("window", "window-global", "block-causal"):
+        torch.testing.assert_close(attend(q, k, v, PATTERNS[name], keep), reference(q, k, v, PATTERNS[name], keep),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_bench_attention_json(capsys):
+    """`bench attention`: each configuration measured in its own process (time and peak memory), the
+    headline ours / peer / ratio; a configuration that cannot run is named, not timed."""
+    import json
+
+    from transformer_lab.cli.main import main
+
+    pytest.importorskip("transformers")
+    assert main(["bench", "attention", "--lengths", "128", "--impls", "sdpa,window,dense,window+proj,longformer",
+                 "--window", "16", "--heads", "2", "--d-head", "8", "--rounds", "1", "--max-dense-gib", "0.00001",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {"ours", "peer", "ratio", "vs_longformer"} <= set(r) and r["ratio"] > 0
+    rows = {row["impl"]: row for row in r["rows"]}
+    assert "skipped" in rows["dense"] and rows["window"]["seconds"] > 0 and rows["window"]["peak_mib"] >= 0
