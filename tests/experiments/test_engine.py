@@ -58,7 +58,12 @@ def test_report_renders_every_result_and_names_a_damaged_one(smoke_all, tmp_path
             assert f'id="{exp_id}"' in page and f"`{exp_id}`" in markdown
     assert "data:image/png;base64," in page  # self-contained
     assert "head-dim/result.json: not valid JSON" in page and "could not be read" in markdown
-    assert "needs ALiBi, T5 and Shaw relative positions (issue 13)" in page  # questions waiting for a feature are listed
+    from transformer_lab.experiments.base import pending
+    from transformer_lab.experiments.registry import EXPERIMENTS
+    from transformer_lab.experiments.report import render
+
+    waiting = pending("x-future", "？", "A question of a later issue?", "a claim", "a feature of issue 99")
+    assert [e.id for e in render(folder, EXPERIMENTS + [waiting]).pending] == ["x-future"]  # listed as waiting
 
 
 def test_list_shows_every_question_and_its_status(smoke_all, capsys):
@@ -68,7 +73,8 @@ def test_list_shows_every_question_and_its_status(smoke_all, capsys):
     assert any(line.startswith("scaling") and "measured (smoke)" in line for line in lines)
     assert any(line.startswith("peft") and "measured (smoke)" in line for line in lines)
     assert any(line.startswith("int8") and "measured (smoke)" in line for line in lines)
-    assert any(line.startswith("positions") and "needs ALiBi" in line for line in lines)
+    assert any(line.startswith("positions") and "measured (smoke)" in line for line in lines)
+    assert any(line.startswith("long-sequences") and "measured (smoke)" in line for line in lines)
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
@@ -81,8 +87,14 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     blocker.write_text("")
     assert main(["explain", "sinusoids", "--budget", "smoke", "--out", str(blocker)]) == 2
     assert "cannot write the results here" in capsys.readouterr().err
-    assert main(["explain", "positions", "--out", str(tmp_path)]) == 2
-    assert "needs ALiBi" in capsys.readouterr().err
+    from transformer_lab.cli import explain as explain_cli
+    from transformer_lab.experiments.base import pending
+
+    waiting = pending("x-future", "？", "A question of a later issue?", "a claim", "a feature of issue 99")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(explain_cli, "get", lambda _: waiting)
+        assert main(["explain", "x-future", "--out", str(tmp_path)]) == 2
+    assert "needs a feature of issue 99" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no such results folder" in capsys.readouterr().err
 

@@ -18,7 +18,28 @@ def positions(**per_encoding):
     return {"context": 64, "factors": [1, 2, 4, 8], "loss": loss, "curves": {}}
 
 
+def long_sequences(sdpa_t=2.0, dense_m=2.0, sdpa_m=2.0, window_t=1.0, window_m=1.0, window_loss=(2.10, 2.12),
+                   faster=True):
+    """Cost rows for n = 4096, 8192 growing with the given exponents, and the equal-time losses."""
+    rows = []
+    for impl, te, me in (("sdpa", sdpa_t, sdpa_m), ("dense", 2.0, dense_m), ("chunked", 2.0, 1.0),
+                         ("window", window_t, window_m), ("block", 1.0, 1.0)):
+        base_t = 0.5 if impl in ("sdpa", "dense", "chunked") else (0.1 if faster else 5.0)
+        for n in (4096, 8192):
+            f = n / 4096
+            rows.append({"impl": impl, "n": n, "seconds": base_t * f ** te, "peak_mib": 100 * f ** me})
+    return {"lengths": [4096, 8192], "window": 256, "cost": rows, "context": 1024, "seconds": 20,
+            "patterns": {}, "quality": {"full": [{"val_loss": 2.10}, {"val_loss": 2.12}],
+                                        "window": [{"val_loss": window_loss[0]}, {"val_loss": window_loss[1]}],
+                                        "block": [{"val_loss": 2.15}, {"val_loss": 2.16}]}}
+
+
 CASES = [
+    ("long-sequences", long_sequences(), "confirmed"),
+    ("long-sequences", long_sequences(sdpa_m=1.0), "partly"),  # a fused kernel: linear memory
+    ("long-sequences", long_sequences(window_loss=(2.4, 2.42)), "partly"),  # the window loses quality
+    ("long-sequences", long_sequences(sdpa_t=1.2), "refuted"),  # full attention's time is not quadratic here
+    ("long-sequences", long_sequences(faster=False), "refuted"),  # the window is slower at the largest n
     ("positions", positions(), "confirmed"),
     ("positions", positions(sinusoidal=(1.60, 1.6, 1.59, 1.6)), "partly"),  # absolute positions extrapolate too
     ("positions", positions(alibi=(1.57, 1.8, 2.2, 2.6)), "partly"),  # ALiBi does not, T5 and Shaw do

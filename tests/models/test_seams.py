@@ -152,3 +152,44 @@ def test_relative_positions_in_every_family_with_the_cache(position):
     assert gpt(position=position)(long).shape == (1, 40, V) and b(long).hidden.shape == (1, 40, 32)
     with pytest.raises(ValueError, match="max_len=32"):
         gpt()(long)
+
+
+@pytest.mark.parametrize("attention", ["window:3", "block:4,random:1,global:1", "chunked:5"])
+@pytest.mark.parametrize("position", ["learned", "rotary", "alibi", "t5"])
+def test_gpt_attention_pattern_equals_its_dense_mask_with_and_without_the_cache(attention, position):
+    """A patterned GPT (efficient path) equals the same weights run on the reference path (the pattern
+    as a dense mask), and cached generation equals generation without the cache."""
+    from transformer_lab.nn.sparse import parse_pattern
+
+    g = gpt(position=position, attention=attention)
+    x = torch.randint(1, V, (2, 23))
+    fast = g(x)
+    for layer in g.blocks.layers:
+        layer.self_attn.impl = "reference"
+    torch.testing.assert_close(g(x), fast, atol=1e-5, rtol=1e-5)
+    for layer in g.blocks.layers:
+        layer.self_attn.impl = "sdpa"
+    cfg = SamplingConfig(max_new_tokens=10, greedy=True)
+    cached = generate(g, [[5, 6, 7, 8, 9, 10, 11]], cfg, return_logits=True)
+    plain = generate(g, [[5, 6, 7, 8, 9, 10, 11]], SamplingConfig(max_new_tokens=10, greedy=True, use_cache=False),
+                     return_logits=True)
+    assert cached.tokens == plain.tokens and (cached.logits - plain.logits).abs().max() <= 1e-4
+    exact = parse_pattern(attention, causal=True).kind == "chunked"  # chunked is full attention, computed in parts
+    assert torch.allclose(fast, gpt(position=position)(x), atol=1e-5) == exact
+
+
+def test_bert_longformer_pattern_and_bad_combinations():
+    b = bert(attention="window:2,global:0", position="alibi")
+    x = torch.randint(1, V, (2, 20))
+    x[1, -4:] = 0  # padding
+    fast = b(x).hidden
+    for layer in b.encoder.layers:
+        layer.self_attn.impl = "reference"
+    torch.testing.assert_close(b(x).hidden[0], fast[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b(x).hidden[1, :-4], fast[1, :-4], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="shaw"):
+        GPTConfig(attention="window:4", position="shaw")
+    with pytest.raises(ValueError, match="attention"):
+        GPTConfig(attention="dilated:4")
+    with pytest.raises(ValueError, match="global_tokens"):
+        GPTConfig(attention="window:4,global:0")  # Longformer's global tokens are bidirectional

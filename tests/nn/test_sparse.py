@@ -131,3 +131,24 @@ def test_bench_attention_json(capsys):
     assert {"ours", "peer", "ratio", "vs_longformer"} <= set(r) and r["ratio"] > 0
     rows = {row["impl"]: row for row in r["rows"]}
     assert "skipped" in rows["dense"] and rows["window"]["seconds"] > 0 and rows["window"]["peak_mib"] >= 0
+
+
+@pytest.mark.parametrize("name", ["window", "window-causal", "window-global", "block", "block-causal", "chunked-causal"])
+@pytest.mark.parametrize("encoding", ["alibi", "t5"])
+def test_relative_position_bias_inside_the_patterns(name, encoding):
+    """A score bias by distance (ALiBi, T5) asked per block of slots equals the dense reference's."""
+    from transformer_lab.nn.positions import ALiBi, T5RelativeBias
+
+    torch.manual_seed(0)
+    p = PATTERNS[name]
+    pos = ALiBi(3, causal=p.causal) if encoding == "alibi" else T5RelativeBias(3, causal=p.causal)
+    torch.nn.init.normal_(getattr(pos, "bias", torch.nn.Linear(1, 1)).weight)
+
+    def bias(qs, ks):
+        return pos.score_bias(qs, ks)
+
+    q, k, v = (torch.randn(2, 3, 23, 8) for _ in range(3))
+    keep = torch.ones(2, 23, dtype=torch.bool)
+    keep[0, -4:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(attend(q, k, v, p, keep, bias), reference(q, k, v, p, keep, bias), atol=1e-5, rtol=1e-5)

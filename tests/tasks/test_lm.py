@@ -204,3 +204,22 @@ def test_alibi_lm_evaluates_past_its_training_length_by_band(tmp_path, capsys):
     limit = lm.load_lm(learned)[0].config.max_len
     assert main(["evaluate", "--checkpoint", str(learned), "--text", str(path), "--context", str(limit + 1)]) == 2
     assert "learned positions hold no more" in capsys.readouterr().err
+
+
+def test_windowed_lm_trains_and_resumes_its_pattern(tmp_path, capsys):
+    """`train --attention window:8`: the pattern is in the checkpoint's config (evaluate and generate
+    rebuild it); a pattern for a task without one is a clear error."""
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(path), "--context", "32", "--attention",
+                 "window:8", "--position", "alibi", "--max-steps", "3", "--out", str(out), "--no-progress"]) == 0
+    model, _ = lm.load_lm(out)
+    assert model.config.attention == "window:8" and model.blocks.layers[0].self_attn.pattern.window == 8
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), "--text", str(path), "--context", "128", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["context"] == 128
+    assert main(["train", "--attention", "window:8", "--max-steps", "1", "--out", str(tmp_path / "d")]) == 2
+    assert "language model" in capsys.readouterr().err
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(path), "--attention", "window",
+                 "--out", str(tmp_path / "e")]) == 2

@@ -102,7 +102,8 @@ def measure(impl: str, n: int, heads: int = 8, d_head: int = 64, window: int = 2
             "peak_exact": exact}
 
 
-def _in_fresh_process(**kw: Any) -> dict[str, Any]:
+def measure_alone(**kw: Any) -> dict[str, Any]:
+    """``measure`` in a fresh process (spawned), so no earlier allocation sets its peak."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         return pool.submit(measure, **kw).result()
 
@@ -131,7 +132,7 @@ def bench_attention(lengths: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384), 
                 continue
             if on_run:
                 on_run(f"{impl} n={n}")
-            rows.append(_in_fresh_process(impl=impl, n=n, heads=heads, d_head=d_head, window=window, block=block,
+            rows.append(measure_alone(impl=impl, n=n, heads=heads, d_head=d_head, window=window, block=block,
                                           chunk=chunk, causal=causal, rounds=rounds, threads=threads))
     done = {(r["impl"], r["n"]): r for r in rows if "seconds" in r}
     top = max(lengths)

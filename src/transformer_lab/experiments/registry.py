@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformer_lab.experiments.base import Experiment, pending
+from transformer_lab.experiments.base import Experiment
 from transformer_lab.experiments.questions.batch_ppl import BatchPerplexity
 from transformer_lab.experiments.questions.bert_mask import BertMask
 from transformer_lab.experiments.questions.bpe_wordpiece import BPEWordPiece
@@ -19,6 +19,7 @@ from transformer_lab.experiments.questions.int8 import Int8
 from transformer_lab.experiments.questions.interpretability import Interpretability
 from transformer_lab.experiments.questions.label_smoothing import LabelSmoothing
 from transformer_lab.experiments.questions.layernorm import LayerNormQuestion
+from transformer_lab.experiments.questions.long_sequences import LongSequences
 from transformer_lab.experiments.questions.mask_80_10_10 import Mask801010
 from transformer_lab.experiments.questions.mixed_precision import MixedPrecision
 from transformer_lab.experiments.questions.multi_head import MultiHead
@@ -75,15 +76,9 @@ EXPERIMENTS: list[Experiment] = [
     Int8(),
     Deployment(),
     Positions(),
+    LongSequences(),
 ]
 
-# The rest of the canon, in its order: questions that need a feature of a later issue (issue 13).
-# Listed by `explain --list`, never run.
-EXPERIMENTS += [pending(*q) for q in [
-    ("long-sequences", "（长序列：优化自注意力机制、分块策略、层次化注意力）", "Long sequences",
-     "attention is O(n²); sparse / local attention, chunking, compression, hierarchy",
-     "chunked, sliding-window and block-sparse attention (issue 13)"),
-]]
 CANON_ORDER = ["multi-head", "scaling", "qk-weights", "dot-vs-additive", "padding-mask", "head-dim", "embedding-scale",
                "sinusoids", "positions", "residual", "layernorm", "norm-position", "ffn", "slowest-part",
                "cross-attention", "decoder-parallel", "causal-mask", "bpe-wordpiece", "warmup", "dropout",

@@ -28,6 +28,7 @@ from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
 from transformer_lab.nn.masks import padding_mask
 from transformer_lab.nn.positions import POSITION_ENCODINGS, build_position_encoding
+from transformer_lab.nn.sparse import parse_pattern
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class BertConfig:
     n_labels: int = 0  # > 0: a sequence-classification head with this many classes
     attention_impl: str = "sdpa"
     position: str = "learned"  # "learned" (BERT), "sinusoidal"; inside self-attention "rotary", "alibi", "t5", "shaw"
+    attention: str = "full"  # self-attention's pattern: "window:256,global:0" (Longformer), "block:64", ...
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "type_vocab_size"):
@@ -64,12 +66,16 @@ class BertConfig:
                 raise ValueError(f"{name}: expected 0 <= p < 1, got {getattr(self, name)}")
         if self.position not in POSITION_ENCODINGS:
             raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
+        if parse_pattern(self.attention, causal=False) is not None and self.position == "shaw":
+            raise ValueError(f"attention: {self.attention!r} with position 'shaw': Shaw's value term needs the "
+                             "attention weights, which the efficient patterns never form")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id: {self.pad_id} is outside the vocabulary (size {self.vocab_size})")
 
     def block(self) -> BlockConfig:
         return BlockConfig(self.d_model, self.n_heads, self.d_ff, self.dropout, self.attention_dropout,
-                           self.activation, norm_first=False, eps=self.eps, attention_impl=self.attention_impl)
+                           self.activation, norm_first=False, eps=self.eps, attention_impl=self.attention_impl,
+                           pattern=parse_pattern(self.attention, causal=False))
 
 
 class BertEmbeddings(nn.Module):

@@ -31,6 +31,7 @@ from transformer_lab.nn.kv_cache import AttentionCache
 from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
 from transformer_lab.nn.masks import causal_mask
 from transformer_lab.nn.positions import POSITION_ENCODINGS, build_position_encoding
+from transformer_lab.nn.sparse import parse_pattern
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class GPTConfig:
     # × √d_model on the token vectors, as the paper pairs them with its sinusoids (|PE| = 1 per pair);
     # GPT-2 adds its learned table to plain 0.02-std vectors, which unit sinusoids would swamp.
     scale_embeddings: bool = False
+    # Self-attention's pattern (``nn.sparse.parse_pattern``): "full", "window:256", "block:64,random:1",
+    # "chunked:1024" ...; causal, as every GPT layer is.
+    attention: str = "full"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff"):
@@ -67,10 +71,14 @@ class GPTConfig:
             raise ValueError(f"eos_id: {self.eos_id} is outside the vocabulary (size {self.vocab_size})")
         if self.position not in POSITION_ENCODINGS:
             raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
+        if parse_pattern(self.attention, causal=True) is not None and self.position == "shaw":
+            raise ValueError(f"attention: {self.attention!r} with position 'shaw': Shaw's value term needs the "
+                             "attention weights, which the efficient patterns never form")
 
     def block(self) -> BlockConfig:
         return BlockConfig(self.d_model, self.n_heads, self.d_ff, self.dropout, self.attention_dropout,
-                           self.activation, norm_first=True, eps=self.eps, attention_impl=self.attention_impl)
+                           self.activation, norm_first=True, eps=self.eps, attention_impl=self.attention_impl,
+                           pattern=parse_pattern(self.attention, causal=True))
 
 
 def positions_from_mask(attention_mask: Tensor) -> Tensor:
@@ -183,10 +191,13 @@ class GPT(nn.Module):
                 f"max_len={self.config.max_len}; shorten the input"
             )
         mask = None  # one new token without padding sees every key: no mask at all (the fastest kernel)
-        if n_new > 1 or attention_mask is not None:
+        if self.config.attention != "full" and cache is None:
+            # a long-sequence pattern holds causality itself: only the padding, (B, 1, 1, T), never (T, T)
+            mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
+        elif n_new > 1 or attention_mask is not None:
             mask = causal_mask(n_new, tokens.device, offset=past)  # (1, 1, T, T_k)
-        if attention_mask is not None:
-            mask = mask & attention_mask[:, None, None, :].bool()  # (B, 1, T, T_k)
+            if attention_mask is not None:
+                mask = mask & attention_mask[:, None, None, :].bool()  # (B, 1, T, T_k)
         if prompt:
             x = self.embed.token(tokens)  # (B, T, D)
             x = torch.cat([self.prompt.embeddings().to(x.dtype).expand(b, -1, -1), x], dim=1)  # (B, P + T, D)

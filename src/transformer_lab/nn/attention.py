@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +160,7 @@ class MultiHeadAttention(nn.Module):
         position: PositionEncoding | None = None,
         d_head: int | None = None,
         score: str = "dot",
+        pattern: Any = None,
     ):
         super().__init__()
         if d_head is None and (n_heads <= 0 or d_model % n_heads):
@@ -182,6 +183,15 @@ class MultiHeadAttention(nn.Module):
         self.w_v = nn.Linear(d_model, self.d_inner, bias=bias)
         self.w_o = nn.Linear(self.d_inner, d_model, bias=bias)
         self.score = score
+        # A long-sequence pattern (``nn.sparse.Pattern``: window, block-sparse, chunked), or None for
+        # every key. With one, a caller passes a key-padding mask (B|1, 1, 1, T_k) or none: the pattern
+        # holds the rest (causality included).
+        self.pattern = pattern
+        if pattern is not None and position is not None and position.needs_weights:
+            raise ValueError(f"pattern: {type(position).__name__} adds to the values through the attention weights, "
+                             "which the efficient patterns never form; use another position encoding")
+        if pattern is not None and score != "dot":
+            raise ValueError(f"pattern: the long-sequence patterns score by dot product, got score={score!r}")
         if score == "additive":  # one scoring vector per head, at the scale of a Linear's init
             self.v_score = nn.Parameter(torch.empty(n_heads, self.d_head).uniform_(-1, 1) / math.sqrt(self.d_head))
 
@@ -203,6 +213,23 @@ class MultiHeadAttention(nn.Module):
         """Fusing reads the three weight matrices directly, which is only right for plain
         ``nn.Linear``: a replaced projection (LoRA, a quantized Linear) must run its own forward."""
         return type(self.w_q) is nn.Linear and type(self.w_k) is nn.Linear and type(self.w_v) is nn.Linear
+
+    def _patterned(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, pos: Tensor | None, p: float) -> Tensor:
+        """Self-attention under ``self.pattern``, from a key-padding mask; a distance bias (ALiBi, T5) is
+        asked for the slots each block needs, read through the positions ``pos`` (T,)."""
+        if mask is not None and mask.size(-2) != 1:
+            raise ValueError(f"mask: with an attention pattern, a key-padding mask (B, 1, 1, T_k) or none (the pattern "
+                             f"holds the rest), got {tuple(mask.shape)}")
+        keep = None if mask is None else mask[:, 0, 0, :].expand(q.size(0), -1)
+        bias = None
+        if pos is not None and self.position.biases_scores:
+            last = pos.numel() - 1
+
+            def bias(q_slots: Tensor, k_slots: Tensor) -> Tensor:
+                return self.position.score_bias(pos[q_slots.clamp(0, last)], pos[k_slots.clamp(0, last)])
+
+        run = self.pattern.reference if self.impl == "reference" else self.pattern.attend
+        return run(q, k, v, keep, bias, p)
 
     def _split(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -254,6 +281,14 @@ class MultiHeadAttention(nn.Module):
                 k_pos = cache.positions(k.device) if positioned else k_pos
         if mask is not None:
             check_mask(mask, b, self.n_heads, t_q, k.size(2))
+        p = self.dropout if self.training else 0.0
+        if self.pattern is not None:
+            if cache is None and not need_weights and (q_pos is None or q_pos.dim() == 1):
+                out = self._patterned(q, k, v, mask, q_pos if positioned else None, p)
+                return AttentionResult(self.w_o(out.transpose(1, 2).reshape(b, t_q, self.d_inner)), None)
+            # cached decoding (or weights asked for): the pattern's rows of the query slots, as a dense mask
+            rows = self.pattern.rows(torch.arange(k.size(2) - t_q, k.size(2), device=q.device), k.size(2))[None, None]
+            mask = rows if mask is None else rows & mask
         bias = value_term = None
         if positioned:
             bias = self.position.score_bias(q_pos, k_pos, q)
@@ -261,7 +296,6 @@ class MultiHeadAttention(nn.Module):
                 def value_term(weights: Tensor) -> Tensor:
                     return self.position.value_term(weights, q_pos, k_pos)
 
-        p = self.dropout if self.training else 0.0
         if self.score == "additive":
             res = additive_attention(q, k, v, self.v_score, mask=mask, bias=bias, dropout_p=p, value_term=value_term)
         elif use_reference:

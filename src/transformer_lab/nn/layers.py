@@ -20,7 +20,7 @@ Shapes: B batch, S source length, T target length, D model width.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
@@ -77,11 +77,13 @@ class BlockConfig:
     tie_qk: bool = False  # True: self-attention uses one matrix for W_Q and W_K (`qk-weights`)
     norm: str = "layer"  # "batch" / "batch-masked": BatchNorm in place of LayerNorm (`layernorm`)
     attention_score: str = "dot"  # "additive": Bahdanau scores in every attention (`dot-vs-additive`)
+    pattern: Any = None  # self-attention's long-sequence pattern (``nn.sparse.Pattern``); None: every key
 
     def attention(self, position: PositionEncoding | None, self_attention: bool = True) -> MultiHeadAttention:
         mha = MultiHeadAttention(
             self.d_model, self.n_heads, self.attention_dropout, impl=self.attention_impl,
             position=position.for_layer() if position is not None else None, score=self.attention_score,
+            pattern=self.pattern if self_attention else None,
         )
         if self.tie_qk and self_attention:
             mha.w_k = mha.w_q  # one module, two roles: scores q_i·k_j become symmetric in i and j

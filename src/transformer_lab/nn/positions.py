@@ -37,6 +37,7 @@ class PositionEncoding(nn.Module):
     acts_in_attention: bool = False  # True for variants that override rotate_qk, score_bias or value_term
     needs_weights: bool = False  # True: value_term reads the attention weights (the explicit softmax path)
     directional: bool = False  # True: a causal stack builds its own instance (``causal=True``)
+    biases_scores: bool = False  # True for variants whose score_bias returns a bias (ALiBi, T5, Shaw)
 
     def add_to_embeddings(self, x: Tensor, positions: Tensor) -> Tensor:
         """Shapes: x (B, T, D), positions (T,) or (B, T) -> (B, T, D)."""
@@ -180,6 +181,7 @@ class ALiBi(PositionEncoding):
     No parameters and no length limit: it was made to extrapolate past the training length."""
 
     acts_in_attention = True
+    biases_scores = True
     directional = True
 
     def __init__(self, n_heads: int, causal: bool = True):
@@ -219,6 +221,7 @@ class T5RelativeBias(PositionEncoding):
     as to any score."""
 
     acts_in_attention = True
+    biases_scores = True
     directional = True
 
     def __init__(self, n_heads: int, causal: bool = False, n_buckets: int = 32, max_distance: int = 128):
@@ -243,6 +246,7 @@ class ShawRelativePosition(PositionEncoding):
     model without tables; ``for_layer`` gives each layer its own."""
 
     acts_in_attention = True
+    biases_scores = True
     needs_weights = True
 
     def __init__(self, d_head: int, clip: int = 16, tables: bool = False):

@@ -63,19 +63,34 @@ class Pattern:
             raise ValueError("global_tokens: Longformer's global attention is for a bidirectional window pattern; "
                              f"got kind={self.kind!r}, causal={self.causal}")
 
-    # --- which keys: the dense mask, for the reference and the tests ------------------------------
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, bias: "Bias | None" = None,
+               dropout_p: float = 0.0) -> Tensor:
+        """``attend`` with this pattern (what ``MultiHeadAttention`` calls)."""
+        return attend(q, k, v, self, keep, bias, dropout_p)
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, bias: "Bias | None" = None,
+                  dropout_p: float = 0.0) -> Tensor:
+        return reference(q, k, v, self, keep, bias, dropout_p)
+
+    # --- which keys: the dense mask, for the reference, the tests and cached decoding -------------
     def dense_mask(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """(n, n) bool, True = query i may see key j."""
-        i = torch.arange(n, device=device)[:, None]
+        return self.rows(torch.arange(n, device=device), n)
+
+    def rows(self, queries: Tensor, n: int) -> Tensor:
+        """The mask rows of the query slots ``queries`` (T_q,) over keys 0..n-1: (T_q, n) bool. What a
+        decoding step with a K/V cache uses (its one query at slot n - 1)."""
+        device = queries.device
+        i = queries[:, None]
         j = torch.arange(n, device=device)[None, :]
         if self.kind in ("full", "chunked"):
-            allowed = torch.ones(n, n, dtype=torch.bool, device=device)
+            allowed = torch.ones(len(queries), n, dtype=torch.bool, device=device)
         elif self.kind == "window":
             allowed = ((i - j) <= self.window) & ((j - i) <= (0 if self.causal else self.window))
             g = torch.tensor(self.global_tokens, dtype=torch.long, device=device)
             if len(g):
                 _check_tokens(g, n)
-                allowed[g, :] = True
+                allowed = allowed | (i == g).any(-1, keepdim=True)  # global queries see every key
                 allowed[:, g] = True
         else:
             b = min(self.block, n)
@@ -89,6 +104,34 @@ class Pattern:
         if self.causal:
             allowed = allowed & (j <= i)
         return allowed
+
+
+def parse_pattern(spec: str, causal: bool = False) -> Pattern | None:
+    """A pattern from its command-line spelling (None for "full"): ``window:256``,
+    ``window:256,global:0`` (global positions joined by +, e.g. ``global:0+511``), ``block:64``
+    with ``random:R``, ``global:G`` (blocks) and ``seed:S``, ``chunked:1024``."""
+    kind, _, rest = spec.strip().partition(":")
+    if kind == "full" and not rest:
+        return None
+    sizes = {"window": "window", "block": "block", "chunked": "chunk"}
+    if kind not in sizes or not rest:
+        raise ValueError(f"attention: expected full, window:W, block:B or chunked:C (with options), got {spec!r}")
+    first, *options = rest.split(",")
+    fields: dict = {"kind": kind, "causal": causal}
+    try:
+        fields[sizes[kind]] = int(first)
+        for opt in options:
+            key, _, value = opt.partition(":")
+            if kind == "window" and key == "global":
+                fields["global_tokens"] = tuple(int(x) for x in value.split("+"))
+            elif kind == "block" and key in ("random", "global", "seed"):
+                fields[{"random": "random_blocks", "global": "global_blocks", "seed": "seed"}[key]] = int(value)
+            else:
+                raise ValueError
+    except ValueError:
+        raise ValueError(f"attention: cannot read {spec!r}; e.g. window:256, window:256,global:0, "
+                         "block:64,random:1,global:1, chunked:1024") from None
+    return Pattern(**fields)
 
 
 def _check_tokens(g: Tensor, n: int) -> None:
@@ -120,54 +163,74 @@ def block_index(n: int, b: int, global_blocks: int, random_blocks: int, seed: in
 
 
 # --- the readable path ------------------------------------------------------------------------------
-def reference(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | None = None) -> Tensor:
+Bias = Callable[[Tensor, Tensor], Tensor]  # (query slots, key slots) -> score bias, see ``attend``
+
+
+def reference(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | None = None,
+              bias: Bias | None = None, dropout_p: float = 0.0) -> Tensor:
     """Explicit softmax under the pattern's dense (n, n) mask: O(n²) memory, every rule visible."""
     n = q.size(-2)
     mask = pattern.dense_mask(n, q.device)[None, None]  # (1, 1, n, n)
     if keep is not None:
         mask = mask & keep[:, None, None, :]
-    return reference_attention(q, k, v, mask).output
+    slots = torch.arange(n, device=q.device)
+    return reference_attention(q, k, v, mask, None if bias is None else bias(slots, slots), dropout_p).output
 
 
 # --- the efficient paths ----------------------------------------------------------------------------
-def attend(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | None = None) -> Tensor:
-    """The pattern's efficient implementation; equals ``reference`` (see the module docstring)."""
+def attend(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | None = None,
+           bias: Bias | None = None, dropout_p: float = 0.0) -> Tensor:
+    """The pattern's efficient implementation; equals ``reference`` (see the module docstring).
+    ``bias(query_slots, key_slots)``: a relative-position score bias (ALiBi, T5) for the slots asked:
+    (T_q,), (T_k,) -> (1|B, H, T_q, T_k), or one row of slots per block, (g, c), (g, s) -> (g, H, c, s);
+    slots outside 0..n-1 (padding) may be asked, and are masked. ``dropout_p``: on the attention weights
+    (training)."""
     if q.dim() != 4 or q.shape != k.shape or k.shape != v.shape:
         raise ValueError(f"q, k, v: expected three (B, H, n, Dh) tensors of one shape, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     if keep is not None and keep.shape != (q.size(0), q.size(2)):
         raise ValueError(f"keep: expected (B, n) = {(q.size(0), q.size(2))}, got {tuple(keep.shape)}")
     if pattern.kind == "full":
-        return _full(q, k, v, pattern.causal, keep)
+        return _full(q, k, v, pattern.causal, keep, 0, bias, dropout_p=dropout_p)
     if pattern.kind == "chunked":
-        return _chunked(q, k, v, pattern, keep)
+        return _chunked(q, k, v, pattern, keep, bias, dropout_p)
     if pattern.kind == "window":
-        return _window(q, k, v, pattern, keep)
-    return _block_sparse(q, k, v, pattern, keep)
+        return _window(q, k, v, pattern, keep, bias, dropout_p)
+    return _block_sparse(q, k, v, pattern, keep, bias, dropout_p)
 
 
-def _full(q: Tensor, k: Tensor, v: Tensor, causal: bool, keep: Tensor | None, offset: int = 0) -> Tensor:
-    """Queries (positions offset..offset + T_q - 1) against every key, causal or not, in one SDPA call."""
-    if keep is None and not causal:
-        return F.scaled_dot_product_attention(q, k, v)
+def _block_bias(bias: Bias | None, q_slots: Tensor, k_slots: Tensor) -> Tensor | None:
+    """bias for one row of slots per block, laid out as the blocks' scores: (1, H, g, c, s)."""
+    return None if bias is None else bias(q_slots, k_slots).transpose(0, 1)[None]
+
+
+def _full(q: Tensor, k: Tensor, v: Tensor, causal: bool, keep: Tensor | None, offset: int = 0,
+          bias: Bias | None = None, queries: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
+    """Queries (slots offset..offset + T_q - 1, or ``queries``) against every key, causal or not, in
+    one SDPA call."""
+    slots = torch.arange(offset, offset + q.size(2), device=q.device) if queries is None else queries
+    b = None if bias is None else bias(slots, torch.arange(k.size(2), device=q.device))
+    if keep is None and not causal and b is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     mask = None
     if causal:
-        i = torch.arange(offset, offset + q.size(2), device=q.device)[:, None]
-        mask = (torch.arange(k.size(2), device=q.device)[None, :] <= i)[None, None]
+        mask = (torch.arange(k.size(2), device=q.device)[None, :] <= slots[:, None])[None, None]
     if keep is not None:
         pad = keep[:, None, None, :]
         mask = pad if mask is None else mask & pad
-    return fast_attention(q, k, v, mask).output
+    return fast_attention(q, k, v, mask, bias=b, dropout_p=dropout_p).output
 
 
-def _chunked(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None) -> Tensor:
+def _chunked(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None, bias: Bias | None,
+             dropout_p: float = 0.0) -> Tensor:
     outs = []
     for s in range(0, q.size(2), p.chunk):
         part = q[:, :, s:s + p.chunk]
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            outs.append(checkpoint(_full, part, k, v, p.causal, keep, s, use_reentrant=False))
+            # (checkpoint replays the RNG state: a recomputed chunk drops the same weights)
+            outs.append(checkpoint(_full, part, k, v, p.causal, keep, s, bias, None, dropout_p, use_reentrant=False))
         else:
-            outs.append(_full(part, k, v, p.causal, keep, s))
+            outs.append(_full(part, k, v, p.causal, keep, s, bias, None, dropout_p))
     return torch.cat(outs, dim=2)
 
 
@@ -180,22 +243,24 @@ def _blocks(x: Tensor, size: int) -> Tensor:
 GROUP_BYTES = 32 * 2**20  # float32 scores per SDPA call: the working memory of the block patterns
 
 
-def _grouped(qb: Tensor, keys: Callable[[slice], tuple[Tensor, Tensor, Tensor]], span: int) -> Tensor:
+def _grouped(qb: Tensor, keys: Callable[[slice], tuple[Tensor, Tensor, Tensor, Tensor | None]], span: int,
+             dropout_p: float = 0.0) -> Tensor:
     """Attention over blocks, a group of blocks per SDPA call so that one call's scores stay under
     ``GROUP_BYTES`` whatever n: qb (B, H, nb, c, Dh); ``keys(blocks)`` gives those blocks' keys and
-    values (B, H, g, span, Dh) and mask (B|1, 1, g, c, span). A query row with no key gets zeros
-    (``fast_attention``'s guard). -> (B, H, nb, c, Dh)."""
+    values (B, H, g, span, Dh), mask (B|1, 1, g, c, span) and bias (1, H, g, c, span) or None. A query
+    row with no key gets zeros (``fast_attention``'s guard). -> (B, H, nb, c, Dh)."""
     b, h, nb, c, d = qb.shape
     group = max(1, GROUP_BYTES // (b * h * c * span * 4))
     out = qb.new_empty(qb.shape)
     for s0 in range(0, nb, group):
         blocks = slice(s0, min(nb, s0 + group))
-        kb, vb, mask = keys(blocks)
-        out[:, :, blocks] = fast_attention(qb[:, :, blocks], kb, vb, mask).output
+        kb, vb, mask, bias = keys(blocks)
+        out[:, :, blocks] = fast_attention(qb[:, :, blocks], kb, vb, mask, bias, dropout_p).output
     return out
 
 
-def _window(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None) -> Tensor:
+def _window(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None, bias: Bias | None,
+            dropout_p: float = 0.0) -> Tensor:
     b, h, n, d = q.shape
     w = min(p.window, n - 1) if n > 1 else 1
     c = w  # queries per block: each block then sees c + 2w keys (causal c + w)
@@ -217,9 +282,11 @@ def _window(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None) ->
     g = torch.tensor(sorted(set(p.global_tokens)), dtype=torch.long, device=q.device)
     _check_tokens(g, n)
 
-    def keys(blocks: slice) -> tuple[Tensor, Tensor, Tensor]:
+    def keys(blocks: slice) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         kb, vb = kw[:, :, blocks], vw[:, :, blocks]
         mask = band[None, None, None] & key_ok[:, None, blocks, None, :]  # (B, 1, g, c, span)
+        starts = torch.arange(blocks.start, blocks.stop, device=q.device)[:, None] * c  # (g, 1)
+        q_slots, k_slots = starts + a[:, 0], starts - left + s_[0]  # (g, c), (g, span)
         if len(g):  # every block also sees the global keys, unless the band already holds them
             shape = (b, h, kb.size(2), len(g), d)
             kb = torch.cat([kb, k[:, :, g][:, :, None].expand(shape)], dim=3)
@@ -227,17 +294,19 @@ def _window(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None) ->
             i = torch.arange(blocks.start, blocks.stop, device=q.device)[:, None, None] * c + a[None]  # (g, c, 1)
             outside = (i - g).abs() > w
             mask = torch.cat([mask, outside[None, None] & keep[:, None, None, None, g]], dim=-1)
-        return kb, vb, mask
+            k_slots = torch.cat([k_slots, g.expand(k_slots.size(0), -1)], dim=1)
+        return kb, vb, mask, _block_bias(bias, q_slots, k_slots)
 
     qb = _blocks(F.pad(q, (0, 0, 0, n_pad - n)), c)
-    out = _grouped(qb, keys, span + len(g)).reshape(b, h, n_pad, d)[:, :, :n]
+    out = _grouped(qb, keys, span + len(g), dropout_p).reshape(b, h, n_pad, d)[:, :, :n]
     if len(g):
         out = out.clone()
-        out[:, :, g] = _full(q[:, :, g], k, v, False, keep)  # global queries see every key
+        out[:, :, g] = _full(q[:, :, g], k, v, False, keep, bias=bias, queries=g, dropout_p=dropout_p)  # every key
     return out
 
 
-def _block_sparse(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None) -> Tensor:
+def _block_sparse(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None, bias: Bias | None,
+                  dropout_p: float = 0.0) -> Tensor:
     b, h, n, d = q.shape
     size = min(p.block, n)
     ids = block_index(n, size, p.global_blocks, p.random_blocks, p.seed, p.causal).to(q.device)  # (nb, K)
@@ -251,20 +320,20 @@ def _block_sparse(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | No
     ok_blocks = F.pad(keep, (0, n_pad - n), value=False).view(b, nb, size)
     offsets = torch.arange(size, device=q.device)
 
-    def keys(blocks: slice) -> tuple[Tensor, Tensor, Tensor]:
+    def keys(blocks: slice) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         chosen = safe[blocks]  # (g, K): each query block's key blocks, gathered for this group only
         kb, vb = k_blocks[:, :, chosen].flatten(3, 4), v_blocks[:, :, chosen].flatten(3, 4)  # (B, H, g, K·size, Dh)
         ok = (ok_blocks[:, chosen] & (ids[blocks] >= 0)[None, :, :, None]).flatten(2)  # (B, g, K·size)
         mask = ok[:, None, :, None, :].expand(b, 1, chosen.size(0), size, kk * size)
+        i = torch.arange(blocks.start, blocks.stop, device=q.device)[:, None] * size + offsets  # (g, size)
+        j = (chosen[:, :, None] * size + offsets).flatten(1)  # (g, K·size)
         if p.causal:
-            i = torch.arange(blocks.start, blocks.stop, device=q.device)[:, None] * size + offsets  # (g, size)
-            j = (chosen[:, :, None] * size + offsets).flatten(1)  # (g, K·size)
             mask = mask & (j[:, None, :] <= i[:, :, None])[None, None]
-        return kb, vb, mask
+        return kb, vb, mask, _block_bias(bias, i, j)
 
-    out = _grouped(_blocks(F.pad(q, pad), size), keys, kk * size).reshape(b, h, n_pad, d)[:, :, :n]
+    out = _grouped(_blocks(F.pad(q, pad), size), keys, kk * size, dropout_p).reshape(b, h, n_pad, d)[:, :, :n]
     rows = min(p.global_blocks, nb) * size
     if rows:  # global query blocks see every key
         out = out.clone()
-        out[:, :, :rows] = _full(q[:, :, :rows], k, v, p.causal, keep)
+        out[:, :, :rows] = _full(q[:, :, :rows], k, v, p.causal, keep, 0, bias, dropout_p=dropout_p)
     return out

@@ -28,6 +28,7 @@ from transformer_lab.models.hf import gpt_from_hf
 from transformer_lab.models.presets import GPT_PRESETS, gpt_preset
 from transformer_lab.models.summary import parameter_summary
 from transformer_lab.nn.positions import POSITION_ENCODINGS
+from transformer_lab.nn.sparse import parse_pattern
 from transformer_lab.runs import find_checkpoint, load_model
 from transformer_lab.runtime import Runtime
 from transformer_lab.runtime.signals import Interrupted, interruptible_section
@@ -64,6 +65,7 @@ class LMConfig:
     train: TrainConfig = field(default_factory=lambda: replace(SUBWORD))
     model: str = "gpt-tiny"  # GPT size preset
     position: str | None = None  # None: the preset's (learned)
+    attention: str = "full"  # self-attention pattern (``nn.sparse.parse_pattern``)
     tokenizer: str = "bytelevel"  # char, bytelevel or a tokenizer path
     vocab_size: int = 8000  # bytelevel
     context: int | None = None  # training window; None: the model's max_len
@@ -83,6 +85,7 @@ class LMConfig:
             raise ValueError(f"model: {self.model!r} is not a GPT preset; expected one of {sorted(GPT_PRESETS)}")
         if self.position is not None and self.position not in POSITION_ENCODINGS:
             raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
+        parse_pattern(self.attention, causal=True)  # a clear error before any data is read
 
     @classmethod
     def preset(cls, name: str, run: RunOptions, data: Path, **overrides) -> "LMConfig":
@@ -255,7 +258,7 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
     context = cfg.context or base.max_len
     with open_run(cfg.run, runtime) as folder:
         data = prepare_lm_data(cfg.data, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, context=context)
-        overrides = {} if cfg.position is None else {"position": cfg.position}
+        overrides = {"attention": cfg.attention, **({} if cfg.position is None else {"position": cfg.position})}
         torch.manual_seed(cfg.train.seed)  # the initial weights
         model = GPT(gpt_preset(cfg.model, vocab_size=data.tokenizer.vocab_size, max_len=max(base.max_len, context),
                                **overrides))
