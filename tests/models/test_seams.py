@@ -179,7 +179,7 @@ def test_gpt_attention_pattern_equals_its_dense_mask_with_and_without_the_cache(
 
 
 def test_bert_longformer_pattern_and_bad_combinations():
-    b = bert(attention="window:2,global:0", position="alibi")
+    b = bert(attention="window:2,global:0")
     x = torch.randint(1, V, (2, 20))
     x[1, -4:] = 0  # padding
     fast = b(x).hidden
@@ -187,9 +187,28 @@ def test_bert_longformer_pattern_and_bad_combinations():
         layer.self_attn.impl = "reference"
     torch.testing.assert_close(b(x).hidden[0], fast[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(b(x).hidden[1, :-4], fast[1, :-4], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pattern is 'window:2,global:0'"):
+        save_bert(b, "/nonexistent/never-written")
     with pytest.raises(ValueError, match="shaw"):
         GPTConfig(attention="window:4", position="shaw")
     with pytest.raises(ValueError, match="attention"):
         GPTConfig(attention="dilated:4")
     with pytest.raises(ValueError, match="global_tokens"):
         GPTConfig(attention="window:4,global:0")  # Longformer's global tokens are bidirectional
+
+
+@pytest.mark.parametrize("position", ["rotary", "alibi", "t5", "shaw"])
+def test_segment_recurrence_equals_full_attention_over_the_segments(position):
+    """Transformer-XL's memory: segment 2 with segment 1's layer inputs as memory gives full causal
+    attention's outputs over [segment 1; segment 2]; no gradient reaches the memory; a memory shorter
+    than a segment keeps the latest positions."""
+    g = gpt(position=position)
+    x = torch.randint(1, V, (2, 24))
+    full = g(x)
+    first, memory = g.forward_segment(x[:, :12], None, mem_len=12)
+    second, memory2 = g.forward_segment(x[:, 12:], memory, mem_len=12)
+    torch.testing.assert_close(torch.cat([first, second], 1), full, atol=1e-5, rtol=1e-5)
+    assert all(not m.requires_grad for m in memory) and memory2[0].shape == (2, 12, 32)
+    assert torch.equal(memory2[0], g.embed(x[:, 12:], torch.arange(12, 24)))  # layer 0's inputs, the latest 12
+    with pytest.raises(ValueError, match="relative position"):
+        gpt().forward_segment(x, None, 8)

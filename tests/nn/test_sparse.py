@@ -152,3 +152,22 @@ def test_relative_position_bias_inside_the_patterns(name, encoding):
     keep[0, -4:] = False
     with torch.no_grad():
         torch.testing.assert_close(attend(q, k, v, p, keep, bias), reference(q, k, v, p, keep, bias), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_equals_flexattention_with_the_window_as_its_block_mask(causal):
+    """A second oracle, PyTorch's FlexAttention (compiled; the peer `bench attention` times as
+    flex-window): the same window as a mask_mod gives our output within 1e-5."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    torch.manual_seed(0)
+    n, w = 256, 16
+    q, k, v = (torch.randn(1, 2, n, 16) for _ in range(3))
+
+    def in_window(b, h, i, j):
+        return ((i - j) <= w) & ((j <= i) if causal else ((j - i) <= w))
+
+    mask = create_block_mask(in_window, None, None, n, n, device="cpu")
+    with torch.no_grad():
+        want = torch.compile(flex_attention)(q, k, v, block_mask=mask)
+    torch.testing.assert_close(attend(q, k, v, Pattern("window", causal=causal, window=w)), want, atol=1e-5, rtol=1e-5)

@@ -223,3 +223,37 @@ def test_windowed_lm_trains_and_resumes_its_pattern(tmp_path, capsys):
     assert "language model" in capsys.readouterr().err
     assert main(["train", "--preset", "shakespeare-char", "--data", str(path), "--attention", "window",
                  "--out", str(tmp_path / "e")]) == 2
+
+
+def test_evaluation_with_a_segment_memory_equals_full_attention_when_it_covers_the_text():
+    """Transformer-XL reading: segments of 12 with a memory covering everything before them give the
+    loss of one causal pass over the whole text; a short memory sees less and scores differently."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, max_len=16, d_model=16, n_heads=2, n_layers=2, d_ff=32, dropout=0.0,
+                          attention_dropout=0.0, position="alibi")).eval()
+    ids = torch.randint(0, 20, (49,))
+    with torch.no_grad():
+        whole = F.cross_entropy(model(ids[None, :-1])[0], ids[1:]).item()
+    res = lm.evaluate_with_memory(model, ids, segment=12, mem_len=48, streams=1)
+    assert res["tokens"] == 48 and res["loss"] == pytest.approx(whole, rel=1e-5)
+    assert lm.evaluate_with_memory(model, ids, segment=12, mem_len=4, streams=1)["loss"] != pytest.approx(whole, rel=1e-5)
+
+
+def test_memory_training_resumes_exactly(tmp_path):
+    """`train --memory`: consecutive segments with Transformer-XL's memory; the memory is saved with the
+    training state, so 3 steps + resume + 3 steps give the weights of 6 straight steps."""
+    from transformer_lab.runs import load_model
+
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT)
+    common = ["train", "--preset", "shakespeare-char", "--data", str(path), "--context", "16", "--memory", "32",
+              "--position", "rotary", "--batch-size", "4", "--eval-every", "1000", "--no-progress"]
+    assert main(common + ["--max-steps", "6", "--out", str(tmp_path / "straight")]) == 0
+    assert main(common + ["--max-steps", "3", "--out", str(tmp_path / "parts")]) == 0
+    assert main(common + ["--max-steps", "6", "--out", str(tmp_path / "parts"), "--resume", str(tmp_path / "parts")]) == 0
+    a = load_model(tmp_path / "straight" / "checkpoints" / "last").model.state_dict()
+    b = load_model(tmp_path / "parts" / "checkpoints" / "last").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["val_loss"] > 0
+    assert main(common[:-1] + ["--position", "learned", "--out", str(tmp_path / "bad")]) == 2

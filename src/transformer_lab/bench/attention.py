@@ -1,15 +1,18 @@
 """Long-sequence attention: time and peak memory against the sequence length n, for full attention
 (PyTorch's fused SDPA, and the dense-masked explicit softmax), chunked exact attention, our sliding
-window (w each side) and block-sparse patterns, and ``transformers``' LongformerSelfAttention at the
-same n and window (``attention_window`` = 2w).
+window (w each side) and block-sparse patterns, ``transformers``' LongformerSelfAttention at the same n
+and window (``attention_window`` = 2w), and PyTorch's FlexAttention (compiled) with the window as a
+block mask (``flex-window``: forward only; torch 2.13 has no FlexAttention backward on CPU, so it
+cannot train here).
 
 Every measurement runs alone in a fresh process (``spawn``): one batch of random q, k, v (B, H, n, Dh)
-is made, the process's peak resident memory is reset (Linux ``/proc/self/clear_refs``), the pattern
-runs ``--rounds`` times (forward, no gradient; the median time counts), and the peak minus the memory
-before the call is the figure: measured, not computed. The Longformer rows time a whole self-attention
-layer (its Q/K/V projections included) against ours doing the same (``window+proj``: the Q/K/V
-projections as one GEMM, as our MultiHeadAttention computes them, then the window pattern). A configuration whose dense scores would not fit
-(``--max-dense-gib``) is not run and says so.
+is made, the pattern runs once untimed (FlexAttention compiles there; ``setup_s`` is that call with the
+inputs' making), the process's peak resident memory is reset (Linux ``/proc/self/clear_refs``), the
+pattern runs ``--rounds`` times (forward, no gradient; the median time counts), and the peak minus the
+memory before the calls is the figure: measured, not computed. The Longformer rows time a whole
+self-attention layer (its Q/K/V projections included) against ours doing the same (``window+proj``: the
+Q/K/V projections as one GEMM, as our MultiHeadAttention computes them, then the window pattern). A
+configuration whose dense scores would not fit (``--max-dense-gib``) is not run and says so.
 
 Headline (``--json``: ours, peer, ratio): the window pattern against full fused SDPA at the largest n.
 """
@@ -24,11 +27,12 @@ from multiprocessing import get_context
 from typing import Any, Callable
 
 import torch
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from transformer_lab.bench.harness import BenchResult
 from transformer_lab.nn import sparse
 
-IMPLS = ("sdpa", "dense", "chunked", "window", "block", "window+proj", "longformer")
+IMPLS = ("sdpa", "dense", "chunked", "window", "block", "window+proj", "longformer", "flex-window")
 
 
 def _rss_kib(field: str) -> int:
@@ -77,6 +81,12 @@ def _make(impl: str, n: int, heads: int, d_head: int, window: int, block: int, c
                 "window": sparse.Pattern("window", causal=causal, window=window),
                 "block": sparse.Pattern("block", causal=causal, block=block, global_blocks=1, random_blocks=1),
                 "dense": sparse.Pattern("full", causal=causal)}
+    if impl == "flex-window":  # the window as FlexAttention's block mask, compiled (forward only on CPU)
+        def in_window(b, h, i, j):
+            return ((i - j) <= window) & ((j <= i) if causal else ((j - i) <= window))
+        block_mask = create_block_mask(in_window, None, None, n, n, device="cpu")
+        flex = torch.compile(flex_attention)
+        return lambda: flex(q, k, v, block_mask=block_mask)
     if impl == "sdpa":
         return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     if impl == "dense":
@@ -88,8 +98,11 @@ def measure(impl: str, n: int, heads: int = 8, d_head: int = 64, window: int = 2
             chunk: int = 1024, causal: bool = False, rounds: int = 3, threads: int = 2) -> dict[str, Any]:
     """One configuration in this process: median seconds of ``rounds`` calls, and peak MiB above the
     memory before the first call (inputs and weights excluded)."""
+    t0 = time.perf_counter()
     fn = _make(impl, n, heads, d_head, window, block, chunk, causal, threads)
     with torch.no_grad():
+        fn()  # untimed: a compiled kernel compiles here, and thread pools start
+        setup = time.perf_counter() - t0
         exact = _reset_peak()
         before = _rss_kib("VmRSS")
         times = []
@@ -99,7 +112,7 @@ def measure(impl: str, n: int, heads: int = 8, d_head: int = 64, window: int = 2
             times.append(time.perf_counter() - t0)
         peak = _rss_kib("VmHWM") if exact else before
     return {"impl": impl, "n": n, "seconds": statistics.median(times), "peak_mib": max(0, peak - before) / 1024,
-            "peak_exact": exact}
+            "peak_exact": exact, "setup_s": round(setup, 2)}
 
 
 def measure_alone(**kw: Any) -> dict[str, Any]:

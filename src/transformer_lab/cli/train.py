@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--attention", default=None, metavar="PATTERN",
                    help="language model: self-attention pattern for long contexts: window:W (the W keys before), "
                         "block:B[,random:R][,global:G], chunked:C (exact, in chunks of C queries); default full")
+    m.add_argument("--memory", type=positive_int, default=None, metavar="M",
+                   help="language model: Transformer-XL recurrence, each --context segment also attending to the M "
+                        "positions before it (streams of consecutive segments; needs a relative --position)")
     d = add_translation_data_args(p, "translation: named data set multi30k (looks in $TRANSFORMER_LAB_DATA/multi30k); "
                                      "language model: a text file")
     d.add_argument("--vocab-size", type=positive_int, default=None, help="subword vocabulary (byte-level BPE; "
@@ -76,9 +79,9 @@ def _task(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     task = _task(args)
-    if args.attention is not None and task != "lm":
-        raise ValueError(f"--attention: attention patterns are for a language model (--preset lm or shakespeare-char), "
-                         f"not the {task} task")
+    for flag in ("attention", "memory"):
+        if getattr(args, flag) is not None and task != "lm":
+            raise ValueError(f"--{flag}: for a language model (--preset lm or shakespeare-char), not the {task} task")
     opts = run_options(args, default_out=f"runs/{args.preset or task}")
     if task == "dates":
         cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE), model=args.model or "tiny",
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.data:
             raise ValueError(f"--data: --preset {args.preset} needs a text file (e.g. --data tinyshakespeare/input.txt)")
         overrides = {k: v for k, v in dict(model=args.model, position=args.position, attention=args.attention,
-                                            tokenizer=args.tokenizer,
+                                            memory=args.memory, tokenizer=args.tokenizer,
                                             vocab_size=args.vocab_size, context=args.context,
                                             batch_size=args.batch_size).items() if v is not None}
         cfg = lm.LMConfig.preset(args.preset, opts, Path(args.data), **overrides)

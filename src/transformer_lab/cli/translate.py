@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--text", default=None, help="GPT: a text file to score (loss per token, perplexity)")
     e.add_argument("--context", type=positive_int, default=None,
                    help="GPT: window length (default: the model's max_len; relative positions allow more)")
+    e.add_argument("--memory", type=positive_int, default=None,
+                   help="GPT with relative positions: read in segments of --context, each also attending to this many "
+                        "positions before it (Transformer-XL's recurrence)")
     e.add_argument("--band", type=positive_int, default=None,
                    help="GPT: also the loss per band of this many positions (e.g. the training length)")
     add_split_special_tokens(e)
@@ -86,12 +89,12 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 def _evaluate_lm(args: argparse.Namespace, device) -> int:
     model, tok = lm.load_lm(args.checkpoint, device, args.split_special_tokens)
-    res = lm.evaluate_file(model, tok, args.text, args.context, args.batch_size, args.band)
+    res = lm.evaluate_file(model, tok, args.text, args.context, args.batch_size, args.band, args.memory)
     if args.json:
         print(json.dumps(res))
     else:
         print(f"loss {res['loss']:.4f} nats/token  perplexity {res['perplexity']:.2f}  ({res['tokens']:,} tokens, "
-              f"context {res['context']})")
+              f"context {res['context']}{', memory ' + str(res['memory']) if 'memory' in res else ''})")
         for b in res.get("loss_by_band", []):
             print(f"  positions {b['from']:>6}-{b['to'] - 1:<6} loss {b['loss']:.4f}")
     return 0

@@ -158,6 +158,7 @@ class TokenBuckets:
 class LMBatch:
     x: Tensor  # (B, T) inputs
     y: Tensor  # (B, T) next tokens
+    segment: int | None = None  # SegmentStreams: which segment of the streams (0: a memory starts afresh)
 
     @property
     def n_tokens(self) -> int:
@@ -188,6 +189,34 @@ class RandomWindows:
         idx = torch.as_tensor(offsets)[:, None] + torch.arange(self.context + 1)  # (B, T+1)
         windows = self.ids[idx]
         return LMBatch(windows[:, :-1], windows[:, 1:])
+
+
+class SegmentStreams:
+    """Transformer-XL's batches: the text cut into B contiguous streams, batch k holding every stream's
+    k-th segment of T tokens, in order, so that a memory of segment k serves segment k + 1. An epoch
+    walks the streams once; the order is fixed (the recurrence needs it), the seed unused."""
+
+    def __init__(self, ids: Tensor, batch_size: int, context: int, seed: int = 0):
+        check_positive("batch_size", batch_size)
+        check_positive("context", context)
+        per = (len(ids) - 1) // batch_size
+        if per < context:
+            raise ValueError(f"ids: {len(ids)} tokens make {batch_size} streams of {per}, shorter than one segment of "
+                             f"{context}; use fewer streams (--batch-size) or a shorter --context")
+        x = ids[: batch_size * per + 1]
+        self.inputs, self.targets = x[:-1].view(batch_size, per), x[1:].view(batch_size, per)
+        self.context, self.n_batches = context, per // context
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        return [[k] for k in range(self.n_batches)]
+
+    def make(self, indices: Sequence[int]) -> LMBatch:
+        (k,) = indices
+        cut = slice(k * self.context, (k + 1) * self.context)
+        return LMBatch(self.inputs[:, cut], self.targets[:, cut], segment=k)
 
 
 # --- sequence classification ----------------------------------------------------------------------

@@ -133,6 +133,38 @@ class GPT(nn.Module):
             else:
                 nn.init.zeros_(p)
 
+    def forward_segment(self, tokens: Tensor, memory: list[Tensor] | None, mem_len: int) -> tuple[Tensor, list[Tensor]]:
+        """Transformer-XL's segment recurrence (Dai et al. 2019, §3.2): every layer attends to its own
+        inputs of the previous segment(s), ``memory`` (one (B, M, D) tensor per layer, no gradient
+        through it), before the segment's tokens, causally within the segment. Returns the logits (B, T, V)
+        and the next memory: the last ``mem_len`` positions of [memory; this segment's layer inputs],
+        detached. Positions are relative to the memory's first (0..M+T-1), so the encoding must be a
+        relative one (rotary, ALiBi, T5, Shaw); Transformer-XL's own relative scheme (sinusoids of i - j
+        with two learned biases) is not built: these take its place. Equals full causal attention over
+        [previous segment; segment] when mem_len covers the previous segment (tested)."""
+        check_tokens(tokens, self.config.vocab_size)
+        if self.embed.position.max_len is not None:
+            raise ValueError(f"memory: segment recurrence needs a relative position encoding (rotary, alibi, t5, shaw); "
+                             f"this model's is {self.config.position!r}, whose positions would not carry across segments")
+        if self.prefix is not None or self.prompt is not None:
+            raise ValueError("memory: not with a prefix or prompt adapter")
+        if mem_len < 1:
+            raise ValueError(f"mem_len: expected >= 1 positions to keep, got {mem_len}")
+        b, t = tokens.shape
+        if memory is not None and (len(memory) != self.config.n_layers or memory[0].size(0) != b):
+            raise ValueError(f"memory: expected {self.config.n_layers} tensors of (B={b}, M, {self.config.d_model}), "
+                             f"got {len(memory)} of {tuple(memory[0].shape)}")
+        m = 0 if memory is None else memory[0].size(1)
+        positions = torch.arange(m, m + t, device=tokens.device)
+        x = self.embed(tokens, positions)
+        mask = causal_mask(t, tokens.device, offset=m)  # (1, 1, T, M + T): the memory is all past
+        new_memory = []
+        for i, layer in enumerate(self.blocks.layers):
+            past = None if memory is None else memory[i]
+            new_memory.append((x if past is None else torch.cat([past, x], dim=1))[:, -mem_len:].detach())
+            x = layer(x, mask, positions, memory=past)
+        return self.lm_head(self.blocks.norm(x)), new_memory
+
     def new_cache(self) -> list[AttentionCache]:
         return [AttentionCache() for _ in range(self.config.n_layers)]
 

@@ -106,6 +106,9 @@ def bert_config_to_hf(c: BertConfig) -> dict[str, Any]:
     if c.position != "learned":
         raise ValueError(f"position: a Hugging Face BERT has learned absolute positions; this model uses "
                          f"{c.position!r} and cannot be written as a BERT folder (save a checkpoint instead)")
+    if c.attention != "full":
+        raise ValueError(f"attention: a Hugging Face BERT attends to every token; this model's pattern is "
+                         f"{c.attention!r} and cannot be written as a BERT folder (save a checkpoint instead)")
     arch = "BertForSequenceClassification" if c.n_labels else "BertForPreTraining" if c.pretraining_heads else "BertModel"
     hf = {
         "architectures": [arch], "model_type": "bert", "vocab_size": c.vocab_size, "hidden_size": c.d_model,

@@ -283,10 +283,11 @@ class MultiHeadAttention(nn.Module):
             check_mask(mask, b, self.n_heads, t_q, k.size(2))
         p = self.dropout if self.training else 0.0
         if self.pattern is not None:
-            if cache is None and not need_weights and (q_pos is None or q_pos.dim() == 1):
+            if cache is None and not need_weights and key_value is query and (q_pos is None or q_pos.dim() == 1):
                 out = self._patterned(q, k, v, mask, q_pos if positioned else None, p)
                 return AttentionResult(self.w_o(out.transpose(1, 2).reshape(b, t_q, self.d_inner)), None)
-            # cached decoding (or weights asked for): the pattern's rows of the query slots, as a dense mask
+            # cached decoding, a segment memory or weights asked for: the pattern's rows of the query slots
+            # (the last T_q of the keys), as a dense mask
             rows = self.pattern.rows(torch.arange(k.size(2) - t_q, k.size(2), device=q.device), k.size(2))[None, None]
             mask = rows if mask is None else rows & mask
         bias = value_term = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import Tensor, nn
 
 from transformer_lab.nn.attention import MultiHeadAttention
@@ -109,6 +110,10 @@ class SublayerConnection(nn.Module):
     def _norm(self, x: Tensor, keep: Tensor | None) -> Tensor:
         return self.norm(x, keep) if isinstance(self.norm, TokenBatchNorm) else self.norm(x)
 
+    def normalised(self, x: Tensor) -> Tensor:
+        """x as the sub-layer sees it: normalised first in pre-LN, as it is in post-LN."""
+        return self._norm(x, None) if self.norm_first else x
+
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor], keep: Tensor | None = None) -> Tensor:
         skip = x if self.residual else 0
         if self.norm_first:
@@ -126,10 +131,20 @@ class EncoderLayer(nn.Module):
         self.sublayers = nn.ModuleList(cfg.sublayer() for _ in range(2))
 
     def forward(self, x: Tensor, mask: Tensor | None, pos: Tensor | None = None,
-                cache: AttentionCache | None = None) -> Tensor:
-        """``cache``: a growing K/V cache, when the layer serves a decoder-only model (GPT)."""
+                cache: AttentionCache | None = None, memory: Tensor | None = None) -> Tensor:
+        """``cache``: a growing K/V cache, when the layer serves a decoder-only model (GPT). ``memory``
+        (B, M, D): this layer's inputs of the previous segment (Transformer-XL), attended to before
+        x's own positions; ``pos`` then holds x's positions M..M+T-1 and the keys are at 0..M+T-1."""
         keep = token_keep(mask, x.size(1)) if self.training else None  # for a masked BatchNorm only
-        x = self.sublayers[0](x, lambda h: self.self_attn(h, h, mask, pos, pos, cache=cache).output, keep)
+
+        def attend(h: Tensor) -> Tensor:
+            if memory is None:
+                return self.self_attn(h, h, mask, pos, pos, cache=cache).output
+            kv = torch.cat([self.sublayers[0].normalised(memory), h], dim=1)  # as h was: normed in pre-LN
+            k_pos = None if pos is None else torch.arange(kv.size(1), device=h.device)
+            return self.self_attn(h, kv, mask, pos, k_pos).output
+
+        x = self.sublayers[0](x, attend, keep)
         return self.sublayers[1](x, self.ffn, keep)
 
 

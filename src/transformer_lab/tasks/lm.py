@@ -20,7 +20,7 @@ from torch import Tensor
 
 from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_counts
 from transformer_lab.config import check_positive, read_json_object
-from transformer_lab.data.batches import LMBatch, RandomWindows
+from transformer_lab.data.batches import LMBatch, RandomWindows, SegmentStreams
 from transformer_lab.data.text import read_text, split_tokens
 from transformer_lab.generation.sampling import SamplingConfig, cut_at_eos, generate, stop_token
 from transformer_lab.models.gpt import GPT
@@ -30,7 +30,7 @@ from transformer_lab.models.summary import parameter_summary
 from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.nn.sparse import parse_pattern
 from transformer_lab.runs import find_checkpoint, load_model
-from transformer_lab.runtime import Runtime
+from transformer_lab.runtime import Runtime, unwrap
 from transformer_lab.runtime.signals import Interrupted, interruptible_section
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run, save_adapter,
                                            task_adapter, train, write_summary, write_uncut)
@@ -65,6 +65,7 @@ class LMConfig:
     train: TrainConfig = field(default_factory=lambda: replace(SUBWORD))
     model: str = "gpt-tiny"  # GPT size preset
     position: str | None = None  # None: the preset's (learned)
+    memory: int | None = None  # Transformer-XL: segments of `context` attending to this many positions before
     attention: str = "full"  # self-attention pattern (``nn.sparse.parse_pattern``)
     tokenizer: str = "bytelevel"  # char, bytelevel or a tokenizer path
     vocab_size: int = 8000  # bytelevel
@@ -86,6 +87,10 @@ class LMConfig:
         if self.position is not None and self.position not in POSITION_ENCODINGS:
             raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
         parse_pattern(self.attention, causal=True)  # a clear error before any data is read
+        check_positive("memory", self.memory, allow_none=True)
+        if self.memory is not None and self.position not in ("rotary", "alibi", "t5", "shaw"):
+            raise ValueError(f"memory: segment recurrence needs a relative position encoding (--position rotary, alibi, "
+                             f"t5 or shaw); got {self.position or 'the preset default (learned)'}")
 
     @classmethod
     def preset(cls, name: str, run: RunOptions, data: Path, **overrides) -> "LMConfig":
@@ -128,6 +133,33 @@ def lm_loss(model: GPT, batch: LMBatch, device: torch.device) -> StepLoss:
     logits = model(x)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
     return StepLoss(loss, loss.detach())
+
+
+class SegmentLoss:
+    """``lm_loss`` over consecutive segments with Transformer-XL's memory (``GPT.forward_segment``): each
+    batch of ``SegmentStreams`` attends to the last ``mem_len`` positions of the batches before it in its
+    streams; segment 0 starts without one. The memory is part of the training state (``state_dict``),
+    so a resumed run continues with the memory it stopped with."""
+
+    def __init__(self, mem_len: int):
+        check_positive("mem_len", mem_len)
+        self.mem_len = mem_len
+        self.memory: list[Tensor] | None = None
+
+    def __call__(self, model: GPT, batch: LMBatch, device: torch.device) -> StepLoss:
+        if batch.segment is None:
+            raise ValueError("SegmentLoss: batches must come from SegmentStreams (consecutive segments)")
+        x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)
+        memory = None if batch.segment == 0 else self.memory
+        logits, self.memory = unwrap(model).forward_segment(x, memory, self.mem_len)  # (a single process: DDP is issue 14)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+        return StepLoss(loss, loss.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"memory": None if self.memory is None else [m.cpu() for m in self.memory]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memory = state.get("memory")
 
 
 @torch.no_grad()
@@ -185,18 +217,49 @@ def position_bands(per_position: Tensor, band: int) -> list[dict]:
             for i in range(0, len(per_position), band)]
 
 
+@torch.no_grad()
+def evaluate_with_memory(model: GPT, ids: Tensor, segment: int, mem_len: int, streams: int = 8) -> dict[str, float]:
+    """Mean next-token loss read as Transformer-XL reads a text: ``streams`` contiguous parts side by
+    side, each in consecutive segments of ``segment`` tokens, every segment attending to the last
+    ``mem_len`` positions before it (``GPT.forward_segment``). Each stream's first token is context
+    only; a remainder shorter than one token per stream is left out (``tokens`` counts what is scored)."""
+    check_positive("segment", segment)
+    check_positive("streams", streams)
+    streams = max(1, min(streams, (len(ids) - 1) // max(1, segment)))
+    per = (len(ids) - 1) // streams
+    if per < 1:
+        raise ValueError("evaluate: the text is too short (needs at least 2 tokens)")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = ids[: streams * per + 1]
+    inputs, targets = x[:-1].view(streams, per).to(device), x[1:].view(streams, per).to(device)
+    memory, total = None, 0.0
+    for s0 in range(0, per, segment):
+        logits, memory = model.forward_segment(inputs[:, s0:s0 + segment], memory, mem_len)
+        total += float(F.cross_entropy(logits.flatten(0, 1).float(), targets[:, s0:s0 + segment].flatten(), reduction="sum"))
+    model.train(was_training)
+    loss = total / (streams * per)
+    return {"loss": loss, "perplexity": perplexity(loss), "tokens": streams * per, "memory": mem_len}
+
+
 def evaluate_file(model: GPT, tok: Any, path: str | Path, context: int | None = None, batch_size: int = 64,
-                  band: int | None = None) -> dict:
+                  band: int | None = None, memory: int | None = None) -> dict:
     """``evaluate_lm`` over a whole text file, in windows of ``context`` (default: all the model sees).
     A model whose positions are relative (ALiBi, T5, Shaw, rotary) takes windows longer than its
     max_len, the length it was trained at; a position table (learned, sinusoidal) does not. ``band``:
-    also the loss per band of positions over the full windows (``loss_by_band``)."""
+    also the loss per band of positions over the full windows (``loss_by_band``). ``memory``: read in
+    segments of ``context`` that each attend to the ``memory`` positions before them (Transformer-XL)."""
     context = context or model.context
     unbounded = model.embed.position.max_len is None
     if context < 1 or (context > model.context and not unbounded):
         raise ValueError(f"context: expected 1..{model.context} (the model's max_len, less any prefix or prompt; "
                          f"its {model.config.position} positions hold no more), got {context}")
     ids = torch.tensor(tok.encode(read_text(path)), dtype=torch.long)
+    if memory is not None:  # segments of ``context`` with a Transformer-XL memory of ``memory`` positions
+        if band is not None:
+            raise ValueError("band: not with --memory (every segment sees a memory; bands are for one window)")
+        return {**evaluate_with_memory(model, ids, context, memory), "context": context}
     out = {**evaluate_lm(model, ids, context, batch_size), "context": context}
     if band is not None:
         n_full = (len(ids) - 1) // context
@@ -266,14 +329,24 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
                  f"{len(data.valid):,}", data.tokenizer.vocab_size, cfg.tokenizer)
         log.info("model: %s, %s parameters, context %d; device %s", cfg.model, f"{parameter_summary(model)['total']:,}",
                  context, runtime.device)
-        source = RandomWindows(data.train, cfg.batch_size, context, cfg.train.seed)
-        trainer, result = train(folder, cfg.run, runtime, model, source, cfg.train, lm_loss,
+        if cfg.memory is None:
+            source, loss_fn = RandomWindows(data.train, cfg.batch_size, context, cfg.train.seed), lm_loss
+        else:  # streams of consecutive segments, each attending to the memory of the ones before
+            source, loss_fn = SegmentStreams(data.train, cfg.batch_size, context), SegmentLoss(cfg.memory)
+            log.info("Transformer-XL recurrence: %d streams, segments of %d, memory of %d positions", cfg.batch_size,
+                     context, cfg.memory)
+        trainer, result = train(folder, cfg.run, runtime, model, source, cfg.train, loss_fn,
                                 make_validate(data, context), save_into_checkpoint(data.tokenizer))
         summary: dict[str, Any] = {
             "task": cfg.name, "steps": result.state.step, "stopped_by": result.stopped_by,
             "train_seconds": round(result.state.elapsed_s, 1), "tokens_per_s": round(result.tokens_per_s, 1),
             "best_sampled_val_loss": finite_or_none(result.state.best_val_loss)}
-        full = after_training(result, lambda: evaluate_lm(trainer.model, data.valid, context))  # the whole split
+        def whole_split() -> dict:
+            if cfg.memory is None:
+                return evaluate_lm(trainer.model, data.valid, context)
+            return evaluate_with_memory(trainer.model, data.valid, context, cfg.memory)
+
+        full = after_training(result, whole_split)  # the whole split
         if full is not None:
             summary.update(val_loss=round(full["loss"], 4), val_ppl=round(full["perplexity"], 3), val_tokens=full["tokens"])
             log.info("validation loss %.4f (perplexity %.2f) on all %s validation tokens after %d steps, %.1f s "

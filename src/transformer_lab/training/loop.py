@@ -131,6 +131,8 @@ class Trainer:
                 "trainer": {k: v for k, v in asdict(self.state).items() if k != "history"},
                 "train_config": asdict(self.cfg),
             }
+            if hasattr(self.loss_fn, "state_dict"):  # a loss that carries state between steps (a segment memory)
+                train_state["loss"] = self.loss_fn.state_dict()
         meta = {"step": self.state.step, "epoch": self.state.epoch,
                 "best_val_loss": finite_or_none(self.state.best_val_loss), "history_tail": self.state.history[-1:]}
         return save_checkpoint(self.run.checkpoint(name), self.model, meta, self.extra_files, train_state)
@@ -167,6 +169,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
             self.state = TrainState(**state["trainer"])
+            if hasattr(self.loss_fn, "load_state_dict"):
+                self.loss_fn.load_state_dict(state.get("loss", {}))
             changed = {k: (v, getattr(self.cfg, k)) for k, v in state["train_config"].items()
                        if k not in ("max_steps", "time_budget_s", "progress") and getattr(self.cfg, k, v) != v}
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
