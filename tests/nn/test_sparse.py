@@ -171,3 +171,28 @@ def test_window_equals_flexattention_with_the_window_as_its_block_mask(causal):
     with torch.no_grad():
         want = torch.compile(flex_attention)(q, k, v, block_mask=mask)
     torch.testing.assert_close(attend(q, k, v, Pattern("window", causal=causal, window=w)), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["window", "window-causal", "window-global"])
+def test_the_flex_backend_equals_the_reference(name, monkeypatch):
+    """backend="auto" takes FlexAttention for long no-gradient calls (``FLEX_MIN_N``, lowered here to
+    reach it on a short sequence); its answer is the dense reference's. Where flex cannot run (key
+    padding, gradients) auto stays on SDPA and "flex" is a clear error."""
+    from transformer_lab.nn import sparse
+
+    monkeypatch.setattr(sparse, "FLEX_MIN_N", 1)
+    torch.manual_seed(0)
+    p = PATTERNS[name]
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
+    with torch.no_grad():
+        torch.testing.assert_close(attend(q, k, v, p), reference(q, k, v, p), atol=1e-5, rtol=1e-5)
+    if name == "window":
+        keep = torch.ones(1, 40, dtype=torch.bool)
+        keep[0, -3:] = False
+        with pytest.raises(ValueError, match="flex"):
+            attend(q, k, v, p, keep, backend="flex")
+        with pytest.raises(ValueError, match="block-sparse"):
+            attend(q, k, v, PATTERNS["block"], backend="flex")
+        q.requires_grad_(True)
+        attend(q, k, v, p).sum().backward()  # auto: the SDPA path, which has a backward
+        assert q.grad is not None

@@ -74,7 +74,7 @@ def _make(impl: str, n: int, heads: int, d_head: int, window: int, block: int, c
 
         def ours() -> Any:
             q, k, v = proj(x).view(1, n, 3, heads, d_head).permute(2, 0, 3, 1, 4)
-            return sparse.attend(q, k, v, pattern).transpose(1, 2).reshape(1, n, d)
+            return sparse.attend(q, k, v, pattern, backend="sdpa").transpose(1, 2).reshape(1, n, d)
         return ours
     q, k, v = (torch.randn(1, heads, n, d_head) for _ in range(3))
     patterns = {"sdpa": sparse.Pattern("full", causal=causal), "chunked": sparse.Pattern("chunked", causal=causal, chunk=chunk),
@@ -91,7 +91,7 @@ def _make(impl: str, n: int, heads: int, d_head: int, window: int, block: int, c
         return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     if impl == "dense":
         return lambda: sparse.reference(q, k, v, patterns["dense"])
-    return lambda: sparse.attend(q, k, v, patterns[impl])
+    return lambda: sparse.attend(q, k, v, patterns[impl], backend="sdpa")  # ours; flex is the flex-window row
 
 
 def measure(impl: str, n: int, heads: int = 8, d_head: int = 64, window: int = 256, block: int = 64,

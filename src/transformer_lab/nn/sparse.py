@@ -16,7 +16,9 @@ dense-masked reference and an efficient implementation whose memory grows as O(n
 Efficient forms: ``window`` cuts the queries into blocks of w and gives each block the keys it can see
 (its span of keys, a strided view, then one batched SDPA over the blocks: scores of n × 3w);
 ``block`` gathers each query block's key blocks the same way. Both pad the sequence to whole blocks,
-and a padded or fully masked query row gets zeros, as in ``attention.fast_attention``.
+and a padded or fully masked query row gets zeros, as in ``attention.fast_attention``. Long no-gradient
+window calls run on PyTorch's FlexAttention instead (``attend``'s ``backend``), measured faster there;
+it has no backward on CPU, so training always takes the SDPA path.
 
 Inputs: q, k, v (B, H, n, Dh) of one sequence (self-attention, keys at the queries' positions);
 ``keep`` (B, n) bool, True = a real token (key padding), or None. Window and block sizes larger than
@@ -32,6 +34,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 from transformer_lab.nn.attention import fast_attention, reference_attention
@@ -64,9 +67,9 @@ class Pattern:
                              f"got kind={self.kind!r}, causal={self.causal}")
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, bias: "Bias | None" = None,
-               dropout_p: float = 0.0) -> Tensor:
+               dropout_p: float = 0.0, backend: str = "auto") -> Tensor:
         """``attend`` with this pattern (what ``MultiHeadAttention`` calls)."""
-        return attend(q, k, v, self, keep, bias, dropout_p)
+        return attend(q, k, v, self, keep, bias, dropout_p, backend)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, bias: "Bias | None" = None,
                   dropout_p: float = 0.0) -> Tensor:
@@ -94,16 +97,21 @@ class Pattern:
                 allowed[:, g] = True
         else:
             b = min(self.block, n)
-            ids = block_index(n, b, self.global_blocks, self.random_blocks, self.seed, self.causal).to(device)
-            nb = ids.size(0)
-            blocks = torch.zeros(nb, nb, dtype=torch.bool, device=device)
-            valid = ids >= 0
-            blocks[torch.arange(nb, device=device)[:, None].expand_as(ids)[valid], ids[valid]] = True
-            blocks[: min(self.global_blocks, nb)] = True  # global query blocks see everything
-            allowed = blocks[i // b, j // b]
+            allowed = self.block_matrix(n, device)[i // b, j // b]
         if self.causal:
             allowed = allowed & (j <= i)
         return allowed
+
+
+    def block_matrix(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """Block-sparse: (nb, nb) bool, True = query block a sees key block b (before causality)."""
+        ids = block_index(n, min(self.block, n), self.global_blocks, self.random_blocks, self.seed, self.causal).to(device)
+        nb = ids.size(0)
+        blocks = torch.zeros(nb, nb, dtype=torch.bool, device=device)
+        valid = ids >= 0
+        blocks[torch.arange(nb, device=device)[:, None].expand_as(ids)[valid], ids[valid]] = True
+        blocks[: min(self.global_blocks, nb)] = True  # global query blocks see everything
+        return blocks
 
 
 def parse_pattern(spec: str, causal: bool = False) -> Pattern | None:
@@ -179,17 +187,31 @@ def reference(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | 
 
 # --- the efficient paths ----------------------------------------------------------------------------
 def attend(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | None = None,
-           bias: Bias | None = None, dropout_p: float = 0.0) -> Tensor:
+           bias: Bias | None = None, dropout_p: float = 0.0, backend: str = "auto") -> Tensor:
     """The pattern's efficient implementation; equals ``reference`` (see the module docstring).
     ``bias(query_slots, key_slots)``: a relative-position score bias (ALiBi, T5) for the slots asked:
     (T_q,), (T_k,) -> (1|B, H, T_q, T_k), or one row of slots per block, (g, c), (g, s) -> (g, H, c, s);
     slots outside 0..n-1 (padding) may be asked, and are masked. ``dropout_p``: on the attention weights
-    (training)."""
+    (training). ``backend``: "sdpa" (groups of blocks on SDPA), "flex" (PyTorch's FlexAttention, compiled,
+    the window as a block mask; window patterns without gradient, key padding or bias), or "auto": flex where it
+    can run and the sequence is at least ``FLEX_MIN_N`` long (it measured 2.5x the SDPA path's forward at
+    16k on this CPU, after a compile of 4-9 s per length), else sdpa."""
+    if backend not in ("auto", "sdpa", "flex"):
+        raise ValueError(f"backend: expected auto, sdpa or flex, got {backend!r}")
     if q.dim() != 4 or q.shape != k.shape or k.shape != v.shape:
         raise ValueError(f"q, k, v: expected three (B, H, n, Dh) tensors of one shape, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     if keep is not None and keep.shape != (q.size(0), q.size(2)):
         raise ValueError(f"keep: expected (B, n) = {(q.size(0), q.size(2))}, got {tuple(keep.shape)}")
+    # Window patterns only: torch 2.13's inductor emits C++ that does not compile for the block-sparse
+    # mask (a captured block table indexed by i // size) on CPU.
+    flex_ok = (pattern.kind == "window" and keep is None and bias is None and dropout_p == 0.0
+               and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)))
+    if backend == "flex" and not flex_ok:
+        raise ValueError("backend: flex runs window patterns without key padding, bias, dropout or gradients "
+                         "(FlexAttention has no backward on CPU; the block-sparse mask does not compile there)")
+    if flex_ok and (backend == "flex" or (backend == "auto" and q.size(2) >= FLEX_MIN_N)):
+        return _flex(q, k, v, pattern)
     if pattern.kind == "full":
         return _full(q, k, v, pattern.causal, keep, 0, bias, dropout_p=dropout_p)
     if pattern.kind == "chunked":
@@ -197,6 +219,39 @@ def attend(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | Non
     if pattern.kind == "window":
         return _window(q, k, v, pattern, keep, bias, dropout_p)
     return _block_sparse(q, k, v, pattern, keep, bias, dropout_p)
+
+
+FLEX_MIN_N = 2048  # "auto" takes FlexAttention for sequences at least this long (no-gradient calls)
+_FLEX_MASKS: dict[tuple, object] = {}  # (pattern, n, device) -> BlockMask: building one takes seconds at 16k
+_flex_attention = None  # torch.compile(flex_attention), made on first use
+
+
+def _mask_mod(p: Pattern, n: int, device: torch.device) -> Callable:
+    """The window pattern as FlexAttention's mask_mod(b, h, i, j) -> bool."""
+    w = min(p.window, n - 1) if n > 1 else 1
+    glob = torch.zeros(n, dtype=torch.bool, device=device)
+    if p.global_tokens:
+        g = torch.tensor(sorted(set(p.global_tokens)), dtype=torch.long, device=device)
+        _check_tokens(g, n)
+        glob[g] = True
+
+    def window(b, h, i, j):
+        ok = ((i - j) <= w) & ((j <= i) if p.causal else ((j - i) <= w))
+        return (ok | glob[i] | glob[j]) if p.global_tokens else ok
+    return window
+
+
+def _flex(q: Tensor, k: Tensor, v: Tensor, p: Pattern) -> Tensor:
+    global _flex_attention
+    n = q.size(2)
+    key = (p, n, str(q.device))
+    if key not in _FLEX_MASKS:
+        if len(_FLEX_MASKS) >= 8:
+            _FLEX_MASKS.pop(next(iter(_FLEX_MASKS)))
+        _FLEX_MASKS[key] = create_block_mask(_mask_mod(p, n, q.device), None, None, n, n, device=q.device)
+    if _flex_attention is None:
+        _flex_attention = torch.compile(flex_attention)
+    return _flex_attention(q, k, v, block_mask=_FLEX_MASKS[key])
 
 
 def _block_bias(bias: Bias | None, q_slots: Tensor, k_slots: Tensor) -> Tensor | None:
