@@ -212,3 +212,23 @@ def test_segment_recurrence_equals_full_attention_over_the_segments(position):
     assert torch.equal(memory2[0], g.embed(x[:, 12:], torch.arange(12, 24)))  # layer 0's inputs, the latest 12
     with pytest.raises(ValueError, match="relative position"):
         gpt().forward_segment(x, None, 8)
+
+
+@pytest.mark.parametrize("position", ["rotary", "alibi"])
+def test_gpt_window_on_flexattention_equals_the_reference_path(position, monkeypatch):
+    """In inference on long inputs (``sparse.FLEX_MIN_N``, lowered here) a windowed GPT runs on
+    FlexAttention (ALiBi through its score_mod); the logits equal the dense reference path's."""
+    from transformer_lab.nn import sparse
+
+    monkeypatch.setattr(sparse, "FLEX_MIN_N", 1)
+    calls, flex = [], sparse._flex
+    monkeypatch.setattr(sparse, "_flex", lambda *a: calls.append(1) or flex(*a))
+    g = gpt(position=position, attention="window:5")
+    x = torch.randint(1, V, (2, 30))
+    with torch.no_grad():
+        fast = g(x)
+    assert len(calls) == 2  # both layers ran on FlexAttention
+    with torch.no_grad():
+        for layer in g.blocks.layers:
+            layer.self_attn.impl = "reference"
+        torch.testing.assert_close(g(x), fast, atol=1e-5, rtol=1e-5)

@@ -196,3 +196,28 @@ def test_the_flex_backend_equals_the_reference(name, monkeypatch):
         q.requires_grad_(True)
         attend(q, k, v, p).sum().backward()  # auto: the SDPA path, which has a backward
         assert q.grad is not None
+
+
+@pytest.mark.parametrize("encoding", ["alibi", "t5"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_with_a_position_score_mod_equals_the_biased_reference(encoding, causal, monkeypatch):
+    """ALiBi and T5 give FlexAttention their bias elementwise (``score_mod``); a window call on flex then
+    equals the dense reference with the tensor bias."""
+    from transformer_lab.nn import sparse
+    from transformer_lab.nn.positions import ALiBi, T5RelativeBias
+
+    monkeypatch.setattr(sparse, "FLEX_MIN_N", 1)
+    torch.manual_seed(0)
+    pos = ALiBi(2, causal=causal) if encoding == "alibi" else T5RelativeBias(2, causal=causal)
+    if encoding == "t5":
+        torch.nn.init.normal_(pos.bias.weight)
+    slots = torch.arange(40)
+    p = Pattern("window", causal=causal, window=6)
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
+
+    def bias(qs, ks):
+        return pos.score_bias(qs, ks)
+
+    with torch.no_grad():
+        got = attend(q, k, v, p, bias=bias, backend="flex", score_mod=pos.score_mod(slots))
+        torch.testing.assert_close(got, reference(q, k, v, p, bias=bias), atol=1e-5, rtol=1e-5)

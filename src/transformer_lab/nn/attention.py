@@ -221,15 +221,16 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"mask: with an attention pattern, a key-padding mask (B, 1, 1, T_k) or none (the pattern "
                              f"holds the rest), got {tuple(mask.shape)}")
         keep = None if mask is None else mask[:, 0, 0, :].expand(q.size(0), -1)
-        bias = None
+        bias = score_mod = None
         if pos is not None and self.position.biases_scores:
             last = pos.numel() - 1
 
             def bias(q_slots: Tensor, k_slots: Tensor) -> Tensor:
                 return self.position.score_bias(pos[q_slots.clamp(0, last)], pos[k_slots.clamp(0, last)])
 
+            score_mod = self.position.score_mod(pos)  # the same bias, elementwise, for FlexAttention
         run = self.pattern.reference if self.impl == "reference" else self.pattern.attend
-        return run(q, k, v, keep, bias, p)
+        return run(q, k, v, keep, bias, p, score_mod=score_mod)
 
     def _split(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape

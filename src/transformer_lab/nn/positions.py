@@ -56,6 +56,11 @@ class PositionEncoding(nn.Module):
         """Added to the attention output weights @ v: (B, H, T_q, T_k) -> (B, H, T_q, Dh); None for none."""
         return None
 
+    def score_mod(self, positions: Tensor):
+        """The same score bias as FlexAttention's score_mod(score, b, h, i, j) for sequence slots i, j at
+        ``positions`` (T,); None where there is no such elementwise form (or no bias)."""
+        return None
+
     def for_layer(self) -> "PositionEncoding":
         """The instance one attention layer uses: this one (shared), unless a variant has per-layer weights."""
         return self
@@ -194,6 +199,14 @@ class ALiBi(PositionEncoding):
         d = d if self.causal else d.abs()
         return -self.slopes[:, None, None] * d  # (B|1, H, T_q, T_k)
 
+    def score_mod(self, positions: Tensor):
+        slopes, pos = self.slopes, positions
+
+        def alibi(score, b, h, i, j):
+            d = (pos[i] - pos[j]).to(score.dtype)
+            return score - slopes[h] * (d if self.causal else d.abs())
+        return alibi
+
 
 def t5_bucket(relative: Tensor, bidirectional: bool, n_buckets: int = 32, max_distance: int = 128) -> Tensor:
     """T5's bucket of each relative position j - i (Raffel et al. 2020, §2.1; the T5 code's
@@ -232,6 +245,14 @@ class T5RelativeBias(PositionEncoding):
     def score_bias(self, q_pos: Tensor, k_pos: Tensor, q: Tensor | None = None) -> Tensor:
         buckets = t5_bucket(-_distance(q_pos, k_pos), not self.causal, self.n_buckets, self.max_distance)
         return self.bias(buckets[:, 0]).permute(0, 3, 1, 2)  # (B|1, T_q, T_k, H) -> (B|1, H, T_q, T_k)
+
+    def score_mod(self, positions: Tensor):
+        table, pos = self.bias.weight, positions
+
+        def t5(score, b, h, i, j):
+            bucket = t5_bucket(pos[j] - pos[i], not self.causal, self.n_buckets, self.max_distance)
+            return score + table[bucket, h].to(score.dtype)
+        return t5
 
 
 class ShawRelativePosition(PositionEncoding):

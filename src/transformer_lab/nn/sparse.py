@@ -17,8 +17,8 @@ Efficient forms: ``window`` cuts the queries into blocks of w and gives each blo
 (its span of keys, a strided view, then one batched SDPA over the blocks: scores of n × 3w);
 ``block`` gathers each query block's key blocks the same way. Both pad the sequence to whole blocks,
 and a padded or fully masked query row gets zeros, as in ``attention.fast_attention``. Long no-gradient
-window calls run on PyTorch's FlexAttention instead (``attend``'s ``backend``), measured faster there;
-it has no backward on CPU, so training always takes the SDPA path.
+window calls run on PyTorch's FlexAttention instead (``attend``'s ``backend``; ALiBi and T5 as its
+``score_mod``), measured faster there; it has no backward on CPU, so training always takes the SDPA path.
 
 Inputs: q, k, v (B, H, n, Dh) of one sequence (self-attention, keys at the queries' positions);
 ``keep`` (B, n) bool, True = a real token (key padding), or None. Window and block sizes larger than
@@ -67,12 +67,13 @@ class Pattern:
                              f"got kind={self.kind!r}, causal={self.causal}")
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, bias: "Bias | None" = None,
-               dropout_p: float = 0.0, backend: str = "auto") -> Tensor:
+               dropout_p: float = 0.0, backend: str = "auto", score_mod: Callable | None = None) -> Tensor:
         """``attend`` with this pattern (what ``MultiHeadAttention`` calls)."""
-        return attend(q, k, v, self, keep, bias, dropout_p, backend)
+        return attend(q, k, v, self, keep, bias, dropout_p, backend, score_mod)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, bias: "Bias | None" = None,
-                  dropout_p: float = 0.0) -> Tensor:
+                  dropout_p: float = 0.0, backend: str = "auto", score_mod: Callable | None = None) -> Tensor:
+        """``reference`` with this pattern (``backend`` and ``score_mod`` belong to ``attend``: unused)."""
         return reference(q, k, v, self, keep, bias, dropout_p)
 
     # --- which keys: the dense mask, for the reference, the tests and cached decoding -------------
@@ -187,13 +188,15 @@ def reference(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | 
 
 # --- the efficient paths ----------------------------------------------------------------------------
 def attend(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | None = None,
-           bias: Bias | None = None, dropout_p: float = 0.0, backend: str = "auto") -> Tensor:
+           bias: Bias | None = None, dropout_p: float = 0.0, backend: str = "auto",
+           score_mod: Callable | None = None) -> Tensor:
     """The pattern's efficient implementation; equals ``reference`` (see the module docstring).
     ``bias(query_slots, key_slots)``: a relative-position score bias (ALiBi, T5) for the slots asked:
     (T_q,), (T_k,) -> (1|B, H, T_q, T_k), or one row of slots per block, (g, c), (g, s) -> (g, H, c, s);
     slots outside 0..n-1 (padding) may be asked, and are masked. ``dropout_p``: on the attention weights
     (training). ``backend``: "sdpa" (groups of blocks on SDPA), "flex" (PyTorch's FlexAttention, compiled,
-    the window as a block mask; window patterns without gradient, key padding or bias), or "auto": flex where it
+    the window as a block mask; window patterns without gradient or key padding, a bias only given also as
+    ``score_mod``, FlexAttention's elementwise form of it), or "auto": flex where it
     can run and the sequence is at least ``FLEX_MIN_N`` long (it measured 2.5x the SDPA path's forward at
     16k on this CPU, after a compile of 4-9 s per length), else sdpa."""
     if backend not in ("auto", "sdpa", "flex"):
@@ -205,13 +208,13 @@ def attend(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | Non
         raise ValueError(f"keep: expected (B, n) = {(q.size(0), q.size(2))}, got {tuple(keep.shape)}")
     # Window patterns only: torch 2.13's inductor emits C++ that does not compile for the block-sparse
     # mask (a captured block table indexed by i // size) on CPU.
-    flex_ok = (pattern.kind == "window" and keep is None and bias is None and dropout_p == 0.0
+    flex_ok = (pattern.kind == "window" and keep is None and (bias is None or score_mod is not None) and dropout_p == 0.0
                and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)))
     if backend == "flex" and not flex_ok:
         raise ValueError("backend: flex runs window patterns without key padding, bias, dropout or gradients "
                          "(FlexAttention has no backward on CPU; the block-sparse mask does not compile there)")
     if flex_ok and (backend == "flex" or (backend == "auto" and q.size(2) >= FLEX_MIN_N)):
-        return _flex(q, k, v, pattern)
+        return _flex(q, k, v, pattern, score_mod)
     if pattern.kind == "full":
         return _full(q, k, v, pattern.causal, keep, 0, bias, dropout_p=dropout_p)
     if pattern.kind == "chunked":
@@ -241,7 +244,7 @@ def _mask_mod(p: Pattern, n: int, device: torch.device) -> Callable:
     return window
 
 
-def _flex(q: Tensor, k: Tensor, v: Tensor, p: Pattern) -> Tensor:
+def _flex(q: Tensor, k: Tensor, v: Tensor, p: Pattern, score_mod: Callable | None = None) -> Tensor:
     global _flex_attention
     n = q.size(2)
     key = (p, n, str(q.device))
@@ -251,7 +254,7 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, p: Pattern) -> Tensor:
         _FLEX_MASKS[key] = create_block_mask(_mask_mod(p, n, q.device), None, None, n, n, device=q.device)
     if _flex_attention is None:
         _flex_attention = torch.compile(flex_attention)
-    return _flex_attention(q, k, v, block_mask=_FLEX_MASKS[key])
+    return _flex_attention(q, k, v, score_mod=score_mod, block_mask=_FLEX_MASKS[key])
 
 
 def _block_bias(bias: Bias | None, q_slots: Tensor, k_slots: Tensor) -> Tensor | None:
