@@ -220,7 +220,9 @@ def test_gpt_window_on_flexattention_equals_the_reference_path(position, monkeyp
     FlexAttention (ALiBi through its score_mod); the logits equal the dense reference path's."""
     from transformer_lab.nn import sparse
 
-    monkeypatch.setattr(sparse, "FLEX_MIN_N", 1)
+    torch._dynamo.reset()
+    for name, value in (("FLEX_MIN_N", 1), ("_flex_attention", None), ("_FLEX_GRAPHS", set()), ("_FLEX_MASKS", {})):
+        monkeypatch.setattr(sparse, name, value)
     calls, flex = [], sparse._flex
     monkeypatch.setattr(sparse, "_flex", lambda *a: calls.append(1) or flex(*a))
     g = gpt(position=position, attention="window:5")

@@ -8,6 +8,20 @@ import torch
 
 from transformer_lab.nn.sparse import Pattern, attend, block_index, reference
 
+@pytest.fixture
+def fresh_flex(monkeypatch):
+    """FlexAttention tests start from a clean Dynamo cache and an empty flex state (its graph budget)."""
+    from transformer_lab.nn import sparse
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(sparse, "_flex_attention", None)
+    monkeypatch.setattr(sparse, "_FLEX_GRAPHS", set())
+    monkeypatch.setattr(sparse, "_FLEX_MASKS", {})
+    monkeypatch.setattr(sparse, "FLEX_MIN_N", 1)
+    yield sparse
+    torch._dynamo.reset()
+
+
 PATTERNS = {
     "window": Pattern("window", window=3),
     "window-causal": Pattern("window", causal=True, window=4),
@@ -155,7 +169,7 @@ def test_relative_position_bias_inside_the_patterns(name, encoding):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_window_equals_flexattention_with_the_window_as_its_block_mask(causal):
+def test_window_equals_flexattention_with_the_window_as_its_block_mask(causal, fresh_flex):
     """A second oracle, PyTorch's FlexAttention (compiled; the peer `bench attention` times as
     flex-window): the same window as a mask_mod gives our output within 1e-5."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -169,18 +183,15 @@ def test_window_equals_flexattention_with_the_window_as_its_block_mask(causal):
 
     mask = create_block_mask(in_window, None, None, n, n, device="cpu")
     with torch.no_grad():
-        want = torch.compile(flex_attention)(q, k, v, block_mask=mask)
+        want = torch.compile(flex_attention, dynamic=False)(q, k, v, block_mask=mask)
     torch.testing.assert_close(attend(q, k, v, Pattern("window", causal=causal, window=w)), want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["window", "window-causal", "window-global"])
-def test_the_flex_backend_equals_the_reference(name, monkeypatch):
+def test_the_flex_backend_equals_the_reference(name, fresh_flex):
     """backend="auto" takes FlexAttention for long no-gradient calls (``FLEX_MIN_N``, lowered here to
     reach it on a short sequence); its answer is the dense reference's. Where flex cannot run (key
     padding, gradients) auto stays on SDPA and "flex" is a clear error."""
-    from transformer_lab.nn import sparse
-
-    monkeypatch.setattr(sparse, "FLEX_MIN_N", 1)
     torch.manual_seed(0)
     p = PATTERNS[name]
     q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
@@ -200,13 +211,11 @@ def test_the_flex_backend_equals_the_reference(name, monkeypatch):
 
 @pytest.mark.parametrize("encoding", ["alibi", "t5"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_flex_with_a_position_score_mod_equals_the_biased_reference(encoding, causal, monkeypatch):
+def test_flex_with_a_position_score_mod_equals_the_biased_reference(encoding, causal, fresh_flex):
     """ALiBi and T5 give FlexAttention their bias elementwise (``score_mod``); a window call on flex then
     equals the dense reference with the tensor bias."""
-    from transformer_lab.nn import sparse
     from transformer_lab.nn.positions import ALiBi, T5RelativeBias
 
-    monkeypatch.setattr(sparse, "FLEX_MIN_N", 1)
     torch.manual_seed(0)
     pos = ALiBi(2, causal=causal) if encoding == "alibi" else T5RelativeBias(2, causal=causal)
     if encoding == "t5":
@@ -221,3 +230,18 @@ def test_flex_with_a_position_score_mod_equals_the_biased_reference(encoding, ca
     with torch.no_grad():
         got = attend(q, k, v, p, bias=bias, backend="flex", score_mod=pos.score_mod(slots))
         torch.testing.assert_close(got, reference(q, k, v, p, bias=bias), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_keeps_flex_to_a_few_static_graphs(fresh_flex, monkeypatch):
+    """Each new length compiles a static FlexAttention graph (dynamic shapes do not compile on CPU in
+    torch 2.13); past FLEX_MAX_GRAPHS of them, "auto" takes the SDPA path, with the same answer."""
+    sparse = fresh_flex
+    monkeypatch.setattr(sparse, "FLEX_MAX_GRAPHS", 1)
+    calls, flex = [], sparse._flex
+    monkeypatch.setattr(sparse, "_flex", lambda *a: calls.append(a[0].size(2)) or flex(*a))
+    p = Pattern("window", causal=True, window=4)
+    with torch.no_grad():
+        for n in (24, 24, 31):
+            q, k, v = (torch.randn(1, 2, n, 8) for _ in range(3))
+            torch.testing.assert_close(attend(q, k, v, p), reference(q, k, v, p), atol=1e-5, rtol=1e-5)
+    assert calls == [24, 24]  # the second length went to SDPA

@@ -85,7 +85,7 @@ def _make(impl: str, n: int, heads: int, d_head: int, window: int, block: int, c
         def in_window(b, h, i, j):
             return ((i - j) <= window) & ((j <= i) if causal else ((j - i) <= window))
         block_mask = create_block_mask(in_window, None, None, n, n, device="cpu")
-        flex = torch.compile(flex_attention)
+        flex = torch.compile(flex_attention, dynamic=False)
         return lambda: flex(q, k, v, block_mask=block_mask)
     if impl == "sdpa":
         return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)

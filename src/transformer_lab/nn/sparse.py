@@ -213,7 +213,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | Non
     if backend == "flex" and not flex_ok:
         raise ValueError("backend: flex runs window patterns without key padding, bias, dropout or gradients "
                          "(FlexAttention has no backward on CPU; the block-sparse mask does not compile there)")
-    if flex_ok and (backend == "flex" or (backend == "auto" and q.size(2) >= FLEX_MIN_N)):
+    if flex_ok and (backend == "flex" or (backend == "auto" and q.size(2) >= FLEX_MIN_N and _flex_room(
+            _flex_key(q, pattern, score_mod)))):
         return _flex(q, k, v, pattern, score_mod)
     if pattern.kind == "full":
         return _full(q, k, v, pattern.causal, keep, 0, bias, dropout_p=dropout_p)
@@ -225,8 +226,22 @@ def attend(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, keep: Tensor | Non
 
 
 FLEX_MIN_N = 2048  # "auto" takes FlexAttention for sequences at least this long (no-gradient calls)
+# Each (length, pattern, bias) is compiled with static shapes: torch 2.13's inductor emits C++ that does
+# not compile for FlexAttention with dynamic shapes on CPU (`cur_kvSplitSize2` undeclared), which Dynamo
+# would switch to on a second length. Dynamo keeps 8 graphs per function; "auto" uses at most
+# FLEX_MAX_GRAPHS of them and sends other shapes to the SDPA path.
+FLEX_MAX_GRAPHS = 6
 _FLEX_MASKS: dict[tuple, object] = {}  # (pattern, n, device) -> BlockMask: building one takes seconds at 16k
-_flex_attention = None  # torch.compile(flex_attention), made on first use
+_FLEX_GRAPHS: set[tuple] = set()
+_flex_attention = None  # torch.compile(flex_attention, dynamic=False), made on first use
+
+
+def _flex_key(q: Tensor, p: Pattern, score_mod: Callable | None) -> tuple:
+    return q.shape, q.dtype, str(q.device), p, None if score_mod is None else score_mod.__qualname__
+
+
+def _flex_room(key: tuple) -> bool:
+    return key in _FLEX_GRAPHS or len(_FLEX_GRAPHS) < FLEX_MAX_GRAPHS
 
 
 def _mask_mod(p: Pattern, n: int, device: torch.device) -> Callable:
@@ -253,7 +268,8 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, p: Pattern, score_mod: Callable | Non
             _FLEX_MASKS.pop(next(iter(_FLEX_MASKS)))
         _FLEX_MASKS[key] = create_block_mask(_mask_mod(p, n, q.device), None, None, n, n, device=q.device)
     if _flex_attention is None:
-        _flex_attention = torch.compile(flex_attention)
+        _flex_attention = torch.compile(flex_attention, dynamic=False)
+    _FLEX_GRAPHS.add(_flex_key(q, p, score_mod))
     return _flex_attention(q, k, v, score_mod=score_mod, block_mask=_FLEX_MASKS[key])
 
 
