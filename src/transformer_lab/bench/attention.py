@@ -27,7 +27,6 @@ from multiprocessing import get_context
 from typing import Any, Callable
 
 import torch
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from transformer_lab.bench.harness import BenchResult
 from transformer_lab.nn import sparse
@@ -81,12 +80,8 @@ def _make(impl: str, n: int, heads: int, d_head: int, window: int, block: int, c
                 "window": sparse.Pattern("window", causal=causal, window=window),
                 "block": sparse.Pattern("block", causal=causal, block=block, global_blocks=1, random_blocks=1),
                 "dense": sparse.Pattern("full", causal=causal)}
-    if impl == "flex-window":  # the window as FlexAttention's block mask, compiled (forward only on CPU)
-        def in_window(b, h, i, j):
-            return ((i - j) <= window) & ((j <= i) if causal else ((j - i) <= window))
-        block_mask = create_block_mask(in_window, None, None, n, n, device="cpu")
-        flex = torch.compile(flex_attention, dynamic=False)
-        return lambda: flex(q, k, v, block_mask=block_mask)
+    if impl == "flex-window":  # the library's FlexAttention path: the window as a block mask, compiled
+        return lambda: sparse.attend(q, k, v, patterns["window"], backend="flex")
     if impl == "sdpa":
         return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     if impl == "dense":

@@ -66,9 +66,7 @@ class BertConfig:
                 raise ValueError(f"{name}: expected 0 <= p < 1, got {getattr(self, name)}")
         if self.position not in POSITION_ENCODINGS:
             raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
-        if parse_pattern(self.attention, causal=False) is not None and self.position == "shaw":
-            raise ValueError(f"attention: {self.attention!r} with position 'shaw': Shaw's value term needs the "
-                             "attention weights, which the efficient patterns never form")
+        parse_pattern(self.attention, causal=False, position=self.position)  # a bad spec or combination: named
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id: {self.pad_id} is outside the vocabulary (size {self.vocab_size})")
 

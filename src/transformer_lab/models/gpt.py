@@ -71,9 +71,7 @@ class GPTConfig:
             raise ValueError(f"eos_id: {self.eos_id} is outside the vocabulary (size {self.vocab_size})")
         if self.position not in POSITION_ENCODINGS:
             raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
-        if parse_pattern(self.attention, causal=True) is not None and self.position == "shaw":
-            raise ValueError(f"attention: {self.attention!r} with position 'shaw': Shaw's value term needs the "
-                             "attention weights, which the efficient patterns never form")
+        parse_pattern(self.attention, causal=True, position=self.position)  # a bad spec or combination: named
 
     def block(self) -> BlockConfig:
         return BlockConfig(self.d_model, self.n_heads, self.d_ff, self.dropout, self.attention_dropout,

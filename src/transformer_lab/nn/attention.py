@@ -229,8 +229,9 @@ class MultiHeadAttention(nn.Module):
                 return self.position.score_bias(pos[q_slots.clamp(0, last)], pos[k_slots.clamp(0, last)])
 
             score_mod = self.position.score_mod(pos)  # the same bias, elementwise, for FlexAttention
-        run = self.pattern.reference if self.impl == "reference" else self.pattern.attend
-        return run(q, k, v, keep, bias, p, score_mod=score_mod)
+        if self.impl == "reference":
+            return self.pattern.reference(q, k, v, keep, bias, p)
+        return self.pattern.attend(q, k, v, keep, bias, p, score_mod=score_mod)
 
     def _split(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -278,8 +279,10 @@ class MultiHeadAttention(nn.Module):
             if positioned:
                 q, k = self.position.rotate_qk(q, k, q_pos, k_pos)
             if cache is not None:
-                k, v = cache.append(k, v, k_pos if positioned else None)  # (B, H, T_cached + T_new, Dh)
-                k_pos = cache.positions(k.device) if positioned else k_pos
+                # Keys' positions are kept only for encodings that bias by distance (rotary has rotated k already).
+                track = positioned and self.position.biases_scores
+                k, v = cache.append(k, v, k_pos if track else None)  # (B, H, T_cached + T_new, Dh)
+                k_pos = cache.positions(k.device) if track else k_pos
         if mask is not None:
             check_mask(mask, b, self.n_heads, t_q, k.size(2))
         p = self.dropout if self.training else 0.0

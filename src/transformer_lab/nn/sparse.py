@@ -27,6 +27,7 @@ the sequence are clamped to it (the pattern is then full attention, or as close 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -38,6 +39,7 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 from transformer_lab.nn.attention import fast_attention, reference_attention
+from transformer_lab.nn.positions import POSITION_ENCODINGS
 
 KINDS = ("full", "window", "block", "chunked")
 
@@ -72,8 +74,8 @@ class Pattern:
         return attend(q, k, v, self, keep, bias, dropout_p, backend, score_mod)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, bias: "Bias | None" = None,
-                  dropout_p: float = 0.0, backend: str = "auto", score_mod: Callable | None = None) -> Tensor:
-        """``reference`` with this pattern (``backend`` and ``score_mod`` belong to ``attend``: unused)."""
+                  dropout_p: float = 0.0) -> Tensor:
+        """``reference`` with this pattern."""
         return reference(q, k, v, self, keep, bias, dropout_p)
 
     # --- which keys: the dense mask, for the reference, the tests and cached decoding -------------
@@ -90,12 +92,7 @@ class Pattern:
         if self.kind in ("full", "chunked"):
             allowed = torch.ones(len(queries), n, dtype=torch.bool, device=device)
         elif self.kind == "window":
-            allowed = ((i - j) <= self.window) & ((j - i) <= (0 if self.causal else self.window))
-            g = torch.tensor(self.global_tokens, dtype=torch.long, device=device)
-            if len(g):
-                _check_tokens(g, n)
-                allowed = allowed | (i == g).any(-1, keepdim=True)  # global queries see every key
-                allowed[:, g] = True
+            allowed = _in_window(i, j, self.window, self.causal, self.global_flags(n, device))
         else:
             b = min(self.block, n)
             allowed = self.block_matrix(n, device)[i // b, j // b]
@@ -103,6 +100,13 @@ class Pattern:
             allowed = allowed & (j <= i)
         return allowed
 
+    def global_flags(self, n: int, device: torch.device | str = "cpu") -> Tensor | None:
+        """Window: (n,) bool, True at the global tokens; None without any."""
+        if not self.global_tokens:
+            return None
+        g = torch.tensor(sorted(set(self.global_tokens)), dtype=torch.long, device=device)
+        _check_tokens(g, n)
+        return torch.zeros(n, dtype=torch.bool, device=device).index_fill_(0, g, True)
 
     def block_matrix(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """Block-sparse: (nb, nb) bool, True = query block a sees key block b (before causality)."""
@@ -115,10 +119,11 @@ class Pattern:
         return blocks
 
 
-def parse_pattern(spec: str, causal: bool = False) -> Pattern | None:
+def parse_pattern(spec: str, causal: bool = False, position: str | None = None) -> Pattern | None:
     """A pattern from its command-line spelling (None for "full"): ``window:256``,
     ``window:256,global:0`` (global positions joined by +, e.g. ``global:0+511``), ``block:64``
-    with ``random:R``, ``global:G`` (blocks) and ``seed:S``, ``chunked:1024``."""
+    with ``random:R``, ``global:G`` (blocks) and ``seed:S``, ``chunked:1024``. ``position``: the model's
+    encoding, refused if it needs the attention weights (Shaw's), which the patterns never form."""
     kind, _, rest = spec.strip().partition(":")
     if kind == "full" and not rest:
         return None
@@ -140,7 +145,18 @@ def parse_pattern(spec: str, causal: bool = False) -> Pattern | None:
     except ValueError:
         raise ValueError(f"attention: cannot read {spec!r}; e.g. window:256, window:256,global:0, "
                          "block:64,random:1,global:1, chunked:1024") from None
-    return Pattern(**fields)
+    pattern = Pattern(**fields)
+    if position in POSITION_ENCODINGS and POSITION_ENCODINGS[position].needs_weights:
+        raise ValueError(f"attention: {spec!r} with position {position!r}: its value term needs the attention weights, "
+                         "which the efficient patterns never form")
+    return pattern
+
+
+def _in_window(i: Tensor, j: Tensor, w: int, causal: bool, glob: Tensor | None) -> Tensor:
+    """The window rule, elementwise: query slot i may see key slot j (index tensors that broadcast, or
+    FlexAttention's per-element indices). Global slots see and are seen by every slot."""
+    ok = ((i - j) <= w) & ((j <= i) if causal else ((j - i) <= w))
+    return ok if glob is None else ok | glob[i] | glob[j]
 
 
 def _check_tokens(g: Tensor, n: int) -> None:
@@ -148,6 +164,7 @@ def _check_tokens(g: Tensor, n: int) -> None:
         raise ValueError(f"global_tokens: positions must lie in 0..{n - 1}, got {g.tolist()}")
 
 
+@functools.lru_cache(maxsize=64)  # a cached decoding step asks for it in every layer: drawn once per shape
 def block_index(n: int, b: int, global_blocks: int, random_blocks: int, seed: int, causal: bool = False) -> Tensor:
     """BigBird's key blocks for each query block: (n_blocks, K) block ids, -1 for "none" (an edge,
     or a block already chosen). K = 3 neighbours + global + random. Random blocks are drawn without
@@ -246,16 +263,10 @@ def _flex_room(key: tuple) -> bool:
 
 def _mask_mod(p: Pattern, n: int, device: torch.device) -> Callable:
     """The window pattern as FlexAttention's mask_mod(b, h, i, j) -> bool."""
-    w = min(p.window, n - 1) if n > 1 else 1
-    glob = torch.zeros(n, dtype=torch.bool, device=device)
-    if p.global_tokens:
-        g = torch.tensor(sorted(set(p.global_tokens)), dtype=torch.long, device=device)
-        _check_tokens(g, n)
-        glob[g] = True
+    w, glob = min(p.window, n - 1) if n > 1 else 1, p.global_flags(n, device)
 
     def window(b, h, i, j):
-        ok = ((i - j) <= w) & ((j <= i) if p.causal else ((j - i) <= w))
-        return (ok | glob[i] | glob[j]) if p.global_tokens else ok
+        return _in_window(i, j, w, p.causal, glob)
     return window
 
 

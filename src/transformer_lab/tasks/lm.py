@@ -86,9 +86,10 @@ class LMConfig:
             raise ValueError(f"model: {self.model!r} is not a GPT preset; expected one of {sorted(GPT_PRESETS)}")
         if self.position is not None and self.position not in POSITION_ENCODINGS:
             raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
-        parse_pattern(self.attention, causal=True)  # a clear error before any data is read
+        parse_pattern(self.attention, causal=True, position=self.position)  # a clear error before any data is read
         check_positive("memory", self.memory, allow_none=True)
-        if self.memory is not None and self.position not in ("rotary", "alibi", "t5", "shaw"):
+        relative = self.position is not None and POSITION_ENCODINGS[self.position].acts_in_attention
+        if self.memory is not None and not relative:
             raise ValueError(f"memory: segment recurrence needs a relative position encoding (--position rotary, alibi, "
                              f"t5 or shaw); got {self.position or 'the preset default (learned)'}")
 
@@ -163,17 +164,24 @@ class SegmentLoss:
 
 
 @torch.no_grad()
-def loss_sum(model: GPT, windows: Tensor, batch_size: int = 64) -> float:
-    """Summed next-token loss over windows (W, T+1): each predicts its tokens 1..T from 0..T-1."""
+def _position_nll(model: GPT, windows: Tensor, batch_size: int) -> Tensor:
+    """Next-token loss at each position of windows (W, T+1), summed over the windows: (T,) float64, in
+    eval mode."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total = 0.0
+    total = torch.zeros(windows.size(1) - 1, dtype=torch.float64)
     for i in range(0, len(windows), batch_size):
         w = windows[i:i + batch_size].to(device)
-        total += float(F.cross_entropy(model(w[:, :-1]).flatten(0, 1).float(), w[:, 1:].flatten(), reduction="sum"))
+        nll = F.cross_entropy(model(w[:, :-1]).transpose(1, 2).float(), w[:, 1:], reduction="none")  # (b, T)
+        total += nll.double().sum(0).cpu()
     model.train(was_training)
     return total
+
+
+def loss_sum(model: GPT, windows: Tensor, batch_size: int = 64) -> float:
+    """Summed next-token loss over windows (W, T+1): each predicts its tokens 1..T from 0..T-1."""
+    return float(_position_nll(model, windows, batch_size).sum())
 
 
 def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64) -> dict[str, float]:
@@ -193,21 +201,11 @@ def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64) -> 
     return {"loss": loss, "perplexity": perplexity(loss), "tokens": count}
 
 
-@torch.no_grad()
 def loss_by_position(model: GPT, windows: Tensor, batch_size: int = 16) -> Tensor:
     """Mean next-token loss at each position of windows (W, T+1), over the windows: (T,). Position t
     predicts token t+1 having seen t+1 tokens: what a model trained on shorter windows makes of the
     positions it never saw is the extrapolation curve."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total = torch.zeros(windows.size(1) - 1, dtype=torch.float64)
-    for i in range(0, len(windows), batch_size):
-        w = windows[i:i + batch_size].to(device)
-        nll = F.cross_entropy(model(w[:, :-1]).transpose(1, 2).float(), w[:, 1:], reduction="none")  # (b, T)
-        total += nll.sum(0).double().cpu()
-    model.train(was_training)
-    return (total / len(windows)).float()
+    return (_position_nll(model, windows, batch_size) / len(windows)).float()
 
 
 def position_bands(per_position: Tensor, band: int) -> list[dict]:
@@ -225,15 +223,14 @@ def evaluate_with_memory(model: GPT, ids: Tensor, segment: int, mem_len: int, st
     only; a remainder shorter than one token per stream is left out (``tokens`` counts what is scored)."""
     check_positive("segment", segment)
     check_positive("streams", streams)
-    streams = max(1, min(streams, (len(ids) - 1) // max(1, segment)))
-    per = (len(ids) - 1) // streams
-    if per < 1:
+    if len(ids) < 2:
         raise ValueError("evaluate: the text is too short (needs at least 2 tokens)")
+    segment = min(segment, len(ids) - 1)
+    text = SegmentStreams(ids, max(1, min(streams, (len(ids) - 1) // segment)), segment)  # cut as training cuts it
+    (streams, per), device = text.inputs.shape, next(model.parameters()).device
+    inputs, targets = text.inputs.to(device), text.targets.to(device)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    x = ids[: streams * per + 1]
-    inputs, targets = x[:-1].view(streams, per).to(device), x[1:].view(streams, per).to(device)
     memory, total = None, 0.0
     for s0 in range(0, per, segment):
         logits, memory = model.forward_segment(inputs[:, s0:s0 + segment], memory, mem_len)
