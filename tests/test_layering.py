@@ -24,7 +24,7 @@ BELOW = {
     "export": {"compression", "models", "nn", "config"},
     "runs": {"models", "adapters", "compression", "runtime", "config"},
     "generation": {"models", "nn"},
-    "training": {"runs", "runtime", "config"},
+    "training": {"runs", "runtime", "nn", "config"},  # nn: set_dropout (--dropout), no model family
 }
 BELOW["tasks"] = set(BELOW) | {p for deps in BELOW.values() for p in deps}
 BELOW["bench"] = BELOW["tasks"] | {"tasks"}

@@ -43,20 +43,49 @@ def test_the_integer_path_equals_the_reference_path(scheme, bits, granularity, s
 
 @pytest.mark.parametrize("shape", [(8, 16, 48), (1, 48), (3, 1, 48)])
 @pytest.mark.parametrize("bits", [8, 4])
-def test_per_tensor_activations_on_fbgemm_equal_the_reference_path(shape, bits):
+@pytest.mark.parametrize("smooth", [False, True])
+def test_per_tensor_activations_on_fbgemm_equal_the_reference_path(shape, bits, smooth):
     """Dynamic activations with one affine grid per call: fbgemm's quantized::linear_dynamic on our int8
     weights against the same formula in fp32 (within a grid step's rounding at a tie: fbgemm scales by
-    1 / s)."""
+    1 / s); with SmoothQuant multipliers, x / m goes to the same kernel."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 80)
     x = torch.randn(*shape) * 2
-    layer = QuantLinear.from_linear(linear, "dynamic", bits, activations="tensor")
+    m = torch.rand(48) + 0.5 if smooth else None
+    layer = QuantLinear.from_linear(linear, "dynamic", bits, activations="tensor", smooth=m)
+    assert layer._fast
     with torch.no_grad():
         fast = layer(x)
         layer.impl = "reference"
         slow, exact = layer(x), linear(x)
     torch.testing.assert_close(fast, slow, atol=2e-3, rtol=1e-3)
     assert float((fast - exact).norm() / exact.norm()) < {8: 0.03, 4: 0.2}[bits]
+
+
+def test_layers_reading_one_input_run_as_one_product():
+    """``joint``: Q, K, V on fbgemm as one GEMM over one quantized input gives each layer's own output
+    (the same per-tensor grid: one input), repacked when a layer's weights are loaded anew; layers that
+    cannot share a call (another path, other SmoothQuant multipliers) give None."""
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(48, n) for n in (48, 48, 32)]
+    x = torch.randn(2, 7, 48)
+    m = torch.rand(48) + 0.5
+    for smooth in (None, m):
+        layers = [QuantLinear.from_linear(lin, activations="tensor", smooth=smooth) for lin in linears]
+        with torch.no_grad():
+            alone = torch.cat([layer(x) for layer in layers], dim=-1)
+            together = layers[0].joint(*layers[1:])(x)
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    layers[2].load_state_dict(QuantLinear.from_linear(torch.nn.Linear(48, 32), activations="tensor", smooth=m).state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(layers[0].joint(*layers[1:])(x)[..., 96:], layers[2](x), atol=1e-5, rtol=1e-5)
+    other = QuantLinear.from_linear(linears[1], activations="tensor", smooth=m * 2)
+    assert layers[0].joint(other) is None
+    assert layers[0].joint(QuantLinear.from_linear(linears[1], activations="tensor")) is None  # unsmoothed
+    assert layers[0].joint(QuantLinear.from_linear(linears[1], smooth=m)) is None  # per-token activations
+    assert layers[0].joint(linears[1]) is None  # an fp32 Linear
+    layers[1].impl = "reference"
+    assert layers[0].joint(layers[1]) is None
 
 
 @pytest.mark.parametrize("scheme", ["dynamic", "static", "weight-only"])

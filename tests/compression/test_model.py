@@ -47,7 +47,8 @@ def test_every_linear_converts_but_the_skipped_and_the_tied_projection():
                                  QuantConfig(scheme="weight-only", bits=4, granularity="group", group_size=16),
                                  QuantConfig(bits=4, smooth=0.8, granularity="tensor"),
                                  QuantConfig(embeddings=True), QuantConfig(activations="tensor", tied=True),
-                                 QuantConfig(activations="tensor", tied=True, embeddings=True)])
+                                 QuantConfig(activations="tensor", tied=True, embeddings=True),
+                                 QuantConfig(activations="tensor", tied=True, smooth=0.8)])
 def test_a_quantized_checkpoint_loads_back_to_the_same_function(cfg, tmp_path):
     model = quantize_model(_translation_model(), cfg, calibrate=_calibrate)
     src, tgt = _batches()[0]
@@ -115,3 +116,32 @@ def test_int8_embedding_tables_keep_the_lookup_and_leave_tied_ones():
     assert model_bytes(shared) < 0.35 * model_bytes(fp32)
     with torch.no_grad():
         assert float((shared(src, tgt).exp() - fp32(src, tgt).exp()).abs().max()) < 0.05
+
+
+def test_layers_reading_one_input_share_one_smoothing_and_one_product():
+    """SmoothQuant on siblings that read one input (self-attention's Q, K, V; cross-attention's K, V):
+    one multiplier per group, from their weights together, so attention still runs them as one fbgemm
+    product; the model's output equals the model run layer by layer (the joint product disabled)."""
+    model = quantize_model(_translation_model(), QuantConfig(activations="tensor", tied=True, smooth=0.8), calibrate=_calibrate)
+    mult = {n: m.input_multiplier for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    for attn in ("encoder.layers.0.self_attn", "decoder.layers.0.self_attn"):
+        assert torch.equal(mult[f"{attn}.w_q"], mult[f"{attn}.w_k"]) and torch.equal(mult[f"{attn}.w_q"], mult[f"{attn}.w_v"])
+    cross = "decoder.layers.0.cross_attn"
+    assert torch.equal(mult[f"{cross}.w_k"], mult[f"{cross}.w_v"]) and not torch.equal(mult[f"{cross}.w_q"], mult[f"{cross}.w_k"])
+    assert not torch.equal(mult["encoder.layers.0.self_attn.w_o"], mult["encoder.layers.0.self_attn.w_q"])
+    calls = []
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.register_forward_hook(lambda mod, i, o: calls.append(mod))
+    src, tgt = _batches()[0]
+    with torch.no_grad():
+        together = model(src, tgt)
+        n_joint = len(calls)
+        calls.clear()
+        for m in model.modules():
+            if isinstance(m, QuantLinear):
+                m.joint = lambda *others: None
+        alone = model(src, tgt)
+    # a joint product calls no layer's own forward: Q, K, V in both self-attentions, K and V in the cross-attention
+    assert len(calls) - n_joint == 3 + 3 + 2
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)

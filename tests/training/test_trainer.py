@@ -85,11 +85,11 @@ def test_signal_saves_once_and_stops(tmp_path, monkeypatch):
     monkeypatch.setattr(t, "save", lambda *a, **k: saves.append(a) or real_save(*a, **k))
     real_backward = t.backward
 
-    def backward_with_signals(batches):
+    def backward_with_signals(batches, weights=None):
         if t.state.step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_backward(batches)
+        return real_backward(batches, weights)
 
     monkeypatch.setattr(t, "backward", backward_with_signals)
     result = t.fit()
@@ -134,7 +134,7 @@ def test_fp16_loss_scaling_skips_an_overflowing_step(tmp_path):
     t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, seq2seq_loss(0.1),
                 allow_cpu_low_precision=True)
     t.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    t.train_step(t._next_batches())  # one good step
+    t.train_step(*t._next_batches())  # one good step
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     scale = t.scaler.get_scale()
     original = t.loss_fn
@@ -146,12 +146,12 @@ def test_fp16_loss_scaling_skips_an_overflowing_step(tmp_path):
 
     t.loss_fn = overflowing
     steps_before = t.optimizer.state_dict()["state"][0]["step"].item()
-    t.train_step(t._next_batches())
+    t.train_step(*t._next_batches())
     assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
     assert t.scaler.get_scale() == scale / 2
     assert t.optimizer.state_dict()["state"][0]["step"].item() == steps_before  # Adam did not step
     t.loss_fn = original
-    row = t.train_step(t._next_batches())
+    row = t.train_step(*t._next_batches())
     assert math.isfinite(row["loss"])
     assert any(not torch.equal(before[k], v) for k, v in t.model.state_dict().items())
 

@@ -94,6 +94,7 @@ PRESETS = {
     "w4a8": QuantConfig(bits=4),
     "fast": QuantConfig(activations="tensor", tied=True),
     "fast-emb": QuantConfig(activations="tensor", tied=True, embeddings=True),
+    "fast-smooth": QuantConfig(activations="tensor", tied=True, smooth=0.8),
 }
 
 
@@ -148,7 +149,8 @@ def _share_tables(model: nn.Module, tied: dict[str, int], tables: dict[int, Quan
     for name, table in tied.items():
         if table in tables:
             layer, q = model.get_submodule(name), tables[table]
-            layer.qweight, layer.weight_scale, layer._packed = q.qweight, q.weight_scale, None
+            layer.qweight, layer.weight_scale = q.qweight, q.weight_scale
+            layer.weights_changed()
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -203,6 +205,22 @@ def watch_inputs(model: nn.Module, names: list[str], make: Callable[[str], Obser
     return observers
 
 
+def shared_inputs(names: list[str], absmax: dict[str, Tensor]) -> list[list[str]]:
+    """``names`` in groups of sibling layers (one parent module) that read the same input during
+    calibration (equal per-channel max |x|): self-attention's Q, K, V; cross-attention's K, V. A group
+    takes one SmoothQuant multiplier, from its layers' weights together (as the paper smooths a fused
+    QKV), so it can still run as one product (``QuantLinear.joint``)."""
+    groups: list[list[str]] = []
+    for n in names:
+        parent = n.rpartition(".")[0]
+        home = next((g for g in groups if g[0].rpartition(".")[0] == parent and torch.equal(absmax[g[0]], absmax[n])), None)
+        if home is None:
+            groups.append([n])
+        else:
+            home.append(n)
+    return groups
+
+
 def smoothing_factors(x_absmax: Tensor, w: Tensor, alpha: float) -> Tensor:
     """SmoothQuant's per-input-channel m_j = max|x_j|^α / max|W_:j|^(1-α) (both floored at 1e-5)."""
     w_absmax = w.detach().float().abs().amax(dim=0).clamp(min=1e-5)
@@ -226,7 +244,9 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calibrate: Callable[[nn.M
     smooth: dict[str, Tensor] = {}
     if cfg.smooth is not None:
         seen = watch_inputs(model, names, lambda n: _AbsMax(), calibrate)
-        smooth = {n: smoothing_factors(seen[n].absmax, linears[n].weight, cfg.smooth) for n in names}
+        for group in shared_inputs(names, {n: seen[n].absmax for n in names}):
+            m = smoothing_factors(seen[group[0]].absmax, torch.cat([linears[n].weight for n in group]), cfg.smooth)
+            smooth.update(dict.fromkeys(group, m))
     inputs: dict[str, Observer] = {}
     if cfg.scheme == "static":
         kind = OBSERVERS[cfg.calibrate]

@@ -168,13 +168,14 @@ class RNNSeq2Seq(nn.Module):
     def new_cache(self) -> RNNCache:
         return RNNCache()
 
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Teacher-forced log-probabilities. Shapes: src (B, S), tgt (B, T) -> (B, T, V)."""
-        return self.generator(self.decode(self.encode(src), src, tgt))
+    def forward(self, src: Tensor, tgt: Tensor, log_probs: bool = True) -> Tensor:
+        """Teacher-forced log-probabilities (``log_probs=False``: scores before the softmax, for a fused
+        loss). Shapes: src (B, S), tgt (B, T) -> (B, T, V)."""
+        hidden = self.decode(self.encode(src), src, tgt)
+        return self.generator(hidden) if log_probs else self.generator.proj(hidden)
 
     def logits(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Scores before the softmax, for a fused loss. Shapes: -> (B, T, V)."""
-        return self.generator.proj(self.decode(self.encode(src), src, tgt))
+        return self(src, tgt, log_probs=False)
 
 
 register_model_kind("rnn", RNNConfig, RNNSeq2Seq)  # checkpoints of this model save and load

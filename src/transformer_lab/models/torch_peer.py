@@ -86,11 +86,12 @@ class TorchTransformerPeer(nn.Module):
         )
         self.transformer = to_torch_transformer(model)
 
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        return self.generator(self._hidden(src, tgt))
+    def forward(self, src: Tensor, tgt: Tensor, log_probs: bool = True) -> Tensor:
+        hidden = self._hidden(src, tgt)
+        return self.generator(hidden) if log_probs else self.generator.proj(hidden)
 
     def logits(self, src: Tensor, tgt: Tensor) -> Tensor:
-        return self.generator.proj(self._hidden(src, tgt))
+        return self(src, tgt, log_probs=False)
 
     def _hidden(self, src: Tensor, tgt: Tensor) -> Tensor:
         return self.transformer(self.src_embed(src), self.tgt_embed(tgt), **torch_masks(src, tgt, self.pad_id))

@@ -248,13 +248,16 @@ class Transformer(nn.Module):
     def new_cache(self) -> DecoderCache:
         return DecoderCache.empty(self.config.n_decoder_layers)
 
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Teacher-forced log-probabilities. Shapes: src (B, S), tgt (B, T) -> (B, T, V)."""
-        return self.generator(self.decode(self.encode(src), src, tgt))
+    def forward(self, src: Tensor, tgt: Tensor, log_probs: bool = True) -> Tensor:
+        """Teacher-forced log-probabilities (``log_probs=False``: the scores before the softmax, for a
+        fused loss; through ``forward``, so a DDP wrapper sees the call). Shapes: src (B, S), tgt (B, T)
+        -> (B, T, V)."""
+        hidden = self.decode(self.encode(src), src, tgt)
+        return self.generator(hidden) if log_probs else self.generator.proj(hidden)
 
     def logits(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Teacher-forced scores before the softmax, for a fused loss. Shapes: -> (B, T, V)."""
-        return self.generator.proj(self.decode(self.encode(src), src, tgt))
+        return self(src, tgt, log_probs=False)
 
 
 def _visible_first(mask: Tensor, n: int) -> Tensor:

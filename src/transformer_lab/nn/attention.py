@@ -209,6 +209,18 @@ class MultiHeadAttention(nn.Module):
         k, v = F.linear(key_value, w, _cat_bias(self.w_k, self.w_v)).split(d, dim=-1)
         return self.w_q(query), k, v
 
+    def _joint_projections(self, query: Tensor, key_value: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Q, K, V from projections that run side by side as one product of their own (``joint``: a
+        quantized Linear on fbgemm, whose packed weights are concatenated once and kept), or None."""
+        joint = getattr(self.w_q, "joint", None)
+        if joint is None or torch.compiler.is_compiling():
+            return None
+        if key_value is query:
+            product = joint(self.w_k, self.w_v)
+            return None if product is None else product(query).split(self.d_inner, dim=-1)
+        product = self.w_k.joint(self.w_v) if hasattr(self.w_k, "joint") else None
+        return None if product is None else (self.w_q(query), *product(key_value).split(self.d_inner, dim=-1))
+
     def _plain_projections(self) -> bool:
         """Fusing reads the three weight matrices directly, which is only right for plain
         ``nn.Linear``: a replaced projection (LoRA, a quantized Linear) must run its own forward."""
@@ -271,7 +283,10 @@ class MultiHeadAttention(nn.Module):
             # as the products themselves when one token is decoded (measured: 6% of a GPT-2 step).
             # Under torch.compile the row count is symbolic: one path, so one graph serves all sizes.
             few_rows = b * t_q < 32 and not torch.compiler.is_compiling()
-            if use_reference or few_rows or not self._plain_projections():
+            joint = None if use_reference else self._joint_projections(query, key_value)
+            if joint is not None:
+                q, k, v = joint
+            elif use_reference or few_rows or not self._plain_projections():
                 q, k, v = self.w_q(query), self.w_k(key_value), self.w_v(key_value)
             else:
                 q, k, v = self._fused_projections(query, key_value)

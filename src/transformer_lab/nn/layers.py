@@ -223,3 +223,18 @@ class Decoder(nn.Module):
             caches = (cache.self_attn[i], cache.cross_attn[i]) if cache is not None else (None, None)
             x = layer(x, memory, self_mask, cross_mask, pos, record_cross_attention, *caches)
         return self.norm(x)
+
+
+def set_dropout(model: nn.Module, p: float) -> nn.Module:
+    """Every dropout in ``model`` at rate ``p``: the ``nn.Dropout`` modules (embeddings, residual
+    branches, FFN, heads) and attention's dropout on its weights (``MultiHeadAttention.dropout``, a
+    rate). ``train --dropout 0`` uses it: the model's config keeps its own rates (a training setting,
+    like the learning rate)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: expected 0 <= p < 1, got {p}")
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        elif isinstance(getattr(m, "dropout", None), float):
+            m.dropout = p
+    return model

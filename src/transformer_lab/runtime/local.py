@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import Any, Sequence
+
 import torch
 from torch import nn
 
@@ -60,6 +63,25 @@ class Runtime:
 
     def barrier(self) -> None:
         """Wait for every process (nothing to wait for in one process)."""
+
+    # What the trainer asks a runtime (``runtime.distributed`` answers them for N processes).
+    def shard(self, indices: Sequence[int]) -> tuple[list[int], float]:
+        """This process's examples of a global batch, and the weight of its loss: all of them, 1."""
+        return list(indices), 1.0
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Sums over the processes: the values themselves."""
+        return list(values)
+
+    def max(self, values: Sequence[float]) -> list[float]:
+        """Maxima over the processes: the values themselves."""
+        return list(values)
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def no_sync(self, model: nn.Module, last: bool):
+        return nullcontext()
 
     def __repr__(self) -> str:
         return f"Runtime(device={self.device}, world_size={self.world_size})"

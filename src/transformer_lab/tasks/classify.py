@@ -34,7 +34,7 @@ from transformer_lab.data.classification import read_labelled_tsv
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.hf import load_bert
 from transformer_lab.runs import BEST, LAST, find_checkpoint, load_model, save_checkpoint
-from transformer_lab.runtime import Runtime
+from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run, save_adapter,
                                            task_adapter, train, write_summary, write_uncut)
 from transformer_lab.tasks.embed import BERT_RECIPE, by_length, encode_texts, export
@@ -105,7 +105,7 @@ def accuracy(model: Bert, ids: list[list[int]], labels: list[int]) -> float:
 
 
 def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
-    runtime = runtime or Runtime(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device)
     train_x, train_y = read_labelled_tsv(cfg.train_file)
     dev_x, dev_y = read_labelled_tsv(cfg.dev_file)
     test = read_labelled_tsv(cfg.test_file) if cfg.test_file else None

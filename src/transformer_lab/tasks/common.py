@@ -82,8 +82,9 @@ def train(folder: RunFolder, opts: RunOptions, runtime: Runtime, model: torch.nn
 
 def after_training(result: TrainResult, work: Callable[[], T]) -> T | None:
     """``work()`` (a final evaluation) unless a signal stopped training; a signal during it abandons it
-    (None) and is recorded in ``result.signum``, so the command still exits 128 + signal."""
-    if result.signum is not None:
+    (None) and is recorded in ``result.signum``, so the command still exits 128 + signal. In a
+    distributed run only the main process does it (the others would repeat the same figures)."""
+    if result.signum is not None or not result.is_main:
         return None
     try:
         with interruptible_section():

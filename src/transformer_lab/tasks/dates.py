@@ -22,7 +22,7 @@ from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.summary import parameter_summary
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, load_model
-from transformer_lab.runtime import Runtime
+from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.config import check_positive
 from transformer_lab.tasks.common import RunOptions, TaskResult, after_training, open_run, train, write_summary
 from transformer_lab.tasks.translation import seq2seq_loss
@@ -77,7 +77,7 @@ def exact_match(model: Transformer, pairs: Pairs, vocab: Vocab, batch_size: int 
 
 
 def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
-    runtime = runtime or Runtime(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device)
     with open_run(cfg.run, runtime) as folder:
         train_pairs, test_pairs, vocab = prepare(cfg.n_test, cfg.train.seed)
         torch.manual_seed(cfg.train.seed)  # the initial weights

@@ -30,7 +30,7 @@ from transformer_lab.models.summary import parameter_summary
 from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.nn.sparse import parse_pattern
 from transformer_lab.runs import find_checkpoint, load_model
-from transformer_lab.runtime import Runtime, unwrap
+from transformer_lab.runtime import Runtime, runtime_for, unwrap
 from transformer_lab.runtime.signals import Interrupted, interruptible_section
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run, save_adapter,
                                            task_adapter, train, write_summary, write_uncut)
@@ -313,7 +313,7 @@ def encode_prompt(tok, text: str, eos_id: int | None) -> list[int]:
 
 # --- run ------------------------------------------------------------------------------------------
 def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
-    runtime = runtime or Runtime(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device)
     base = gpt_preset(cfg.model)
     context = cfg.context or base.max_len
     with open_run(cfg.run, runtime) as folder:
@@ -326,6 +326,9 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
                  f"{len(data.valid):,}", data.tokenizer.vocab_size, cfg.tokenizer)
         log.info("model: %s, %s parameters, context %d; device %s", cfg.model, f"{parameter_summary(model)['total']:,}",
                  context, runtime.device)
+        if cfg.memory is not None and runtime.world_size > 1:
+            raise ValueError("memory: Transformer-XL's streams carry their memory from one batch to the next in one "
+                             "process; train --memory in a single process (not under torchrun)")
         if cfg.memory is None:
             source, loss_fn = RandomWindows(data.train, cfg.batch_size, context, cfg.train.seed), lm_loss
         else:  # streams of consecutive segments, each attending to the memory of the ones before
@@ -340,8 +343,8 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
             "best_sampled_val_loss": finite_or_none(result.state.best_val_loss)}
         def whole_split() -> dict:
             if cfg.memory is None:
-                return evaluate_lm(trainer.model, data.valid, context)
-            return evaluate_with_memory(trainer.model, data.valid, context, cfg.memory)
+                return evaluate_lm(runtime.unwrap(trainer.model), data.valid, context)
+            return evaluate_with_memory(runtime.unwrap(trainer.model), data.valid, context, cfg.memory)
 
         full = after_training(result, whole_split)  # the whole split
         if full is not None:
@@ -386,7 +389,7 @@ class LMFinetuneConfig:
 def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResult:
     """Fine-tune a pretrained GPT on a text file (all weights, or an adapter); report the validation loss
     before and after, and export OUT/adapter (a peft adapter folder) when an adapter trained."""
-    runtime = runtime or Runtime(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device)
     with open_run(cfg.run, runtime) as folder:
         model, tok = load_lm(cfg.model, runtime.device)
         if cfg.adapter is not None:
@@ -410,7 +413,7 @@ def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResul
             "stopped_by": result.stopped_by, "train_seconds": round(result.state.elapsed_s, 1),
             "trainable_parameters": counts.trainable, "total_parameters": counts.total,
             "val_loss_before": round(before["loss"], 4)}
-        after = after_training(result, lambda: evaluate_lm(trainer.model, valid_ids, context))
+        after = after_training(result, lambda: evaluate_lm(runtime.unwrap(trainer.model), valid_ids, context))
         if after is not None:
             summary.update(val_loss=round(after["loss"], 4), val_ppl=round(after["perplexity"], 3))
             log.info("validation loss %.4f before fine-tuning, %.4f after %d steps", before["loss"], after["loss"],

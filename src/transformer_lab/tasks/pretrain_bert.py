@@ -24,7 +24,7 @@ from transformer_lab.data.batches import PretrainBatch, PretrainBatches
 from transformer_lab.data.mlm import IGNORE, PairExample, held_out_documents, make_pairs, read_documents
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.presets import BERT_PRESETS, bert_preset
-from transformer_lab.runtime import Runtime
+from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, train, write_summary,
                                            write_uncut)
 from transformer_lab.tasks.embed import BERT_RECIPE, export
@@ -149,7 +149,7 @@ def evaluate_pretraining(model: Bert, source: PretrainBatches, nsp: bool, max_ba
 
 
 def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
-    runtime = runtime or Runtime(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device)
     with open_run(cfg.run, runtime) as folder:
         data = prepare(cfg)
         torch.manual_seed(cfg.train.seed)  # the initial weights
@@ -175,7 +175,7 @@ def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
         if runtime.is_main:  # the weights as trained so far, as a Hugging Face folder
             summary["model"] = str(write_uncut(result, lambda: export(runtime.unwrap(trainer.model), data.tokenizer,
                                                                       folder.export())))
-        final = after_training(result, lambda: evaluate_pretraining(trainer.model, held or source, cfg.nsp))
+        final = after_training(result, lambda: evaluate_pretraining(runtime.unwrap(trainer.model), held or source, cfg.nsp))
         if final is not None:
             summary.update({k: round(v, 4) for k, v in final.items()})
             log.info("MLM accuracy %.1f%%%s (%s); wrote %s", 100 * final["mlm_acc"],

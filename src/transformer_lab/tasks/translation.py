@@ -30,7 +30,7 @@ from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.summary import parameter_summary
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import clean_stale_temporaries, find_checkpoint, load_model
-from transformer_lab.runtime import Runtime
+from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, open_run, save_adapter, task_adapter,
                                           train, write_summary, write_uncut)
 from transformer_lab.tokenizers.base import Tokenizer
@@ -214,7 +214,7 @@ def seq2seq_loss(label_smoothing: float):
 
     def loss_fn(model: torch.nn.Module, b: Batch, device: torch.device) -> StepLoss:
         src, tgt_in, tgt_out = (t.to(device, non_blocking=True) for t in (b.src, b.tgt_in, b.tgt_out))
-        logits = model.logits(src, tgt_in)
+        logits = model(src, tgt_in, log_probs=False)  # (a DDP wrapper's forward: gradients are all-reduced)
         res = label_smoothed_cross_entropy(logits.float(), tgt_out, label_smoothing, b.pad_id)
         return StepLoss(res.loss, res.nll)
 
@@ -370,7 +370,7 @@ def load_translator(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 # --- run ------------------------------------------------------------------------------------------
 def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
-    runtime = runtime or Runtime(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device)
     train_files, valid_files = cfg.files()
     with open_run(cfg.run, runtime) as folder:
         data = prepare_data(train_files, valid_files, cfg.vocab_size, cfg.joint, cfg.max_len,
@@ -432,7 +432,7 @@ class TranslationFinetuneConfig(ParallelSource):
 def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> TaskResult:
     """Fine-tune a trained translation model (all weights, or an adapter) on new parallel text; report
     validation loss and BLEU before and after, and export OUT/adapter when an adapter trained."""
-    runtime = runtime or Runtime(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device)
     find_checkpoint(cfg.model)  # a wrong model path fails before any data work
     train_files, valid_files = cfg.files()
     with open_run(cfg.run, runtime) as folder:

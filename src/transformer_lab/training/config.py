@@ -25,6 +25,7 @@ class TrainConfig:
     adam_eps: float = 1e-9
     weight_decay: float = 0.0  # > 0: AdamW, decoupled decay on matrices and embeddings only (nanoGPT's rule)
     min_lr: float = 0.0  # cosine: the floor the rate decays to
+    dropout: float | None = None  # every dropout of the model at this rate during training (None: the model's own)
     log_every: int = 20
     seed: int = 0
     progress: bool = True
@@ -56,6 +57,8 @@ class TrainConfig:
             raise ValueError(f"beta2: expected 0 <= beta2 < 1, got {self.beta2}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: expected >= 0, got {self.weight_decay}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected 0 <= p < 1 (or None: the model's own rates), got {self.dropout}")
         if self.min_lr < 0:
             raise ValueError(f"min_lr: expected >= 0, got {self.min_lr}")
         if not self.adam_eps > 0:

@@ -27,6 +27,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from transformer_lab.nn.layers import set_dropout
 from transformer_lab.runs import LAST, RunFolder, find_checkpoint, load_model, load_train_state, save_checkpoint
 from transformer_lab.runtime import Runtime
 from transformer_lab.runtime.signals import Interrupted, StopRequest
@@ -69,6 +70,7 @@ class TrainResult:
     state: TrainState
     stopped_by: str  # "max_steps" | "time_budget" | "early_stopping" | "signal"
     signum: int | None = None
+    is_main: bool = True  # False in a distributed run's other processes: the work after training is rank 0's
 
     @property
     def tokens_per_s(self) -> float:
@@ -105,6 +107,8 @@ class Trainer:
         self.source, self.cfg, self.loss_fn = source, cfg, loss_fn
         self.run = out if isinstance(out, RunFolder) else RunFolder(out)
         self.validate, self.extra_files = validate, extra_files or {}
+        if cfg.dropout is not None:
+            set_dropout(model, cfg.dropout)
         self.model = self.runtime.place(model)
         self.optimizer = build_optimizer(self.model, cfg)
         d_model = getattr(getattr(self.runtime.unwrap(self.model), "config", None), "d_model", None)
@@ -116,6 +120,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.state = TrainState()
         self._epoch_cache: tuple[int, list[list[int]]] | None = None
+        self._peer_signal: int | None = None  # a signal another process of a distributed run saw
 
     # --- checkpoints ----------------------------------------------------------------------------
     def save(self, name: str = LAST, with_state: bool = True) -> Path | None:
@@ -167,7 +172,9 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
+            set_rng_state(state["rng"])  # the main process's streams
+            if self.runtime.rank:  # the others draw their own dropout masks, as they did from the start
+                torch.manual_seed(self.cfg.seed + self.runtime.rank + 1_000_003 * int(state["trainer"]["step"]))
             self.state = TrainState(**state["trainer"])
             if hasattr(self.loss_fn, "load_state_dict"):
                 self.loss_fn.load_state_dict(state.get("loss", {}))
@@ -184,15 +191,17 @@ class Trainer:
                  self.state.epoch, self.state.position)
 
     # --- one step -------------------------------------------------------------------------------
-    def _next_batches(self) -> list[Any]:
-        """The next ``accumulate`` batches, crossing into the next epoch when one ends."""
+    def _next_batches(self) -> tuple[list[Any], list[float]]:
+        """The next ``accumulate`` batches (this process's share of each), crossing into the next epoch
+        when one ends, and their loss weights (``Runtime.shard``)."""
         batches = self._epoch_batches(self.state.epoch)
         if self.state.position >= len(batches):
             self.state.epoch, self.state.position = self.state.epoch + 1, 0
             batches = self._epoch_batches(self.state.epoch)
         chunk = batches[self.state.position : self.state.position + self.cfg.accumulate]
         self.state.position += len(chunk)
-        return [self.source.make(ix) for ix in chunk]
+        shards = [self.runtime.shard(ix) for ix in chunk]  # this process's examples of each (all, in one process)
+        return [self.source.make(ix) for ix, _ in shards], [weight for _, weight in shards]
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's batch order, computed once per epoch (a shuffle of the whole set is not free)."""
@@ -206,34 +215,46 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def backward(self, batches: list[Any]) -> dict:
-        """Gradients of one optimizer step over ``batches`` (micro-batches), accumulated in .grad. The
-        loss is normalised by the total of the batches' loss units (target tokens, or sequences), so k
-        micro-batches of b sentences give the gradients of one batch of k·b."""
+    def backward(self, batches: list[Any], weights: list[float] | None = None) -> dict:
+        """Gradients of one optimizer step over ``batches`` (micro-batches; ``weights``: each one's loss
+        weight, 1 by default), accumulated in .grad. The loss is normalised by the total of the batches' loss units (target
+        tokens, or sequences), so k micro-batches of b sentences give the gradients of one batch of k·b.
+        In a distributed run each process holds its share of every micro-batch: the total is summed over
+        the processes, and the loss multiplied by their number (DDP averages gradients), so the
+        gradients are those of the whole batch in one process."""
         self.model.train()
-        total = sum(getattr(b, "loss_units", b.n_tokens) for b in batches)
-        tokens = sum(b.n_tokens for b in batches)
-        loss_sum, nll_sum = 0.0, 0.0
+        world = self.runtime.world_size
+        batches = list(zip(batches, weights or [1.0] * len(batches)))
+        units = sum(w * getattr(b, "loss_units", b.n_tokens) for b, w in batches)
+        total = self.runtime.sum([units])[0] if world > 1 else units
+        loss_sum = nll_sum = tokens = weight = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         extra: dict[str, float] = {}
-        for b in batches:
-            with self._autocast():
+        for i, (b, w) in enumerate(batches):
+            with self.runtime.no_sync(self.model, last=i == len(batches) - 1), self._autocast():
                 res = self.loss_fn(self.model, b, self.device)
-            loss = res.loss / total
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {self.state.step + 1}; stopped before it reached the weights"
-                )
-            self.scaler.scale(loss).backward()
-            loss_sum += float(res.loss.detach())
-            nll_sum += float(res.nll)
+                loss = res.loss * (w * world / total)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {self.state.step + 1}; stopped before it reached the weights"
+                    )
+                self.scaler.scale(loss).backward()
+            loss_sum += w * float(res.loss.detach())
+            nll_sum += w * float(res.nll)
+            tokens += w * b.n_tokens
+            weight += w
             for k, v in res.metrics.items():
-                extra[k] = extra.get(k, 0.0) + v
-        return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": tokens,
-                **{k: v / len(batches) for k, v in extra.items()}}
+                extra[k] = extra.get(k, 0.0) + w * v
+        if world > 1:  # the step's figures over every process's share
+            names = sorted(extra)
+            loss_sum, nll_sum, tokens, weight, *values = self.runtime.sum(
+                [loss_sum, nll_sum, tokens, weight, *(extra[k] for k in names)])
+            extra = dict(zip(names, values))
+        return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": int(tokens),
+                **{k: v / weight for k, v in extra.items()}}
 
-    def train_step(self, batches: list[Any]) -> dict:
-        row = self.backward(batches)
+    def train_step(self, batches: list[Any], weights: list[float] | None = None) -> dict:
+        row = self.backward(batches, weights)
         self.scaler.unscale_(self.optimizer)
         if self.cfg.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
@@ -247,7 +268,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg, st = self.cfg, self.state
         if st.step == 0:
-            torch.manual_seed(cfg.seed)  # dropout's stream; a resumed run restores it instead
+            torch.manual_seed(cfg.seed + self.runtime.rank)  # dropout's stream; a resumed run restores it instead
         stop = StopRequest("the current step finishes and is saved")
         bar = tqdm(total=cfg.max_steps, initial=st.step, desc="train", unit="step",
                    disable=not (cfg.progress and self.runtime.is_main), dynamic_ncols=True)
@@ -255,7 +276,7 @@ class Trainer:
         stopped_by = "max_steps"
         with stop.installed():
             while st.step < cfg.max_steps:
-                row = self.train_step(self._next_batches())
+                row = self.train_step(*self._next_batches())
                 st.step += 1
                 st.tokens += row["tokens"]
                 window_tokens += row["tokens"]
@@ -276,33 +297,51 @@ class Trainer:
                         break
                 if cfg.save_every and st.step % cfg.save_every == 0:
                     self.save()
-                if stop.signum is not None:
+                signalled, out_of_time = self._agree(stop.signum,
+                                                     cfg.time_budget_s is not None and st.elapsed_s >= cfg.time_budget_s)
+                if signalled:
                     stopped_by = "signal"
                     break
-                if cfg.time_budget_s is not None and st.elapsed_s >= cfg.time_budget_s:
+                if out_of_time:
                     stopped_by = "time_budget"
                     break
             bar.close()
             if self.validate and stopped_by != "early_stopping" and stop.signum is None:
                 self._evaluate(stop)
+            if stop.signum is None and stopped_by == "signal":  # another process was signalled: stop as it does
+                stop.signum = self._peer_signal
             if stop.signum is not None:
                 stopped_by = "signal"
             self.save()
             self.plot()
+            self.runtime.barrier()  # the last checkpoint is on disk before any process reads it
         log.info("stopped by %s at step %d after %.0f s", stopped_by, st.step, st.elapsed_s)
-        return TrainResult(st, stopped_by, stop.signum)
+        return TrainResult(st, stopped_by, stop.signum, self.runtime.is_main)
+
+    def _agree(self, signum: int | None, out_of_time: bool) -> tuple[bool, bool]:
+        """Every process's stop conditions, the same on all: a signal any process saw (its number kept
+        for the exit code), a time budget any process has spent."""
+        if self.runtime.world_size == 1:
+            return signum is not None, out_of_time
+        seen, late = self.runtime.max([float(signum or 0), float(out_of_time)])
+        self._peer_signal = int(seen) or None
+        return seen > 0, late > 0
 
     def _evaluate(self, stop: StopRequest) -> bool:
         """Validate, keep the best checkpoint; True when early stopping says stop. A stop signal
         abandons the pass at once (its figures are dropped; the loop then saves and stops)."""
+        metrics = None
         try:
-            with stop.interruptible():
-                metrics = self.validate(self.model)
+            if self.runtime.is_main:  # one process validates; the others take its figures
+                with stop.interruptible():
+                    metrics = self.validate(self.runtime.unwrap(self.model))
         except Interrupted:
             log.warning("validation at step %d abandoned (signal)", self.state.step)
-            return False
         finally:
             self.model.train()
+        metrics = self.runtime.broadcast(metrics)
+        if metrics is None:
+            return False
         st = self.state
         self._log({"step": st.step, "epoch": st.epoch, **metrics})
         if metrics["val_loss"] < st.best_val_loss:

@@ -1,0 +1,133 @@
+"""Several processes, one model: PyTorch's DistributedDataParallel under ``torchrun``.
+
+    torchrun --nproc-per-node 2 -m transformer_lab train --preset multi30k-de-en ...
+
+``torchrun`` starts N copies of the command and tells each its place through the environment
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); ``runtime_for`` reads it and
+returns a ``DistributedRuntime`` (one process group: gloo on CPU, NCCL on CUDA, one GPU per local rank)
+or, outside torchrun, the single-process ``Runtime``. Several machines are torchrun's rendezvous
+(``--nnodes``, ``--rdzv-endpoint``): nothing here changes.
+
+What a distributed run does differently (``training.loop.Trainer`` asks the runtime):
+
+- every process computes the same global batch list (a pure function of seed and epoch) and takes
+  its share of each batch's examples, ``indices[rank::world_size]``; the batch options mean the
+  global batch, so N processes take the steps one process would, on 1/N of the examples each;
+- the loss is divided by the global batch's loss units (summed over processes) and multiplied by N,
+  because DDP averages gradients: the sum is the one-process gradient;
+- micro-batches before the last of a step run under ``no_sync`` (one all-reduce per step);
+- only rank 0 writes (checkpoints, metrics, plots, progress bar) and validates; its figures and its
+  stop decisions (time budget, early stopping, a signal seen by any process) reach every process, so
+  all stop at the same step.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import logging
+import os
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from transformer_lab.runtime.local import Runtime, choose_device
+
+# torchrun's variables; WORLD_SIZE alone can be left over in a shell, so RANK and the rendezvous too
+ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_by_torchrun() -> bool:
+    return all(k in os.environ for k in ENV)
+
+
+def runtime_for(device: str | torch.device | None = None) -> Runtime:
+    """The runtime this process was started for: distributed under torchrun (even with one process,
+    so a 1-process torchrun run takes the distributed path), else one process."""
+    return DistributedRuntime(device) if launched_by_torchrun() else Runtime(device)
+
+
+class DistributedRuntime(Runtime):
+    """One of ``world_size`` processes training one model with DDP."""
+
+    def __init__(self, device: str | torch.device | None = None, timeout_s: float = 1800.0):
+        self.rank, self.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        self.local_rank = int(os.environ["LOCAL_RANK"])
+        if device is None:
+            device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        device = choose_device(str(device)) if not isinstance(device, torch.device) else device
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", self.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        super().__init__(device)
+        if self.rank:  # one voice: the other processes say only what goes wrong
+            logging.getLogger().setLevel(logging.WARNING)
+        self._synced = False  # a step has ended with an all-reduce (see ``no_sync``)
+        self.backend = "nccl" if device.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(self.backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                    **({"device_id": device} if device.type == "cuda" else {}))
+            atexit.register(self.close)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """The model on this process's device, wrapped in DDP (rank 0's weights are broadcast to all).
+        ``static_graph``: the same parameters take part in every step, though not necessarily all of
+        them (a BERT pooler under MLM-only): DDP learns which in the first step, without the per-step
+        graph search ``find_unused_parameters`` costs."""
+        model = model.to(self.device)
+        if not any(p.requires_grad for p in model.parameters()):
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, static_graph=True)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    # --- what the trainer asks ----------------------------------------------------------------
+    def shard(self, indices: Sequence[int]) -> tuple[list[int], float]:
+        """This process's examples of a global batch, and the weight of its loss: 1, or 0 when the
+        batch has fewer examples than processes (the process then repeats the first example, so every
+        process still runs the step's collectives, and adds nothing)."""
+        mine = list(indices[self.rank :: self.world_size])
+        return (mine, 1.0) if mine else ([indices[0]], 0.0)
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sums over the processes (float64)."""
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, values: Sequence[float]) -> list[float]:
+        """Element-wise maxima over the processes."""
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def _reduce(self, values: Sequence[float], op) -> list[float]:
+        t = torch.tensor(list(values), dtype=torch.float64, device=self.device if self.backend == "nccl" else "cpu")
+        dist.all_reduce(t, op=op)
+        return t.tolist()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every process."""
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.backend == "nccl" else None)
+        return box[0]
+
+    def no_sync(self, model: nn.Module, last: bool):
+        """Skip DDP's gradient all-reduce for a micro-batch that is not the step's last: the step's
+        gradients are summed locally and all-reduced once. Not in this process's first step, where a
+        static-graph DDP learns which parameters take part (every micro-batch is all-reduced then:
+        the same sum, more traffic)."""
+        if last:
+            self._synced = True
+        if last or not self._synced or not isinstance(model, nn.parallel.DistributedDataParallel):
+            return nullcontext()
+        return model.no_sync()
+
+    def __repr__(self) -> str:
+        return f"DistributedRuntime(rank={self.rank}, world_size={self.world_size}, device={self.device}, backend={self.backend})"
