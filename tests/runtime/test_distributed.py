@@ -4,6 +4,7 @@ and the final weights agree within float rounding; a checkpoint written by 2 pro
 and one written by 1 resumes in 2, landing on the same weights as the straight run."""
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from transformer_lab.cli.main import main
 
 from transformer_lab.runtime import Runtime, launched_by_torchrun, runtime_for
 
@@ -26,18 +29,20 @@ def _free_port() -> int:
 
 
 def _train(data: Path, out: Path, steps: int, processes: int = 1, resume: Path | None = None) -> None:
-    """``train`` as a user runs it: ``python -m transformer_lab`` or ``torchrun -m transformer_lab``."""
-    args = ["train", "--preset", "lm", "--data", str(data), "--tokenizer", "char", "--context", "16",
+    args = ["--preset", "lm", "--data", str(data), "--tokenizer", "char", "--context", "16",
             "--batch-size", "6", "--max-steps", str(steps), "--schedule", "constant", "--warmup", "2", "--lr", "3e-3",
             "--accumulate", "2", "--dropout", "0", "--log-every", "1", "--no-progress", "--out", str(out)]
-    if resume is not None:
-        args += ["--resume", str(resume)]
+    _run(args + (["--resume", str(resume)] if resume is not None else []), processes)
+
+
+def _run(train_args: list[str], processes: int) -> None:
+    """``train`` as a user runs it: ``python -m transformer_lab`` or ``torchrun -m transformer_lab``."""
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                  "--master-addr", "127.0.0.1", "--master-port", str(_free_port())] if processes > 1 else [sys.executable])
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    done = subprocess.run([*launcher, "-m", "transformer_lab", *args], env=env, capture_output=True, text=True,
+    done = subprocess.run([*launcher, "-m", "transformer_lab", "train", *train_args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -90,3 +95,34 @@ def test_outside_torchrun_the_runtime_is_one_process(monkeypatch):
     rt = runtime_for("cpu")
     assert type(rt) is Runtime and rt.world_size == 1 and rt.is_main
     assert rt.shard([3, 1, 2]) == ([3, 1, 2], 1.0) and rt.sum([1.0, 2.0]) == [1.0, 2.0] and rt.broadcast("x") == "x"
+
+
+def test_bench_ddp_runs_one_command_in_one_and_two_processes(tmp_path, capsys):
+    data = tmp_path / "t.txt"
+    data.write_text(TEXT)
+    assert main(["bench", "ddp", "--json", "--steps", "6", "--log-every", "2", "--", "--preset", "lm", "--data",
+                 str(data), "--tokenizer", "char", "--context", "16", "--batch-size", "6"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["processes"] == 2 and res["ours"] > 0 and res["peer"] > 0
+    assert res["ratio"] == round(res["ours"] / res["peer"], 3)
+    assert main(["bench", "ddp", "--", "--preset", "lm", "--out", "x"]) == 2
+    assert "are the bench's to set" in capsys.readouterr().err
+
+
+def test_translation_trains_in_two_processes_as_in_one(tmp_path):
+    """The encoder-decoder's loss calls the model through its forward (``log_probs=False``), so DDP sees the
+    call and all-reduces the gradients: token buckets shared out, the same losses as one process."""
+    words = "the a dog cat runs sleeps big small red blue".split()
+    src = [" ".join(words[(i * k) % len(words)] for k in range(1, 6 + i % 5)) for i in range(120)]
+    files = {}
+    for name, lines in (("tr.src", src), ("tr.tgt", [" ".join(reversed(s.split())) for s in src])):
+        files[name] = tmp_path / name
+        files[name].write_text("\n".join(lines) + "\n")
+    args = ["--train-src", files["tr.src"], "--train-tgt", files["tr.tgt"], "--valid-src", files["tr.src"],
+            "--valid-tgt", files["tr.tgt"], "--model", "tiny", "--vocab-size", "300", "--max-tokens", "300",
+            "--bleu-sample", "0", "--cache-dir", tmp_path / "cache"]
+    for n, out in ((1, "one"), (2, "two")):
+        _run([*map(str, args), "--max-steps", "4", "--dropout", "0", "--log-every", "1", "--no-progress", "--out",
+              str(tmp_path / out)], n)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == 4 and max(abs(x - y) for x, y in zip(one, two)) < 1e-5, (one, two)

@@ -92,6 +92,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=non_negative_int, default=None, help="steps between validations (0: at the end)")
     g.add_argument("--patience", type=positive_int, default=None, help="early stopping: validations without improvement")
     g.add_argument("--save-every", type=non_negative_int, default=None, help="steps between checkpoints (0: at the end)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for training (the first steps compile: 1-2 min on CPU; measured "
+                        "slower than eager on a 2-core CPU, see README)")
     g.add_argument("--log-every", type=positive_int, default=None, help="steps between rows of metrics.csv (default 20)")
     g.add_argument("--dropout", type=probability, default=None,
                    help="every dropout of the model at this rate while training (default: the model's own; 0: none, "
@@ -104,7 +107,7 @@ def train_config(args: argparse.Namespace, recipe: TrainConfig) -> TrainConfig:
                  label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, beta2=args.beta2,
                  min_lr=args.min_lr, accumulate=args.accumulate, precision=args.precision, eval_every=args.eval_every,
                  patience=args.patience, save_every=args.save_every, dropout=args.dropout,
-                 log_every=args.log_every)
+                 log_every=args.log_every, compile=args.compile or None)
     values = {k: v for k, v in given.items() if v is not None}
     if args.time_budget is not None:
         values["time_budget_s"] = args.time_budget * 60

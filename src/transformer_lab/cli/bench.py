@@ -10,7 +10,7 @@ import json
 
 from tqdm import tqdm
 
-from transformer_lab.bench import attention, bert, gpt, int8, model, peft, quantize, tokenizer, translation
+from transformer_lab.bench import attention, bert, ddp, gpt, int8, model, peft, quantize, tokenizer, translation
 from transformer_lab.bench.harness import BenchResult
 from transformer_lab.cli.args import non_negative_int, positive_int
 from transformer_lab.models.presets import PRESETS
@@ -120,6 +120,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     at.add_argument("--max-dense-gib", type=float, default=6.0, help="skip the dense reference past this score size")
     at.set_defaults(run=_attention)
 
+    dd = _parser(bsub, "ddp", "one training command in 1 process and in N under torchrun: tokens/s and ratio",
+                 ddp.__doc__)
+    dd.add_argument("--nproc", type=positive_int, default=2, help="processes under torchrun")
+    dd.add_argument("--steps", type=positive_int, default=40, help="training steps of each run")
+    dd.add_argument("--log-every", type=positive_int, default=5, help="steps per timed window (the first is dropped)")
+    dd.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then train's arguments")
+    dd.set_defaults(run=_ddp)
+
     pf = _parser(bsub, "peft", "SST-2 fine-tuning: full, LoRA, QLoRA, prefix, prompt; ours vs peft", peft.__doc__)
     pf.add_argument("--model", default=None, help="an HF BERT folder (default: all-MiniLM-L6-v2)")
     pf.add_argument("--data", default=None, help="the SST-2 folder (default: $TRANSFORMER_LAB_DATA/sst2)")
@@ -133,6 +141,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     pf.add_argument("--no-peer", action="store_true", help="ours only")
     pf.add_argument("--markdown", action="store_true", help="print the README's table")
     pf.set_defaults(run=_peft)
+
+
+def _ddp(a: argparse.Namespace) -> BenchResult:
+    args = a.train_args[1:] if a.train_args[:1] == ["--"] else a.train_args
+    with tqdm(total=2, desc="bench ddp", unit="run", disable=None) as bar:
+        return ddp.bench_ddp(args, a.nproc, a.steps, a.log_every, on_run=lambda s: (bar.set_postfix_str(s), bar.update(1)))
 
 
 def _attention(a: argparse.Namespace) -> BenchResult:

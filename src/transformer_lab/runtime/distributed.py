@@ -125,9 +125,10 @@ class DistributedRuntime(Runtime):
         the same sum, more traffic)."""
         if last:
             self._synced = True
-        if last or not self._synced or not isinstance(model, nn.parallel.DistributedDataParallel):
+        ddp = getattr(model, "_orig_mod", model)  # under torch.compile, the DDP wrapper inside
+        if last or not self._synced or not isinstance(ddp, nn.parallel.DistributedDataParallel):
             return nullcontext()
-        return model.no_sync()
+        return ddp.no_sync()
 
     def __repr__(self) -> str:
         return f"DistributedRuntime(rank={self.rank}, world_size={self.world_size}, device={self.device}, backend={self.backend})"

@@ -25,6 +25,7 @@ class TrainConfig:
     adam_eps: float = 1e-9
     weight_decay: float = 0.0  # > 0: AdamW, decoupled decay on matrices and embeddings only (nanoGPT's rule)
     min_lr: float = 0.0  # cosine: the floor the rate decays to
+    compile: bool = False  # torch.compile the model for training (validation and checkpoints use the plain one)
     dropout: float | None = None  # every dropout of the model at this rate during training (None: the model's own)
     log_every: int = 20
     seed: int = 0

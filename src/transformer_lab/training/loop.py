@@ -110,6 +110,11 @@ class Trainer:
         if cfg.dropout is not None:
             set_dropout(model, cfg.dropout)
         self.model = self.runtime.place(model)
+        if cfg.compile:
+            # Compiled on the first step (fixed shapes; after a new shape, shapes become symbolic: one more
+            # compile). The forward reads no token values back to the host (the id checks are skipped while
+            # tracing), so the graph is whole; batches come from the run's own tokenizer.
+            self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
         d_model = getattr(getattr(self.runtime.unwrap(self.model), "config", None), "d_model", None)
         if cfg.schedule == "noam" and d_model is None:
