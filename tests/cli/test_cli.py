@@ -69,6 +69,22 @@ def test_bench_model_json_has_ours_peer_ratio(capsys):
     assert result["inference"]["peer_name"] == "torch.nn.TransformerEncoder"
 
 
+def test_bench_gpt_reports_the_same_tokens_and_mfu_against_a_given_peak(capsys):
+    """One GPT-2-shaped layer on the CPU: the generation rows agree token for token with transformers',
+    and with ``--peak-tflops`` the training row carries MFU = 6·N + 12·L·T·d FLOPs per token x tokens/s
+    / peak. bf16 on a CPU is refused (a GPU feature here)."""
+    rc = main(["bench", "gpt", "--n-layers", "1", "--batches", "1", "--prompt-len", "4", "--new-tokens", "2",
+               "--train-batch", "1", "--train-len", "8", "--rounds", "1", "--train-rounds", "1",
+               "--peak-tflops", "1", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["generate_b1_cache"]["same_tokens"] and res["device"] == "cpu"
+    flops = 6 * res["parameters"] + 12 * 1 * 8 * 768
+    assert res["train"]["mfu_ours"] == pytest.approx(flops * res["train"]["ours"] / 1e12, rel=1e-3, abs=1e-4)
+    assert main(["bench", "gpt", "--n-layers", "1", "--precision", "bf16"]) == 2
+    assert "GPU feature" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_default_demo_reaches_high_exact_match(tmp_path):
     """The README's main job with its defaults (about 2 minutes on 2 cores)."""

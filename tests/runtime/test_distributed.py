@@ -11,12 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from transformer_lab.cli.main import main
 
 from transformer_lab.runtime import Runtime, launched_by_torchrun, runtime_for
+from transformer_lab.tasks.common import RunOptions
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200))
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -28,10 +30,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(data: Path, out: Path, steps: int, processes: int = 1, resume: Path | None = None) -> None:
+def _train(data: Path, out: Path, steps: int, processes: int = 1, resume: Path | None = None,
+           extra: list[str] = ()) -> None:
     args = ["--preset", "lm", "--data", str(data), "--tokenizer", "char", "--context", "16",
             "--batch-size", "6", "--max-steps", str(steps), "--schedule", "constant", "--warmup", "2", "--lr", "3e-3",
-            "--accumulate", "2", "--dropout", "0", "--log-every", "1", "--no-progress", "--out", str(out)]
+            "--accumulate", "2", "--dropout", "0", "--log-every", "1", "--eval-every", "4", "--no-progress",
+            "--out", str(out), *extra]
     _run(args + (["--resume", str(resume)] if resume is not None else []), processes)
 
 
@@ -67,24 +71,37 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     assert worst < 1e-5, worst
 
 
-def test_two_processes_train_and_resume_as_one(tmp_path):
-    data = tmp_path / "t.txt"
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The oracle: 8 steps in one process."""
+    tmp = tmp_path_factory.mktemp("one")
+    data = tmp / "t.txt"
     data.write_text(TEXT)
-    _train(data, tmp_path / "one", 8)
-    _train(data, tmp_path / "two", 8, processes=2)
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    _train(data, tmp / "one", 8)
+    return data, tmp / "one"
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_train_and_resume_as_one(straight, tmp_path, mode):
+    """DDP (a copy of the model in each process) and FSDP2 (``--fsdp``: the weights, gradients and Adam
+    state sharded, gathered to write checkpoints): the same steps as one process, and checkpoints that
+    resume across world sizes."""
+    data, one_run = straight
+    extra = ["--fsdp"] if mode == "fsdp" else []
+    _train(data, tmp_path / "two", 8, processes=2, extra=extra)
+    one, two = _losses(one_run), _losses(tmp_path / "two")
     assert len(one) == len(two) == 8
     assert max(abs(x - y) for x, y in zip(one, two)) < 1e-5, (one, two)
     assert one[-1] < one[0]  # it learns (the comparison is not between two runs that did nothing)
-    _assert_same_weights(tmp_path / "one", tmp_path / "two")
+    _assert_same_weights(one_run, tmp_path / "two")
     # 2 processes for 4 steps, then 1 to the end; and the other way round
-    _train(data, tmp_path / "two-one", 4, processes=2)
+    _train(data, tmp_path / "two-one", 4, processes=2, extra=extra)
     _train(data, tmp_path / "two-one", 8, resume=tmp_path / "two-one")
     _train(data, tmp_path / "one-two", 4)
-    _train(data, tmp_path / "one-two", 8, processes=2, resume=tmp_path / "one-two")
+    _train(data, tmp_path / "one-two", 8, processes=2, resume=tmp_path / "one-two", extra=extra)
     for run in ("two-one", "one-two"):
         assert max(abs(x - y) for x, y in zip(_losses(tmp_path / run), one)) < 1e-5
-        _assert_same_weights(tmp_path / "one", tmp_path / run)
+        _assert_same_weights(one_run, tmp_path / run)
 
 
 def test_outside_torchrun_the_runtime_is_one_process(monkeypatch):
@@ -95,6 +112,10 @@ def test_outside_torchrun_the_runtime_is_one_process(monkeypatch):
     rt = runtime_for("cpu")
     assert type(rt) is Runtime and rt.world_size == 1 and rt.is_main
     assert rt.shard([3, 1, 2]) == ([3, 1, 2], 1.0) and rt.sum([1.0, 2.0]) == [1.0, 2.0] and rt.broadcast("x") == "x"
+    with pytest.raises(ValueError, match="torchrun"):
+        runtime_for("cpu", fsdp=True)
+    with pytest.raises(ValueError, match="sharded training is for `train`"):
+        RunOptions(Path("x"), fsdp=True).refuse_fsdp()
 
 
 def test_bench_ddp_runs_one_command_in_one_and_two_processes(tmp_path, capsys):

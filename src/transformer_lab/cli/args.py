@@ -53,11 +53,14 @@ def add_run_args(p: argparse.ArgumentParser, out_required: bool = False) -> None
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     g.add_argument("--seed", type=non_negative_int, default=0)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model's weights, gradients and optimizer state over the processes "
+                        "(FSDP2) instead of a copy in each (DDP); `train` only")
 
 
 def run_options(args: argparse.Namespace, default_out: str | None = None) -> RunOptions:
     return RunOptions(out=Path(args.out or default_out), resume=Path(args.resume) if args.resume else None,
-                      overwrite=args.overwrite, device=args.device)
+                      overwrite=args.overwrite, device=args.device, fsdp=getattr(args, "fsdp", False))
 
 
 def add_split_special_tokens(p: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from transformer_lab.bench import attention, bert, ddp, gpt, int8, model, peft, quantize, tokenizer, translation
 from transformer_lab.bench.harness import BenchResult
-from transformer_lab.cli.args import non_negative_int, positive_int
+from transformer_lab.cli.args import non_negative_int, positive_float, positive_int
 from transformer_lab.models.presets import PRESETS
 
 
@@ -78,8 +78,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--train-len", type=positive_int, default=128)
     g.add_argument("--rounds", type=positive_int, default=4, help="generation rounds per side (interleaved; median)")
     g.add_argument("--train-rounds", type=positive_int, default=6, help="training-step rounds per side")
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="training: bf16 autocast (GPU)")
+    g.add_argument("--compile", action="store_true", help="training: both models under torch.compile")
+    g.add_argument("--peak-tflops", type=positive_float, default=None,
+                   help="the device's peak for MFU (default: a known GPU's dense bf16 peak; none on a CPU)")
     g.set_defaults(run=lambda a: gpt.bench_gpt(a.n_layers, _ints(a.batches, "--batches"), a.prompt_len, a.new_tokens,
-                                               a.train_batch, a.train_len, a.rounds, a.train_rounds))
+                                               a.train_batch, a.train_len, a.rounds, a.train_rounds, a.device,
+                                               a.precision, a.compile, a.peak_tflops))
 
 
     q = _parser(bsub, "quantize", "quantized models: our schemes vs torch.ao and onnxruntime (quality, speed, size)",

@@ -27,12 +27,17 @@ import atexit
 import datetime
 import logging
 import os
-from contextlib import nullcontext
-from typing import Any, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from transformer_lab.runtime.local import Runtime, choose_device
 
@@ -40,20 +45,40 @@ from transformer_lab.runtime.local import Runtime, choose_device
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+@contextmanager
+def _no_gradient_sync(model: FSDPModule, skip: bool) -> Iterator[None]:
+    """FSDP's ``no_sync``: gradients of this micro-batch stay unreduced (accumulated) until the last."""
+    model.set_requires_gradient_sync(not skip)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ENV)
 
 
-def runtime_for(device: str | torch.device | None = None) -> Runtime:
+def runtime_for(device: str | torch.device | None = None, fsdp: bool = False) -> Runtime:
     """The runtime this process was started for: distributed under torchrun (even with one process,
-    so a 1-process torchrun run takes the distributed path), else one process."""
-    return DistributedRuntime(device) if launched_by_torchrun() else Runtime(device)
+    so a 1-process torchrun run takes the distributed path), else one process. ``fsdp``: shard the
+    model (FSDP2) instead of replicating it (DDP); only under torchrun."""
+    if launched_by_torchrun():
+        return DistributedRuntime(device, fsdp=fsdp)
+    if fsdp:
+        raise ValueError("fsdp: shards the model over the processes of a torchrun launch; run the command under "
+                         "torchrun --nproc-per-node N -m transformer_lab ...")
+    return Runtime(device)
 
 
 class DistributedRuntime(Runtime):
-    """One of ``world_size`` processes training one model with DDP."""
+    """One of ``world_size`` processes training one model: replicated with DDP, or sharded with
+    FSDP2 (``fsdp``: ``fully_shard`` on each layer of every ``nn.ModuleList`` and on the whole model;
+    each process keeps 1/N of the weights, gradients and optimizer state, and gathers a layer's
+    weights just before it runs)."""
 
-    def __init__(self, device: str | torch.device | None = None, timeout_s: float = 1800.0):
+    def __init__(self, device: str | torch.device | None = None, timeout_s: float = 1800.0, fsdp: bool = False):
+        self.sharded = fsdp
         self.rank, self.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         self.local_rank = int(os.environ["LOCAL_RANK"])
         if device is None:
@@ -77,6 +102,25 @@ class DistributedRuntime(Runtime):
         if dist.is_initialized():
             dist.destroy_process_group()
 
+    def _shard(self, model: nn.Module) -> nn.Module:
+        """Each layer of every ``nn.ModuleList`` its own FSDP group (gathered just before it runs), unless it
+        shares a parameter with the rest of the model (a position table every attention layer holds):
+        such layers stay in the whole model's group, which FSDP gathers at once."""
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        paths = [(n, id(p)) for n, p in model.named_parameters(remove_duplicate=False)]
+        done: list[str] = []  # prefixes of the layers sharded (a ModuleList inside one is theirs)
+        for name, m in list(model.named_modules()):
+            if not isinstance(m, nn.ModuleList) or any(f"{name}.".startswith(d) for d in done):
+                continue
+            for i, layer in enumerate(m):
+                prefix = f"{name}.{i}." if name else f"{i}."
+                own = {id(p) for p in layer.parameters()}
+                elsewhere = {pid for n, pid in paths if not n.startswith(prefix)}
+                if own and not own & elsewhere and any(p.requires_grad for p in layer.parameters()):
+                    fully_shard(layer, mesh=mesh)
+                    done.append(prefix)
+        return fully_shard(model, mesh=mesh)
+
     def place(self, model: nn.Module) -> nn.Module:
         """The model on this process's device, wrapped in DDP (rank 0's weights are broadcast to all).
         ``static_graph``: the same parameters take part in every step, though not necessarily all of
@@ -85,6 +129,8 @@ class DistributedRuntime(Runtime):
         model = model.to(self.device)
         if not any(p.requires_grad for p in model.parameters()):
             return model
+        if self.sharded:
+            return self._shard(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, static_graph=True)
 
@@ -126,9 +172,47 @@ class DistributedRuntime(Runtime):
         if last:
             self._synced = True
         ddp = getattr(model, "_orig_mod", model)  # under torch.compile, the DDP wrapper inside
+        if isinstance(ddp, FSDPModule):
+            return _no_gradient_sync(ddp, not last)
         if last or not self._synced or not isinstance(ddp, nn.parallel.DistributedDataParallel):
             return nullcontext()
         return ddp.no_sync()
+
+    # --- whole states of a sharded model (collectives: every process calls them) --------------------
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The model's weights, whole, on CPU: in rank 0 (empty elsewhere) when sharded."""
+        if not self.sharded:
+            return super().full_state_dict(model)
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def full_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """The optimizer's state, whole, in ``optimizer.state_dict()``'s format (parameters numbered in
+        the order of the parameter groups), so a sharded run's checkpoint resumes unsharded and back."""
+        if not self.sharded:
+            return super().full_optimizer_state(model, optimizer)
+        by_name = get_optimizer_state_dict(model, optimizer,
+                                           options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.is_main:
+            return {}
+        number = {name: i for i, name in enumerate(n for g in by_name["param_groups"] for n in g["params"])}
+        return {"state": {number[n]: v for n, v in by_name["state"].items()},
+                "param_groups": [{**g, "params": [number[n] for n in g["params"]]} for g in by_name["param_groups"]]}
+
+    def load_full_weights(self, model: nn.Module, weights: dict) -> None:
+        """Whole weights (a checkpoint's) into the model, each process keeping its shard."""
+        if not self.sharded:
+            return super().load_full_weights(model, weights)
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+
+    def load_full_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """A whole optimizer state in ``optimizer.state_dict()``'s format into a sharded one."""
+        if not self.sharded:
+            return super().load_full_optimizer(model, optimizer, state)
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        by_name = {"state": {names[i]: v for i, v in state["state"].items()},
+                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+        set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
     def __repr__(self) -> str:
         return f"DistributedRuntime(rank={self.rank}, world_size={self.world_size}, device={self.device}, backend={self.backend})"

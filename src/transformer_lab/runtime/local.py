@@ -83,6 +83,20 @@ class Runtime:
     def no_sync(self, model: nn.Module, last: bool):
         return nullcontext()
 
+    sharded = False  # a sharded runtime (FSDP) holds no process's whole model: gather and load through these
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return self.unwrap(model).state_dict()
+
+    def full_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        return optimizer.state_dict()
+
+    def load_full_weights(self, model: nn.Module, weights: dict) -> None:
+        self.unwrap(model).load_state_dict(weights)
+
+    def load_full_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        optimizer.load_state_dict(state)
+
     def __repr__(self) -> str:
         return f"Runtime(device={self.device}, world_size={self.world_size})"
 

@@ -105,6 +105,7 @@ def accuracy(model: Bert, ids: list[list[int]], labels: list[int]) -> float:
 
 
 def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
+    cfg.run.refuse_fsdp()
     runtime = runtime or runtime_for(cfg.run.device)
     train_x, train_y = read_labelled_tsv(cfg.train_file)
     dev_x, dev_y = read_labelled_tsv(cfg.dev_file)

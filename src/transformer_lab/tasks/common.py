@@ -33,6 +33,7 @@ class RunOptions:
     resume: Path | None = None  # continue from this run folder or checkpoint folder
     overwrite: bool = False  # start over in a folder that holds an earlier run
     device: str | None = None  # None: CUDA when available, else the CPU
+    fsdp: bool = False  # under torchrun: shard the model over the processes (FSDP2) instead of replicating it
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -40,6 +41,13 @@ class RunOptions:
             self.resume = Path(self.resume)
         if self.resume is not None and self.overwrite:
             raise ValueError("overwrite: cannot both resume a run and start it over; choose one")
+
+    def refuse_fsdp(self) -> None:
+        """For the tasks that export or evaluate the trained model from rank 0 alone (BERT tasks,
+        fine-tuning): a sharded model is whole in no process."""
+        if self.fsdp:
+            raise ValueError("fsdp: sharded training is for `train` (translation, language model, dates); this "
+                             "command uses DDP under torchrun (leave out --fsdp)")
 
     def check_resume(self) -> None:
         """Fail before any data work when the checkpoint to resume from is not there."""
@@ -83,8 +91,9 @@ def train(folder: RunFolder, opts: RunOptions, runtime: Runtime, model: torch.nn
 def after_training(result: TrainResult, work: Callable[[], T]) -> T | None:
     """``work()`` (a final evaluation) unless a signal stopped training; a signal during it abandons it
     (None) and is recorded in ``result.signum``, so the command still exits 128 + signal. In a
-    distributed run only the main process does it (the others would repeat the same figures)."""
-    if result.signum is not None or not result.is_main:
+    distributed run only the main process does it (the others would repeat the same figures), unless the
+    model is sharded over the processes (FSDP): then it runs in all of them together."""
+    if result.signum is not None or not result.evaluates:
         return None
     try:
         with interruptible_section():

@@ -77,7 +77,7 @@ def exact_match(model: Transformer, pairs: Pairs, vocab: Vocab, batch_size: int 
 
 
 def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
-    runtime = runtime or runtime_for(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     with open_run(cfg.run, runtime) as folder:
         train_pairs, test_pairs, vocab = prepare(cfg.n_test, cfg.train.seed)
         torch.manual_seed(cfg.train.seed)  # the initial weights

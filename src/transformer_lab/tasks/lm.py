@@ -313,7 +313,7 @@ def encode_prompt(tok, text: str, eos_id: int | None) -> list[int]:
 
 # --- run ------------------------------------------------------------------------------------------
 def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
-    runtime = runtime or runtime_for(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     base = gpt_preset(cfg.model)
     context = cfg.context or base.max_len
     with open_run(cfg.run, runtime) as folder:
@@ -389,6 +389,7 @@ class LMFinetuneConfig:
 def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResult:
     """Fine-tune a pretrained GPT on a text file (all weights, or an adapter); report the validation loss
     before and after, and export OUT/adapter (a peft adapter folder) when an adapter trained."""
+    cfg.run.refuse_fsdp()
     runtime = runtime or runtime_for(cfg.run.device)
     with open_run(cfg.run, runtime) as folder:
         model, tok = load_lm(cfg.model, runtime.device)

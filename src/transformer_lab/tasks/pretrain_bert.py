@@ -149,6 +149,7 @@ def evaluate_pretraining(model: Bert, source: PretrainBatches, nsp: bool, max_ba
 
 
 def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
+    cfg.run.refuse_fsdp()
     runtime = runtime or runtime_for(cfg.run.device)
     with open_run(cfg.run, runtime) as folder:
         data = prepare(cfg)

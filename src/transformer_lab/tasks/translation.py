@@ -370,7 +370,7 @@ def load_translator(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 # --- run ------------------------------------------------------------------------------------------
 def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
-    runtime = runtime or runtime_for(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     train_files, valid_files = cfg.files()
     with open_run(cfg.run, runtime) as folder:
         data = prepare_data(train_files, valid_files, cfg.vocab_size, cfg.joint, cfg.max_len,
@@ -432,6 +432,7 @@ class TranslationFinetuneConfig(ParallelSource):
 def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> TaskResult:
     """Fine-tune a trained translation model (all weights, or an adapter) on new parallel text; report
     validation loss and BLEU before and after, and export OUT/adapter when an adapter trained."""
+    cfg.run.refuse_fsdp()
     runtime = runtime or runtime_for(cfg.run.device)
     find_checkpoint(cfg.model)  # a wrong model path fails before any data work
     train_files, valid_files = cfg.files()

@@ -17,6 +17,7 @@ writes a checkpoint and stops (exit code 130/143 from the CLI); a second signal 
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from contextlib import nullcontext
@@ -70,7 +71,9 @@ class TrainResult:
     state: TrainState
     stopped_by: str  # "max_steps" | "time_budget" | "early_stopping" | "signal"
     signum: int | None = None
-    is_main: bool = True  # False in a distributed run's other processes: the work after training is rank 0's
+    # False in a distributed run's other processes: the work after training is rank 0's (a sharded model
+    # runs only in all processes together: then all do it)
+    evaluates: bool = True
 
     @property
     def tokens_per_s(self) -> float:
@@ -109,6 +112,8 @@ class Trainer:
         self.validate, self.extra_files = validate, extra_files or {}
         if cfg.dropout is not None:
             set_dropout(model, cfg.dropout)
+        # A sharded model (FSDP) is whole nowhere: rank 0 keeps a plain copy to write checkpoints from.
+        self._template = copy.deepcopy(model).cpu() if self.runtime.sharded and self.runtime.is_main else None
         self.model = self.runtime.place(model)
         if cfg.compile:
             # Compiled on the first step (fixed shapes; after a new shape, shapes become symbolic: one more
@@ -129,12 +134,16 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def save(self, name: str = LAST, with_state: bool = True) -> Path | None:
+        """Rank 0 writes; every process calls it (a sharded model's weights are gathered first)."""
+        sharded = self.runtime.sharded
+        weights = self.runtime.full_state_dict(self.model) if sharded else None
+        optimizer = self.runtime.full_optimizer_state(self.model, self.optimizer) if with_state and sharded else None
         if not self.runtime.is_main:
             return None
         train_state = None
         if with_state:
             train_state = {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer if sharded else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng": rng_state(),
@@ -145,7 +154,11 @@ class Trainer:
                 train_state["loss"] = self.loss_fn.state_dict()
         meta = {"step": self.state.step, "epoch": self.state.epoch,
                 "best_val_loss": finite_or_none(self.state.best_val_loss), "history_tail": self.state.history[-1:]}
-        return save_checkpoint(self.run.checkpoint(name), self.model, meta, self.extra_files, train_state)
+        model = self.model
+        if sharded:
+            self._template.load_state_dict(weights)
+            model = self._template
+        return save_checkpoint(self.run.checkpoint(name), model, meta, self.extra_files, train_state)
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by ``save`` (a checkpoint folder, or a run folder: its
@@ -159,7 +172,7 @@ class Trainer:
                     if getattr(model.config, k) != v}
             raise ValueError(f"{directory}: the checkpoint's model differs from this run's: {diff} (checkpoint, now)")
         state = load_train_state(directory)
-        model.load_state_dict(loaded.model.state_dict())
+        self.runtime.load_full_weights(self.model, loaded.model.state_dict())
 
         def unfit(e: BaseException) -> ValueError:
             return ValueError(f"{directory / 'train_state.pt'}: does not fit this run ({type(e).__name__}: {e}); "
@@ -174,7 +187,7 @@ class Trainer:
                              f"{len(self.optimizer.param_groups)}: weight decay was switched between 0 and > 0; resume "
                              "with the run's --weight-decay")
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.runtime.load_full_optimizer(self.model, self.optimizer, state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])  # the main process's streams
@@ -321,7 +334,7 @@ class Trainer:
             self.plot()
             self.runtime.barrier()  # the last checkpoint is on disk before any process reads it
         log.info("stopped by %s at step %d after %.0f s", stopped_by, st.step, st.elapsed_s)
-        return TrainResult(st, stopped_by, stop.signum, self.runtime.is_main)
+        return TrainResult(st, stopped_by, stop.signum, self.runtime.is_main or self.runtime.sharded)
 
     def _agree(self, signum: int | None, out_of_time: bool) -> tuple[bool, bool]:
         """Every process's stop conditions, the same on all: a signal any process saw (its number kept
@@ -337,7 +350,7 @@ class Trainer:
         abandons the pass at once (its figures are dropped; the loop then saves and stops)."""
         metrics = None
         try:
-            if self.runtime.is_main:  # one process validates; the others take its figures
+            if self.runtime.is_main or self.runtime.sharded:  # one process validates (a sharded model: all, together)
                 with stop.interruptible():
                     metrics = self.validate(self.runtime.unwrap(self.model))
         except Interrupted:
