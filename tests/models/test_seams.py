@@ -234,3 +234,40 @@ def test_gpt_window_on_flexattention_equals_the_reference_path(position, monkeyp
         for layer in g.blocks.layers:
             layer.self_attn.impl = "reference"
         torch.testing.assert_close(g(x), fast, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["window:3", "block:4,random:1,global:1", "chunked:5"])
+@pytest.mark.parametrize("position", ["sinusoidal", "alibi"])
+def test_encoder_decoder_pattern_equals_its_dense_mask_and_decodes_with_the_cache(attention, position):
+    """The encoder-decoder with a pattern (the encoder's bidirectional, the decoder's causal; cross-attention
+    full): the efficient path equals the same weights on the reference path (the pattern as a dense mask)
+    on every real position of a padded batch, and step-by-step decoding with the cache equals teacher
+    forcing. Chunked attention is full attention computed in parts; the others differ from it."""
+    t = transformer(attention=attention, position=position)
+    src, tgt = torch.randint(1, V, (2, 17)), torch.randint(1, V, (2, 13))
+    src[1, -3:] = 0
+    with torch.no_grad():
+        fast = t(src, tgt)
+        for layer in (*t.encoder.layers, *t.decoder.layers):
+            layer.self_attn.impl = "reference"
+        torch.testing.assert_close(t(src, tgt), fast, atol=1e-5, rtol=1e-5)
+        for layer in (*t.encoder.layers, *t.decoder.layers):
+            layer.self_attn.impl = "sdpa"
+        memory, cache = t.encode(src), t.new_cache()
+        steps = torch.cat([t.decode(memory, src, tgt[:, i:i + 1], cache=cache) for i in range(tgt.size(1))], dim=1)
+        torch.testing.assert_close(steps, t.decode(memory, src, tgt), atol=1e-5, rtol=1e-5)
+        exact = attention.startswith("chunked")
+        assert torch.allclose(fast, transformer(position=position)(src, tgt), atol=1e-5) == exact
+
+
+def test_encoder_decoder_pattern_combinations_are_named():
+    with pytest.raises(ValueError, match="global tokens"):
+        transformer(attention="window:4,global:0")  # they see every position: not in a causal decoder
+    with pytest.raises(ValueError, match="decoder_causal"):
+        transformer(attention="window:4", decoder_causal=False)
+    with pytest.raises(ValueError, match="shaw"):
+        transformer(attention="window:4", position="shaw")
+    from transformer_lab.export.onnx import export_model
+
+    with pytest.raises(ValueError, match="pattern"):
+        export_model(transformer(attention="window:4"), "/nonexistent/never-written")

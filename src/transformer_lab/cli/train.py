@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--position", default=None, choices=sorted(POSITION_ENCODINGS),
                    help="position encoding (default: the preset's: sinusoidal for the encoder-decoder, learned for GPT)")
     m.add_argument("--attention", default=None, metavar="PATTERN",
-                   help="language model: self-attention pattern for long contexts: window:W (the W keys before), "
+                   help="language or translation model: self-attention pattern for long inputs: window:W (the W keys "
+                        "before; in the encoder, on each side), "
                         "block:B[,random:R][,global:G], chunked:C (exact, in chunks of C queries); default full")
     m.add_argument("--memory", type=positive_int, default=None, metavar="M",
                    help="language model: Transformer-XL recurrence, each --context segment also attending to the M "
@@ -79,9 +80,10 @@ def _task(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     task = _task(args)
-    for flag in ("attention", "memory"):
-        if getattr(args, flag) is not None and task != "lm":
-            raise ValueError(f"--{flag}: for a language model (--preset lm or shakespeare-char), not the {task} task")
+    if args.memory is not None and task != "lm":
+        raise ValueError(f"--memory: for a language model (--preset lm or shakespeare-char), not the {task} task")
+    if args.attention is not None and task == "dates":
+        raise ValueError("--attention: for a language model or a translation model, not the dates task")
     opts = run_options(args, default_out=f"runs/{args.preset or task}")
     if task == "dates":
         cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE), model=args.model or "tiny",
@@ -121,6 +123,7 @@ def translation_data(args: argparse.Namespace, preset: str | None = None) -> dic
 def _translation_config(args: argparse.Namespace, opts) -> translation.TranslationConfig:
     return translation.TranslationConfig(
         opts, train_config(args, translation.RECIPE), **translation_data(args, args.preset),
-        model=args.model or "multi30k", position=args.position, vocab_size=args.vocab_size or 8000,
+        model=args.model or "multi30k", position=args.position, attention=args.attention or "full",
+        vocab_size=args.vocab_size or 8000,
         joint=not args.separate_vocab, max_len=args.max_len, max_tokens=args.max_tokens, bleu_sample=args.bleu_sample,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, name=args.preset or "translation")

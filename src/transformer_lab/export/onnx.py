@@ -42,6 +42,10 @@ def _check_exportable(model: nn.Module) -> None:
     if getattr(model, "adapter_config", None) is not None:
         raise ValueError("model: carries an adapter; merge a LoRA adapter first (transformer-lab peft merge); prefix "
                          "and prompt adapters are not exported")
+    pattern = getattr(getattr(model, "config", None), "attention", "full")
+    if pattern != "full":
+        raise ValueError(f"model: its self-attention pattern ({pattern!r}) runs as a loop over blocks whose count "
+                         "depends on the length, which a traced ONNX graph would fix; not exported")
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],

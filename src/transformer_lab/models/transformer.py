@@ -22,6 +22,7 @@ from transformer_lab.nn.layers import NORMS, BlockConfig, Decoder, DecoderLayer,
 from transformer_lab.nn.kv_cache import AttentionCache, DecoderCache
 from transformer_lab.nn.masks import causal_mask, check_mask, cross_attention_mask, decoder_self_mask, padding_mask
 from transformer_lab.nn.positions import POSITION_ENCODINGS, build_position_encoding
+from transformer_lab.nn.sparse import parse_pattern
 
 
 @dataclass
@@ -54,6 +55,10 @@ class TransformerConfig:
     decoder_causal: bool = True  # the decoder's look-ahead mask in training (`causal-mask`)
     norm: str = "layer"  # "batch" / "batch-masked": BatchNorm in place of LayerNorm (`layernorm`)
     attention_score: str = "dot"  # "additive": Bahdanau's vᵀ tanh(q + k) scores (`dot-vs-additive`)
+    # Self-attention's long-sequence pattern (``nn.sparse.parse_pattern``: "window:64", "block:16,random:1",
+    # "chunked:128"): the encoder's bidirectional, the decoder's causal; cross-attention sees every source
+    # position. "full": every key.
+    attention: str = "full"
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
@@ -87,13 +92,23 @@ class TransformerConfig:
             )
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id: expected an id inside both vocabularies, got {self.pad_id}")
+        if self.attention != "full":
+            parse_pattern(self.attention, causal=False, position=self.position)  # a bad spec or combination: named
+            if not self.decoder_causal:
+                raise ValueError("attention: a pattern makes the decoder's self-attention causal itself; it does not "
+                                 "combine with decoder_causal=False")
+            if parse_pattern(self.attention, causal=False).global_tokens:
+                raise ValueError(f"attention: {self.attention!r}: Longformer's global tokens see every position, "
+                                 "which the decoder's causal self-attention cannot; use window:W or block:B")
 
-    def block(self) -> BlockConfig:
+    def block(self, causal: bool = False) -> BlockConfig:
+        """The encoder's layers' settings, or (``causal``) the decoder's: they differ in the pattern only."""
         p_attn = self.dropout if self.attention_dropout is None else self.attention_dropout
         return BlockConfig(
             self.d_model, self.n_heads, self.d_ff, self.dropout, p_attn,
             self.activation, self.norm_first, self.layer_norm_eps, self.attention_impl,
             residual=self.residual, tie_qk=self.tie_qk, norm=self.norm, attention_score=self.attention_score,
+            pattern=parse_pattern(self.attention, causal=causal),
         )
 
 
@@ -118,7 +133,7 @@ class Transformer(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = c = config
-        block = c.block()
+        block, causal_block = c.block(), c.block(causal=True)
         self.position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads)
         # ALiBi and T5 see the decoder's past only: the decoder gets its own (T5: its own table, as in T5).
         tgt_position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads, causal=True) \
@@ -134,7 +149,8 @@ class Transformer(nn.Module):
             [EncoderLayer(block, inner_src) for _ in range(c.n_encoder_layers)], c.d_model, c.norm_first, c.layer_norm_eps
         )
         self.decoder = Decoder(
-            [DecoderLayer(block, inner_tgt) for _ in range(c.n_decoder_layers)], c.d_model, c.norm_first, c.layer_norm_eps
+            [DecoderLayer(causal_block, inner_tgt) for _ in range(c.n_decoder_layers)], c.d_model, c.norm_first,
+            c.layer_norm_eps
         )
         self.generator = Generator(c.d_model, c.tgt_vocab_size)
         self.reset_parameters()
@@ -236,9 +252,10 @@ class Transformer(nn.Module):
         if tgt_mask is None and incremental:
             tgt_mask = causal_mask(t, tgt.device, dp + offset)  # a cache holds only the past: no future to hide anyway
         elif tgt_mask is None:
-            # deviation (decoder_causal=False, the `causal-mask` experiment only): padding hidden, future not
-            tgt_mask = decoder_self_mask(tgt, self.config.pad_id) if self.config.decoder_causal else padding_mask(
-                tgt, self.config.pad_id)
+            # deviation (decoder_causal=False, the `causal-mask` experiment only): padding hidden, future not.
+            # A long-sequence pattern holds causality itself: the padding only, (B, 1, 1, T), never (T, T).
+            causal = self.config.decoder_causal and self.config.attention == "full"
+            tgt_mask = decoder_self_mask(tgt, self.config.pad_id) if causal else padding_mask(tgt, self.config.pad_id)
         if dp and tgt_mask.size(-1) == offset + t:  # the prefix's keys are always visible
             tgt_mask = _visible_first(tgt_mask, dp)
         check_mask(tgt_mask, b, self.config.n_heads, t, dp + offset + t, "tgt_mask")

@@ -84,6 +84,7 @@ class TranslationConfig(ParallelSource):
     train: TrainConfig = field(default_factory=lambda: replace(RECIPE))
     model: str = "multi30k"  # size preset
     position: str | None = None  # None: the preset's (sinusoidal)
+    attention: str = "full"  # self-attention's long-sequence pattern (encoder bidirectional, decoder causal)
     vocab_size: int = 8000  # byte-level BPE
     joint: bool = True  # one vocabulary for both sides, embeddings tied (§3.4)
     max_len: int = 100  # training pairs longer than this (tokens) are skipped, counted
@@ -375,7 +376,7 @@ def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
     with open_run(cfg.run, runtime) as folder:
         data = prepare_data(train_files, valid_files, cfg.vocab_size, cfg.joint, cfg.max_len,
                             Path(cfg.cache_dir) if cfg.cache_dir else None)
-        overrides = {} if cfg.position is None else {"position": cfg.position}
+        overrides = {"attention": cfg.attention, **({} if cfg.position is None else {"position": cfg.position})}
         torch.manual_seed(cfg.train.seed)  # the initial weights
         model = build_model(data, cfg.model, max_len=cfg.max_len, **overrides)
         log.info("data: %d training pairs (%d skipped as longer than %d tokens), %d validation; vocabulary %d%s",
