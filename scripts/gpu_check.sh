@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU checks the open issues wait for, as one prepared run (a lent GPU comes with ~15 minutes).
+# Run from the repository root on the device machine (no network; its Python has torch and transformers):
+#
+#     OUT=/tmp/gpu bash scripts/gpu_check.sh            # results: $OUT/*.json, logs: $OUT/*.log
+#     DEVICE=cpu PRECISION=fp32 QUICK=1 bash scripts/gpu_check.sh   # a dry run of the same commands on a CPU
+#
+# 1. bench gpt: GPT-2 124M generation (batch 1 and 8, cached) and training, ours vs transformers on the same
+#    weights, bf16 autocast, eager and compiled (issue 14: tokens/s, MFU, ratio against transformers).
+# 2. torchrun on the device: DDP and --fsdp, one process each (the NCCL path), a GPT on this README's text.
+# 3. --compile training against eager on the same command (issue 14's compiled-training figure on a GPU).
+# Each step has its own timeout, so one that hangs does not take the others' time.
+set -u
+OUT=${OUT:-/tmp/gpu_check}
+DEVICE=${DEVICE:-cuda}
+PRECISION=${PRECISION:-bf16}
+PY=${PYTHON:-python}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "${QUICK:-}" ]; then
+    GPT="--n-layers 2 --batches 1 --new-tokens 4 --train-batch 1 --train-len 16 --rounds 1 --train-rounds 1"
+    STEPS=6 CONTEXT=32
+else
+    GPT="--train-batch 8 --train-len 1024"
+    STEPS=300 CONTEXT=256
+fi
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt" 2>&1
+else
+    echo "no nvidia-smi" > "$OUT/device.txt"
+fi
+"$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available())" >> "$OUT/device.txt" 2>&1
+
+step() {  # step NAME SECONDS COMMAND...: stdout to NAME.json, stderr to NAME.log, status to status.txt
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"
+    echo "$name rc=$? $((SECONDS - t0)) s" >> "$OUT/status.txt"
+}
+
+# shellcheck disable=SC2086  # $GPT holds several arguments
+step bench_gpt 240 "$PY" -m transformer_lab bench gpt --device "$DEVICE" --precision "$PRECISION" $GPT --json
+# shellcheck disable=SC2086
+step bench_gpt_compile 300 "$PY" -m transformer_lab bench gpt --device "$DEVICE" --precision "$PRECISION" --compile $GPT --json
+
+TRAIN=(train --preset lm --data README.md --tokenizer char --context "$CONTEXT" --max-steps "$STEPS" --log-every 10
+       --eval-every 0 --device "$DEVICE" --precision "$PRECISION" --no-progress --overwrite)
+for mode in ddp fsdp; do
+    flag=()
+    [ "$mode" = fsdp ] && flag=(--fsdp)
+    step "torchrun_$mode" 180 "$PY" -m torch.distributed.run --nproc-per-node 1 -m transformer_lab "${TRAIN[@]}" \
+        "${flag[@]}" --out "$OUT/run_$mode"
+done
+step train_eager 180 "$PY" -m transformer_lab "${TRAIN[@]}" --out "$OUT/run_eager"
+step train_compile 300 "$PY" -m transformer_lab "${TRAIN[@]}" --compile --out "$OUT/run_compile"
+cat "$OUT/status.txt"
