@@ -84,7 +84,8 @@ def test_layers_reading_one_input_run_as_one_product():
     assert layers[0].joint(QuantLinear.from_linear(linears[1], activations="tensor")) is None  # unsmoothed
     assert layers[0].joint(QuantLinear.from_linear(linears[1], smooth=m)) is None  # per-token activations
     assert layers[0].joint(linears[1]) is None  # an fp32 Linear
-    layers[1].impl = "reference"
+    assert layers[0].joint(layers[1]) is not None
+    layers[1].impl = "reference"  # after the joint product was built: it is not used any more
     assert layers[0].joint(layers[1]) is None
 
 

@@ -132,7 +132,8 @@ def test_bench_ddp_runs_one_command_in_one_and_two_processes(tmp_path, capsys):
 
 def test_translation_trains_in_two_processes_as_in_one(tmp_path):
     """The encoder-decoder's loss calls the model through its forward (``log_probs=False``), so DDP sees the
-    call and all-reduces the gradients: token buckets shared out, the same losses as one process."""
+    call and all-reduces the gradients: token buckets shared out, the same losses as one process; and with
+    --fsdp across a resume (its tied embedding table)."""
     words = "the a dog cat runs sleeps big small red blue".split()
     src = [" ".join(words[(i * k) % len(words)] for k in range(1, 6 + i % 5)) for i in range(120)]
     files = {}
@@ -142,8 +143,13 @@ def test_translation_trains_in_two_processes_as_in_one(tmp_path):
     args = ["--train-src", files["tr.src"], "--train-tgt", files["tr.tgt"], "--valid-src", files["tr.src"],
             "--valid-tgt", files["tr.tgt"], "--model", "tiny", "--vocab-size", "300", "--max-tokens", "300",
             "--bleu-sample", "0", "--cache-dir", tmp_path / "cache"]
+    common = [*map(str, args), "--dropout", "0", "--log-every", "1", "--no-progress"]
     for n, out in ((1, "one"), (2, "two")):
-        _run([*map(str, args), "--max-steps", "4", "--dropout", "0", "--log-every", "1", "--no-progress", "--out",
-              str(tmp_path / out)], n)
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert len(one) == 4 and max(abs(x - y) for x, y in zip(one, two)) < 1e-5, (one, two)
+        _run([*common, "--max-steps", "4", "--out", str(tmp_path / out)], n)
+    # FSDP, resumed halfway: the one embedding table (source, target, output) is loaded once, under one name
+    _run([*common, "--fsdp", "--max-steps", "2", "--out", str(tmp_path / "fsdp")], 2)
+    _run([*common, "--fsdp", "--max-steps", "4", "--out", str(tmp_path / "fsdp"), "--resume", str(tmp_path / "fsdp")], 2)
+    one = _losses(tmp_path / "one")
+    assert len(one) == 4
+    for run in ("two", "fsdp"):
+        assert max(abs(x - y) for x, y in zip(one, _losses(tmp_path / run))) < 1e-5, (one, _losses(tmp_path / run))

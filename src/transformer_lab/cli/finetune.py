@@ -87,7 +87,8 @@ def _run_train_peft_args(p: argparse.ArgumentParser, func) -> None:
 
 def _summary(result) -> int:
     """A fine-tuning run's summary as one JSON line; its exit code (128 + signal when stopped)."""
-    print(json.dumps(result.summary))
+    if result.is_main:  # under torchrun, one line from rank 0
+        print(json.dumps(result.summary))
     return result.exit_code
 
 

@@ -213,8 +213,8 @@ class MultiHeadAttention(nn.Module):
         """Q, K, V from projections that run side by side as one product of their own (``joint``: a
         quantized Linear on fbgemm, whose packed weights are concatenated once and kept), or None."""
         joint = getattr(self.w_q, "joint", None)
-        if joint is None or torch.compiler.is_compiling():
-            return None
+        if joint is None or torch.compiler.is_compiling() or query.dtype != torch.float32 or query.device.type != "cpu":
+            return None  # (fbgemm: fp32 on the CPU; anything else takes each layer's own forward)
         if key_value is query:
             product = joint(self.w_k, self.w_v)
             return None if product is None else product(query).split(self.d_inner, dim=-1)

@@ -84,7 +84,7 @@ class DistributedRuntime(Runtime):
         if device is None:
             device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
         device = choose_device(str(device)) if not isinstance(device, torch.device) else device
-        if device.type == "cuda" and device.index is None:
+        if device.type == "cuda":  # one GPU per process on a machine: "cuda" (or any cuda:N) means cuda:LOCAL_RANK
             device = torch.device("cuda", self.local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -183,14 +183,14 @@ class DistributedRuntime(Runtime):
         """The model's weights, whole, on CPU: in rank 0 (empty elsewhere) when sharded."""
         if not self.sharded:
             return super().full_state_dict(model)
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_model_state_dict(self.unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def full_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
         """The optimizer's state, whole, in ``optimizer.state_dict()``'s format (parameters numbered in
         the order of the parameter groups), so a sharded run's checkpoint resumes unsharded and back."""
         if not self.sharded:
             return super().full_optimizer_state(model, optimizer)
-        by_name = get_optimizer_state_dict(model, optimizer,
+        by_name = get_optimizer_state_dict(self.unwrap(model), optimizer,
                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not self.is_main:
             return {}
@@ -202,12 +202,24 @@ class DistributedRuntime(Runtime):
         """Whole weights (a checkpoint's) into the model, each process keeping its shard."""
         if not self.sharded:
             return super().load_full_weights(model, weights)
-        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+        model = self.unwrap(model)
+        # One name per tensor: a tied table under several names (the encoder-decoder's source, target and output
+        # embedding) would be loaded once as a sharded tensor and then again as a plain one, which FSDP refuses.
+        every = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+        names = {n for n, _ in model.named_parameters()} | (set(model.state_dict()) - every)  # + persistent buffers
+        aliases = every - names
+        missing = set(weights) - names - aliases
+        if missing or names - set(weights):
+            raise ValueError(f"weights: do not fit the model (missing {sorted(names - set(weights))[:3]}, unexpected "
+                             f"{sorted(missing)[:3]})")
+        set_model_state_dict(model, {k: v for k, v in weights.items() if k in names},
+                             options=StateDictOptions(full_state_dict=True, strict=False))
 
     def load_full_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
         """A whole optimizer state in ``optimizer.state_dict()``'s format into a sharded one."""
         if not self.sharded:
             return super().load_full_optimizer(model, optimizer, state)
+        model = self.unwrap(model)  # (under torch.compile: the names without its _orig_mod. prefix)
         name_of = {id(p): n for n, p in model.named_parameters()}
         names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
         by_name = {"state": {names[i]: v for i, v in state["state"].items()},

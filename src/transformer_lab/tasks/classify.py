@@ -174,5 +174,5 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
                      f", test accuracy {100 * scores['test_acc']:.2f}%" if "test_acc" in scores else "",
                      summary.get("model") or summary.get("adapter"))
         write_summary(folder, runtime, summary)
-    return TaskResult(summary, result.signum)
+    return TaskResult(summary, result.signum, runtime.is_main)
 

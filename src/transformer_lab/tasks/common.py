@@ -59,6 +59,7 @@ class RunOptions:
 class TaskResult:
     summary: dict[str, Any]
     signum: int | None = None  # the signal that stopped the run, if one did
+    is_main: bool = True  # False in a distributed run's other processes (which print nothing)
 
     @property
     def exit_code(self) -> int:
@@ -91,8 +92,8 @@ def train(folder: RunFolder, opts: RunOptions, runtime: Runtime, model: torch.nn
 def after_training(result: TrainResult, work: Callable[[], T]) -> T | None:
     """``work()`` (a final evaluation) unless a signal stopped training; a signal during it abandons it
     (None) and is recorded in ``result.signum``, so the command still exits 128 + signal. In a
-    distributed run only the main process does it (the others would repeat the same figures), unless the
-    model is sharded over the processes (FSDP): then it runs in all of them together."""
+    distributed run only the main process does it (the others would repeat the same figures; a sharded
+    model's whole copy is rank 0's, ``Trainer.final_model``)."""
     if result.signum is not None or not result.evaluates:
         return None
     try:

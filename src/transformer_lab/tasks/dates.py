@@ -95,7 +95,7 @@ def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
                    "target_tokens_per_s": round(result.tokens_per_s, 1),
                    "final_loss": history[-1]["loss"] if history else None,
                    "n_test": len(test_pairs), "parameters": n_params, "seed": cfg.train.seed}
-        scored = after_training(result, lambda: exact_match(runtime.unwrap(trainer.model), test_pairs, vocab))
+        scored = after_training(result, lambda: exact_match(trainer.final_model, test_pairs, vocab))
         if scored is not None:
             accuracy, outputs = scored
             summary["exact_match"] = accuracy
@@ -105,7 +105,7 @@ def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
         write_summary(folder, runtime, summary)
         log.info("steps %d in %.0f s (%.0f target tokens/s)", result.state.step, result.state.elapsed_s, result.tokens_per_s)
         log.info("wrote %s/{checkpoints/last, metrics.csv, loss.png, lr.png, summary.json}", folder.path)
-    return TaskResult(summary, result.signum)
+    return TaskResult(summary, result.signum, runtime.is_main)
 
 
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Vocab]:

@@ -343,8 +343,8 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
             "best_sampled_val_loss": finite_or_none(result.state.best_val_loss)}
         def whole_split() -> dict:
             if cfg.memory is None:
-                return evaluate_lm(runtime.unwrap(trainer.model), data.valid, context)
-            return evaluate_with_memory(runtime.unwrap(trainer.model), data.valid, context, cfg.memory)
+                return evaluate_lm(trainer.final_model, data.valid, context)
+            return evaluate_with_memory(trainer.final_model, data.valid, context, cfg.memory)
 
         full = after_training(result, whole_split)  # the whole split
         if full is not None:
@@ -354,7 +354,7 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
                      result.state.elapsed_s)
         write_summary(folder, runtime, summary)
         log.info("wrote %s", folder.path)
-    return TaskResult(summary, result.signum)
+    return TaskResult(summary, result.signum, runtime.is_main)
 
 
 # --- fine-tuning ----------------------------------------------------------------------------------
@@ -414,7 +414,7 @@ def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResul
             "stopped_by": result.stopped_by, "train_seconds": round(result.state.elapsed_s, 1),
             "trainable_parameters": counts.trainable, "total_parameters": counts.total,
             "val_loss_before": round(before["loss"], 4)}
-        after = after_training(result, lambda: evaluate_lm(runtime.unwrap(trainer.model), valid_ids, context))
+        after = after_training(result, lambda: evaluate_lm(trainer.final_model, valid_ids, context))
         if after is not None:
             summary.update(val_loss=round(after["loss"], 4), val_ppl=round(after["perplexity"], 3))
             log.info("validation loss %.4f before fine-tuning, %.4f after %d steps", before["loss"], after["loss"],
@@ -423,7 +423,7 @@ def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResul
             best = load_model(find_checkpoint(folder.path), map_location=runtime.device).model
             summary["adapter"] = str(write_uncut(result, lambda: save_adapter(best, folder.export("adapter"), cfg.model)))
         write_summary(folder, runtime, summary)
-    return TaskResult(summary, result.signum)
+    return TaskResult(summary, result.signum, runtime.is_main)
 
 
 # --- decode -----------------------------------------------------------------------------------------

@@ -174,13 +174,13 @@ def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
             "steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1), "stopped_by": result.stopped_by,
             "evaluated_on": "held-out documents" if held else "training pairs (too few documents to hold out)"}
         if runtime.is_main:  # the weights as trained so far, as a Hugging Face folder
-            summary["model"] = str(write_uncut(result, lambda: export(runtime.unwrap(trainer.model), data.tokenizer,
+            summary["model"] = str(write_uncut(result, lambda: export(trainer.final_model, data.tokenizer,
                                                                       folder.export())))
-        final = after_training(result, lambda: evaluate_pretraining(runtime.unwrap(trainer.model), held or source, cfg.nsp))
+        final = after_training(result, lambda: evaluate_pretraining(trainer.final_model, held or source, cfg.nsp))
         if final is not None:
             summary.update({k: round(v, 4) for k, v in final.items()})
             log.info("MLM accuracy %.1f%%%s (%s); wrote %s", 100 * final["mlm_acc"],
                      f", NSP accuracy {final['nsp_acc']:.1%}" if cfg.nsp else "", summary["evaluated_on"],
                      summary.get("model"))
         write_summary(folder, runtime, summary)
-    return TaskResult(summary, result.signum)
+    return TaskResult(summary, result.signum, runtime.is_main)

@@ -394,7 +394,7 @@ def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
             "last_validation": next((r for r in reversed(result.state.history) if "val_loss" in r), None)}
         write_summary(folder, runtime, summary)
         log.info("wrote %s/{checkpoints/last, checkpoints/best, metrics.csv, loss.png, lr.png, summary.json}", folder.path)
-    return TaskResult(summary, result.signum)
+    return TaskResult(summary, result.signum, runtime.is_main)
 
 
 # --- fine-tuning ----------------------------------------------------------------------------------
@@ -468,7 +468,7 @@ def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> 
             best = load_model(find_checkpoint(folder.path), map_location=runtime.device).model
             summary["adapter"] = str(write_uncut(result, lambda: save_adapter(best, folder.export("adapter"), cfg.model)))
         write_summary(folder, runtime, summary)
-    return TaskResult(summary, result.signum)
+    return TaskResult(summary, result.signum, runtime.is_main)
 
 
 # --- attention --------------------------------------------------------------------------------------

@@ -71,9 +71,7 @@ class TrainResult:
     state: TrainState
     stopped_by: str  # "max_steps" | "time_budget" | "early_stopping" | "signal"
     signum: int | None = None
-    # False in a distributed run's other processes: the work after training is rank 0's (a sharded model
-    # runs only in all processes together: then all do it)
-    evaluates: bool = True
+    evaluates: bool = True  # False in a distributed run's other processes: the work after training is rank 0's
 
     @property
     def tokens_per_s(self) -> float:
@@ -165,7 +163,8 @@ class Trainer:
         last checkpoint): weights, optimizer, scheduler, RNG, data position. A different model shape is
         an error; changed training settings are a warning."""
         directory = find_checkpoint(path, prefer=(LAST,))
-        loaded = load_model(directory, map_location=self.device)
+        # a sharded model's whole checkpoint stays on the CPU (each process then keeps its shard)
+        loaded = load_model(directory, map_location="cpu" if self.runtime.sharded else self.device)
         model = self.runtime.unwrap(self.model)
         if loaded.model.config != model.config:
             diff = {k: (v, getattr(model.config, k)) for k, v in asdict(loaded.model.config).items()
@@ -252,10 +251,12 @@ class Trainer:
             with self.runtime.no_sync(self.model, last=i == len(batches) - 1), self._autocast():
                 res = self.loss_fn(self.model, b, self.device)
                 loss = res.loss * (w * world / total)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at step {self.state.step + 1}; stopped before it reached the weights"
-                    )
+                bad = not torch.isfinite(loss)
+                if world > 1:  # one process's NaN stops every process here, not in the next all-reduce
+                    bad = self.runtime.max([float(bad)])[0] > 0
+                if bad:
+                    said = f"loss is {loss.item()}" if not torch.isfinite(loss) else "another process's loss is not finite"
+                    raise FloatingPointError(f"{said} at step {self.state.step + 1}; stopped before it reached the weights")
                 self.scaler.scale(loss).backward()
             loss_sum += w * float(res.loss.detach())
             nll_sum += w * float(res.nll)
@@ -324,7 +325,9 @@ class Trainer:
                     stopped_by = "time_budget"
                     break
             bar.close()
-            if self.validate and stopped_by != "early_stopping" and stop.signum is None:
+            if stopped_by not in ("early_stopping", "signal") and self._agree(stop.signum, False)[0]:
+                stopped_by = "signal"  # a signal after the loop's last agreement, seen by some process
+            if self.validate and stopped_by not in ("early_stopping", "signal"):
                 self._evaluate(stop)
             if stop.signum is None and stopped_by == "signal":  # another process was signalled: stop as it does
                 stop.signum = self._peer_signal
@@ -334,7 +337,24 @@ class Trainer:
             self.plot()
             self.runtime.barrier()  # the last checkpoint is on disk before any process reads it
         log.info("stopped by %s at step %d after %.0f s", stopped_by, st.step, st.elapsed_s)
-        return TrainResult(st, stopped_by, stop.signum, self.runtime.is_main or self.runtime.sharded)
+        return TrainResult(st, stopped_by, stop.signum, self.runtime.is_main)
+
+    def _gathered(self) -> torch.nn.Module | None:
+        """A sharded model's weights, whole, in rank 0's plain copy on the training device (every process
+        calls this: the gathering is collective); None in the other processes."""
+        weights = self.runtime.full_state_dict(self.model)
+        if not self.runtime.is_main:
+            return None
+        self._template.load_state_dict(weights)
+        return self._template.to(self.device)
+
+    @property
+    def final_model(self) -> torch.nn.Module:
+        """The trained model for the work after training (rank 0): the plain model, or a sharded run's
+        plain copy, which the last save filled."""
+        if self.runtime.sharded:
+            return self._template.to(self.device).eval()
+        return self.runtime.unwrap(self.model)
 
     def _agree(self, signum: int | None, out_of_time: bool) -> tuple[bool, bool]:
         """Every process's stop conditions, the same on all: a signal any process saw (its number kept
@@ -349,14 +369,19 @@ class Trainer:
         """Validate, keep the best checkpoint; True when early stopping says stop. A stop signal
         abandons the pass at once (its figures are dropped; the loop then saves and stops)."""
         metrics = None
+        # A sharded model is gathered into rank 0's plain copy first (every process takes part), so the
+        # validation itself, on rank 0 alone, holds no collective a signal could leave half-done.
+        model = self._gathered() if self.runtime.sharded else self.runtime.unwrap(self.model)
         try:
-            if self.runtime.is_main or self.runtime.sharded:  # one process validates (a sharded model: all, together)
+            if self.runtime.is_main:  # one process validates; the others take its figures
                 with stop.interruptible():
-                    metrics = self.validate(self.runtime.unwrap(self.model))
+                    metrics = self.validate(model)
         except Interrupted:
             log.warning("validation at step %d abandoned (signal)", self.state.step)
         finally:
             self.model.train()
+            if self.runtime.sharded and model is not None:
+                model.cpu()  # rank 0's plain copy waits on the CPU
         metrics = self.runtime.broadcast(metrics)
         if metrics is None:
             return False
