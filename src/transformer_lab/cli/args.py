@@ -55,7 +55,7 @@ def add_run_args(p: argparse.ArgumentParser, out_required: bool = False) -> None
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model's weights, gradients and optimizer state over the processes "
-                        "(FSDP2) instead of a copy in each (DDP); `train` only")
+                        "(FSDP2) instead of a copy in each (DDP)")
 
 
 def run_options(args: argparse.Namespace, default_out: str | None = None) -> RunOptions:

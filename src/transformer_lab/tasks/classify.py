@@ -105,8 +105,7 @@ def accuracy(model: Bert, ids: list[list[int]], labels: list[int]) -> float:
 
 
 def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
-    cfg.run.refuse_fsdp()
-    runtime = runtime or runtime_for(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     train_x, train_y = read_labelled_tsv(cfg.train_file)
     dev_x, dev_y = read_labelled_tsv(cfg.dev_file)
     test = read_labelled_tsv(cfg.test_file) if cfg.test_file else None

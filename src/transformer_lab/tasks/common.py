@@ -42,13 +42,6 @@ class RunOptions:
         if self.resume is not None and self.overwrite:
             raise ValueError("overwrite: cannot both resume a run and start it over; choose one")
 
-    def refuse_fsdp(self) -> None:
-        """For the tasks that export or evaluate the trained model from rank 0 alone (BERT tasks,
-        fine-tuning): a sharded model is whole in no process."""
-        if self.fsdp:
-            raise ValueError("fsdp: sharded training is for `train` (translation, language model, dates); this "
-                             "command uses DDP under torchrun (leave out --fsdp)")
-
     def check_resume(self) -> None:
         """Fail before any data work when the checkpoint to resume from is not there."""
         if self.resume is not None:

@@ -389,8 +389,7 @@ class LMFinetuneConfig:
 def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResult:
     """Fine-tune a pretrained GPT on a text file (all weights, or an adapter); report the validation loss
     before and after, and export OUT/adapter (a peft adapter folder) when an adapter trained."""
-    cfg.run.refuse_fsdp()
-    runtime = runtime or runtime_for(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     with open_run(cfg.run, runtime) as folder:
         model, tok = load_lm(cfg.model, runtime.device)
         if cfg.adapter is not None:

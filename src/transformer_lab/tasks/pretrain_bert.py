@@ -149,8 +149,7 @@ def evaluate_pretraining(model: Bert, source: PretrainBatches, nsp: bool, max_ba
 
 
 def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
-    cfg.run.refuse_fsdp()
-    runtime = runtime or runtime_for(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     with open_run(cfg.run, runtime) as folder:
         data = prepare(cfg)
         torch.manual_seed(cfg.train.seed)  # the initial weights

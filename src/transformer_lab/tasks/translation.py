@@ -433,8 +433,7 @@ class TranslationFinetuneConfig(ParallelSource):
 def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> TaskResult:
     """Fine-tune a trained translation model (all weights, or an adapter) on new parallel text; report
     validation loss and BLEU before and after, and export OUT/adapter when an adapter trained."""
-    cfg.run.refuse_fsdp()
-    runtime = runtime or runtime_for(cfg.run.device)
+    runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     find_checkpoint(cfg.model)  # a wrong model path fails before any data work
     train_files, valid_files = cfg.files()
     with open_run(cfg.run, runtime) as folder:
