@@ -6,7 +6,6 @@ and one written by 1 resumes in 2, landing on the same weights as the straight r
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from transformer_lab.bench.ddp import TORCHRUN_ENV, free_port
 from transformer_lab.cli.main import main
 
 from transformer_lab.runtime import Runtime, launched_by_torchrun, runtime_for
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200))
 SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(data: Path, out: Path, steps: int, processes: int = 1, resume: Path | None = None,
@@ -45,9 +39,9 @@ def _run(train_args: list[str], processes: int) -> None:
 def _run_command(args: list[str], processes: int) -> None:
     """A command as a user runs it: ``python -m transformer_lab`` or ``torchrun -m transformer_lab``."""
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-                 "--master-addr", "127.0.0.1", "--master-port", str(_free_port())] if processes > 1 else [sys.executable])
+                 "--master-addr", "127.0.0.1", "--master-port", str(free_port())] if processes > 1 else [sys.executable])
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for k in TORCHRUN_ENV:
         env.pop(k, None)
     done = subprocess.run([*launcher, "-m", "transformer_lab", *args], env=env, capture_output=True, text=True,
                           timeout=300)

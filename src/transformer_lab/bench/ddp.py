@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from transformer_lab.bench.harness import BenchResult
+from transformer_lab.runtime.distributed import ENV
 
 OWN = ("--out", "--max-steps", "--log-every", "--no-progress", "--resume", "--overwrite")
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
-                "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+TORCHRUN_ENV = (*ENV, "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")  # an outer launch's
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine now (torchrun's rendezvous for a local launch)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -46,7 +47,7 @@ def _train(args: Sequence[str], out: Path, nproc: int, steps: int, log_every: in
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     if nproc > 1:
         cmd += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-                "--master-port", str(_free_port())]
+                "--master-port", str(free_port())]
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     cmd += ["-m", "transformer_lab", "train", *args, "--out", str(out), "--max-steps", str(steps),
             "--log-every", str(log_every), "--no-progress"]

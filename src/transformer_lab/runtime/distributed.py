@@ -86,7 +86,6 @@ class DistributedRuntime(Runtime):
         device = choose_device(str(device)) if not isinstance(device, torch.device) else device
         if device.type == "cuda":  # one GPU per process on a machine: "cuda" (or any cuda:N) means cuda:LOCAL_RANK
             device = torch.device("cuda", self.local_rank)
-        if device.type == "cuda":
             torch.cuda.set_device(device)
         super().__init__(device)
         if self.rank:  # one voice: the other processes say only what goes wrong

@@ -134,7 +134,7 @@ class Trainer:
     def save(self, name: str = LAST, with_state: bool = True) -> Path | None:
         """Rank 0 writes; every process calls it (a sharded model's weights are gathered first)."""
         sharded = self.runtime.sharded
-        weights = self.runtime.full_state_dict(self.model) if sharded else None
+        model = self._gathered() if sharded else self.model
         optimizer = self.runtime.full_optimizer_state(self.model, self.optimizer) if with_state and sharded else None
         if not self.runtime.is_main:
             return None
@@ -152,10 +152,6 @@ class Trainer:
                 train_state["loss"] = self.loss_fn.state_dict()
         meta = {"step": self.state.step, "epoch": self.state.epoch,
                 "best_val_loss": finite_or_none(self.state.best_val_loss), "history_tail": self.state.history[-1:]}
-        model = self.model
-        if sharded:
-            self._template.load_state_dict(weights)
-            model = self._template
         return save_checkpoint(self.run.checkpoint(name), model, meta, self.extra_files, train_state)
 
     def resume(self, path: str | Path) -> None:
@@ -340,13 +336,13 @@ class Trainer:
         return TrainResult(st, stopped_by, stop.signum, self.runtime.is_main)
 
     def _gathered(self) -> torch.nn.Module | None:
-        """A sharded model's weights, whole, in rank 0's plain copy on the training device (every process
-        calls this: the gathering is collective); None in the other processes."""
+        """A sharded model's weights, whole, in rank 0's plain copy (every process calls this: the
+        gathering is collective); None in the other processes."""
         weights = self.runtime.full_state_dict(self.model)
         if not self.runtime.is_main:
             return None
         self._template.load_state_dict(weights)
-        return self._template.to(self.device)
+        return self._template
 
     @property
     def final_model(self) -> torch.nn.Module:
@@ -375,7 +371,7 @@ class Trainer:
         try:
             if self.runtime.is_main:  # one process validates; the others take its figures
                 with stop.interruptible():
-                    metrics = self.validate(model)
+                    metrics = self.validate(model.to(self.device))
         except Interrupted:
             log.warning("validation at step %d abandoned (signal)", self.state.step)
         finally:
