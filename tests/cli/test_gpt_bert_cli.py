@@ -153,7 +153,7 @@ def test_generate_errors(tmp_path, capsys):
     assert "empty" in capsys.readouterr().err
 
 
-def test_pretrain_bert_small_run(tmp_path, capsys):
+def small_documents(path):
     import random
 
     rng = random.Random(0)
@@ -161,8 +161,12 @@ def test_pretrain_bert_small_run(tmp_path, capsys):
     lines = []
     for d in range(40):
         lines += [" ".join(rng.choice(words) for _ in range(8)) for _ in range(5)] + [""]
-    data = tmp_path / "docs.txt"
-    data.write_text("\n".join(lines))
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_pretrain_bert_small_run(tmp_path, capsys):
+    data = small_documents(tmp_path / "docs.txt")
     out = tmp_path / "bert"
     rc = main(["pretrain", "bert", "--data", str(data), "--out", str(out), "--vocab-size", "60", "--max-steps", "30",
                "--max-len", "32", "--batch-size", "16", "--no-progress", "--lr", "1e-3"])
@@ -179,6 +183,32 @@ def test_pretrain_bert_small_run(tmp_path, capsys):
     with torch.no_grad():
         assert (hf(input_ids=x).prediction_logits - trained(x).mlm_logits).abs().max() <= 1e-5
     assert (out / "model" / "vocab.txt").read_text().splitlines()[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def test_pretrain_bert_with_alibi_and_a_window(tmp_path, capsys):
+    """--position and --attention: the exported folder is a transformer-lab-bert one, which `embed` reads (the
+    vectors are the trained checkpoint's); a pattern refused with the encoding is named before any work."""
+    data = small_documents(tmp_path / "docs.txt")
+    out = tmp_path / "bert"
+    rc = main(["pretrain", "bert", "--data", str(data), "--out", str(out), "--vocab-size", "60", "--max-steps", "6",
+               "--max-len", "32", "--batch-size", "16", "--no-progress", "--position", "alibi",
+               "--attention", "window:4,global:1"])
+    assert rc == 0
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["transformer_lab"] == {"position": "alibi", "attention": "window:4,global:1"}
+    capsys.readouterr()
+    assert main(["embed", "the cat sat on the mat", "--model", str(out / "model"), "--json"]) == 0
+    vector = torch.tensor(json.loads(capsys.readouterr().out)["embeddings"][0])
+    from transformer_lab.runs import load_model
+    from transformer_lab.tasks.embed import embed, load_encoder
+
+    model, tok, max_len = load_encoder(str(out / "model"), torch.device("cpu"))
+    assert model.config.position == "alibi"
+    trained = load_model(out / "checkpoints" / "last").model.eval()
+    assert torch.allclose(vector, embed(trained, tok, ["the cat sat on the mat"], max_len, 8)[0], atol=1e-5)
+    assert main(["pretrain", "bert", "--data", str(data), "--out", str(tmp_path / "x"), "--position", "shaw",
+                 "--attention", "window:4"]) == 2
+    assert "shaw" in capsys.readouterr().err.lower()
 
 
 def test_finetune_classify_small_run(tmp_path, capsys):

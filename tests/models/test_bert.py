@@ -162,3 +162,41 @@ def test_a_masked_lm_folder_loads_with_its_head(tmp_path):
     x = torch.randint(1, 90, (2, 11))
     with torch.no_grad():
         assert (hf(input_ids=x).logits - ours(x).mlm_logits).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("position,attention", [("t5", "full"), ("shaw", "full"), ("alibi", "window:4,global:1"),
+                                                ("rotary", "block:4")])
+def test_a_bert_beyond_hf_round_trips_through_its_own_folder(tmp_path, position, attention):
+    """Another position encoding or a pattern: the folder says model_type transformer-lab-bert (transformers
+    refuses it by name), tensors BERT has no name for are stored once (T5's table shared by every layer),
+    and load_bert gives back the same outputs."""
+    import transformers
+
+    from transformer_lab.models.bert import Bert, BertConfig
+    from transformer_lab.models.hf import OUR_BERT, save_bert
+
+    torch.manual_seed(0)
+    model = Bert(BertConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=64, position=position,
+                            attention=attention, pretraining_heads=True)).eval()
+    with torch.no_grad():  # T5's table starts at zeros: make it matter
+        for name, p in model.named_parameters():
+            if ".position." in name:
+                p.normal_()
+    save_bert(model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_type"] == OUR_BERT and config["transformer_lab"] == {"position": position, "attention": attention}
+    back = load_bert(tmp_path / "m").eval()
+    assert back.config.position == position and back.config.attention == attention
+    x = torch.randint(5, 50, (2, 20))
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[1, 15:] = False
+    with torch.no_grad():
+        a, b = model(x, attention_mask=mask), back(x, attention_mask=mask)
+    assert (a.hidden - b.hidden)[mask].abs().max() == 0 and (a.mlm_logits - b.mlm_logits)[mask].abs().max() == 0
+    if position == "t5":
+        from safetensors.torch import load_file
+
+        stored = [k for k in load_file(tmp_path / "m" / "model.safetensors") if k.startswith("transformer_lab.")]
+        assert stored == ["transformer_lab.embed.position.bias.weight"]
+    with pytest.raises((ValueError, KeyError), match="transformer-lab-bert"):
+        transformers.AutoConfig.from_pretrained(tmp_path / "m")

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from transformer_lab.nn.dropout import Dropout
+
 
 class LoRALinear(nn.Module):
     """A frozen ``base`` (an ``nn.Linear``, or any module with ``in_features``/``out_features`` and a
@@ -42,7 +44,7 @@ class LoRALinear(nn.Module):
         kw = {"device": weight.device} if isinstance(weight, Tensor) and weight.device.type != "meta" else {}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **kw)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **kw)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.reset_lora_parameters()
 

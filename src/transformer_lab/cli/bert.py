@@ -16,6 +16,7 @@ from pathlib import Path
 from transformer_lab.cli.args import (add_run_args, add_split_special_tokens, add_train_args, positive_float, positive_int,
                                       run_options, texts_or_stdin, train_config)
 from transformer_lab.models.presets import BERT_PRESETS
+from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.runtime import choose_device
 from transformer_lab.tasks import embed, pretrain_bert
 from transformer_lab.training.config import TrainConfig
@@ -50,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     pb.add_argument("--cased", action="store_true", help="do not lowercase")
     pb.add_argument("--model", default="bert-mini", choices=sorted(BERT_PRESETS), help="size preset")
     pb.add_argument("--max-len", type=positive_int, default=128, help="tokens per pair, [CLS]/[SEP] included")
+    pb.add_argument("--position", default="learned", choices=sorted(POSITION_ENCODINGS),
+                    help="position encoding (default learned, BERT's; any other writes a transformer-lab-bert folder, "
+                         "which this project's commands read and transformers refuses by name)")
+    pb.add_argument("--attention", default="full", metavar="PATTERN",
+                    help="self-attention pattern for long inputs: window:W[,global:G] (Longformer), "
+                         "block:B[,random:R][,global:G] (BigBird), chunked:C; default full")
     pb.add_argument("--no-nsp", action="store_true", help="MLM only (single segments, as RoBERTa)")
     pb.add_argument("--whole-word", action="store_true", help="whole-word masking")
     pb.add_argument("--static-masking", action="store_true", help="one mask per example (default: redrawn every epoch)")
@@ -109,6 +116,6 @@ def pretrain_bert_cmd(args: argparse.Namespace) -> int:
     cfg = pretrain_bert.PretrainConfig(
         run_options(args), Path(args.data), _train_config(args, pretrain_bert.RECIPE, pretrain_bert.RECIPE.max_steps),
         vocab=Path(args.vocab) if args.vocab else None, vocab_size=args.vocab_size, cased=args.cased, model=args.model,
-        max_len=args.max_len, nsp=not args.no_nsp, whole_word=args.whole_word, static_masking=args.static_masking,
+        max_len=args.max_len, position=args.position, attention=args.attention, nsp=not args.no_nsp, whole_word=args.whole_word, static_masking=args.static_masking,
         mask_prob=args.mask_prob, batch_size=args.batch_size)
     return pretrain_bert.run(cfg).exit_code

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_lab.nn.embeddings import TokenEmbedding, check_tokens
+from transformer_lab.nn.dropout import Dropout
 from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
 from transformer_lab.nn.masks import padding_mask
@@ -85,7 +86,7 @@ class BertEmbeddings(nn.Module):
         self.segment = nn.Embedding(c.type_vocab_size, c.d_model)
         self.position = build_position_encoding(c.position, c.d_model, c.max_len, c.n_heads)
         self.norm = nn.LayerNorm(c.d_model, eps=c.eps)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def forward(self, tokens: Tensor, segments: Tensor, positions: Tensor) -> Tensor:
         return self.add_to_vectors(self.token(tokens), segments, positions)
@@ -139,7 +140,7 @@ class Bert(nn.Module):
         self.pooler = nn.Linear(c.d_model, c.d_model)
         self.mlm = MLMHead(c, self.embed.token.weight) if c.pretraining_heads else None
         self.nsp = nn.Linear(c.d_model, 2) if c.pretraining_heads else None
-        self.classifier = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.d_model, c.n_labels)) if c.n_labels else None
+        self.classifier = nn.Sequential(Dropout(c.dropout), nn.Linear(c.d_model, c.n_labels)) if c.n_labels else None
         # Parameter-efficient tuning slots (``adapters`` fills them): a prefix, whose keys and values every
         # layer attends to first, or a soft prompt, vectors before the token embeddings. Either takes the
         # first ``n_virtual`` positions; ``hidden`` keeps the real tokens only, but ``pooled`` is then the

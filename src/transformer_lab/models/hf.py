@@ -8,6 +8,13 @@ GPT-2 stores its projections as ``Conv1D``: weight (in, out), the transpose of `
 (out, in), and the Q, K, V projections as one (D, 3D) matrix ``c_attn``; ``gpt_from_hf_state``
 splits and transposes them.
 
+A BERT with another position encoding or an attention pattern (``pretrain bert --position alibi
+--attention window:64``) has no Hugging Face form: its folder has the same three files, with
+``model_type`` "transformer-lab-bert" (so ``transformers`` refuses it by name instead of loading a
+different model) and the encoding and pattern under the config's ``"transformer_lab"`` key; tensors
+keep their HF names, and those BERT has none for (T5's bias table, Shaw's distance embeddings) are
+stored once under ``transformer_lab.`` plus our name. ``load_bert`` reads both kinds.
+
 Missing or mismatched tensors are errors that list names and shapes, except heads the folder does
 not have (loading a plain encoder for fine-tuning): those keep their fresh initialisation, and the
 log says so (as ``transformers`` does).
@@ -78,9 +85,18 @@ def _read_weights(folder: Path) -> dict[str, Tensor]:
 
 
 # --- BERT -----------------------------------------------------------------------------------------
+OUR_BERT = "transformer-lab-bert"  # model_type of a BERT folder with our position encoding or pattern
+BERT_TYPES = ("bert", OUR_BERT)  # the model_type values load_bert reads
+_OURS = "transformer_lab."  # the prefix of tensors a Hugging Face BERT has no name for
+
+
 def bert_config_from_hf(hf: dict[str, Any], where: str = "config.json", **overrides) -> BertConfig:
-    if hf.get("model_type", "bert") != "bert":
+    if hf.get("model_type", "bert") not in BERT_TYPES:
         raise ValueError(f"{where}: model_type {hf.get('model_type')!r} is not a BERT")
+    ours = hf.get("transformer_lab", {}) if hf.get("model_type") == OUR_BERT else {}
+    if not isinstance(ours, dict) or not set(ours) <= {"position", "attention"}:
+        raise ValueError(f"{where}: 'transformer_lab' should be an object with 'position' and 'attention', got {ours!r}")
+    overrides = {**ours, **overrides}
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{where}: position_embedding_type {hf['position_embedding_type']!r} is not supported (absolute only)")
     act = hf.get("hidden_act", "gelu")
@@ -102,13 +118,12 @@ def bert_config_from_hf(hf: dict[str, Any], where: str = "config.json", **overri
     return BertConfig(**kw)
 
 
+def is_hf_bert(c: BertConfig) -> bool:
+    """Whether ``transformers`` has this model: learned absolute positions, full attention."""
+    return c.position == "learned" and c.attention == "full"
+
+
 def bert_config_to_hf(c: BertConfig) -> dict[str, Any]:
-    if c.position != "learned":
-        raise ValueError(f"position: a Hugging Face BERT has learned absolute positions; this model uses "
-                         f"{c.position!r} and cannot be written as a BERT folder (save a checkpoint instead)")
-    if c.attention != "full":
-        raise ValueError(f"attention: a Hugging Face BERT attends to every token; this model's pattern is "
-                         f"{c.attention!r} and cannot be written as a BERT folder (save a checkpoint instead)")
     arch = "BertForSequenceClassification" if c.n_labels else "BertForPreTraining" if c.pretraining_heads else "BertModel"
     hf = {
         "architectures": [arch], "model_type": "bert", "vocab_size": c.vocab_size, "hidden_size": c.d_model,
@@ -118,6 +133,9 @@ def bert_config_to_hf(c: BertConfig) -> dict[str, Any]:
         "hidden_act": _OUR_ACT[c.activation], "layer_norm_eps": c.eps, "pad_token_id": c.pad_id,
         "position_embedding_type": "absolute", "initializer_range": 0.02,
     }
+    if not is_hf_bert(c):
+        hf["model_type"] = OUR_BERT
+        hf["transformer_lab"] = {"position": c.position, "attention": c.attention}
     if c.n_labels:
         hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.n_labels)}
         hf["label2id"] = {f"LABEL_{i}": i for i in range(c.n_labels)}
@@ -146,6 +164,9 @@ def bert_state_from_hf(hf_state: dict[str, Tensor], n_layers: int) -> tuple[dict
     pairs = bert_name_pairs(n_layers)
     state, unused = {}, []
     for name, t in hf_state.items():
+        if name.startswith(_OURS):
+            state[name[len(_OURS):]] = t
+            continue
         key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
         if not key.startswith(("bert.", "cls.", "classifier.")):
             key = "bert." + key
@@ -161,11 +182,16 @@ def bert_state_to_hf(model: Bert) -> dict[str, Tensor]:
     """HF names, ``bert.`` prefixed as the task models (BertForPreTraining, ...) store them; a plain
     encoder is stored without the prefix, as BertModel does."""
     reverse = [(o, h) for h, o in bert_name_pairs(model.config.n_layers)]
-    out = {}
+    out, seen = {}, set()
     for name, t in model.state_dict().items():
         if name == "mlm.decoder.weight":
             continue  # tied to the word embeddings; HF re-ties cls.predictions.decoder on load
         hf = _rename(name, reverse)
+        if hf is None and not is_hf_bert(model.config):
+            if t.data_ptr() not in seen:  # a table shared by every layer (T5's) is stored once
+                out[_OURS + name] = t.detach().contiguous()
+            seen.add(t.data_ptr())
+            continue
         if hf is None:
             raise ValueError(f"no Hugging Face name for {name}")
         plain = not (model.config.pretraining_heads or model.config.n_labels)
@@ -210,6 +236,7 @@ def load_bert(folder: str | Path, **overrides) -> Bert:
     state = {k: v for k, v in state.items() if k in model.state_dict() or not is_head(k)}
     if "embed.token.weight" in state:
         state["mlm.decoder.weight"] = state["embed.token.weight"]  # tied
+    state.update(_shared_aliases(model, state))
     fresh = load_state_checked(model, state, str(folder / "model.safetensors"), optional=is_head)
     fresh = [k for k in fresh if k != "mlm.decoder.weight"]
     if fresh:
@@ -219,6 +246,22 @@ def load_bert(folder: str | Path, **overrides) -> Bert:
         raise ValueError(f"{folder / 'model.safetensors'}: {len(unexpected)} tensors have no place in a "
                          f"{config.n_layers}-layer BERT: {unexpected[:12]}")
     return model
+
+
+def _shared_aliases(model: torch.nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The names the file stores once under another name of the same tensor (T5's shared bias table,
+    held by the embeddings and every layer)."""
+    own = model.state_dict()
+    by_ptr: dict[int, list[str]] = {}
+    for k, t in own.items():
+        by_ptr.setdefault(t.data_ptr(), []).append(k)
+    extra = {}
+    for names in by_ptr.values():
+        stored = [k for k in names if k in state]
+        for k in names:
+            if k not in state and stored:
+                extra[k] = state[stored[0]]
+    return extra
 
 
 def save_bert(model: Bert, folder: str | Path, vocab_file: str | Path | None = None) -> Path:

@@ -36,6 +36,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformer_lab.models.registry import register_model_kind
 from transformer_lab.models.transformer import Generator
 from transformer_lab.nn.attention import additive_attention
+from transformer_lab.nn.dropout import Dropout
 from transformer_lab.nn.embeddings import check_tokens
 
 SCORES = ("general", "additive")
@@ -90,7 +91,7 @@ class RNNSeq2Seq(nn.Module):
         d, half = c.d_model, c.d_model // 2
         self.src_embed = nn.Embedding(c.src_vocab_size, d)
         self.tgt_embed = self.src_embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, d)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         between = c.dropout if c.n_layers > 1 else 0.0  # nn.LSTM drops out between layers only
         self.encoder = nn.LSTM(d, half, c.n_layers, batch_first=True, bidirectional=True, dropout=between)
         self.init_state = nn.Linear(d, d)  # W_init: [fwd_last; bwd_first] -> s_0

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_lab.nn.dropout import dropout, uses_hashed_mask
 from transformer_lab.nn.kv_cache import AttentionCache
 from transformer_lab.nn.masks import check_mask
 from transformer_lab.nn.positions import PositionEncoding
@@ -73,7 +74,7 @@ def attend_scores(scores: Tensor, v: Tensor, mask: Tensor | None = None, bias: T
     weights = scores.softmax(dim=-1)
     if mask is not None:
         weights = weights.masked_fill(~mask, 0.0)  # exact zeros; a fully masked row -> all zeros
-    dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
+    dropped = dropout(weights, dropout_p)
     out = dropped @ v
     return AttentionResult(out if value_term is None else out + value_term(dropped), weights)
 
@@ -86,7 +87,11 @@ def fast_attention(
     bias: Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> AttentionResult:
-    """Eq. 1 on ``F.scaled_dot_product_attention``; same contract as ``reference_attention``."""
+    """Eq. 1 on ``F.scaled_dot_product_attention``; same contract as ``reference_attention``. With
+    dropout under torch.compile on a CPU, eq. 1 written out instead (inductor fuses it as well, and the
+    dropout mask is then ``nn.dropout``'s hashed one, not a Philox draw per element)."""
+    if dropout_p > 0 and uses_hashed_mask(q):
+        return AttentionResult(reference_attention(q, k, v, mask, bias, dropout_p).output, None)
     attn_mask, has_key = mask, None
     if mask is not None:
         has_key = mask.any(dim=-1, keepdim=True)  # (B|1, H|1, T_q, 1): rows that see at least one key

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from transformer_lab.nn.positions import PositionEncoding
+from transformer_lab.nn.dropout import Dropout
 
 
 def check_token_shape(tokens: Tensor, name: str = "tokens") -> None:
@@ -71,7 +72,7 @@ class Embeddings(nn.Module):
         super().__init__()
         self.token = token
         self.position = position
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
         x = self.token(tokens)  # (B, T, D)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_lab.nn.dropout import Dropout
+
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 
 
@@ -37,7 +39,7 @@ class PositionwiseFeedForward(nn.Module):
         self.w_2 = nn.Linear(d_ff, d_model)
         # deviation: the paper has no dropout inside the FFN (only on its output, in the residual
         # connection); tensor2tensor's relu_dropout and nn.TransformerEncoderLayer do. Default 0.
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.w_1(x)  # (B, T, d_ff)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from transformer_lab.nn.attention import MultiHeadAttention
+from transformer_lab.nn.dropout import Dropout
 from transformer_lab.nn.feedforward import PositionwiseFeedForward
 from transformer_lab.nn.kv_cache import AttentionCache, DecoderCache
 from transformer_lab.nn.masks import token_keep
@@ -103,7 +104,7 @@ class SublayerConnection(nn.Module):
                  norm: str = "layer"):
         super().__init__()
         self.norm = make_norm(norm, d_model, eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm_first = norm_first
         self.residual = residual
 

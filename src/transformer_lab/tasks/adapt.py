@@ -18,7 +18,7 @@ from torch import nn
 from transformer_lab.adapters import merge_lora, parameter_counts
 from transformer_lab.adapters.peft_format import load_peft, read_peft
 from transformer_lab.config import read_json_object
-from transformer_lab.models.hf import gpt_from_hf, load_bert, save_bert, save_gpt
+from transformer_lab.models.hf import BERT_TYPES, gpt_from_hf, load_bert, save_bert, save_gpt
 from transformer_lab.runs import find_checkpoint, load_model, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def load_base(base: Path, adapter_tensors: dict) -> tuple[nn.Module, str, Path]:
     the folder its tokenizer files are in."""
     cfg = base / "config.json"
     kind = read_json_object(cfg).get("model_type") if cfg.is_file() else None
-    if kind == "bert":
+    if kind in BERT_TYPES:
         return load_bert(base, n_labels=_head_size(adapter_tensors)), "bert", base
     if kind == "gpt2":
         return gpt_from_hf(base), "gpt2", base
@@ -63,7 +63,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
         p.requires_grad_(True)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: exists and is not empty; choose a new folder")
-    if kind == "bert":
+    if kind in BERT_TYPES:
         save_bert(model, out)
     elif kind == "gpt2":
         save_gpt(model, out)

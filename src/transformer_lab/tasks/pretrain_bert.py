@@ -24,6 +24,8 @@ from transformer_lab.data.batches import PretrainBatch, PretrainBatches
 from transformer_lab.data.mlm import IGNORE, PairExample, held_out_documents, make_pairs, read_documents
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.presets import BERT_PRESETS, bert_preset
+from transformer_lab.nn.positions import POSITION_ENCODINGS
+from transformer_lab.nn.sparse import parse_pattern
 from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, train, write_summary,
                                            write_uncut)
@@ -47,6 +49,8 @@ class PretrainConfig:
     cased: bool = False
     model: str = "bert-mini"
     max_len: int = 128  # tokens per pair, [CLS]/[SEP] included
+    position: str = "learned"  # BERT's; another (alibi, t5, ...) exports a transformer-lab-bert folder
+    attention: str = "full"  # self-attention's pattern (window:W[,global:G], block:B, chunked:C)
     nsp: bool = True
     whole_word: bool = False
     static_masking: bool = False
@@ -64,6 +68,9 @@ class PretrainConfig:
             raise ValueError(f"mask_prob: expected 0 < p < 1, got {self.mask_prob}")
         if self.model not in BERT_PRESETS:
             raise ValueError(f"model: expected one of {sorted(BERT_PRESETS)}, got {self.model!r}")
+        if self.position not in POSITION_ENCODINGS:
+            raise ValueError(f"position: expected one of {sorted(POSITION_ENCODINGS)}, got {self.position!r}")
+        parse_pattern(self.attention, causal=False, position=self.position)  # a bad spec or combination: named
 
 
 @dataclass
@@ -96,7 +103,7 @@ def prepare(cfg: PretrainConfig) -> PretrainData:
 
 def build(cfg: PretrainConfig, tok: WordPieceTokenizer) -> Bert:
     return Bert(bert_preset(cfg.model, vocab_size=tok.vocab_size, max_len=max(cfg.max_len, 64), pretraining_heads=True,
-                            pad_id=tok.token_to_id("[PAD]")))
+                            pad_id=tok.token_to_id("[PAD]"), position=cfg.position, attention=cfg.attention))
 
 
 def pretrain_loss(nsp: bool):

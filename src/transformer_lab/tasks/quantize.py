@@ -31,7 +31,7 @@ from transformer_lab.config import check_positive, read_json_object, to_dict
 from transformer_lab.tokenizers.corpus import read_lines
 from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.models.gpt import GPT
-from transformer_lab.models.hf import gpt_from_hf, load_bert
+from transformer_lab.models.hf import BERT_TYPES, gpt_from_hf, load_bert
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, is_ours, load_model, save_checkpoint
 from transformer_lab.runs.checkpoint import REQUIRED, TRAIN_STATE
@@ -96,7 +96,7 @@ def load_source(path: str | Path) -> Source:
                                 "(no config.json)")
     kind = read_json_object(config).get("model_type")
     files = hf_tokenizer_files(path)
-    if kind == "bert":
+    if kind in BERT_TYPES:
         return Source(load_bert(path), path, files, load_bert_tokenizer(path))
     if kind == "gpt2":
         return Source(gpt_from_hf(path), path, files, checkpoint_tokenizer(path))

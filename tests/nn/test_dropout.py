@@ -1,0 +1,105 @@
+"""Dropout: eager is F.dropout itself; under torch.compile on a CPU the mask is a hash of the index
+(nn/dropout.py). The hash is checked against Wellons' lowbias32 written in plain Python integers
+(unsigned 32-bit arithmetic, the published C code), the masks against the Bernoulli statistics."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformer_lab.nn.dropout import Dropout, dropout, hashed_keep_mask, lowbias32, uses_hashed_mask
+
+
+def lowbias32_python(x: int) -> int:
+    """The published hash, on Python ints kept to 32 unsigned bits."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x ^= x >> 16
+    return x
+
+
+def test_the_int32_hash_equals_the_unsigned_formula():
+    values = [0, 1, 2, 3, 12345, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 0xDEADBEEF]
+    signed = torch.tensor([v - 2**32 if v >= 2**31 else v for v in values], dtype=torch.int32)
+    got = [int(v) & 0xFFFFFFFF for v in lowbias32(signed)]
+    assert got == [lowbias32_python(v) for v in values]
+
+
+def test_eager_dropout_is_torchs_own():
+    """Outside torch.compile nothing changes: the same draws from PyTorch's generator as nn.Dropout."""
+    x = torch.randn(64, 32)
+    torch.manual_seed(3)
+    ours = Dropout(0.3).train()(x)
+    torch.manual_seed(3)
+    assert torch.equal(ours, torch.nn.Dropout(0.3).train()(x))
+    assert not uses_hashed_mask(x)
+    assert torch.equal(Dropout(0.3).eval()(x), x) and torch.equal(dropout(x, 0.0), x)
+    assert isinstance(Dropout(0.1), torch.nn.Dropout)  # set_dropout and state dicts see an nn.Dropout
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_hashed_masks_have_bernoulli_statistics(p):
+    n = 1 << 20
+    a, b = hashed_keep_mask((n,), p, "cpu"), hashed_keep_mask((n,), p, "cpu")
+    sd = math.sqrt(p * (1 - p) / n)
+    for m in (a, b):
+        assert abs(float(m.float().mean()) - (1 - p)) < 5 * sd
+    # Two calls draw two seeds: independent masks agree on a fraction p^2 + (1-p)^2 of elements.
+    agree = float((a == b).float().mean())
+    assert abs(agree - (p * p + (1 - p) ** 2)) < 5 * math.sqrt(0.25 / n)
+    # Neighbours within one mask are uncorrelated (an index hash, not a counter).
+    x = a.float() - a.float().mean()
+    for lag in (1, 2, 16, 256):
+        corr = float((x[:-lag] * x[lag:]).mean() / x.var())
+        assert abs(corr) < 5 / math.sqrt(n), (lag, corr)
+
+
+def test_hashed_masks_follow_torch_manual_seed():
+    torch.manual_seed(7)
+    a = hashed_keep_mask((1000,), 0.2, "cpu")
+    torch.manual_seed(7)
+    assert torch.equal(a, hashed_keep_mask((1000,), 0.2, "cpu"))
+
+
+def test_compiled_dropout_scales_kept_values_and_routes_the_gradient():
+    torch._dynamo.reset()
+    p = 0.25
+    f = torch.compile(lambda t: dropout(t, p), dynamic=False)
+    x = (torch.rand(300, 200) + 0.5).requires_grad_()
+    y = f(x)
+    kept = y != 0
+    assert abs(float(kept.float().mean()) - (1 - p)) < 0.01
+    assert torch.allclose(y[kept], x.detach()[kept] / (1 - p))
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / (1 - p))
+    # Not F.dropout's mask: a compiled draw is the hashed one, reproducible from the seed.
+    torch.manual_seed(11)
+    y1 = f(x)
+    torch.manual_seed(11)
+    assert torch.equal(y1, f(x))
+
+
+def test_compiled_attention_with_dropout_takes_the_written_out_path():
+    """fast_attention under compile with dropout: eq. 1 written out with the hashed mask; without dropout
+    the compiled call still equals the eager one."""
+    from transformer_lab.nn.attention import fast_attention
+
+    torch._dynamo.reset()
+    q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool).tril()
+    f = torch.compile(lambda q, k, v, p: fast_attention(q, k, v, mask, dropout_p=p).output, dynamic=False)
+    assert torch.allclose(f(q, k, v, 0.0), fast_attention(q, k, v, mask).output, atol=1e-5)
+    out = f(q, k, v, 0.5)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, fast_attention(q, k, v, mask).output, atol=1e-3)  # dropout did act
+
+
+def test_probability_one_drops_everything_compiled_or_not():
+    x = torch.randn(10, 10)
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    assert torch.equal(torch.compile(lambda t: dropout(t, 1.0))(x), torch.zeros_like(x))
+    assert torch.equal(F.dropout(x, 1.0), torch.zeros_like(x))
