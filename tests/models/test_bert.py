@@ -200,3 +200,10 @@ def test_a_bert_beyond_hf_round_trips_through_its_own_folder(tmp_path, position,
         assert stored == ["transformer_lab.embed.position.bias.weight"]
     with pytest.raises((ValueError, KeyError), match="transformer-lab-bert"):
         transformers.AutoConfig.from_pretrained(tmp_path / "m")
+    if position in ("t5", "shaw"):  # its tables have no place in a model read as another encoding
+        with pytest.raises(ValueError, match="no place in this model"):
+            load_bert(tmp_path / "m", position="alibi")
+    del config["transformer_lab"]["attention"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="needs 'transformer_lab'"):
+        load_bert(tmp_path / "m")

@@ -29,6 +29,13 @@ def test_the_int32_hash_equals_the_unsigned_formula():
     assert got == [lowbias32_python(v) for v in values]
 
 
+def test_the_compiled_hash_gives_the_eager_bits():
+    """Inductor's C++ (vector loop and scalar tail: 4,099 values) wraps the int32 products as eager does."""
+    x = torch.arange(-2049, 2050, dtype=torch.int32) * 1_048_573
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(lowbias32, dynamic=False)(x), lowbias32(x))
+
+
 def test_eager_dropout_is_torchs_own():
     """Outside torch.compile nothing changes: the same draws from PyTorch's generator as nn.Dropout."""
     x = torch.randn(64, 32)
@@ -76,26 +83,39 @@ def test_compiled_dropout_scales_kept_values_and_routes_the_gradient():
     assert torch.allclose(y[kept], x.detach()[kept] / (1 - p))
     y.sum().backward()
     assert torch.allclose(x.grad, kept.float() / (1 - p))
-    # Not F.dropout's mask: a compiled draw is the hashed one, reproducible from the seed.
+    # The compiled draw is the hashed mask of one seed, reproducible from torch.manual_seed.
     torch.manual_seed(11)
     y1 = f(x)
     torch.manual_seed(11)
     assert torch.equal(y1, f(x))
 
 
-def test_compiled_attention_with_dropout_takes_the_written_out_path():
-    """fast_attention under compile with dropout: eq. 1 written out with the hashed mask; without dropout
-    the compiled call still equals the eager one."""
-    from transformer_lab.nn.attention import fast_attention
+def test_compiled_attention_with_dropout_takes_the_written_out_path(monkeypatch):
+    """fast_attention under compile with dropout: eq. 1 written out with the hashed mask (the trace goes
+    through reference_attention and hashed_keep_mask); without dropout the compiled call equals the eager one."""
+    import transformer_lab.nn.attention as attention
+    import transformer_lab.nn.dropout as nn_dropout
 
+    calls = {"reference": 0, "hashed": 0}
+
+    def spy(name, fn):
+        def wrapped(*a, **kw):
+            calls[name] += 1
+            return fn(*a, **kw)
+        return wrapped
+
+    monkeypatch.setattr(attention, "reference_attention", spy("reference", attention.reference_attention))
+    monkeypatch.setattr(nn_dropout, "hashed_keep_mask", spy("hashed", nn_dropout.hashed_keep_mask))
     torch._dynamo.reset()
     q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
     mask = torch.ones(2, 1, 6, 6, dtype=torch.bool).tril()
-    f = torch.compile(lambda q, k, v, p: fast_attention(q, k, v, mask, dropout_p=p).output, dynamic=False)
-    assert torch.allclose(f(q, k, v, 0.0), fast_attention(q, k, v, mask).output, atol=1e-5)
+    f = torch.compile(lambda q, k, v, p: attention.fast_attention(q, k, v, mask, dropout_p=p).output, dynamic=False)
+    assert torch.allclose(f(q, k, v, 0.0), attention.fast_attention(q, k, v, mask).output, atol=1e-5)
+    assert calls == {"reference": 0, "hashed": 0}
     out = f(q, k, v, 0.5)
+    assert calls["reference"] >= 1 and calls["hashed"] >= 1  # traced through the written-out path and the hash
     assert out.shape == q.shape and torch.isfinite(out).all()
-    assert not torch.allclose(out, fast_attention(q, k, v, mask).output, atol=1e-3)  # dropout did act
+    assert not torch.allclose(out, attention.fast_attention(q, k, v, mask).output, atol=1e-3)  # dropout did act
 
 
 def test_probability_one_drops_everything_compiled_or_not():

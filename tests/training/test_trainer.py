@@ -249,3 +249,6 @@ def test_compiled_training_takes_the_eager_steps(tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a if not k.endswith("w_k.bias")) < 1e-4
     saved = load_model(tmp_path / "compiled" / "checkpoints" / "last").model.state_dict()
     assert all(torch.equal(saved[k], b[k]) for k in saved)
+    dropped = trainer(tmp_path / "dropout", 3, dropout=0.1, compile=True)  # hashed masks (nn/dropout.py)
+    dropped.fit()
+    assert all(math.isfinite(x) for x in losses(dropped)) and losses(dropped)[0] != losses(compiled)[0]

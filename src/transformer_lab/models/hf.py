@@ -93,9 +93,10 @@ _OURS = "transformer_lab."  # the prefix of tensors a Hugging Face BERT has no n
 def bert_config_from_hf(hf: dict[str, Any], where: str = "config.json", **overrides) -> BertConfig:
     if hf.get("model_type", "bert") not in BERT_TYPES:
         raise ValueError(f"{where}: model_type {hf.get('model_type')!r} is not a BERT")
-    ours = hf.get("transformer_lab", {}) if hf.get("model_type") == OUR_BERT else {}
-    if not isinstance(ours, dict) or not set(ours) <= {"position", "attention"}:
-        raise ValueError(f"{where}: 'transformer_lab' should be an object with 'position' and 'attention', got {ours!r}")
+    ours = hf.get("transformer_lab") if hf.get("model_type") == OUR_BERT else {}
+    if hf.get("model_type") == OUR_BERT and (not isinstance(ours, dict) or set(ours) != {"position", "attention"}):
+        raise ValueError(f"{where}: a {OUR_BERT} config needs 'transformer_lab': an object with 'position' and "
+                         f"'attention', got {ours!r}")
     overrides = {**ours, **overrides}
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{where}: position_embedding_type {hf['position_embedding_type']!r} is not supported (absolute only)")
@@ -188,9 +189,9 @@ def bert_state_to_hf(model: Bert) -> dict[str, Tensor]:
             continue  # tied to the word embeddings; HF re-ties cls.predictions.decoder on load
         hf = _rename(name, reverse)
         if hf is None and not is_hf_bert(model.config):
-            if t.data_ptr() not in seen:  # a table shared by every layer (T5's) is stored once
+            if _identity(t) not in seen:  # a table shared by every layer (T5's) is stored once
                 out[_OURS + name] = t.detach().contiguous()
-            seen.add(t.data_ptr())
+            seen.add(_identity(t))
             continue
         if hf is None:
             raise ValueError(f"no Hugging Face name for {name}")
@@ -237,6 +238,10 @@ def load_bert(folder: str | Path, **overrides) -> Bert:
     if "embed.token.weight" in state:
         state["mlm.decoder.weight"] = state["embed.token.weight"]  # tied
     state.update(_shared_aliases(model, state))
+    stray = [k for k in state if k not in model.state_dict() and not is_head(k)]
+    if stray:  # e.g. T5 or Shaw tables in a folder read as another encoding
+        raise ValueError(f"{folder / 'model.safetensors'}: {len(stray)} tensors have no place in this model "
+                         f"(position {config.position!r}, attention {config.attention!r}): {stray[:12]}")
     fresh = load_state_checked(model, state, str(folder / "model.safetensors"), optional=is_head)
     fresh = [k for k in fresh if k != "mlm.decoder.weight"]
     if fresh:
@@ -248,13 +253,18 @@ def load_bert(folder: str | Path, **overrides) -> Bert:
     return model
 
 
+def _identity(t: Tensor) -> tuple:
+    """What makes two state-dict entries one tensor under two names (an empty tensor is never shared)."""
+    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) if t.numel() else (id(t),)
+
+
 def _shared_aliases(model: torch.nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """The names the file stores once under another name of the same tensor (T5's shared bias table,
     held by the embeddings and every layer)."""
     own = model.state_dict()
-    by_ptr: dict[int, list[str]] = {}
+    by_ptr: dict[tuple, list[str]] = {}
     for k, t in own.items():
-        by_ptr.setdefault(t.data_ptr(), []).append(k)
+        by_ptr.setdefault(_identity(t), []).append(k)
     extra = {}
     for names in by_ptr.values():
         stored = [k for k in names if k in state]

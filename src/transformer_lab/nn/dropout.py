@@ -6,7 +6,7 @@ written in int32 tensor operations that inductor fuses into the surrounding loop
 Why: inductor's own random numbers on a CPU run Philox once per element, unvectorised (measured on
 this project's 2-core machine, a 4,000 x 256 tensor: 10.0 ms a dropout, against 6.3 ms for eager
 ``F.dropout`` and 0.59 ms for the hash), and dropout then cost the compiled Multi30k training step more
-than compiling saved. GPUs keep PyTorch's generator (their compiled Philox is vectorised).
+than compiling saved. On a GPU compiled dropout keeps inductor's Philox (vectorised there).
 
 The hash is Chris Wellons' ``lowbias32`` (xor-shift-multiply, 32 bits), applied twice with the seed
 mixed in between: hash(hash(index) ^ seed). The seed is one draw from PyTorch's generator per call,
@@ -48,15 +48,16 @@ def lowbias32(x: Tensor) -> Tensor:
 
 def hashed_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str) -> Tensor:
     """A boolean mask, True with probability 1 - p per element, from hash(hash(index) ^ seed)."""
-    seed = torch.randint(-(2**31), 2**31 - 1, (), dtype=torch.int32, device=device)
+    seed = torch.randint(-(2**31), 2**31, (), dtype=torch.int32, device=device)
     index = torch.arange(torch.Size(shape).numel(), dtype=torch.int32, device=device).view(shape)
     threshold = int(p * 2**32) - 2**31
     return lowbias32(lowbias32(index) ^ seed) >= threshold
 
 
 def uses_hashed_mask(x: Tensor) -> bool:
-    """Whether dropout on ``x`` takes the hashed mask: while torch.compile traces, on a CPU."""
-    return x.device.type == "cpu" and torch.compiler.is_compiling()
+    """Whether dropout on ``x`` takes the hashed mask: while torch.compile traces, on a CPU, for a tensor
+    whose element indices fit the int32 counter (under 2^31 elements; a larger one takes F.dropout)."""
+    return x.device.type == "cpu" and x.numel() < 2**31 and torch.compiler.is_compiling()
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

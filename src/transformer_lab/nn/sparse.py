@@ -296,7 +296,7 @@ def _full(q: Tensor, k: Tensor, v: Tensor, causal: bool, keep: Tensor | None, of
     slots = torch.arange(offset, offset + q.size(2), device=q.device) if queries is None else queries
     b = None if bias is None else bias(slots, torch.arange(k.size(2), device=q.device))
     if keep is None and not causal and b is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return fast_attention(q, k, v, dropout_p=dropout_p).output  # (under CPU compile: the hashed mask)
     mask = None
     if causal:
         mask = (torch.arange(k.size(2), device=q.device)[None, :] <= slots[:, None])[None, None]

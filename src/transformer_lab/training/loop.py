@@ -118,15 +118,14 @@ class Trainer:
             # Compiled on the first step (fixed shapes; after a new shape, shapes become symbolic: one more
             # compile). The forward reads no token values back to the host (the id checks are skipped while
             # tracing), so the graph is whole; batches come from the run's own tokenizer. The task's loss is
-            # traced with the model (one graph: inductor fuses the cross-entropy's softmax with its
-            # neighbours), unless it carries state between steps (a segment memory): then the model alone.
+            # traced with the model (in one process one graph: inductor fuses the cross-entropy's softmax with
+            # its neighbours), unless it carries state between steps (a segment memory): that runs eager.
             # Dropout masks under compile on a CPU are nn.dropout's hashed ones (inductor's own generator is
-            # one scalar Philox call per element); their seeds, like any other random draw in the graph, come
-            # from PyTorch's generator ("fallback_random"), so torch.manual_seed and a resumed run's saved
-            # generator state reproduce them.
-            options = {"fallback_random": True}
-            if hasattr(loss_fn, "state_dict"):
-                self.model = torch.compile(self.model, options=options)
+            # one scalar Philox call per element there); on a CPU their seeds, like any other random draw in
+            # the graph, come from PyTorch's generator ("fallback_random").
+            options = {"fallback_random": True} if self.device.type == "cpu" else {}  # (GPUs: inductor's Philox)
+            if hasattr(loss_fn, "state_dict"):  # it calls the plain model's forward_segment: nothing to compile
+                log.warning("compile: this task's loss carries state between steps (a segment memory); it runs eager")
             else:
                 self._compiled_loss = torch.compile(loss_fn, options=options)
         self.optimizer = build_optimizer(self.model, cfg)
