@@ -116,6 +116,7 @@ def pretrain_bert_cmd(args: argparse.Namespace) -> int:
     cfg = pretrain_bert.PretrainConfig(
         run_options(args), Path(args.data), _train_config(args, pretrain_bert.RECIPE, pretrain_bert.RECIPE.max_steps),
         vocab=Path(args.vocab) if args.vocab else None, vocab_size=args.vocab_size, cased=args.cased, model=args.model,
-        max_len=args.max_len, position=args.position, attention=args.attention, nsp=not args.no_nsp, whole_word=args.whole_word, static_masking=args.static_masking,
-        mask_prob=args.mask_prob, batch_size=args.batch_size)
+        max_len=args.max_len, position=args.position, attention=args.attention, nsp=not args.no_nsp,
+        whole_word=args.whole_word, static_masking=args.static_masking, mask_prob=args.mask_prob,
+        batch_size=args.batch_size)
     return pretrain_bert.run(cfg).exit_code

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_lab.nn.embeddings import TokenEmbedding, check_tokens
 from transformer_lab.nn.dropout import Dropout
+from transformer_lab.nn.embeddings import TokenEmbedding, check_tokens
 from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
 from transformer_lab.nn.masks import padding_mask

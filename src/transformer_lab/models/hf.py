@@ -93,11 +93,12 @@ _OURS = "transformer_lab."  # the prefix of tensors a Hugging Face BERT has no n
 def bert_config_from_hf(hf: dict[str, Any], where: str = "config.json", **overrides) -> BertConfig:
     if hf.get("model_type", "bert") not in BERT_TYPES:
         raise ValueError(f"{where}: model_type {hf.get('model_type')!r} is not a BERT")
-    ours = hf.get("transformer_lab") if hf.get("model_type") == OUR_BERT else {}
-    if hf.get("model_type") == OUR_BERT and (not isinstance(ours, dict) or set(ours) != {"position", "attention"}):
-        raise ValueError(f"{where}: a {OUR_BERT} config needs 'transformer_lab': an object with 'position' and "
-                         f"'attention', got {ours!r}")
-    overrides = {**ours, **overrides}
+    if hf.get("model_type") == OUR_BERT:
+        ours = hf.get("transformer_lab")
+        if not isinstance(ours, dict) or set(ours) != {"position", "attention"}:
+            raise ValueError(f"{where}: a {OUR_BERT} config needs 'transformer_lab': an object with 'position' and "
+                             f"'attention', got {ours!r}")
+        overrides = {**ours, **overrides}
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{where}: position_embedding_type {hf['position_embedding_type']!r} is not supported (absolute only)")
     act = hf.get("hidden_act", "gelu")
@@ -183,15 +184,14 @@ def bert_state_to_hf(model: Bert) -> dict[str, Tensor]:
     """HF names, ``bert.`` prefixed as the task models (BertForPreTraining, ...) store them; a plain
     encoder is stored without the prefix, as BertModel does."""
     reverse = [(o, h) for h, o in bert_name_pairs(model.config.n_layers)]
-    out, seen = {}, set()
+    aliases = _aliases(model)
+    out = {}
     for name, t in model.state_dict().items():
-        if name == "mlm.decoder.weight":
-            continue  # tied to the word embeddings; HF re-ties cls.predictions.decoder on load
+        if name in aliases:
+            continue  # stored under its first name (HF re-ties cls.predictions.decoder on load)
         hf = _rename(name, reverse)
         if hf is None and not is_hf_bert(model.config):
-            if _identity(t) not in seen:  # a table shared by every layer (T5's) is stored once
-                out[_OURS + name] = t.detach().contiguous()
-            seen.add(_identity(t))
+            out[_OURS + name] = t.detach().contiguous()
             continue
         if hf is None:
             raise ValueError(f"no Hugging Face name for {name}")
@@ -235,9 +235,7 @@ def load_bert(folder: str | Path, **overrides) -> Bert:
     # Heads, and the pooler (BertForMaskedLM folders have none), start fresh when the folder lacks them.
     is_head = lambda k: k.startswith(("mlm.", "nsp.", "classifier.", "pooler."))  # noqa: E731
     state = {k: v for k, v in state.items() if k in model.state_dict() or not is_head(k)}
-    if "embed.token.weight" in state:
-        state["mlm.decoder.weight"] = state["embed.token.weight"]  # tied
-    state.update(_shared_aliases(model, state))
+    state.update({alias: state[first] for alias, first in _aliases(model).items() if first in state})
     stray = [k for k in state if k not in model.state_dict() and not is_head(k)]
     if stray:  # e.g. T5 or Shaw tables in a folder read as another encoding
         raise ValueError(f"{folder / 'model.safetensors'}: {len(stray)} tensors have no place in this model "
@@ -253,25 +251,17 @@ def load_bert(folder: str | Path, **overrides) -> Bert:
     return model
 
 
-def _identity(t: Tensor) -> tuple:
-    """What makes two state-dict entries one tensor under two names (an empty tensor is never shared)."""
-    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) if t.numel() else (id(t),)
-
-
-def _shared_aliases(model: torch.nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The names the file stores once under another name of the same tensor (T5's shared bias table,
-    held by the embeddings and every layer)."""
-    own = model.state_dict()
-    by_ptr: dict[tuple, list[str]] = {}
-    for k, t in own.items():
-        by_ptr.setdefault(_identity(t), []).append(k)
-    extra = {}
-    for names in by_ptr.values():
-        stored = [k for k in names if k in state]
-        for k in names:
-            if k not in state and stored:
-                extra[k] = state[stored[0]]
-    return extra
+def _aliases(model: torch.nn.Module) -> dict[str, str]:
+    """Every further name of a parameter held under several (the MLM decoder's table, tied to the word
+    embeddings; T5's bias table, shared by every layer) -> its first name, the one the file stores."""
+    first: dict[int, str] = {}
+    out = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return out
 
 
 def save_bert(model: Bert, folder: str | Path, vocab_file: str | Path | None = None) -> Path:

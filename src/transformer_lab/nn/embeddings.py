@@ -14,8 +14,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from transformer_lab.nn.positions import PositionEncoding
 from transformer_lab.nn.dropout import Dropout
+from transformer_lab.nn.positions import PositionEncoding
 
 
 def check_token_shape(tokens: Tensor, name: str = "tokens") -> None:
