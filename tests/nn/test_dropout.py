@@ -65,6 +65,18 @@ def test_hashed_masks_have_bernoulli_statistics(p):
         assert abs(corr) < 5 / math.sqrt(n), (lag, corr)
 
 
+def test_hashed_mask_is_the_published_hash_against_its_threshold():
+    """The int32 mask, element by element, against lowbias32 in Python integers: keep when the hash's low
+    31 bits are at least round(p * 2^31) (the sign trick in hashed_keep_mask is this comparison)."""
+    p, n = 0.3, 4099
+    torch.manual_seed(5)
+    mask = hashed_keep_mask((n,), p, "cpu")
+    torch.manual_seed(5)
+    seed = int(torch.randint(-(2**31), 2**31, (), dtype=torch.int32)) & 0xFFFFFFFF
+    expect = [int((lowbias32_python(lowbias32_python(i) ^ seed) & 0x7FFFFFFF) >= round(p * 2**31)) for i in range(n)]
+    assert mask.dtype == torch.int32 and mask.tolist() == expect
+
+
 def test_hashed_masks_follow_torch_manual_seed():
     torch.manual_seed(7)
     a = hashed_keep_mask((1000,), 0.2, "cpu")

@@ -112,6 +112,33 @@ def test_fused_loss_equals_readable_loss():
     torch.testing.assert_close(ga, gb)
 
 
+def test_compiled_cpu_loss_equals_torch_cross_entropy():
+    """The written-out loss and gradient the compiled CPU path takes, called directly, against
+    F.cross_entropy(label_smoothing, ignore_index) and autograd's gradient of it; then
+    label_smoothed_cross_entropy compiled against itself eager."""
+    from transformer_lab.training.losses import _SmoothedCrossEntropy
+
+    logits = (4 * torch.randn(6, 7, 23, dtype=torch.float64)).requires_grad_()
+    target = torch.randint(1, 23, (6, 7))
+    target[2, 4:] = 0
+    flat, tgt = logits.reshape(-1, 23), target.reshape(-1)
+    loss, nll = _SmoothedCrossEntropy.apply(flat, tgt, 0.1, 0)
+    ref = F.cross_entropy(flat, tgt, ignore_index=0, label_smoothing=0.1, reduction="sum")
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(nll, F.cross_entropy(flat, tgt, ignore_index=0, reduction="sum"))
+    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(ref, logits)[0])
+
+    torch._dynamo.reset()
+    x = logits.detach().float().requires_grad_()
+    compiled = torch.compile(lambda z, t: label_smoothed_cross_entropy(z, t, 0.1, 0), dynamic=False)(x, target)
+    eager = label_smoothed_cross_entropy(x, target, 0.1, 0)
+    assert compiled.n_tokens == eager.n_tokens == 39
+    torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(compiled.nll, eager.nll, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.autograd.grad(compiled.loss, x)[0], torch.autograd.grad(eager.loss, x)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("step", [1, 50, 100, 101, 550, 1000])
 def test_linear_and_cosine_schedules(step):
     warm, total, peak = 100, 1000, 3e-4

@@ -11,10 +11,12 @@ than compiling saved. On a GPU compiled dropout keeps inductor's Philox (vectori
 The hash is Chris Wellons' ``lowbias32`` (xor-shift-multiply, 32 bits), applied twice with the seed
 mixed in between: hash(hash(index) ^ seed). The seed is one draw from PyTorch's generator per call,
 so ``torch.manual_seed`` and a checkpoint's saved generator state reproduce the masks. An element is
-kept when its hash, read as a signed int32 (uniform over [-2^31, 2^31)), is at least
-p * 2^32 - 2^31: probability 1 - p to within 2^-32. Kept values are scaled by 1 / (1 - p), as in
-``F.dropout``. A test holds the keep rate, the scaling, the gradient and the independence of
-successive masks.
+kept when the hash's low 31 bits (uniform over [0, 2^31)) are at least round(p * 2^31): probability
+1 - p to within 2^-31. Kept values are scaled by 1 / (1 - p), as in ``F.dropout``. The mask is an
+int32 0/1 tensor, the comparison taken as a sign bit, never a boolean tensor: inductor's C++ stores
+booleans an order of magnitude slower than floats or int32 (see nn/activations.py), and the mask is
+what the compiled forward saves for its backward. A test holds the keep rate, the scaling, the
+gradient and the independence of successive masks.
 """
 
 from __future__ import annotations
@@ -47,11 +49,12 @@ def lowbias32(x: Tensor) -> Tensor:
 
 
 def hashed_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str) -> Tensor:
-    """A boolean mask, True with probability 1 - p per element, from hash(hash(index) ^ seed)."""
+    """An int32 mask, 1 with probability 1 - p per element and 0 otherwise, from hash(hash(index) ^ seed)."""
     seed = torch.randint(-(2**31), 2**31, (), dtype=torch.int32, device=device)
     index = torch.arange(torch.Size(shape).numel(), dtype=torch.int32, device=device).view(shape)
-    threshold = int(p * 2**32) - 2**31
-    return lowbias32(lowbias32(index) ^ seed) >= threshold
+    uniform = lowbias32(lowbias32(index) ^ seed) & 0x7FFFFFFF  # 31 bits, uniform over [0, 2^31)
+    threshold = min(round(p * 2**31), 2**31 - 1)  # (an int32: p within 2^-31 of 1 keeps one value in 2^31)
+    return 1 + ((uniform - threshold) >> 31)  # u >= threshold as the sign of u - threshold: no boolean tensor
 
 
 def uses_hashed_mask(x: Tensor) -> bool:

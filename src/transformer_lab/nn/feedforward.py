@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_lab.nn.activations import relu
 from transformer_lab.nn.dropout import Dropout
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
@@ -44,7 +45,7 @@ class PositionwiseFeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.w_1(x)  # (B, T, d_ff)
         if self.activation == "relu":
-            h = F.relu(h)
+            h = relu(h)
         elif self.activation == "gelu":
             h = F.gelu(h)
         elif self.activation == "gelu_tanh":

@@ -42,10 +42,45 @@ def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float,
     if logits.shape[:-1] != target.shape:
         raise ValueError(f"target: shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
     flat, tgt = logits.reshape(-1, logits.size(-1)), target.reshape(-1)
+    if flat.device.type == "cpu" and torch.compiler.is_compiling():
+        loss, nll = _SmoothedCrossEntropy.apply(flat, tgt, epsilon, pad_id)
+        return LossResult(loss, nll, int((target != pad_id).sum()))
     loss = F.cross_entropy(flat, tgt, ignore_index=pad_id, label_smoothing=epsilon, reduction="sum")
     with torch.no_grad():
         nll = F.cross_entropy(flat, tgt, ignore_index=pad_id, reduction="sum") if epsilon else loss.detach()
     return LossResult(loss, nll, int((target != pad_id).sum()))
+
+
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    """The same sums from logits z, with the gradient written out: dCE(q, softmax(z))/dz = softmax(z) - q,
+    q = (1 - eps)·onehot(y) + eps/V. Forward: -log p_y = lse - z_y, mean_v(-log p_v) = lse - mean_v z_v,
+    lse = logsumexp(z). The compiled CPU path: from F.cross_entropy inductor derives log_softmax's backward
+    with a sum over the vocabulary that its C++ runs as one scalar, single-threaded loop; this backward is
+    one parallel vectorised pass over the logits (4,000 x 8,000 logits, forward and backward compiled:
+    25 ms against 42 ms for F.cross_entropy's, measured on this project's 2-core machine).
+    Shapes: flat (N, V), tgt (N,) -> (loss, nll) summed over the non-pad rows; nll has no gradient."""
+
+    @staticmethod
+    def forward(ctx, flat: Tensor, tgt: Tensor, epsilon: float, pad_id: int) -> tuple[Tensor, Tensor]:
+        real = tgt != pad_id
+        lse = torch.logsumexp(flat, dim=-1, keepdim=True)  # (N, 1)
+        nll = (lse - flat.gather(-1, tgt.masked_fill(~real, 0).unsqueeze(-1))).squeeze(-1)
+        row = (1.0 - epsilon) * nll + epsilon * (lse.squeeze(-1) - flat.mean(dim=-1))
+        zero = flat.new_zeros(())
+        loss, nll = torch.where(real, row, zero).sum(), torch.where(real, nll, zero).sum()
+        ctx.save_for_backward(flat, tgt, lse)
+        ctx.epsilon, ctx.pad_id = epsilon, pad_id
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor) -> tuple[Tensor, None, None, None]:
+        flat, tgt, lse = ctx.saved_tensors
+        eps, vocab = ctx.epsilon, flat.size(-1)
+        is_target = torch.arange(vocab, device=flat.device) == tgt.unsqueeze(-1)  # (N, V)
+        q = torch.where(is_target, 1.0 - eps + eps / vocab, eps / vocab)
+        grad = (torch.exp(flat - lse) - q) * grad_loss
+        return torch.where((tgt != ctx.pad_id).unsqueeze(-1), grad, flat.new_zeros(())), None, None, None
 
 
 def perplexity(nll_per_token: float) -> float:
