@@ -55,3 +55,34 @@ def test_compiled_ffn_with_dropout_saves_no_boolean_and_matches_eager():
     gb, = torch.autograd.grad(b.sum(), x)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
+
+
+def test_a_compiled_transformer_loss_saves_only_mask_shaped_booleans():
+    """The whole training forward (the tiny preset with dropout 0.1, the label-smoothed loss) under compile:
+    every boolean kept for the backward is a padding or causal mask (a broadcast 1 among its first two
+    dimensions) or a per-token flag, none the size of an activation: with autograd's ReLU or boolean dropout
+    masks, (B, T, D), (B, T, d_ff) and (B, H, T, T) booleans are kept."""
+    from conftest import padded_batch
+    from transformer_lab.models.presets import preset
+    from transformer_lab.models.transformer import Transformer
+    from transformer_lab.training.losses import label_smoothed_cross_entropy
+
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", src_vocab_size=40, tgt_vocab_size=40, d_model=32, d_ff=64)).train()
+    src, tgt = padded_batch(6, 9, 40), padded_batch(6, 8, 40)
+
+    def loss(src, tgt):
+        return label_smoothed_cross_entropy(model(src, tgt[:, :-1], log_probs=False), tgt[:, 1:], 0.1, 0).loss
+
+    torch._dynamo.reset()
+    shapes = []
+
+    def pack(t):
+        if t.dtype == torch.bool:
+            shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        value = torch.compile(loss, dynamic=False)(src, tgt)
+    assert torch.isfinite(value)
+    assert all(len(s) <= 1 or 1 in s[:2] for s in shapes), shapes

@@ -126,11 +126,28 @@ def test_compiled_cpu_loss_equals_torch_cross_entropy():
     ref = F.cross_entropy(flat, tgt, ignore_index=0, label_smoothing=0.1, reduction="sum")
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(nll, F.cross_entropy(flat, tgt, ignore_index=0, reduction="sum"))
-    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(ref, logits)[0])
+    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(ref, logits)[0],
+                               rtol=1e-12, atol=1e-12)  # (q built in the logits' dtype)
+    # epsilon = 0 with a -inf logit: finite, as F.cross_entropy (no 0 * inf smoothing term)
+    z = flat.detach().clone()
+    z[0, 5] = float("-inf")
+    unsmoothed, _ = _SmoothedCrossEntropy.apply(z, tgt.masked_fill(tgt == 5, 6), 0.0, 0)
+    torch.testing.assert_close(unsmoothed, F.cross_entropy(z, tgt.masked_fill(tgt == 5, 6), ignore_index=0,
+                                                           reduction="sum"))
 
     torch._dynamo.reset()
+    traced = []
+    original = _SmoothedCrossEntropy.forward
+
+    def spy(ctx, *args):
+        traced.append(torch.compiler.is_compiling())
+        return original(ctx, *args)
+
     x = logits.detach().float().requires_grad_()
-    compiled = torch.compile(lambda z, t: label_smoothed_cross_entropy(z, t, 0.1, 0), dynamic=False)(x, target)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_SmoothedCrossEntropy, "forward", staticmethod(spy))
+        compiled = torch.compile(lambda z, t: label_smoothed_cross_entropy(z, t, 0.1, 0), dynamic=False)(x, target)
+    assert traced and all(traced)  # the compiled call went through the written-out loss
     eager = label_smoothed_cross_entropy(x, target, 0.1, 0)
     assert compiled.n_tokens == eager.n_tokens == 39
     torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-5, atol=1e-4)

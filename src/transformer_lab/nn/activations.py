@@ -6,7 +6,10 @@ inductor's C++ code stores booleans slowly: its vectorised ``VecMask`` to ``bool
 11.5 ms for a 4,000 x 512 comparison against 0.9 ms eager and 0.24 ms for the same comparison kept
 in floats (``torch.where``), measured on this project's 2-core machine (PyTorch 2.13). Here the
 backward multiplies the gradient by sign(y) of the saved output (1 where y > 0, 0 where y = 0): the
-same gradient as ReLU's (0 at x = 0, PyTorch's convention), in float operations only.
+same gradient as ReLU's for finite values (0 at x = 0, PyTorch's convention), in float operations only.
+(Non-finite values differ: a NaN input gets gradient 0 where autograd passes the gradient through, and an
+infinite gradient at y = 0 gives NaN where autograd gives 0; the forward or the step is non-finite then
+anyway. A ``torch.where(y > 0, ...)`` backward would be exact but hands the partitioner the boolean again.)
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ so ``torch.manual_seed`` and a checkpoint's saved generator state reproduce the 
 kept when the hash's low 31 bits (uniform over [0, 2^31)) are at least round(p * 2^31): probability
 1 - p to within 2^-31. Kept values are scaled by 1 / (1 - p), as in ``F.dropout``. The mask is an
 int32 0/1 tensor, the comparison taken as a sign bit, never a boolean tensor: inductor's C++ stores
-booleans an order of magnitude slower than floats or int32 (see nn/activations.py), and the mask is
-what the compiled forward saves for its backward. A test holds the keep rate, the scaling, the
-gradient and the independence of successive masks.
+booleans an order of magnitude slower than floats or int32 (see nn/activations.py), and in a whole
+model the compiled forward saves the masks for its backward (4 bytes an element where a boolean took
+1). A test holds the keep rate, the scaling, the gradient and the independence of successive masks.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ def label_smoothed_nll(log_probs: Tensor, target: Tensor, epsilon: float, pad_id
 
 def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float, pad_id: int) -> LossResult:
     """The same loss from logits, on PyTorch's fused kernel (the training fast path; a test holds it
-    equal to ``label_smoothed_nll``). Shapes: logits (B, T, V), target (B, T)."""
+    equal to ``label_smoothed_nll``); under torch.compile on a CPU, ``_SmoothedCrossEntropy`` (the same
+    sums, its gradient written out). Shapes: logits (B, T, V), target (B, T)."""
     if logits.shape[:-1] != target.shape:
         raise ValueError(f"target: shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
     flat, tgt = logits.reshape(-1, logits.size(-1)), target.reshape(-1)
@@ -65,7 +66,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         real = tgt != pad_id
         lse = torch.logsumexp(flat, dim=-1, keepdim=True)  # (N, 1)
         nll = (lse - flat.gather(-1, tgt.masked_fill(~real, 0).unsqueeze(-1))).squeeze(-1)
-        row = (1.0 - epsilon) * nll + epsilon * (lse.squeeze(-1) - flat.mean(dim=-1))
+        # (at epsilon = 0 no smoothing term: 0 * inf would turn a -inf logit's finite loss into NaN)
+        row = (1.0 - epsilon) * nll + epsilon * (lse.squeeze(-1) - flat.mean(dim=-1)) if epsilon else nll
         zero = flat.new_zeros(())
         loss, nll = torch.where(real, row, zero).sum(), torch.where(real, nll, zero).sum()
         ctx.save_for_backward(flat, tgt, lse)
@@ -74,11 +76,12 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         return loss, nll
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # (lse is saved as a constant: no second derivative)
     def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor) -> tuple[Tensor, None, None, None]:
         flat, tgt, lse = ctx.saved_tensors
         eps, vocab = ctx.epsilon, flat.size(-1)
         is_target = torch.arange(vocab, device=flat.device) == tgt.unsqueeze(-1)  # (N, V)
-        q = torch.where(is_target, 1.0 - eps + eps / vocab, eps / vocab)
+        q = is_target.to(flat.dtype) * (1.0 - eps) + eps / vocab  # (in the logits' dtype: exact in float64 too)
         grad = (torch.exp(flat - lse) - q) * grad_loss
         return torch.where((tgt != ctx.pad_id).unsqueeze(-1), grad, flat.new_zeros(())), None, None, None
 
