@@ -5,7 +5,8 @@
 #     OUT=/tmp/gpu bash scripts/gpu_check.sh            # results: $OUT/*.json, logs: $OUT/*.log
 #     DEVICE=cpu PRECISION=fp32 QUICK=1 bash scripts/gpu_check.sh   # a dry run of the same commands on a CPU
 #
-# 1. bench gpt: GPT-2 124M generation (batch 1 and 8, cached) and training, ours vs transformers on the same
+# 1. bench gpt: GPT-2 124M generation (batch 1 and 8: growing cache, no cache, static cache: compiled with
+#    --compile, CUDA graphs) and training, ours vs transformers on the same
 #    weights, bf16 autocast, eager and compiled (issue 14: tokens/s, MFU, ratio against transformers).
 # 2. torchrun on the device: DDP and --fsdp, one process each (the NCCL path), a GPT on this README's text.
 # 3. --compile training against eager on the same command (issue 14's compiled-training figure on a GPU).
@@ -42,7 +43,7 @@ step() {  # step NAME SECONDS COMMAND...: stdout to NAME.json, stderr to NAME.lo
 # shellcheck disable=SC2086  # $GPT holds several arguments
 step bench_gpt 240 "$PY" -m transformer_lab bench gpt --device "$DEVICE" --precision "$PRECISION" $GPT --json
 # shellcheck disable=SC2086
-step bench_gpt_compile 300 "$PY" -m transformer_lab bench gpt --device "$DEVICE" --precision "$PRECISION" --compile $GPT --json
+step bench_gpt_compile 360 "$PY" -m transformer_lab bench gpt --device "$DEVICE" --precision "$PRECISION" --compile $GPT --json
 
 TRAIN=(train --preset lm --data README.md --tokenizer char --context "$CONTEXT" --max-steps "$STEPS" --log-every 10
        --eval-every 0 --device "$DEVICE" --precision "$PRECISION" --no-progress --overwrite)

@@ -79,6 +79,7 @@ def test_bench_gpt_reports_the_same_tokens_and_mfu_against_a_given_peak(capsys):
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res["generate_b1_cache"]["same_tokens"] and res["device"] == "cpu"
+    assert res["generate_b1_static"]["same_tokens"]  # static caches on both sides
     flops = 6 * res["parameters"] + 12 * 1 * 8 * 768
     assert res["train"]["mfu_ours"] == pytest.approx(flops * res["train"]["ours"] / 1e12, rel=1e-3, abs=1e-4)
     assert main(["bench", "gpt", "--n-layers", "1", "--precision", "bf16"]) == 2

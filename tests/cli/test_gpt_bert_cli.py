@@ -113,7 +113,12 @@ def test_shakespeare_char_train_generate_evaluate(tmp_path, capsys):
     samples = json.loads(capsys.readouterr().out)["samples"]
     assert len(samples) == 2 and all(s["tokens"] == 40 and len(s["text"]) == 40 for s in samples)
     assert main(["generate", "--checkpoint", str(out), "--prompt", "First", "--max-new-tokens", "10", "--greedy"]) == 0
-    capsys.readouterr()
+    greedy = capsys.readouterr().out
+    # the static K/V cache, eager and with its step compiled, writes the same text
+    for flag in ("--static-cache", "--compile"):
+        assert main(["generate", "--checkpoint", str(out), "--prompt", "First", "--max-new-tokens", "10", "--greedy",
+                     flag]) == 0
+        assert capsys.readouterr().out == greedy
     assert main(["evaluate", "--checkpoint", str(out), "--text", str(text), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["loss"] < 2.5 and res["perplexity"] == pytest.approx(2.718281828 ** res["loss"], rel=1e-6)

@@ -70,6 +70,8 @@ CASES = [
     ("vs-rnn", rnn(long=(1.0, 0.5)), "partly"),
     ("vs-rnn", rnn(long=(1.0, 0.5), nll_t=(2.0, 2.02), g_lstm=0.95), "refuted"),
     ("vs-rnn", rnn(long=(1.0, 1.0), short=(1.0, 1.0), nll_t=(1.5, 1.51), g_lstm=0.5, g_transformer=0.9), "inconclusive"),
+    # a model with no evaluation within its share of the time budget (a loaded machine): no equal-time comparison
+    ("vs-rnn", rnn(nll_r=(1.5, None)), "partly"),
 ]
 
 

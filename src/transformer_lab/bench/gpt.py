@@ -1,6 +1,7 @@
 """Our GPT against Hugging Face ``GPT2LMHeadModel`` with the same weights: a random GPT-2-shaped model
 (124 M) built by ``transformers`` and converted; greedy generation tokens/s with and without the KV
-cache (ours: ``generation.sampling.generate``; peer: ``GPT2LMHeadModel.generate``), batch 1 and 8;
+cache (ours: ``generation.sampling.generate``; peer: ``GPT2LMHeadModel.generate``), batch 1 and 8, and
+with static caches on both sides (compiled with ``--compile``: the headline row then);
 and training tokens/s (forward, loss, backward, AdamW step). Both sides produce the same tokens
 (checked and reported).
 
@@ -32,6 +33,15 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
         return given
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def _peer_compile_config(transformers, device: torch.device):
+    """transformers' compile settings for its static-cache generate: its defaults (reduce-overhead: CUDA
+    graphs) on a GPU; on a CPU the same default mode, which transformers applies there only when told to."""
+    config = transformers.CompileConfig()
+    if device.type != "cuda":
+        config._compile_all_devices = True  # (transformers' switch for compiling off GPUs; no public one)
+    return config
 
 
 def train_flops_per_token(n_params: int, n_layers: int, length: int, d_model: int) -> float:
@@ -84,6 +94,29 @@ def bench_gpt(n_layers: int = 12, batches: tuple[int, ...] = (1, 8), prompt_len:
             out[key] = {**speed_row(b * new_tokens, time_rounds({"ours": run_ours, "peer": run_peer}, 1, rounds)),
                         "same_tokens": got["ours"] == got["peer"]}
             rows.append((f"generate batch {b} {'cached' if cache else 'no cache'} tok/s", out[key]))
+        # Static caches on both sides (ours: generation/static_decoding.py; the peer's StaticCache), each
+        # compiled exactly when --compile is given: ours its one-token step, transformers its forward (its
+        # own auto-compile, CUDA graphs on a GPU; on a CPU it compiles only when asked to, "all devices").
+        cfg = SamplingConfig(max_new_tokens=new_tokens, greedy=True, stop_at_eos=False, static_cache=True,
+                             compile=compile)
+        peer_kw = {"compile_config": _peer_compile_config(transformers, dev)} if compile else {"disable_compile": True}
+        got = {}
+
+        def run_ours_static(cfg=cfg, prompt=prompt, got=got):
+            got["ours"] = generate(ours, prompt.tolist(), cfg).tokens
+            sync()
+
+        def run_peer_static(prompt=prompt, got=got):
+            with torch.no_grad():
+                res = peer.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                                    min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                                    cache_implementation="static", **peer_kw)
+            got["peer"] = res[:, prompt_len:].tolist()
+
+        key = f"generate_b{b}_static"
+        out[key] = {**speed_row(b * new_tokens, time_rounds({"ours": run_ours_static, "peer": run_peer_static}, 1,
+                                                              rounds)), "same_tokens": got["ours"] == got["peer"]}
+        rows.append((f"generate batch {b} static cache{' compiled' if compile else ''} tok/s", out[key]))
     for b in batches:
         c, nc = out[f"generate_b{b}_cache"], out[f"generate_b{b}_nocache"]
         out[f"cache_speedup_b{b}"] = {"ours": round(c["ours"] / nc["ours"], 2), "peer": round(c["peer"] / nc["peer"], 2)}
@@ -114,7 +147,7 @@ def bench_gpt(n_layers: int = 12, batches: tuple[int, ...] = (1, 8), prompt_len:
         flops = train_flops_per_token(n_params, n_layers, train_len, hf_cfg.n_embd)
         train.update(mfu_ours=round(flops * train["ours"] / (peak_t * 1e12), 4),
                      mfu_peer=round(flops * train["peer"] / (peak_t * 1e12), 4), peak_tflops=peak_t)
-    head = out[f"generate_b{batches[0]}_cache"]
+    head = out[f"generate_b{batches[0]}_{'static' if compile else 'cache'}"]  # compiled: the static-cache row
     result = {"benchmark": "gpt", "model": f"random GPT-2 shape, {n_layers} layers, "
               f"{sum(p.numel() for p in ours.parameters()) / 1e6:.0f} M parameters",
               "unit": "new tokens/s (greedy); training: tokens/s",

@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt (batched)")
     g.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (for comparison)")
+    g.add_argument("--static-cache", action="store_true",
+                   help="K/V in buffers allocated once for the whole context, every step the same shapes")
+    g.add_argument("--compile", action="store_true",
+                   help="the decoding step under torch.compile, with the static cache (CUDA graphs on a GPU); "
+                        "the first steps compile (tens of seconds)")
     add_split_special_tokens(g)
     g.add_argument("--json", action="store_true", help='print {"samples": [{"prompt", "text", "tokens"}, ...]}')
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -39,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def generate_cmd(args: argparse.Namespace) -> int:
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
-                         top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)  # validated first
+                         top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache,
+                         static_cache=args.static_cache, compile=args.compile)  # validated first
     device = choose_device(args.device)
     model, tok = lm.load_lm(args.checkpoint, device, args.split_special_tokens)
     prompts = [args.prompt] if args.prompt is not None else texts_or_stdin([], "continue")

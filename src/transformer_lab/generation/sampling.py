@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from transformer_lab.generation.static_decoding import StaticDecoder
 from transformer_lab.models.gpt import GPT
 
 
@@ -37,8 +38,14 @@ class SamplingConfig:
     eos_id: int | None = None  # None: the model's config.eos_id
     stop_at_eos: bool = True  # False: always generate max_new_tokens (benchmarks)
     use_cache: bool = True
+    # K/V in buffers allocated once, every step the same shapes (generation/static_decoding.py); with
+    # ``compile`` the one-token step runs under torch.compile (CUDA graphs on a GPU). Compile implies static.
+    static_cache: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if (self.static_cache or self.compile) and not self.use_cache:
+            raise ValueError("static_cache/compile: they decode with a K/V cache; use_cache=False recomputes the prefix")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: expected >= 1, got {self.max_new_tokens}")
         if not self.temperature > 0:
@@ -118,17 +125,21 @@ def generate(
     tokens, mask = (t.to(device) for t in left_pad(prompts))
     b = tokens.size(0)
     padded = not bool(mask.all())  # prompts of one length need no padding mask (a cheaper step)
-    cache = model.new_cache() if cfg.use_cache else None
+    static = (StaticDecoder(model, mask, cfg.compile, length=tokens.size(1) + cfg.max_new_tokens)
+              if cfg.static_cache or cfg.compile else None)
+    cache = model.new_cache() if cfg.use_cache and static is None else None
     done = torch.zeros(b, dtype=torch.bool, device=device)
     out: list[Tensor] = []
     step_logits: list[Tensor] = []
     new_tokens = tokens  # what this step feeds the model (the whole prompt, then one token)
     for _ in range(cfg.max_new_tokens):
-        if cache is not None and cache[0].length + new_tokens.size(1) <= model.config.max_len:  # virtual ones too
+        if static is not None and static.fits(new_tokens.size(1)):
+            logits = static(new_tokens)  # (B, V)
+        elif cache is not None and cache[0].length + new_tokens.size(1) <= model.config.max_len:  # virtual ones too
             logits = model(new_tokens, mask if padded else None, cache=cache, last_only=True)[:, -1]  # (B, V)
         else:
             # no cache, or the context is full: recompute on the last max_len tokens (nanoGPT's crop)
-            cache = None
+            cache = static = None
             window_tokens, window_mask = tokens[:, -max_len:], mask[:, -max_len:]
             logits = model(window_tokens, window_mask if padded else None, last_only=True)[:, -1]
         if return_logits:

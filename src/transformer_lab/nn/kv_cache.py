@@ -86,3 +86,32 @@ class DecoderCache:
     def reorder(self, index: Tensor) -> None:
         for c in (*self.self_attn, *self.cross_attn):
             c.reorder(index)
+
+
+class StaticKVCache:
+    """Keys and values in buffers allocated once for the whole context (``max_len`` slots), for decoding
+    whose every step has the same shapes: one compiled graph (a CUDA graph on a GPU) serves them all.
+
+    ``slots`` (T_new,) says where the next ``append`` writes; it returns the whole buffers, so attention
+    reads every slot and the caller's mask hides those not written yet (and left padding). Decoding
+    updates ``slots`` in place between steps, so a compiled step sees the same tensor every time.
+    Shapes: k, v (B, H, max_len, Dh).
+    """
+
+    static = False  # (an attention layer's test for a cross-attention cache)
+
+    def __init__(self, batch: int, n_heads: int, max_len: int, d_head: int, dtype: torch.dtype, device: torch.device):
+        self.k = torch.zeros(batch, n_heads, max_len, d_head, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.slots = torch.zeros(1, dtype=torch.long, device=device)
+        if device.type == "cuda":  # CUDA graphs replay fixed addresses: these buffers never move
+            torch._dynamo.mark_static_address(self.k)
+            torch._dynamo.mark_static_address(self.v)
+
+    def append(self, k: Tensor, v: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if pos is not None:
+            raise ValueError("a static K/V cache keeps no key positions: encodings that bias scores by "
+                             "distance (ALiBi, T5, Shaw) decode with the growing cache")
+        self.k.index_copy_(2, self.slots, k.to(self.k.dtype))
+        self.v.index_copy_(2, self.slots, v.to(self.v.dtype))
+        return self.k, self.v

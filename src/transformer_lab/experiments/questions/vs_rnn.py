@@ -27,7 +27,6 @@ the LSTM's sequential steps leave most of the device idle; the figures say where
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import replace
@@ -127,10 +126,15 @@ def train_on_dates(build: Callable[[], nn.Module], seed: int, s: dict[str, Any],
     return trainer.model, dict(seed=seed, curve=curve, exact_match=exact_match(trainer.model, test, vocab)[0])
 
 
-def nll_within(curve: list[dict], steps: float) -> float:
-    """Held-out NLL at the last evaluation within ``steps`` steps (NaN if none is)."""
+def nll_within(curve: list[dict], steps: float) -> float | None:
+    """Held-out NLL at the last evaluation within ``steps`` steps (None if none is: on a loaded machine the
+    slower model's share of the budget can end before its first evaluation)."""
     done = [r["val_nll"] for r in curve if r["step"] <= steps + 1e-9]
-    return done[-1] if done else math.nan
+    return done[-1] if done else None
+
+
+def _nll_text(values: list[float | None]) -> str:
+    return fmt(*mean_spread(values)) if None not in values else "no evaluation within the budget"
 
 
 # --- 3. gradient over distance ----------------------------------------------------------------------
@@ -242,7 +246,7 @@ class VsRNN(Experiment):
         speed_against = ratio_last < 1
 
         nll_t, nll_r = m["equal_time_nll"][TRANSFORMER], m["equal_time_nll"][LSTM]
-        if any(math.isnan(x) for x in nll_t + nll_r):
+        if None in nll_t + nll_r:
             d_time = 0  # a model had no evaluation within the budget: no comparison
         else:
             d_time = differs(nll_t, nll_r)  # -1: the Transformer is lower
@@ -266,16 +270,15 @@ class VsRNN(Experiment):
         because = (f"training step at L={last['length']}: LSTM {last['seconds'][LSTM] * 1e3:.0f} ms, Transformer "
                    f"{last['seconds'][TRANSFORMER] * 1e3:.0f} ms (ratio {ratio_last:.2f}; {ratio_first:.2f} at "
                    f"L={first['length']}; {m['device']}, {m['threads']} threads); date task at an equal "
-                   f"{m['budget_seconds']:.1f} s of training: held-out NLL Transformer {fmt(*mean_spread(nll_t))}, "
-                   f"LSTM {fmt(*mean_spread(nll_r))}; gradient at distances {k - w + 1}-{k} over distances 1-{w}, "
+                   f"{m['budget_seconds']:.1f} s of training: held-out NLL Transformer {_nll_text(nll_t)}, "
+                   f"LSTM {_nll_text(nll_r)}; gradient at distances {k - w + 1}-{k} over distances 1-{w}, "
                    f"at initialisation: "
                    f"LSTM recurrence {g_r:.2g}, Transformer encoder {g_t:.2g}")
         return Verdict(outcome, because, {"speed: Transformer faster at the longest L, advantage growing": speed_holds,
                                           "LSTM / Transformer step time, shortest and longest L":
                                               [round(ratio_first, 3), round(ratio_last, 3)],
                                           "equal time: Transformer lower NLL (beyond spread)": time_holds,
-                                          "equal-time NLL, Transformer / LSTM": f"{mean_spread(nll_t)[0]:.3f} / "
-                                                                                 f"{mean_spread(nll_r)[0]:.3f}",
+                                          "equal-time NLL, Transformer / LSTM": f"{_nll_text(nll_t)} / {_nll_text(nll_r)}",
                                           "distance: LSTM gradient vanishes, Transformer's does not": distance_holds,
                                           "gradient ratio far/near, LSTM / Transformer": f"{g_r:.3g} / {g_t:.3g}"})
 
