@@ -20,15 +20,18 @@ def small_gpt(**kw) -> GPT:
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9]]  # left-padded to 5
 
 
-@pytest.mark.parametrize("position", ["learned", "rotary", "sinusoidal"])
-def test_static_cache_gives_the_growing_caches_tokens_and_logits(position):
-    model = small_gpt(position=position)
-    # 30 new tokens after a 5-token prompt run past max_len=24: the window then slides without a cache
-    kw = dict(max_new_tokens=30, greedy=True, stop_at_eos=False)
+def assert_static_equals_growing(model: GPT, new_tokens: int) -> None:
+    kw = dict(max_new_tokens=new_tokens, greedy=True, stop_at_eos=False)
     grow = generate(model, PROMPTS, SamplingConfig(**kw), return_logits=True)
     static = generate(model, PROMPTS, SamplingConfig(**kw, static_cache=True), return_logits=True)
     assert static.tokens == grow.tokens
     torch.testing.assert_close(static.logits, grow.logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("position", ["learned", "rotary", "sinusoidal"])
+def test_static_cache_gives_the_growing_caches_tokens_and_logits(position):
+    # 30 new tokens after a 5-token prompt run past max_len=24: the window then slides without a cache
+    assert_static_equals_growing(small_gpt(position=position), 30)
 
 
 def test_the_buffers_take_what_the_generation_needs_rounded_up():
@@ -37,11 +40,7 @@ def test_the_buffers_take_what_the_generation_needs_rounded_up():
     assert StaticDecoder(model, mask, length=5 + 20).slots == 128  # not the whole context of 300
     assert StaticDecoder(model, mask, length=5 + 200).slots == 256
     assert StaticDecoder(model, mask, length=5 + 900).slots == 300 and StaticDecoder(model, mask).slots == 300
-    kw = dict(max_new_tokens=20, greedy=True, stop_at_eos=False)
-    grow = generate(model, PROMPTS, SamplingConfig(**kw), return_logits=True)
-    static = generate(model, PROMPTS, SamplingConfig(**kw, static_cache=True), return_logits=True)
-    assert static.tokens == grow.tokens
-    torch.testing.assert_close(static.logits, grow.logits, rtol=1e-5, atol=1e-5)
+    assert_static_equals_growing(model, 20)
 
 
 def test_static_cache_stops_rows_at_eos_like_the_growing_cache():
