@@ -79,3 +79,11 @@ def test_models_the_static_cache_cannot_serve_are_named(kw, named):
         SamplingConfig(compile=True, use_cache=False)
     with pytest.raises(ValueError, match="max_len=24"):
         StaticDecoder(small_gpt(), torch.ones(1, 30, dtype=torch.bool))
+
+
+def test_prompt_ids_are_checked_and_autocast_sets_the_buffers_dtype():
+    with pytest.raises(ValueError, match="out of range"):  # as the growing cache's GPT.forward says it
+        generate(small_gpt(), [[1, 50]], SamplingConfig(max_new_tokens=2, static_cache=True))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        decoder = StaticDecoder(small_gpt(), torch.ones(1, 3, dtype=torch.bool))
+    assert decoder.caches[0].k.dtype == torch.bfloat16

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (for comparison)")
     g.add_argument("--static-cache", action="store_true",
-                   help="K/V in buffers allocated once for the whole context, every step the same shapes")
+                   help="K/V in buffers allocated once (prompt + new tokens, up to the context), every step the "
+                        "same shapes")
     g.add_argument("--compile", action="store_true",
                    help="the decoding step under torch.compile, with the static cache (CUDA graphs on a GPU); "
                         "the first steps compile (tens of seconds)")

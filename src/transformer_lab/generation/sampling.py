@@ -45,7 +45,8 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if (self.static_cache or self.compile) and not self.use_cache:
-            raise ValueError("static_cache/compile: they decode with a K/V cache; use_cache=False recomputes the prefix")
+            raise ValueError("static_cache/compile (--static-cache/--compile): they decode with a K/V cache; "
+                             "use_cache=False (--no-cache) recomputes the prefix")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: expected >= 1, got {self.max_new_tokens}")
         if not self.temperature > 0:

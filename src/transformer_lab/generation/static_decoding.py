@@ -11,7 +11,9 @@ runs eagerly (its length varies); the one-token steps run through one function, 
 (on a GPU with CUDA graphs). Same tokens as the growing cache: ``tests/generation/test_static_decoding.py``.
 
 Supported: full causal attention with learned, sinusoidal or rotary positions, no prefix or soft prompt;
-anything else is refused by name (it decodes with the growing cache). Shapes: B rows, T new tokens,
+anything else is refused by name (generate it with the growing cache). Each batch size and slot count is
+its own compiled graph (static shapes): Dynamo's recompile limit (8 per function) bounds how many one
+process compiles; later ones run eagerly, with Dynamo's warning. Shapes: B rows, T new tokens,
 L slots, V vocabulary.
 """
 
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 
 from transformer_lab.models.gpt import GPT
+from transformer_lab.nn.embeddings import check_tokens
 from transformer_lab.nn.kv_cache import StaticKVCache
 
 POSITIONS = ("learned", "sinusoidal", "rotary")  # encodings that need no key positions in the cache
@@ -52,15 +55,18 @@ class StaticDecoder:
         problems = static_cache_problems(model)
         if problems:
             raise ValueError("static K/V cache: not for this model: " + "; ".join(problems)
-                             + "; generate without --compile (the growing cache)")
+                             + "; generate without --static-cache/--compile (the growing cache)")
         c = model.config
         param = next(model.parameters())
+        device = param.device
+        # under autocast keys and values come out in its dtype: the buffers take it (half the bytes read a step)
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
         b, p = prompt_mask.shape
         if p > c.max_len:
             raise ValueError(f"prompt: {p} tokens, but the model's context is max_len={c.max_len}")
         slots = c.max_len if length is None else min(c.max_len, -(-max(length, p) // SLOT_BLOCK) * SLOT_BLOCK)
         self.model, self.slots, self.filled = model, slots, 0
-        self.caches = [StaticKVCache(b, c.n_heads, slots, c.d_model // c.n_heads, param.dtype, param.device)
+        self.caches = [StaticKVCache(b, c.n_heads, slots, c.d_model // c.n_heads, dtype, device)
                        for _ in range(c.n_layers)]
         self.key_valid = torch.ones(b, slots, dtype=torch.bool, device=param.device)  # (B, L)
         self.key_valid[:, :p] = prompt_mask.to(param.device)
@@ -78,6 +84,8 @@ class StaticDecoder:
     def __call__(self, tokens: Tensor) -> Tensor:
         """The last position's logits (B, V) after ``tokens`` (B, T): the prompt first, then a token a step."""
         t = tokens.size(1)
+        if t > 1 or not self.filled:  # the prompt: its ids are checked here (sampled ones are in range)
+            check_tokens(tokens, self.model.config.vocab_size)
         if not self.fits(t):
             raise ValueError(f"tokens: {self.filled} decoded + {t} new exceed the {self.slots} slots")
         if t == 1 and self.filled:

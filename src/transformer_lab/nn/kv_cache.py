@@ -89,13 +89,13 @@ class DecoderCache:
 
 
 class StaticKVCache:
-    """Keys and values in buffers allocated once for the whole context (``max_len`` slots), for decoding
+    """Keys and values in buffers allocated once (a fixed number of slots, L), for decoding
     whose every step has the same shapes: one compiled graph (a CUDA graph on a GPU) serves them all.
 
     ``slots`` (T_new,) says where the next ``append`` writes; it returns the whole buffers, so attention
     reads every slot and the caller's mask hides those not written yet (and left padding). Decoding
     updates ``slots`` in place between steps, so a compiled step sees the same tensor every time.
-    Shapes: k, v (B, H, max_len, Dh).
+    Shapes: k, v (B, H, L, Dh).
     """
 
     static = False  # (an attention layer's test for a cross-attention cache)
