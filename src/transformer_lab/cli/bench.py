@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--train-rounds", type=positive_int, default=6, help="training-step rounds per side")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="training: bf16 autocast (GPU)")
-    g.add_argument("--compile", action="store_true", help="both models under torch.compile: training, and the static-cache generation rows "
+    g.add_argument("--compile", action="store_true",
+                   help="both models under torch.compile: training, and the static-cache generation rows "
                         "(then the headline row)")
     g.add_argument("--peak-tflops", type=positive_float, default=None,
                    help="the device's peak for MFU (default: a known GPU's dense bf16 peak; none on a CPU)")

@@ -5,8 +5,8 @@ Why: one decoding step of a small model is bound by Python and kernel launches r
 ``torch.compile`` with CUDA graphs (``mode="reduce-overhead"``) replays a whole step as one launch, but
 only when every step has the same shapes and buffer addresses; the growing cache
 (``nn.kv_cache.AttentionCache``) changes shape every step. Here each layer's keys and values live in
-buffers of a fixed number of slots (``nn.kv_cache.StaticKVCache``; what the generation needs, up to the context): a step writes its slot, and attends over
-every slot under a mask that hides the slots not written yet and the prompt's left padding. The prompt
+buffers of a fixed number of slots (``nn.kv_cache.StaticKVCache``; what the generation needs, up to the
+context): a step writes its slot, and attends over every slot under a mask that hides the slots not written yet and the prompt's left padding. The prompt
 runs eagerly (its length varies); the one-token steps run through one function, compiled when asked
 (on a GPU with CUDA graphs). Same tokens as the growing cache: ``tests/generation/test_static_decoding.py``.
 
@@ -68,12 +68,13 @@ class StaticDecoder:
         self.model, self.slots, self.filled = model, slots, 0
         self.caches = [StaticKVCache(b, c.n_heads, slots, c.d_model // c.n_heads, dtype, device)
                        for _ in range(c.n_layers)]
-        self.key_valid = torch.ones(b, slots, dtype=torch.bool, device=param.device)  # (B, L)
-        self.key_valid[:, :p] = prompt_mask.to(param.device)
-        self.n_pad = (~prompt_mask.to(param.device)).sum(-1, keepdim=True)  # (B, 1)
-        self.slot_index = torch.arange(slots, device=param.device)  # (L,)
-        self._slot = torch.zeros(1, dtype=torch.long, device=param.device)  # the one-token steps' slot, in place
-        self.cuda_graphs = compile and param.device.type == "cuda"
+        prompt_mask = prompt_mask.to(device)
+        self.key_valid = torch.ones(b, slots, dtype=torch.bool, device=device)  # (B, L)
+        self.key_valid[:, :p] = prompt_mask
+        self.n_pad = (~prompt_mask).sum(-1, keepdim=True)  # (B, 1)
+        self.slot_index = torch.arange(slots, device=device)  # (L,)
+        self._slot = torch.zeros(1, dtype=torch.long, device=device)  # the one-token steps' slot, in place
+        self.cuda_graphs = compile and device.type == "cuda"
         self._step = (torch.compile(self._forward, dynamic=False, mode="reduce-overhead" if self.cuda_graphs else None)
                       if compile else self._forward)
 

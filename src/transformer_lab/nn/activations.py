@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transformer_lab.nn.dropout import compiling_on_cpu
+
 
 class _ReLUSignBackward(torch.autograd.Function):
     @staticmethod
@@ -34,6 +36,6 @@ class _ReLUSignBackward(torch.autograd.Function):
 
 def relu(x: Tensor) -> Tensor:
     """max(0, x): ``F.relu`` eagerly; while torch.compile traces on a CPU, with a boolean-free backward."""
-    if x.device.type == "cpu" and torch.compiler.is_compiling():
+    if compiling_on_cpu(x):
         return _ReLUSignBackward.apply(x)
     return F.relu(x)

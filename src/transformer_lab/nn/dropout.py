@@ -57,10 +57,17 @@ def hashed_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torc
     return 1 + ((uniform - threshold) >> 31)  # u >= threshold as the sign of u - threshold: no boolean tensor
 
 
+def compiling_on_cpu(x: Tensor) -> bool:
+    """Whether torch.compile is tracing a computation on ``x`` on a CPU: where inductor writes C++, and the
+    forms this project measured faster there take over (this module's masks, nn.activations' ReLU,
+    training.losses' cross-entropy)."""
+    return x.device.type == "cpu" and torch.compiler.is_compiling()
+
+
 def uses_hashed_mask(x: Tensor) -> bool:
     """Whether dropout on ``x`` takes the hashed mask: while torch.compile traces, on a CPU, for a tensor
     whose element indices fit the int32 counter (under 2^31 elements; a larger one takes F.dropout)."""
-    return x.device.type == "cpu" and x.numel() < 2**31 and torch.compiler.is_compiling()
+    return compiling_on_cpu(x) and x.numel() < 2**31
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

@@ -100,8 +100,8 @@ class StaticKVCache:
 
     static = False  # (an attention layer's test for a cross-attention cache)
 
-    def __init__(self, batch: int, n_heads: int, max_len: int, d_head: int, dtype: torch.dtype, device: torch.device):
-        self.k = torch.zeros(batch, n_heads, max_len, d_head, dtype=dtype, device=device)
+    def __init__(self, batch: int, n_heads: int, slots: int, d_head: int, dtype: torch.dtype, device: torch.device):
+        self.k = torch.zeros(batch, n_heads, slots, d_head, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.slots = torch.zeros(1, dtype=torch.long, device=device)
         if device.type == "cuda":  # CUDA graphs replay fixed addresses: these buffers never move

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transformer_lab.nn.dropout import compiling_on_cpu
+
 
 @dataclass
 class LossResult:
@@ -43,12 +45,12 @@ def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float,
     if logits.shape[:-1] != target.shape:
         raise ValueError(f"target: shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
     flat, tgt = logits.reshape(-1, logits.size(-1)), target.reshape(-1)
-    if flat.device.type == "cpu" and torch.compiler.is_compiling():
+    if compiling_on_cpu(flat):
         loss, nll = _SmoothedCrossEntropy.apply(flat, tgt, epsilon, pad_id)
-        return LossResult(loss, nll, int((target != pad_id).sum()))
-    loss = F.cross_entropy(flat, tgt, ignore_index=pad_id, label_smoothing=epsilon, reduction="sum")
-    with torch.no_grad():
-        nll = F.cross_entropy(flat, tgt, ignore_index=pad_id, reduction="sum") if epsilon else loss.detach()
+    else:
+        loss = F.cross_entropy(flat, tgt, ignore_index=pad_id, label_smoothing=epsilon, reduction="sum")
+        with torch.no_grad():
+            nll = F.cross_entropy(flat, tgt, ignore_index=pad_id, reduction="sum") if epsilon else loss.detach()
     return LossResult(loss, nll, int((target != pad_id).sum()))
 
 
