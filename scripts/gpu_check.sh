@@ -10,7 +10,12 @@
 #    weights, bf16 autocast, eager and compiled (issue 14: tokens/s, MFU, ratio against transformers).
 # 2. torchrun on the device: DDP and --fsdp, one process each (the NCCL path), a GPT on this README's text.
 # 3. --compile training against eager on the same command (issue 14's compiled-training figure on a GPU).
-# Each step has its own timeout, so one that hangs does not take the others' time.
+# 4. bench decode: Multi30k translation, greedy and beam 4, the static cache compiled (CUDA graphs) against
+#    the growing cache; it needs Multi30k: copy it into the tree first and carry it, e.g.
+#    `mkdir -p runs/data && cp -r ../shared/data/multi30k runs/data/` here, then run with carry ["runs/data"]
+#    and TRANSFORMER_LAB_DATA=runs/data (skipped when absent).
+# Each step has its own timeout, so one that hangs does not take the others' time. All steps take more
+# than one device call (600 s): ONLY="decode bench_gpt_compile" runs only the steps named.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 DEVICE=${DEVICE:-cuda}
@@ -20,10 +25,10 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "${QUICK:-}" ]; then
     GPT="--n-layers 2 --batches 1 --new-tokens 4 --train-batch 1 --train-len 16 --rounds 1 --train-rounds 1"
-    STEPS=6 CONTEXT=32
+    STEPS=6 CONTEXT=32 SENTENCES=4
 else
     GPT="--train-batch 8 --train-len 1024"
-    STEPS=300 CONTEXT=256
+    STEPS=300 CONTEXT=256 SENTENCES=500
 fi
 if command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt" 2>&1
@@ -35,6 +40,7 @@ fi
 step() {  # step NAME SECONDS COMMAND...: stdout to NAME.json, stderr to NAME.log, status to status.txt
     local name=$1 limit=$2
     shift 2
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"
     echo "$name rc=$? $((SECONDS - t0)) s" >> "$OUT/status.txt"
@@ -55,4 +61,10 @@ for mode in ddp fsdp; do
 done
 step train_eager 180 "$PY" -m transformer_lab "${TRAIN[@]}" --out "$OUT/run_eager"
 step train_compile 300 "$PY" -m transformer_lab "${TRAIN[@]}" --compile --out "$OUT/run_compile"
+if [ -d "${TRANSFORMER_LAB_DATA:-/nonexistent}/multi30k" ]; then
+    step decode 300 "$PY" -m transformer_lab bench decode --device "$DEVICE" --compile --sentences "$SENTENCES" \
+        --beams 1,4 --cache-dir "$OUT/cache" --json
+else
+    echo "decode skipped: no \$TRANSFORMER_LAB_DATA/multi30k" >> "$OUT/status.txt"
+fi
 cat "$OUT/status.txt"

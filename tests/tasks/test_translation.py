@@ -112,6 +112,28 @@ def test_translate_and_evaluate_commands(tiny_run, capsys, tmp_path):
     assert main(["evaluate", "--checkpoint", str(run), "--src", str(files[2]), "--ref", str(tmp_path / "x.gz")]) == 2
 
 
+def test_static_cache_translates_and_evaluates_as_the_growing_cache(tiny_run, capsys):
+    """`translate/evaluate --static-cache` (generation/static_decoding.StaticSeq2Seq, equal batches) print
+    what the growing cache prints, greedy and beam; with --no-cache it is a named error."""
+    run, files = tiny_run
+    sentences = read_lines(files[2])[:12]
+    for beam in ("1", "3"):
+        outs = []
+        for extra in ([], ["--static-cache"]):
+            assert main(["translate", "--checkpoint", str(run), "--beam", beam, "--batch-size", "5", *extra,
+                         *sentences]) == 0
+            outs.append(capsys.readouterr().out)
+        assert outs[0] == outs[1] and len(outs[0].splitlines()) == 12
+    scores = []
+    for extra in ([], ["--static-cache"]):
+        assert main(["evaluate", "--checkpoint", str(run), "--src", str(files[2]), "--ref", str(files[3]), "--json",
+                     *extra]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert scores[0] == scores[1]
+    assert main(["translate", "--checkpoint", str(run), "--static-cache", "--no-cache", "x"]) == 2
+    assert "--no-cache" in capsys.readouterr().err
+
+
 def test_bench_translation_and_decode_json(shared_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFORMER_LAB_DATA", str(shared_data))
     cache = str(tmp_path / "cache")
@@ -123,6 +145,10 @@ def test_bench_translation_and_decode_json(shared_data, tmp_path, monkeypatch, c
     d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"ours", "peer", "ratio"} <= set(d) and set(d["by_beam"]) == {"beam1", "beam2"}
     assert all(row["identical_output"] for row in d["by_beam"].values())  # the cache changes speed, not output
+    assert main(["bench", "decode", "--sentences", "3", "--beams", "2", "--static-cache", "--cache-dir", cache,
+                 "--json"]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert d["peer_name"] == "growing KV cache" and d["by_beam"]["beam2"]["identical_output"]
 
 
 def test_evaluate_scores_every_line_blank_ones_included(tiny_run, tmp_path, capsys):

@@ -3,7 +3,8 @@
 * ``bench_translation``: target tokens/s of training steps on the same token-bucket batches (same
   sizes, weights, loss and Adam), ours vs torch.nn.Transformer;
 * ``bench_decode``: sentences/s translating validation sentences, greedy and beam, with the KV cache
-  (ours) against without it (the same model re-running the decoder over the whole prefix each step).
+  (ours) against without it (the same model re-running the decoder over the whole prefix each step);
+  with ``--static-cache`` / ``--compile``, the static cache (compiled) against the growing one.
 """
 
 from __future__ import annotations
@@ -57,29 +58,44 @@ def bench_translation(model: str = "multi30k", steps: int = 6, rounds: int = 3, 
 
 
 def bench_decode(checkpoint: str | Path | None = None, sentences: int = 100, beams: tuple[int, ...] = (1, 4),
-                 cache_dir: str | Path | None = None) -> BenchResult:
+                 cache_dir: str | Path | None = None, static_cache: bool = False, compile: bool = False,
+                 device: str = "cpu", batch_size: int = 64) -> BenchResult:
+    """Without ``static_cache``/``compile``: ours decodes with the KV cache, the peer without one. With
+    them: ours with the static cache (compiled with ``compile``), the peer with the growing cache it
+    replaces; a first untimed pass compiles."""
     if sentences < 1 or not beams or min(beams) < 1:
         raise ValueError(f"sentences, beams: expected >= 1, got {sentences}, {list(beams)}")
     data = multi30k_data(cache_dir)
     if checkpoint:
-        model, tok_src, tok_tgt = tr.load_translator(checkpoint)
+        model, tok_src, tok_tgt = tr.load_translator(checkpoint, torch.device(device))
     else:
         torch.manual_seed(0)
         model, tok_src, tok_tgt = tr.build_model(data, "multi30k", max_len=100), data.tokenizer_src, data.tokenizer_tgt
-    model.eval()
+    model.to(device).eval()
     texts = data.valid_src[:sentences]
+    static = static_cache or compile
+    ours_kw = dict(static_cache=True, compile=compile) if static else {}
+    peer_kw = {} if static else dict(use_cache=False)
     rows = {}
     for beam in beams:
+        if compile:  # compiling is not decoding: a first pass of the same sizes compiles the step
+            tr.translate(model, tok_src, tok_tgt, texts, beam=beam, batch_size=batch_size, **ours_kw)
         times, outputs = {}, {}
-        for name, cache in (("ours", True), ("peer", False)):
+        for name, kw in (("ours", ours_kw), ("peer", peer_kw)):
             t0 = time.perf_counter()
-            outputs[name] = tr.translate(model, tok_src, tok_tgt, texts, beam=beam, use_cache=cache)
+            outputs[name] = tr.translate(model, tok_src, tok_tgt, texts, beam=beam, batch_size=batch_size, **kw)
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
             times[name] = time.perf_counter() - t0
         rows[f"beam{beam}"] = {**speed_row(len(texts), times, 2), "identical_output": outputs["ours"] == outputs["peer"]}
     first = next(iter(rows.values()))
+    ours_name = ("static KV cache" + (", compiled" if compile else "")) if static else "KV cache"
+    peer_name = "growing KV cache" if static else "same model without KV cache"
     result = {"benchmark": "decode", "unit": "sentences/s (Multi30k val, de-en)", "sentences": len(texts),
-              "trained": bool(checkpoint), "ours": first["ours"], "peer": first["peer"], "ratio": first["ratio"],
-              "peer_name": "same model without KV cache", "by_beam": rows}
-    header = f"{len(texts)} sentences, {'trained' if checkpoint else 'untrained'} model; ours: KV cache, peer: none"
-    notes = [f"{k}: same output with and without the cache: {r['identical_output']}" for k, r in rows.items()]
+              "trained": bool(checkpoint), "device": device, "batch_size": batch_size, "ours": first["ours"], "peer": first["peer"],
+              "ratio": first["ratio"], "ours_name": ours_name, "peer_name": peer_name, "by_beam": rows}
+    header = (f"{len(texts)} sentences in batches of {batch_size}, {'trained' if checkpoint else 'untrained'} model, "
+              f"{device}; "
+              f"ours: {ours_name}, peer: {peer_name}")
+    notes = [f"{k}: same output as the peer: {r['identical_output']}" for k, r in rows.items()]
     return BenchResult(result, [(f"{k} sentences/s", r) for k, r in rows.items()], header, notes)

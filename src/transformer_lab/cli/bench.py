@@ -44,7 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     dec.add_argument("--sentences", type=positive_int, default=100)
     dec.add_argument("--beams", default="1,4", help="comma-separated beam sizes")
     dec.add_argument("--cache-dir", default=None)
-    dec.set_defaults(run=lambda a: translation.bench_decode(a.checkpoint, a.sentences, _ints(a.beams, "--beams"), a.cache_dir))
+    dec.add_argument("--static-cache", action="store_true", help="ours: the static K/V cache; peer: the growing one")
+    dec.add_argument("--compile", action="store_true", help="ours: the static cache's step compiled (CUDA graphs on "
+                                                            "a GPU); a first untimed pass compiles")
+    dec.add_argument("--device", default="cpu")
+    dec.add_argument("--batch-size", type=positive_int, default=64, help="sentences a batch (translate's --batch-size)")
+    dec.set_defaults(run=lambda a: translation.bench_decode(a.checkpoint, a.sentences, _ints(a.beams, "--beams"),
+                                                            a.cache_dir, a.static_cache, a.compile, a.device,
+                                                            a.batch_size))
 
     t = _parser(bsub, "tokenizer", "our tokenizers vs HF tokenizers on Multi30k English train", tokenizer.__doc__)
     t.add_argument("--algo", default="all", choices=["all", *tokenizer.ALGORITHMS])

@@ -50,6 +50,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=non_negative_float, default=0.6, help="length penalty α")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--no-cache", action="store_true", help="decode without the KV cache (slower; for comparison)")
+    p.add_argument("--static-cache", action="store_true",
+                   help="keys and values in buffers allocated once for the call (every step the same shapes)")
+    p.add_argument("--compile", action="store_true",
+                   help="the decoding step under torch.compile, with the static cache (CUDA graphs on a GPU); "
+                        "the first steps compile (tens of seconds)")
     p.add_argument("--device", default=None)
 
 
@@ -57,7 +62,8 @@ def translate_cmd(args: argparse.Namespace) -> int:
     sentences = texts_or_stdin(args.text, "translate")
     model, tok_src, tok_tgt = translation.load_translator(args.checkpoint, choose_device(args.device))
     outputs = translation.translate(model, tok_src, tok_tgt, sentences, beam=args.beam, alpha=args.alpha,
-                                    batch_size=args.batch_size, use_cache=not args.no_cache)
+                                    batch_size=args.batch_size, use_cache=not args.no_cache,
+                                    static_cache=args.static_cache, compile=args.compile)
     for line in outputs:
         print(line)
     if args.plot_attention:
@@ -74,7 +80,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         raise ValueError("--src/--ref: a translation checkpoint needs both (a language model: --text FILE)")
     model, tok_src, tok_tgt = translation.load_translator(args.checkpoint, device)
     scores, hyps = translation.evaluate(model, tok_src, tok_tgt, args.src, args.ref, beam=args.beam, alpha=args.alpha,
-                                        batch_size=args.batch_size, use_cache=not args.no_cache)
+                                        batch_size=args.batch_size, use_cache=not args.no_cache,
+                                        static_cache=args.static_cache, compile=args.compile)
     if args.out:
         Path(args.out).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     if args.json:

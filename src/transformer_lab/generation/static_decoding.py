@@ -1,4 +1,5 @@
-"""Decoder-only generation with a static K/V cache: buffers allocated once, every step the same shapes.
+"""Decoding with a static K/V cache: buffers allocated once, every step the same shapes. GPT generation
+(``StaticDecoder``) and the encoder-decoder's greedy and beam search (``StaticSeq2Seq``).
 
 Why: one decoding step of a small model is bound by Python and kernel launches rather than arithmetic
 (GPT-2 124M at batch 1 on a GPU: about 170 steps/s eager, where its memory bandwidth allows thousands).
@@ -9,6 +10,15 @@ buffers of a fixed number of slots (``nn.kv_cache.StaticKVCache``; what the gene
 context): a step writes its slot, and attends over every slot under a mask that hides the slots not written yet and the prompt's left padding. The prompt
 runs eagerly (its length varies); the one-token steps run through one function, compiled when asked
 (on a GPU with CUDA graphs). Same tokens as the growing cache: ``tests/generation/test_static_decoding.py``.
+
+The encoder-decoder (``StaticSeq2Seq``) keeps one set of buffers for a whole translation call: rows for
+the largest batch times the beam, source slots for the longest source, target slots for the longest
+output. A batch's first step (every row's <s>) runs eagerly through ``Transformer.decode`` with the growing
+cache; its keys and values, and the encoder's (cross-attention, computed once), are copied into the
+buffers, and every later step is the one compiled function. A smaller batch leaves filler rows (computed,
+never read); a shorter source, masked slots. Beam search's reorder copies the kept beams' rows in place
+(the buffers never move); the encoder's keys stay put while each beam stays within its sentence.
+Same tokens as ``Seq2SeqStep``: ``tests/generation/test_static_seq2seq.py``.
 
 Supported: full causal attention with learned, sinusoidal or rotary positions, no prefix or soft prompt;
 anything else is refused by name (generate it with the growing cache). Each batch size and slot count is
@@ -22,14 +32,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from transformer_lab.generation.search import within_sentences
 from transformer_lab.models.gpt import GPT
+from transformer_lab.models.transformer import Transformer
 from transformer_lab.nn.embeddings import check_tokens
-from transformer_lab.nn.kv_cache import StaticKVCache
+from transformer_lab.nn.kv_cache import AttentionCache, DecoderCache, StaticKVCache
+from transformer_lab.nn.masks import cross_attention_mask
 
 POSITIONS = ("learned", "sinusoidal", "rotary")  # encodings that need no key positions in the cache
 
 
-def static_cache_problems(model: GPT) -> list[str]:
+def static_cache_problems(model: GPT | Transformer) -> list[str]:
     """What keeps ``model`` from decoding with a static cache (empty: nothing)."""
     c, problems = model.config, []
     if c.position not in POSITIONS:
@@ -54,13 +67,9 @@ class StaticDecoder:
     def __init__(self, model: GPT, prompt_mask: Tensor, compile: bool = False, length: int | None = None):
         problems = static_cache_problems(model)
         if problems:
-            raise ValueError("static K/V cache: not for this model: " + "; ".join(problems)
-                             + "; generate without --static-cache/--compile (the growing cache)")
+            _refuse(problems, "generate")
         c = model.config
-        param = next(model.parameters())
-        device = param.device
-        # under autocast keys and values come out in its dtype: the buffers take it (half the bytes read a step)
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
+        device, dtype = _device_dtype(model)
         b, p = prompt_mask.shape
         if p > c.max_len:
             raise ValueError(f"prompt: {p} tokens, but the model's context is max_len={c.max_len}")
@@ -109,3 +118,148 @@ class StaticDecoder:
         mask = visible[None, None] & self.key_valid[:, None, None, :]  # (B, 1, T, L)
         x = m.blocks(m.embed(tokens, positions), mask, positions, self.caches)
         return m.lm_head(x[:, -1:])[:, -1]  # (B, V)
+
+
+def _refuse(problems: list[str], command: str) -> None:
+    if problems:
+        raise ValueError("static K/V cache: not for this model: " + "; ".join(problems)
+                         + f"; {command} without --static-cache/--compile (the growing cache)")
+
+
+def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The model's device, and the dtype its keys and values come out in: under autocast, autocast's
+    (the buffers take it: half the bytes read a step)."""
+    param = next(model.parameters())
+    device = param.device
+    return device, torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
+
+
+def _round_up(n: int, block: int, cap: int) -> int:
+    return min(cap, -(-n // block) * block)
+
+
+class StaticSeq2Seq:
+    """Static buffers and the compiled one-token step for one translation call of ``model``: at most
+    ``rows`` rows (batch size x beam), sources of at most ``src_len`` tokens, outputs of at most ``tgt_len``
+    positions (<s> included); source slots are rounded up to 16 and target slots to 32 (at most the
+    model's max_len), so calls of similar sizes share the compiled step. ``step(src)`` starts a batch:
+    a ``Step`` for ``greedy_search`` / ``beam_search``. One batch at a time: a new one takes the buffers."""
+
+    def __init__(self, model: Transformer, rows: int, src_len: int, tgt_len: int, compile: bool = False):
+        _refuse(static_cache_problems(model), "translate")
+        c = model.config
+        if min(rows, src_len, tgt_len) < 1:
+            raise ValueError(f"rows, src_len, tgt_len: expected >= 1, got {rows}, {src_len}, {tgt_len}")
+        if max(src_len, tgt_len) > c.max_len:
+            raise ValueError(f"src_len, tgt_len: {src_len}, {tgt_len} exceed the model's max_len={c.max_len}")
+        device, dtype = _device_dtype(model)
+        self.model, self.rows = model, rows
+        self.src_slots, self.tgt_slots = _round_up(src_len, 16, c.max_len), _round_up(tgt_len, 32, c.max_len)
+        h, d_head = c.n_heads, c.d_model // c.n_heads
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # the position a step writes, in place
+        self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)  # the step's input tokens, in place
+        self.self_attn = [StaticKVCache(rows, h, self.tgt_slots, d_head, dtype, device) for _ in range(c.n_decoder_layers)]
+        for cache in self.self_attn:
+            cache.slots = self.slot
+        self.cross_attn = [AttentionCache(static=True, k=torch.zeros(rows, h, self.src_slots, d_head, dtype=dtype, device=device))
+                           for _ in range(c.n_decoder_layers)]
+        for cache in self.cross_attn:
+            cache.v = torch.zeros_like(cache.k)
+        self.cross_mask = torch.ones(rows, 1, 1, self.src_slots, dtype=torch.bool, device=device)  # True: a real source token
+        self.slot_index = torch.arange(self.tgt_slots, device=device)
+        self.memory = torch.zeros(1, 1, c.d_model, dtype=dtype, device=device).expand(rows, 1, -1)  # (shape checks only)
+        self.pad = torch.tensor([c.pad_id], device=device)
+        self.cuda_graphs = compile and device.type == "cuda"
+        if self.cuda_graphs:  # CUDA graphs replay fixed addresses: these buffers never move
+            for t in (self.slot, self.tokens, self.cross_mask, *(x for a in self.cross_attn for x in (a.k, a.v))):
+                torch._dynamo.mark_static_address(t)
+        self.run = (torch.compile(self._forward, dynamic=False, mode="reduce-overhead" if self.cuda_graphs else None)
+                    if compile else self._forward)
+
+    def step(self, src: Tensor) -> "StaticSeq2SeqStep":
+        return StaticSeq2SeqStep(self, src)
+
+    def _forward(self) -> Tensor:
+        """Every row's next-token log-probabilities (N, V) after ``tokens`` at position ``slot``."""
+        m = self.model
+        x = m.tgt_embed(self.tokens, self.slot)  # (N, 1, D)
+        self_mask = (self.slot_index <= self.slot)[None, None, None, :]  # (1, 1, 1, L): the slots written so far
+        cache = DecoderCache(self.self_attn, self.cross_attn)
+        h = m.decoder(x, self.memory, self_mask, self.cross_mask, self.slot, False, cache)
+        # never generate padding (as Seq2SeqStep)
+        return m.generator(h[:, -1]).index_fill(1, self.pad, float("-inf"))
+
+
+class StaticSeq2SeqStep:
+    """One batch's decoding steps over ``StaticSeq2Seq``'s buffers (the ``Step`` protocol of
+    ``generation.search``). Shapes: src (B, S); after ``expand(k)``, N = B·k rows in use."""
+
+    def __init__(self, engine: StaticSeq2Seq, src: Tensor):
+        if src.size(1) > engine.src_slots:
+            raise ValueError(f"src: {src.size(1)} tokens exceed the {engine.src_slots} source slots")
+        self.engine, self.src = engine, src
+        self.memory = engine.model.encode(src)  # (B, S, D), checks the ids
+        self.beam, self.filled = 1, 0
+        self._check_rows()
+
+    @property
+    def n(self) -> int:
+        return self.src.size(0)
+
+    def _check_rows(self) -> None:
+        if self.n > self.engine.rows:
+            raise ValueError(f"src: {self.n} rows (sentences x beam) exceed the static cache's {self.engine.rows}")
+
+    def expand(self, k: int) -> None:
+        if self.filled:
+            raise ValueError("expand: only before the first step")
+        self.memory, self.src = self.memory.repeat_interleave(k, 0), self.src.repeat_interleave(k, 0)
+        self.beam *= k
+        self._check_rows()
+
+    def __call__(self, prefixes: Tensor) -> Tensor:
+        e, n = self.engine, self.n
+        if prefixes.shape != (n, self.filled + 1):
+            raise ValueError(f"prefixes: expected ({n}, {self.filled + 1}) after {self.filled} steps, "
+                             f"got {tuple(prefixes.shape)}")
+        if self.filled >= e.tgt_slots:
+            raise ValueError(f"prefixes: {self.filled + 1} positions exceed the {e.tgt_slots} target slots")
+        if not self.filled:
+            logp = self._first(prefixes)
+        else:
+            e.tokens[:n].copy_(prefixes[:, -1:])
+            e.slot.fill_(self.filled)
+            if e.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            logp = e.run()[:n]
+            logp = logp.clone() if e.cuda_graphs else logp  # (a CUDA graph's output is overwritten next step)
+        self.filled += 1
+        return logp
+
+    def _first(self, prefixes: Tensor) -> Tensor:
+        """The <s> step, eagerly with the growing cache; its keys and values, and the encoder's, go into
+        the buffers."""
+        e, m, n, s = self.engine, self.engine.model, self.n, self.src.size(1)
+        cache = m.new_cache()
+        h = m.decode(self.memory, self.src, prefixes, cache=cache)
+        for static, grown in zip(e.self_attn, cache.self_attn):
+            static.k[:n, :, :1], static.v[:n, :, :1] = grown.k, grown.v
+        for static, grown in zip(e.cross_attn, cache.cross_attn):
+            static.k[:n, :, :s], static.v[:n, :, :s] = grown.k, grown.v
+            static.k[:n, :, s:], static.v[:n, :, s:] = 0, 0
+        e.cross_mask[:n] = False
+        e.cross_mask[:n, ..., :s] = cross_attention_mask(self.src, m.config.pad_id)
+        return m.generator(h[:, -1]).index_fill(1, e.pad, float("-inf"))
+
+    def reorder(self, index: Tensor) -> None:
+        """Row i continues row ``index[i]``: copied in place. The encoder's keys and values are moved
+        only when a row leaves its sentence (beam search never does)."""
+        e, n, t = self.engine, self.n, self.filled
+        for cache in e.self_attn:  # the slots written so far
+            k, v = cache.k[:, :, :t], cache.v[:, :, :t]
+            k[:n], v[:n] = k.index_select(0, index), v.index_select(0, index)
+        if not within_sentences(index, self.beam):
+            for cache in e.cross_attn:
+                cache.k[:n], cache.v[:n] = cache.k.index_select(0, index), cache.v.index_select(0, index)
+            e.cross_mask[:n] = e.cross_mask.index_select(0, index)
+            self.memory, self.src = self.memory.index_select(0, index), self.src.index_select(0, index)

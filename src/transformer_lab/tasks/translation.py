@@ -26,6 +26,7 @@ from transformer_lab.config import check_positive
 from transformer_lab.data.batches import Batch, TokenBuckets, pad_sequences
 from transformer_lab.data.parallel import EncodedPairs, filter_long, multi30k_files, read_parallel, user_cache_dir
 from transformer_lab.generation.search import Seq2SeqStep, beam_search, greedy_search
+from transformer_lab.generation.static_decoding import StaticSeq2Seq
 from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.summary import parameter_summary
 from transformer_lab.models.transformer import Transformer
@@ -268,16 +269,24 @@ def translate_detailed(
     batch_size: int = 64,
     use_cache: bool = True,
     make_step: Callable[[torch.Tensor], Any] | None = None,
+    static_cache: bool = False,
+    compile: bool = False,
 ) -> Translations:
     """Detokenised translations, batched by source length. A blank input gives a blank output (no
     model call: there is nothing to translate); an input longer than the model's position table is
     cut to fit, with a warning naming it. ``make_step(src)``: another engine's decoding step for a
     batch of sources (e.g. onnxruntime's, ``export.OnnxSeq2SeqStep``); ``model`` then only gives the
-    limits."""
+    limits. ``static_cache``: the K/V in buffers allocated once for the call
+    (``generation.static_decoding.StaticSeq2Seq``); ``compile``: its one-token step under torch.compile
+    (CUDA graphs on a GPU; implies the static cache)."""
     check_positive("batch_size", batch_size)
     check_positive("beam", beam)
     if alpha < 0:
         raise ValueError(f"alpha: expected a length penalty >= 0, got {alpha}")
+    static_cache = static_cache or compile
+    if static_cache and (make_step is not None or not use_cache):
+        raise ValueError("static_cache/compile (--static-cache/--compile): our model's K/V cache; not with "
+                         "--no-cache or another engine's step")
     model.eval()
     device = next(model.parameters()).device
     limit = model.config.max_len - 1 - model.n_virtual  # a prefix or prompt takes the first positions
@@ -298,6 +307,12 @@ def translate_detailed(
         log.warning("%d inputs in all were cut to the model's length", len(truncated))
     order = sorted(encoded, key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(sentences)
+    if static_cache and order:
+        # batches of equal size: the static buffers take the largest, and a smaller batch's rows are computed too
+        batch_size = -(-len(order) // -(-len(order) // batch_size))
+        longest = len(encoded[order[-1]])
+        engine = StaticSeq2Seq(model, batch_size * beam, longest, min(longest + 50, limit), compile)
+        make_step = engine.step
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         src = pad_sequences([encoded[i] for i in idx], PAD_ID).to(device)
@@ -314,9 +329,11 @@ def translate_detailed(
 
 def translate(model: Transformer, tok_src: Tokenizer, tok_tgt: Tokenizer, sentences: Sequence[str], beam: int = 4,
               alpha: float = 0.6, batch_size: int = 64, use_cache: bool = True,
-              make_step: Callable[[torch.Tensor], Any] | None = None) -> list[str]:
+              make_step: Callable[[torch.Tensor], Any] | None = None, static_cache: bool = False,
+              compile: bool = False) -> list[str]:
     """``translate_detailed``'s texts."""
-    return translate_detailed(model, tok_src, tok_tgt, sentences, beam, alpha, batch_size, use_cache, make_step).texts
+    return translate_detailed(model, tok_src, tok_tgt, sentences, beam, alpha, batch_size, use_cache, make_step,
+                              static_cache, compile).texts
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
@@ -332,11 +349,13 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
 
 
 def evaluate(model: Transformer, tok_src: Tokenizer, tok_tgt: Tokenizer, src_file: str | Path, ref_file: str | Path,
-             beam: int = 4, alpha: float = 0.6, batch_size: int = 64, use_cache: bool = True) -> tuple[dict, list[str]]:
+             beam: int = 4, alpha: float = 0.6, batch_size: int = 64, use_cache: bool = True, static_cache: bool = False,
+             compile: bool = False) -> tuple[dict, list[str]]:
     """BLEU and chrF of the translations of every line of ``src_file`` against ``ref_file`` (blank
     lines included: a blank source scores its blank translation); returns (scores, translations)."""
     text = read_parallel(src_file, ref_file, keep_empty=True)
-    res = translate_detailed(model, tok_src, tok_tgt, text.src, beam, alpha, batch_size, use_cache)
+    res = translate_detailed(model, tok_src, tok_tgt, text.src, beam, alpha, batch_size, use_cache,
+                             static_cache=static_cache, compile=compile)
     scores = {**corpus_scores(res.texts, text.tgt), "sentences": len(res.texts), "beam": beam,
               "blank_sources": sum(not s.strip() for s in text.src), "truncated_sources": len(res.truncated)}
     return scores, res.texts
