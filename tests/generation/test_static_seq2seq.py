@@ -50,22 +50,29 @@ def test_static_cache_decodes_like_the_growing_cache(position):
 
 
 def test_a_reorder_across_sentences_moves_the_encoders_side_too():
-    """Beam search keeps each row among its sentence's beams (and the encoder's keys then stay put);
-    any other reorder must move them, in both steps."""
+    """Beam search keeps each row on its sentence (the encoder's keys then stay put); any other reorder
+    must move them, in both steps, and a later shuffle within a block must not be taken for one that
+    keeps rows on their sentences (the rows' sentences are tracked, not their places)."""
     model, (src, _) = small_model(), sources()
     engine = StaticSeq2Seq(model, rows=6, src_len=7, tgt_len=8)
-    index = torch.tensor([5, 4, 0, 1, 3, 2])  # rows from other sentences
-    prefixes = torch.full((6, 1), BOS)
+    reorders = [torch.tensor([5, 4, 0, 1, 3, 2]), torch.tensor([0, 2, 1, 3, 4, 5]), torch.tensor([1, 0, 2, 3, 5, 4])]
+    tokens = torch.full((6, 1), BOS)
+    rows = torch.arange(3).repeat_interleave(2)  # the sentence each row decodes after the reorders so far
+    for index in reorders:
+        rows = rows.index_select(0, index)
     expected = None
     for step in (Seq2SeqStep(model, src), engine.step(src)):
         step.expand(2)
-        step(prefixes)
-        step.reorder(index)
-        out = step(torch.cat([prefixes, torch.full((6, 1), 7)], 1))
-        if expected is None:
-            fresh = Seq2SeqStep(model, src.repeat_interleave(2, 0).index_select(0, index))
-            fresh(prefixes)
-            expected = fresh(torch.cat([prefixes, torch.full((6, 1), 7)], 1))
+        prefix = tokens
+        for t, index in enumerate(reorders):
+            step(prefix)
+            step.reorder(index)
+            prefix = torch.cat([prefix, torch.full((6, 1), 7 + t)], 1)
+        out = step(prefix)
+        if expected is None:  # the same tokens from the start, on the rows' own sentences
+            fresh = Seq2SeqStep(model, src.index_select(0, rows))
+            for t in range(1, prefix.size(1) + 1):
+                expected = fresh(prefix[:, :t])
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -87,7 +94,7 @@ def test_compiled_step_is_one_graph_for_every_step_and_call():
 @pytest.mark.parametrize("kw, named", [(dict(position="alibi"), "alibi"), (dict(position="t5"), "t5"),
                                        (dict(attention="window:4"), "window:4")])
 def test_models_it_cannot_serve_are_refused_by_name(kw, named):
-    with pytest.raises(ValueError, match=f"static K/V cache.*{named}.*translate without"):
+    with pytest.raises(ValueError, match=f"static K/V cache.*{named}.*translate or evaluate without"):
         StaticSeq2Seq(small_model(**kw), 4, 7, 20)
 
 
@@ -105,3 +112,9 @@ def test_sizes_beyond_the_buffers_are_named_errors():
         greedy_search(engine.step(src[:1]), 1, BOS, EOS, 40)  # no </s> from an untrained model: 40 steps
     with pytest.raises(ValueError, match="token id 99"):
         engine.step(torch.tensor([[99, 2]]))
+    step = engine.step(src[:2])
+    step(torch.full((2, 1), BOS))
+    with pytest.raises(ValueError, match="prefixes: token id 40"):  # a later step's ids too, as decode checks them
+        step(torch.tensor([[BOS, 5], [BOS, 40]]))
+    with pytest.raises(ValueError, match=r"index: expected \(2,\)"):
+        step.reorder(torch.tensor([0]))

@@ -156,6 +156,32 @@ def test_compiled_cpu_loss_equals_torch_cross_entropy():
                                rtol=1e-5, atol=1e-6)
 
 
+def test_language_models_compiled_loss_is_the_written_out_one_and_equals_torch():
+    """cross_entropy_sum (the LM task's loss): F.cross_entropy's sum eagerly; compiled on a CPU, traced
+    through _SmoothedCrossEntropy at epsilon 0, with the same value and gradient."""
+    from transformer_lab.training.losses import _SmoothedCrossEntropy, cross_entropy_sum
+
+    x = (3 * torch.randn(40, 31)).requires_grad_()
+    y = torch.randint(0, 31, (40,))
+    eager = cross_entropy_sum(x, y)
+    torch.testing.assert_close(eager, F.cross_entropy(x, y, reduction="sum"))
+    torch._dynamo.reset()
+    traced = []
+    original = _SmoothedCrossEntropy.forward
+
+    def spy(ctx, *args):
+        traced.append(torch.compiler.is_compiling())
+        return original(ctx, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_SmoothedCrossEntropy, "forward", staticmethod(spy))
+        compiled = torch.compile(cross_entropy_sum, dynamic=False)(x, y)
+    assert traced and all(traced)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.autograd.grad(compiled, x)[0], torch.autograd.grad(eager, x)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("step", [1, 50, 100, 101, 550, 1000])
 def test_linear_and_cosine_schedules(step):
     warm, total, peak = 100, 1000, 3e-4

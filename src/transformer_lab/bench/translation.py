@@ -16,6 +16,7 @@ import torch
 
 from transformer_lab.bench.harness import BenchResult, speed_row, time_rounds
 from transformer_lab.models.torch_peer import TorchTransformerPeer
+from transformer_lab.runtime import choose_device
 from transformer_lab.tasks import translation as tr
 from transformer_lab.tokenizers.special import PAD_ID
 from transformer_lab.training.losses import label_smoothed_cross_entropy
@@ -65,13 +66,14 @@ def bench_decode(checkpoint: str | Path | None = None, sentences: int = 100, bea
     replaces; a first untimed pass compiles."""
     if sentences < 1 or not beams or min(beams) < 1:
         raise ValueError(f"sentences, beams: expected >= 1, got {sentences}, {list(beams)}")
+    dev = choose_device(device)  # (a named error for a device this machine lacks)
     data = multi30k_data(cache_dir)
     if checkpoint:
-        model, tok_src, tok_tgt = tr.load_translator(checkpoint, torch.device(device))
+        model, tok_src, tok_tgt = tr.load_translator(checkpoint, dev)
     else:
         torch.manual_seed(0)
         model, tok_src, tok_tgt = tr.build_model(data, "multi30k", max_len=100), data.tokenizer_src, data.tokenizer_tgt
-    model.to(device).eval()
+    model.to(dev).eval()
     texts = data.valid_src[:sentences]
     static = static_cache or compile
     ours_kw = dict(static_cache=True, compile=compile) if static else {}
@@ -84,7 +86,7 @@ def bench_decode(checkpoint: str | Path | None = None, sentences: int = 100, bea
         for name, kw in (("ours", ours_kw), ("peer", peer_kw)):
             t0 = time.perf_counter()
             outputs[name] = tr.translate(model, tok_src, tok_tgt, texts, beam=beam, batch_size=batch_size, **kw)
-            if torch.device(device).type == "cuda":
+            if dev.type == "cuda":
                 torch.cuda.synchronize()
             times[name] = time.perf_counter() - t0
         rows[f"beam{beam}"] = {**speed_row(len(texts), times, 2), "identical_output": outputs["ours"] == outputs["peer"]}
@@ -92,10 +94,11 @@ def bench_decode(checkpoint: str | Path | None = None, sentences: int = 100, bea
     ours_name = ("static KV cache" + (", compiled" if compile else "")) if static else "KV cache"
     peer_name = "growing KV cache" if static else "same model without KV cache"
     result = {"benchmark": "decode", "unit": "sentences/s (Multi30k val, de-en)", "sentences": len(texts),
-              "trained": bool(checkpoint), "device": device, "batch_size": batch_size, "ours": first["ours"], "peer": first["peer"],
+              "trained": bool(checkpoint), "device": str(dev), "batch_size": batch_size,
+              "ours": first["ours"], "peer": first["peer"],
               "ratio": first["ratio"], "ours_name": ours_name, "peer_name": peer_name, "by_beam": rows}
     header = (f"{len(texts)} sentences in batches of {batch_size}, {'trained' if checkpoint else 'untrained'} model, "
-              f"{device}; "
+              f"{dev}; "
               f"ours: {ours_name}, peer: {peer_name}")
     notes = [f"{k}: same output as the peer: {r['identical_output']}" for k, r in rows.items()]
     return BenchResult(result, [(f"{k} sentences/s", r) for k, r in rows.items()], header, notes)

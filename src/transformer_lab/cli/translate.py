@@ -95,6 +95,9 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 
 def _evaluate_lm(args: argparse.Namespace, device) -> int:
+    if args.static_cache or args.compile:
+        raise ValueError("--static-cache/--compile: for translation; a language model's loss reads whole windows "
+                         "(no decoding; `generate` has them)")
     model, tok = lm.load_lm(args.checkpoint, device, args.split_special_tokens)
     res = lm.evaluate_file(model, tok, args.text, args.context, args.batch_size, args.band, args.memory)
     if args.json:

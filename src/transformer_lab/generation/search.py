@@ -35,11 +35,6 @@ class Step(Protocol):
     def reorder(self, index: Tensor) -> None: ...  # keep rows ``index``, in that order
 
 
-def within_sentences(index: Tensor, beam: int) -> bool:
-    """Whether a reorder keeps every row among its own sentence's ``beam`` rows (i // beam == index[i] // beam)."""
-    return torch.equal(index // beam, torch.arange(index.numel(), device=index.device) // beam)
-
-
 class Seq2SeqStep:
     """Next-token log-probabilities from our encoder-decoder for a batch of sources."""
 
@@ -48,7 +43,7 @@ class Seq2SeqStep:
         self.memory = model.encode(src)  # (B, S, D), once
         self.cache = model.new_cache() if use_cache else None
         self.record = record_cross_attention
-        self.beam = 1  # rows per sentence (``expand``)
+        self.sentence = torch.arange(src.size(0), device=src.device)  # the sentence each row decodes
         self.cross_attention: list[Tensor] = []  # per step, last layer (N, H, 1, S), when recording
 
     def __call__(self, prefixes: Tensor) -> Tensor:
@@ -67,20 +62,21 @@ class Seq2SeqStep:
 
     def expand(self, k: int) -> None:
         self.reorder(torch.arange(self.src.size(0), device=self.src.device).repeat_interleave(k))
-        self.beam *= k
 
     def reorder(self, index: Tensor) -> None:
-        """Row i continues row ``index[i]``. While every row stays within its sentence's beams (beam
-        search's reorders do), the encoder's side (memory, source, cross-attention K/V) is the same for
-        each of them and is not copied: only the decoder's own K/V."""
-        if index.numel() == self.src.size(0) and within_sentences(index, self.beam):
+        """Row i continues row ``index[i]``. When every row keeps decoding the same sentence (beam
+        search's reorders only shuffle a sentence's beams), the encoder's side (memory, source,
+        cross-attention K/V) is already right and is not copied: only the decoder's own K/V."""
+        sentence = self.sentence.index_select(0, index)
+        if torch.equal(sentence, self.sentence):
             if self.cache is not None:
                 for c in self.cache.self_attn:
                     c.reorder(index)
-            return
-        self.memory, self.src = self.memory.index_select(0, index), self.src.index_select(0, index)
-        if self.cache is not None:
-            self.cache.reorder(index)
+        else:
+            self.memory, self.src = self.memory.index_select(0, index), self.src.index_select(0, index)
+            if self.cache is not None:
+                self.cache.reorder(index)
+        self.sentence = sentence
 
 
 @dataclass

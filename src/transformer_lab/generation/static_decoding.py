@@ -32,7 +32,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from transformer_lab.generation.search import within_sentences
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.nn.embeddings import check_tokens
@@ -73,7 +72,7 @@ class StaticDecoder:
         b, p = prompt_mask.shape
         if p > c.max_len:
             raise ValueError(f"prompt: {p} tokens, but the model's context is max_len={c.max_len}")
-        slots = c.max_len if length is None else min(c.max_len, -(-max(length, p) // SLOT_BLOCK) * SLOT_BLOCK)
+        slots = c.max_len if length is None else _round_up(max(length, p), SLOT_BLOCK, c.max_len)
         self.model, self.slots, self.filled = model, slots, 0
         self.caches = [StaticKVCache(b, c.n_heads, slots, c.d_model // c.n_heads, dtype, device)
                        for _ in range(c.n_layers)]
@@ -140,13 +139,15 @@ def _round_up(n: int, block: int, cap: int) -> int:
 
 class StaticSeq2Seq:
     """Static buffers and the compiled one-token step for one translation call of ``model``: at most
-    ``rows`` rows (batch size x beam), sources of at most ``src_len`` tokens, outputs of at most ``tgt_len``
-    positions (<s> included); source slots are rounded up to 16 and target slots to 32 (at most the
-    model's max_len), so calls of similar sizes share the compiled step. ``step(src)`` starts a batch:
-    a ``Step`` for ``greedy_search`` / ``beam_search``. One batch at a time: a new one takes the buffers."""
+    ``rows`` rows (batch size x beam), sources of at most ``src_len`` tokens, prefixes of at most ``tgt_len``
+    positions (<s> included: outputs of at most ``tgt_len`` tokens). Source slots are rounded up to 16
+    and target slots to 32 (at most the model's max_len), and ``translate_detailed`` rounds the rows,
+    so calls of similar sizes share the compiled step (each new size is a compile: Dynamo's limit is 8).
+    ``step(src)`` starts a batch: a ``Step`` for ``greedy_search`` / ``beam_search``. One batch at a
+    time: a new one takes the buffers."""
 
     def __init__(self, model: Transformer, rows: int, src_len: int, tgt_len: int, compile: bool = False):
-        _refuse(static_cache_problems(model), "translate")
+        _refuse(static_cache_problems(model), "translate or evaluate")
         c = model.config
         if min(rows, src_len, tgt_len) < 1:
             raise ValueError(f"rows, src_len, tgt_len: expected >= 1, got {rows}, {src_len}, {tgt_len}")
@@ -180,7 +181,7 @@ class StaticSeq2Seq:
         return StaticSeq2SeqStep(self, src)
 
     def _forward(self) -> Tensor:
-        """Every row's next-token log-probabilities (N, V) after ``tokens`` at position ``slot``."""
+        """Every buffer row's next-token log-probabilities (rows, V) after ``tokens`` at position ``slot``."""
         m = self.model
         x = m.tgt_embed(self.tokens, self.slot)  # (N, 1, D)
         self_mask = (self.slot_index <= self.slot)[None, None, None, :]  # (1, 1, 1, L): the slots written so far
@@ -199,7 +200,8 @@ class StaticSeq2SeqStep:
             raise ValueError(f"src: {src.size(1)} tokens exceed the {engine.src_slots} source slots")
         self.engine, self.src = engine, src
         self.memory = engine.model.encode(src)  # (B, S, D), checks the ids
-        self.beam, self.filled = 1, 0
+        self.sentence = torch.arange(src.size(0), device=src.device)  # the sentence each row decodes
+        self.filled = 0
         self._check_rows()
 
     @property
@@ -214,7 +216,7 @@ class StaticSeq2SeqStep:
         if self.filled:
             raise ValueError("expand: only before the first step")
         self.memory, self.src = self.memory.repeat_interleave(k, 0), self.src.repeat_interleave(k, 0)
-        self.beam *= k
+        self.sentence = self.sentence.repeat_interleave(k)
         self._check_rows()
 
     def __call__(self, prefixes: Tensor) -> Tensor:
@@ -227,6 +229,7 @@ class StaticSeq2SeqStep:
         if not self.filled:
             logp = self._first(prefixes)
         else:
+            check_tokens(prefixes[:, -1:], e.model.config.tgt_vocab_size, "prefixes")  # as Transformer.decode does
             e.tokens[:n].copy_(prefixes[:, -1:])
             e.slot.fill_(self.filled)
             if e.cuda_graphs:
@@ -253,13 +256,17 @@ class StaticSeq2SeqStep:
 
     def reorder(self, index: Tensor) -> None:
         """Row i continues row ``index[i]``: copied in place. The encoder's keys and values are moved
-        only when a row leaves its sentence (beam search never does)."""
+        only when a row changes sentence (beam search's reorders never do)."""
         e, n, t = self.engine, self.n, self.filled
+        if index.shape != (n,):
+            raise ValueError(f"index: expected ({n},) rows, got {tuple(index.shape)}")
         for cache in e.self_attn:  # the slots written so far
             k, v = cache.k[:, :, :t], cache.v[:, :, :t]
             k[:n], v[:n] = k.index_select(0, index), v.index_select(0, index)
-        if not within_sentences(index, self.beam):
+        sentence = self.sentence.index_select(0, index)
+        if not torch.equal(sentence, self.sentence):
             for cache in e.cross_attn:
                 cache.k[:n], cache.v[:n] = cache.k.index_select(0, index), cache.v.index_select(0, index)
             e.cross_mask[:n] = e.cross_mask.index_select(0, index)
             self.memory, self.src = self.memory.index_select(0, index), self.src.index_select(0, index)
+        self.sentence = sentence

@@ -39,7 +39,7 @@ from transformer_lab.tokenizers.char import CharTokenizer
 from transformer_lab.tokenizers.io import checkpoint_tokenizer, load_tokenizer, save_into_checkpoint
 from transformer_lab.tokenizers.streaming import IncrementalDecoder
 from transformer_lab.training.config import TrainConfig
-from transformer_lab.training.losses import perplexity
+from transformer_lab.training.losses import cross_entropy_sum, perplexity
 from transformer_lab.training.loop import StepLoss
 from transformer_lab.training.records import finite_or_none
 
@@ -132,7 +132,7 @@ def prepare_lm_data(path: str | Path, tokenizer: str = "char", vocab_size: int =
 def lm_loss(model: GPT, batch: LMBatch, device: torch.device) -> StepLoss:
     x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)
     logits = model(x)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+    loss = cross_entropy_sum(logits.flatten(0, 1).float(), y.flatten())
     return StepLoss(loss, loss.detach())
 
 

@@ -283,7 +283,7 @@ def translate_detailed(
     check_positive("beam", beam)
     if alpha < 0:
         raise ValueError(f"alpha: expected a length penalty >= 0, got {alpha}")
-    static_cache = static_cache or compile
+    static_cache, requested = static_cache or compile, batch_size
     if static_cache and (make_step is not None or not use_cache):
         raise ValueError("static_cache/compile (--static-cache/--compile): our model's K/V cache; not with "
                          "--no-cache or another engine's step")
@@ -308,10 +308,15 @@ def translate_detailed(
     order = sorted(encoded, key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(sentences)
     if static_cache and order:
-        # batches of equal size: the static buffers take the largest, and a smaller batch's rows are computed too
+        # Batches as even as the batch size allows (100 at 64: 50 and 50, not 64 and 36): the static buffers
+        # take the largest batch, and a smaller one's rows are computed too. The rows are rounded up (to
+        # 1, 2, 4, 8 sentences, then a multiple of 8; at most the batch size), so calls of other sizes
+        # mostly share the compiled step.
         batch_size = -(-len(order) // -(-len(order) // batch_size))
+        bucket = 1 << (batch_size - 1).bit_length() if batch_size <= 8 else -(-batch_size // 8) * 8
+        rows = min(bucket, requested) * beam
         longest = len(encoded[order[-1]])
-        engine = StaticSeq2Seq(model, batch_size * beam, longest, min(longest + 50, limit), compile)
+        engine = StaticSeq2Seq(model, rows, longest, min(longest + 50, limit), compile)
         make_step = engine.step
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
