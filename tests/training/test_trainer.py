@@ -112,6 +112,25 @@ def test_fused_loss_equals_readable_loss():
     torch.testing.assert_close(ga, gb)
 
 
+def compiled_through_written_out_loss(fn, *args):
+    """``fn(*args)`` under torch.compile, asserting that the trace went through _SmoothedCrossEntropy."""
+    from transformer_lab.training.losses import _SmoothedCrossEntropy
+
+    torch._dynamo.reset()
+    traced = []
+    original = _SmoothedCrossEntropy.forward
+
+    def spy(ctx, *a):
+        traced.append(torch.compiler.is_compiling())
+        return original(ctx, *a)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_SmoothedCrossEntropy, "forward", staticmethod(spy))
+        out = torch.compile(fn, dynamic=False)(*args)
+    assert traced and all(traced)  # the compiled call went through the written-out loss
+    return out
+
+
 def test_compiled_cpu_loss_equals_torch_cross_entropy():
     """The written-out loss and gradient the compiled CPU path takes, called directly, against
     F.cross_entropy(label_smoothing, ignore_index) and autograd's gradient of it; then
@@ -135,19 +154,8 @@ def test_compiled_cpu_loss_equals_torch_cross_entropy():
     torch.testing.assert_close(unsmoothed, F.cross_entropy(z, tgt.masked_fill(tgt == 5, 6), ignore_index=0,
                                                            reduction="sum"))
 
-    torch._dynamo.reset()
-    traced = []
-    original = _SmoothedCrossEntropy.forward
-
-    def spy(ctx, *args):
-        traced.append(torch.compiler.is_compiling())
-        return original(ctx, *args)
-
     x = logits.detach().float().requires_grad_()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_SmoothedCrossEntropy, "forward", staticmethod(spy))
-        compiled = torch.compile(lambda z, t: label_smoothed_cross_entropy(z, t, 0.1, 0), dynamic=False)(x, target)
-    assert traced and all(traced)  # the compiled call went through the written-out loss
+    compiled = compiled_through_written_out_loss(lambda z, t: label_smoothed_cross_entropy(z, t, 0.1, 0), x, target)
     eager = label_smoothed_cross_entropy(x, target, 0.1, 0)
     assert compiled.n_tokens == eager.n_tokens == 39
     torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-5, atol=1e-4)
@@ -159,24 +167,13 @@ def test_compiled_cpu_loss_equals_torch_cross_entropy():
 def test_language_models_compiled_loss_is_the_written_out_one_and_equals_torch():
     """cross_entropy_sum (the LM task's loss): F.cross_entropy's sum eagerly; compiled on a CPU, traced
     through _SmoothedCrossEntropy at epsilon 0, with the same value and gradient."""
-    from transformer_lab.training.losses import _SmoothedCrossEntropy, cross_entropy_sum
+    from transformer_lab.training.losses import cross_entropy_sum
 
     x = (3 * torch.randn(40, 31)).requires_grad_()
     y = torch.randint(0, 31, (40,))
     eager = cross_entropy_sum(x, y)
     torch.testing.assert_close(eager, F.cross_entropy(x, y, reduction="sum"))
-    torch._dynamo.reset()
-    traced = []
-    original = _SmoothedCrossEntropy.forward
-
-    def spy(ctx, *args):
-        traced.append(torch.compiler.is_compiling())
-        return original(ctx, *args)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_SmoothedCrossEntropy, "forward", staticmethod(spy))
-        compiled = torch.compile(cross_entropy_sum, dynamic=False)(x, y)
-    assert traced and all(traced)
+    compiled = compiled_through_written_out_loss(cross_entropy_sum, x, y)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(torch.autograd.grad(compiled, x)[0], torch.autograd.grad(eager, x)[0],
                                rtol=1e-5, atol=1e-6)
