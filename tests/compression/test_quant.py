@@ -133,18 +133,46 @@ def test_bad_input_is_refused_with_a_reason():
         PercentileObserver(40)
 
 
-def onnxruntime_entropy_threshold(x, bins, quantized_bins):
-    """onnxruntime.quantization's entropy calibration (its HistogramCollector) on the same values."""
+def onnxruntime_threshold(x, method, bins, quantized_bins=128, percentile=99.99, symmetric=True):
+    """onnxruntime.quantization's entropy or percentile calibration (its HistogramCollector) on the same values."""
     import contextlib
     import io
 
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    collector = HistogramCollector("entropy", True, bins, quantized_bins, 99.99, "same")
+    collector = HistogramCollector(method, symmetric, bins, quantized_bins, percentile, "same")
     with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
         collector.collect({"t": x.numpy()})
         lo, hi = collector.compute_collection_result()["t"][:2]
     return float(lo), float(hi)
+
+
+def onnxruntime_entropy_threshold(x, bins, quantized_bins):
+    return onnxruntime_threshold(x, "entropy", bins, quantized_bins)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("kind, percentile", [("gauss", 99.9), ("student-t", 99.99), ("relu", 99.9)])
+def test_percentile_threshold_equals_onnxruntime_percentile_calibration(kind, percentile, symmetric):
+    """Oracle: onnxruntime's PercentileCalibrater (2,048-bin histogram; p% of the values inside the range,
+    half the rest cut from each tail; the range then clamped to the values' [min, max]), within one of its
+    bins, or with no more than one value between the two (in a sparse tail neighbouring values lie bins
+    apart, and a sample quantile may fall anywhere between them); ours takes exact quantiles."""
+    g = torch.Generator().manual_seed(5)
+    x = {"gauss": torch.randn(50000, generator=g),
+         "student-t": torch.randn(50000, generator=g) / torch.rand(50000, generator=g).clamp(min=0.02),
+         "relu": torch.relu(torch.randn(50000, generator=g) * 2 + 0.3)}[kind]
+    bins = 2048
+    lo, hi = onnxruntime_threshold(x, "percentile", bins, percentile=percentile, symmetric=symmetric)
+    obs = PercentileObserver(percentile, symmetric=symmetric)
+    obs.observe(x)
+    ours_lo, ours_hi = (min(max(float(t[0]), float(x.min())), float(x.max())) for t in obs.range())
+    a = x.abs()
+    width = float(a.max() - a.min()) / bins if symmetric else 2 * float(a.max()) / bins
+    for ours, theirs in ((ours_lo, lo), (ours_hi, hi)):
+        between = int(((x > min(ours, theirs)) & (x < max(ours, theirs))).sum())
+        assert abs(ours - theirs) <= width + 1e-6 or between <= 1, (ours, theirs, width, between)
+    assert ours_hi < float(x.max())  # a tail is clipped
 
 
 @pytest.mark.parametrize("kind, bins", [("gauss", 512), ("student-t", 1024), ("relu", 512)])

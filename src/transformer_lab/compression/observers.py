@@ -2,8 +2,9 @@
 
 - ``MinMaxObserver``: the extremes seen. Nothing is clipped, but one outlier stretches the grid and
   every ordinary value loses resolution (the long-tail problem the canon asks about).
-- ``PercentileObserver``: the p-th and (100-p)-th percentiles (of |x| when symmetric): the tail
-  beyond them is clipped to the edge.
+- ``PercentileObserver``: the range that holds p% of the values, (100 - p)/2 % cut from each tail
+  (symmetric: the p-th percentile of |x|), as ``onnxruntime.quantization``'s Percentile calibration
+  defines it; the tail beyond is clipped to the edge.
 - ``MSEObserver``: of ``candidates`` thresholds from absmax/candidates to absmax, the one whose
   fake-quantized tensor has the least mean squared error against the original: it trades clipping
   error on the tail against rounding error on the bulk.
@@ -114,7 +115,8 @@ class PercentileObserver(_Keeping):
         if self.symmetric:
             hi = torch.quantile(self.values.abs(), q, dim=1)
             return -hi, hi
-        return torch.quantile(self.values, 1.0 - q, dim=1), torch.quantile(self.values, q, dim=1)
+        cut = (1.0 - q) / 2.0  # from each tail: the range holds p% of the values
+        return torch.quantile(self.values, cut, dim=1), torch.quantile(self.values, 1.0 - cut, dim=1)
 
 
 class MSEObserver(_Keeping):
