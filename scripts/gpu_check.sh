@@ -14,6 +14,8 @@
 #    the growing cache; it needs Multi30k: copy it into the tree first and carry it, e.g.
 #    `mkdir -p runs/data && cp -r ../shared/data/multi30k runs/data/` here, then run with carry ["runs/data"]
 #    and TRANSFORMER_LAB_DATA=runs/data (skipped when absent).
+# 5. train --preset shakespeare-char-gpu (nanoGPT's GPU recipe; issue 14: validation <= 1.47 in <= 90 s),
+#    bf16 and compiled; needs $TRANSFORMER_LAB_DATA/tinyshakespeare/input.txt (carried as in 4).
 # Each step has its own timeout, so one that hangs does not take the others' time. All steps take more
 # than one device call (600 s): ONLY="decode bench_gpt_compile" runs only the steps named.
 set -u
@@ -66,5 +68,13 @@ if [ -d "${TRANSFORMER_LAB_DATA:-/nonexistent}/multi30k" ]; then
         --beams 1,4 --cache-dir "$OUT/cache" --json
 else
     echo "decode skipped: no \$TRANSFORMER_LAB_DATA/multi30k" >> "$OUT/status.txt"
+fi
+SC="${TRANSFORMER_LAB_DATA:-/nonexistent}/tinyshakespeare/input.txt"
+if [ -f "$SC" ]; then
+    [ -n "${QUICK:-}" ] && SCQ=(--max-steps 20 --model shakespeare-char) || SCQ=()
+    step shakespeare_gpu 300 "$PY" -m transformer_lab train --preset shakespeare-char-gpu --data "$SC" \
+        --device "$DEVICE" --precision "$PRECISION" --compile --no-progress --overwrite --out "$OUT/run_sc_gpu" "${SCQ[@]}"
+else
+    echo "shakespeare_gpu skipped: no $SC" >> "$OUT/status.txt"
 fi
 cat "$OUT/status.txt"

@@ -116,6 +116,21 @@ def test_shakespeare_char_preset_reaches_nanogpt_s_loss(tmp_path, shared_data):
     assert summary["steps"] == 2000 and summary["val_loss"] <= 1.88
 
 
+def test_gpu_shakespeare_preset_is_nanogpts_gpu_configuration(tmp_path):
+    """--preset shakespeare-char-gpu: nanoGPT's config/train_shakespeare_char.py (batch 64 of 256, 5,000 steps
+    at 1e-3); its model is nanoGPT's 10.65 M parameters (its log, position table not counted), give or take our
+    biases (0.3%)."""
+    from transformer_lab.models.presets import gpt_preset
+    from transformer_lab.tasks.common import RunOptions
+
+    cfg = lm.LMConfig.preset("shakespeare-char-gpu", RunOptions(out=tmp_path), tmp_path / "input.txt")
+    assert (cfg.batch_size, cfg.tokenizer, cfg.train.max_steps, cfg.train.lr) == (64, "char", 5000, 1e-3)
+    model = GPT(gpt_preset(cfg.model, vocab_size=65))
+    assert model.config.max_len == 256 and model.config.dropout == 0.2
+    n = sum(p.numel() for name, p in model.named_parameters() if "position" not in name)
+    assert abs(n / 10.65e6 - 1) < 0.005, n
+
+
 def test_sigterm_during_the_final_evaluation_exits_at_once(tmp_path, monkeypatch):
     """Issue 9, item 8: after training, the whole-split evaluation ran on even after a SIGTERM. Now
     it is abandoned at the signal: exit 128 + 15, the checkpoint and a summary (without the

@@ -43,6 +43,11 @@ GPT_PRESETS: dict[str, dict[str, Any]] = {
     # context 64, dropout 0; the vocabulary (65 characters) is set by the data.
     "shakespeare-char": dict(max_len=64, d_model=128, n_heads=4, n_layers=4, d_ff=512, dropout=0.0,
                              attention_dropout=0.0),
+    # nanoGPT's shakespeare-char GPU configuration (config/train_shakespeare_char.py): 6 layers, 6 heads,
+    # 384 wide, context 256, dropout 0.2 (deviation: biases in every Linear and LayerNorm, as GPT-2; nanoGPT's
+    # bias=False saves 0.3% of the parameters).
+    "shakespeare-char-gpu": dict(max_len=256, d_model=384, n_heads=6, n_layers=6, d_ff=1536, dropout=0.2,
+                                 attention_dropout=0.2),
     # A small subword LM for 2 CPU cores (--preset lm); the vocabulary is set by the tokenizer.
     "gpt-tiny": dict(max_len=128, d_model=128, n_heads=4, n_layers=4, d_ff=512, dropout=0.1, attention_dropout=0.1),
 }

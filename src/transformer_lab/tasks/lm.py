@@ -51,10 +51,16 @@ log = logging.getLogger(__name__)
 # on the whole validation split after 2,000 steps: 1.897 with 1e-3, 1.803 with 2e-3.
 SHAKESPEARE_CHAR = TrainConfig(max_steps=2000, warmup=100, lr=2e-3, schedule="cosine", min_lr=2e-4, beta2=0.99,
                                adam_eps=1e-8, weight_decay=0.1, eval_every=250, label_smoothing=0.0)
+# nanoGPT's config/train_shakespeare_char.py as it is, for a GPU (issue 14's figure: validation <= 1.47 in
+# <= 90 s; nanoGPT reports 1.47 in about 3 minutes on an A100): 6x6x384, context 256, batch 64, dropout 0.2,
+# 5,000 iterations, lr 1e-3 -> 1e-4. Run it with --device cuda --precision bf16 --compile.
+SHAKESPEARE_CHAR_GPU = TrainConfig(max_steps=5000, warmup=100, lr=1e-3, schedule="cosine", min_lr=1e-4, beta2=0.99,
+                                   adam_eps=1e-8, weight_decay=0.1, eval_every=250, label_smoothing=0.0)
 SUBWORD = TrainConfig(max_steps=5000, warmup=200, lr=1e-3, schedule="cosine", min_lr=1e-4, beta2=0.99, adam_eps=1e-8,
                       weight_decay=0.1, eval_every=500, label_smoothing=0.0)
 # task preset -> (training recipe, model preset, tokenizer, batch size)
 PRESETS = {"shakespeare-char": (SHAKESPEARE_CHAR, "shakespeare-char", "char", 12),
+           "shakespeare-char-gpu": (SHAKESPEARE_CHAR_GPU, "shakespeare-char-gpu", "char", 64),
            "lm": (SUBWORD, "gpt-tiny", "bytelevel", 16)}
 
 
