@@ -17,13 +17,23 @@
 # 5. train --preset shakespeare-char-gpu (nanoGPT's GPU recipe; issue 14: validation <= 1.47 in <= 90 s),
 #    bf16 and compiled; needs $TRANSFORMER_LAB_DATA/tinyshakespeare/input.txt (carried as in 4).
 # Each step has its own timeout, so one that hangs does not take the others' time. All steps take more
-# than one device call (600 s): ONLY="decode bench_gpt_compile" runs only the steps named.
+# than one device call (600 s): ONLY="decode bench_gpt_compile" runs only the steps named (space-separated;
+# the steps: bench_gpt bench_gpt_compile torchrun_ddp torchrun_fsdp train_eager train_compile decode
+# shakespeare_gpu). status.txt lists this run's steps.
 set -u
+STEPS_ALL="bench_gpt bench_gpt_compile torchrun_ddp torchrun_fsdp train_eager train_compile decode shakespeare_gpu"
+for name in ${ONLY:-}; do
+    if [[ " $STEPS_ALL " != *" $name "* ]]; then
+        echo "ONLY: unknown step '$name' (the steps: $STEPS_ALL)" >&2
+        exit 2
+    fi
+done
 OUT=${OUT:-/tmp/gpu_check}
 DEVICE=${DEVICE:-cuda}
 PRECISION=${PRECISION:-bf16}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
+: > "$OUT/status.txt"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "${QUICK:-}" ]; then
     GPT="--n-layers 2 --batches 1 --new-tokens 4 --train-batch 1 --train-len 16 --rounds 1 --train-rounds 1"
@@ -39,10 +49,14 @@ else
 fi
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available())" >> "$OUT/device.txt" 2>&1
 
+wanted() {  # wanted NAME: whether ONLY (when set) names this step
+    [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]
+}
+
 step() {  # step NAME SECONDS COMMAND...: stdout to NAME.json, stderr to NAME.log, status to status.txt
     local name=$1 limit=$2
     shift 2
-    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+    wanted "$name" || return 0
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"
     echo "$name rc=$? $((SECONDS - t0)) s" >> "$OUT/status.txt"
@@ -59,21 +73,27 @@ for mode in ddp fsdp; do
     flag=()
     [ "$mode" = fsdp ] && flag=(--fsdp)
     step "torchrun_$mode" 180 "$PY" -m torch.distributed.run --nproc-per-node 1 -m transformer_lab "${TRAIN[@]}" \
-        "${flag[@]}" --out "$OUT/run_$mode"
+        ${flag[@]+"${flag[@]}"} --out "$OUT/run_$mode"
 done
 step train_eager 180 "$PY" -m transformer_lab "${TRAIN[@]}" --out "$OUT/run_eager"
 step train_compile 300 "$PY" -m transformer_lab "${TRAIN[@]}" --compile --out "$OUT/run_compile"
-if [ -d "${TRANSFORMER_LAB_DATA:-/nonexistent}/multi30k" ]; then
+if ! wanted decode; then
+    :
+elif [ -d "${TRANSFORMER_LAB_DATA:-/nonexistent}/multi30k" ]; then
     step decode 300 "$PY" -m transformer_lab bench decode --device "$DEVICE" --compile --sentences "$SENTENCES" \
         --beams 1,4 --cache-dir "$OUT/cache" --json
 else
     echo "decode skipped: no \$TRANSFORMER_LAB_DATA/multi30k" >> "$OUT/status.txt"
 fi
 SC="${TRANSFORMER_LAB_DATA:-/nonexistent}/tinyshakespeare/input.txt"
-if [ -f "$SC" ]; then
-    [ -n "${QUICK:-}" ] && SCQ=(--max-steps 20 --model shakespeare-char) || SCQ=()
+if ! wanted shakespeare_gpu; then
+    :
+elif [ -f "$SC" ]; then
+    SCQ=()
+    [ -n "${QUICK:-}" ] && SCQ=(--max-steps 20 --model shakespeare-char)
     step shakespeare_gpu 300 "$PY" -m transformer_lab train --preset shakespeare-char-gpu --data "$SC" \
-        --device "$DEVICE" --precision "$PRECISION" --compile --no-progress --overwrite --out "$OUT/run_sc_gpu" "${SCQ[@]}"
+        --device "$DEVICE" --precision "$PRECISION" --compile --no-progress --overwrite --out "$OUT/run_sc_gpu" \
+        ${SCQ[@]+"${SCQ[@]}"}
 else
     echo "shakespeare_gpu skipped: no $SC" >> "$OUT/status.txt"
 fi

@@ -156,12 +156,12 @@ def onnxruntime_entropy_threshold(x, bins, quantized_bins):
 def test_percentile_threshold_equals_onnxruntime_percentile_calibration(kind, percentile, symmetric):
     """Oracle: onnxruntime's PercentileCalibrater (2,048-bin histogram; p% of the values inside the range,
     half the rest cut from each tail; the range then clamped to the values' [min, max]), within one of its
-    bins, or with no more than one value between the two (in a sparse tail neighbouring values lie bins
-    apart, and a sample quantile may fall anywhere between them); ours takes exact quantiles."""
-    g = torch.Generator().manual_seed(5)
-    x = {"gauss": torch.randn(50000, generator=g),
-         "student-t": torch.randn(50000, generator=g) / torch.rand(50000, generator=g).clamp(min=0.02),
-         "relu": torch.relu(torch.randn(50000, generator=g) * 2 + 0.3)}[kind]
+    bins; ours takes exact quantiles of every value (10^6: enough for tails of 50 values and more, where
+    a sample quantile is not free to fall anywhere between sparse neighbours)."""
+    g, n = torch.Generator().manual_seed(5), 1_000_000
+    x = {"gauss": torch.randn(n, generator=g),
+         "student-t": torch.randn(n, generator=g) / torch.rand(n, generator=g).clamp(min=0.02),
+         "relu": torch.relu(torch.randn(n, generator=g) * 2 + 0.3)}[kind]
     bins = 2048
     lo, hi = onnxruntime_threshold(x, "percentile", bins, percentile=percentile, symmetric=symmetric)
     obs = PercentileObserver(percentile, symmetric=symmetric)
@@ -170,8 +170,7 @@ def test_percentile_threshold_equals_onnxruntime_percentile_calibration(kind, pe
     a = x.abs()
     width = float(a.max() - a.min()) / bins if symmetric else 2 * float(a.max()) / bins
     for ours, theirs in ((ours_lo, lo), (ours_hi, hi)):
-        between = int(((x > min(ours, theirs)) & (x < max(ours, theirs))).sum())
-        assert abs(ours - theirs) <= width + 1e-6 or between <= 1, (ours, theirs, width, between)
+        assert abs(ours - theirs) <= width + 1e-6, (ours, theirs, width)
     assert ours_hi < float(x.max())  # a tail is clipped
 
 

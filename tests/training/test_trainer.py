@@ -169,14 +169,28 @@ def test_language_models_compiled_loss_is_the_written_out_one_and_equals_torch()
     through _SmoothedCrossEntropy at epsilon 0, with the same value and gradient."""
     from transformer_lab.training.losses import cross_entropy_sum
 
+    from transformer_lab.data.batches import LMBatch
+    from transformer_lab.models.gpt import GPT, GPTConfig
+    from transformer_lab.tasks.lm import lm_loss
+
     x = (3 * torch.randn(40, 31)).requires_grad_()
     y = torch.randint(0, 31, (40,))
+    y[:5] = -100  # ignored rows, as F.cross_entropy's default
     eager = cross_entropy_sum(x, y)
     torch.testing.assert_close(eager, F.cross_entropy(x, y, reduction="sum"))
     compiled = compiled_through_written_out_loss(cross_entropy_sum, x, y)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(torch.autograd.grad(compiled, x)[0], torch.autograd.grad(eager, x)[0],
                                rtol=1e-5, atol=1e-6)
+    # the LM task's loss itself, compiled as the Trainer compiles it
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=31, max_len=16, d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0,
+                        attention_dropout=0.0))
+    ids = torch.randint(0, 31, (3, 9))
+    batch = LMBatch(ids[:, :-1], ids[:, 1:])
+    res = compiled_through_written_out_loss(lambda b: lm_loss(gpt, b, torch.device("cpu")), batch)
+    torch.testing.assert_close(res.loss, F.cross_entropy(gpt(batch.x).flatten(0, 1), batch.y.flatten(), reduction="sum"),
+                               rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("step", [1, 50, 100, 101, 550, 1000])

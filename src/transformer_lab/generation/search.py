@@ -112,11 +112,13 @@ def greedy_search(step: Step, batch_size: int, bos: int, eos: int, max_len: int 
     for t in range(1, max(limits) + 1):
         logp = step(prefixes)  # (B, V)
         best = logp.argmax(dim=-1)  # (B,)
+        # one host copy a step (indexing a tensor element by element costs a dispatch each)
+        best_ids, best_logp = best.tolist(), logp.gather(1, best[:, None]).squeeze(1).tolist()
         for i in range(batch_size):
             if done[i]:
                 continue
-            tok = int(best[i])
-            scores[i] += float(logp[i, tok])
+            tok = best_ids[i]
+            scores[i] += best_logp[i]
             if tok == eos:
                 done[i] = True
             else:
@@ -155,23 +157,24 @@ def beam_search(
         v = logp.size(-1)
         cand = (beam_scores.view(b * k, 1) + logp).view(b, k * v)  # (B, K*V)
         top_scores, top_idx = cand.topk(min(2 * k, k * v), dim=1)  # (B, 2K)
-        origin, token = top_idx // v, top_idx % v
+        # one host copy a step (indexing a tensor element by element costs a dispatch each)
+        top, origin, token = top_scores.tolist(), (top_idx // v).tolist(), (top_idx % v).tolist()
         next_rows, next_tokens, next_scores = [], [], []
         for i in range(b):
             chosen = 0
             if not done[i]:
-                for rank in range(top_idx.size(1)):
-                    score = float(top_scores[i, rank])
+                for rank in range(len(top[i])):
+                    score = top[i][rank]
                     if score == float("-inf"):
                         break
-                    row = i * k + int(origin[i, rank])
-                    if int(token[i, rank]) == eos:
+                    row = i * k + origin[i][rank]
+                    if token[i][rank] == eos:
                         if rank < k:  # a finished hypothesis counts only if it made the top K
                             hyp = prefixes[row, 1:].tolist()
                             finished[i].append((score / length_penalty(t, alpha), hyp))
                         continue
                     next_rows.append(row)
-                    next_tokens.append(int(token[i, rank]))
+                    next_tokens.append(token[i][rank])
                     next_scores.append(score)
                     chosen += 1
                     if chosen == k:

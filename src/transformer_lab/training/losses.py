@@ -57,7 +57,7 @@ def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float,
 def cross_entropy_sum(logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:
     """Cross-entropy summed over the rows whose target is not ``ignore_index`` (no smoothing):
     ``F.cross_entropy``, or under torch.compile on a CPU ``_SmoothedCrossEntropy`` at epsilon 0 (the
-    language model's and the MLM's loss; see there why). Shapes: logits (N, V), target (N,) -> ()."""
+    language model's loss; see there why). Shapes: logits (N, V), target (N,) -> ()."""
     if compiling_on_cpu(logits):
         return _SmoothedCrossEntropy.apply(logits, target, 0.0, ignore_index)[0]
     return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
