@@ -238,6 +238,70 @@ def test_fp16_loss_scaling_skips_an_overflowing_step(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in t.model.state_dict().items())
 
 
+def nan_from_step(t: Trainer, step: int) -> None:
+    """Make ``t``'s loss NaN from optimizer step ``step`` on."""
+    original = t.loss_fn
+
+    def loss_fn(m, b, device):
+        res = original(m, b, device)
+        if t.state.step + 1 >= step:
+            res.loss = res.loss * float("nan")
+        return res
+
+    t.loss_fn = loss_fn
+
+
+def test_a_non_finite_loss_stops_the_run_before_it_reaches_the_weights(tmp_path):
+    """RELIABILITY: on a CPU the loss is read back every step: a NaN at step 3 stops the run there, its
+    weights those of step 2."""
+    cfg = TrainConfig(max_steps=6, warmup=5, log_every=1, progress=False)
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, seq2seq_loss(0.1))
+    nan_from_step(t, 3)
+    seen = {}
+    t.model.register_forward_pre_hook(lambda m, a: seen.update({t.state.step: {k: v.clone() for k, v in m.state_dict().items()}}))
+    with pytest.raises(FloatingPointError, match="loss is nan at step 3; stopped before it reached the weights"):
+        t.fit()
+    assert t.state.step == 2
+    assert all(torch.equal(seen[2][k], v) for k, v in t.model.state_dict().items())
+
+
+def test_on_a_gpu_the_step_reads_nothing_back_and_a_non_finite_loss_stops_at_the_next_write(tmp_path, monkeypatch):
+    """Issue 14 (no host sync in a GPU step; its logic run here on a CPU with the GPU's setting): neither the
+    trainer nor the loss reads a tensor back to the host in a step (the loss stays on the device until a log
+    row; the model's own input checks are skipped under torch.compile, and the batch's token count is read
+    from the batch on the host); a NaN from step 3 stops the run at the next log row (step 4), before step
+    4's checkpoint, naming the steps."""
+    import traceback
+
+    cfg = TrainConfig(max_steps=8, warmup=5, log_every=4, save_every=4, progress=False)
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, seq2seq_loss(0.1))
+    t.defer_finite_check = True
+    reads = []
+
+    def reading(original, name):
+        def read(self, *a):
+            caller = traceback.extract_stack()[-2]
+            if caller.filename.endswith(("training/loop.py", "training/losses.py", "tasks/translation.py")):
+                reads.append(f"{name} at {caller.filename}:{caller.lineno}")
+            return original(self, *a)
+        return read
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, reading(getattr(torch.Tensor, name), name))
+    t.train_step(*t._next_batches())
+    monkeypatch.undo()
+    assert not reads, reads
+    t.state.step = 1
+    nan_from_step(t, 3)
+    with pytest.raises(FloatingPointError, match="not finite at step 3 \\(seen at step 4"):
+        t.fit()
+    assert t.state.step == 4 and not t.run.checkpoint().exists()
+    clean = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path / "clean", seq2seq_loss(0.1))
+    clean.defer_finite_check, clean.cfg.max_steps = True, 4
+    clean.fit()
+    assert clean.run.checkpoint().exists()  # (the same run without a NaN writes that checkpoint)
+
+
 def test_bf16_autocast_trains(tmp_path):
     """The bf16 autocast path (CPU here, opted in): matmuls run in bf16, the loss in fp32, and
     the loss falls."""

@@ -113,6 +113,10 @@ class Trainer:
         # A sharded model (FSDP) is whole nowhere: rank 0 keeps a plain copy to write checkpoints from.
         self._template = copy.deepcopy(model).cpu() if self.runtime.sharded and self.runtime.is_main else None
         self.model = self.runtime.place(model)
+        # Non-finite losses: read back every step on a CPU (free there) and in a distributed run; in one process
+        # on a GPU flagged on the device and read where the loop writes (``_watch_finite``).
+        self.defer_finite_check = self.device.type == "cuda" and self.runtime.world_size == 1
+        self._first_bad: torch.Tensor | None = None
         self._compiled_loss = None  # loss_fn under torch.compile (with the model inside), when compiled
         if cfg.compile:
             # Compiled on the first step (fixed shapes; after a new shape, shapes become symbolic: one more
@@ -250,22 +254,17 @@ class Trainer:
         batches = list(zip(batches, weights or [1.0] * len(batches)))
         units = sum(w * getattr(b, "loss_units", b.n_tokens) for b, w in batches)
         total = self.runtime.sum([units])[0] if world > 1 else units
-        loss_sum = nll_sum = tokens = weight = 0.0
+        loss_sum = nll_sum = tokens = weight = 0.0  # (loss and NLL: tensors on the device, read back when logged)
         self.optimizer.zero_grad(set_to_none=True)
         extra: dict[str, float] = {}
         for i, (b, w) in enumerate(batches):
             with self.runtime.no_sync(self.model, last=i == len(batches) - 1), self._autocast():
                 res = (self._compiled_loss or self.loss_fn)(self.model, b, self.device)
                 loss = res.loss * (w * world / total)
-                bad = not torch.isfinite(loss)
-                if world > 1:  # one process's NaN stops every process here, not in the next all-reduce
-                    bad = self.runtime.max([float(bad)])[0] > 0
-                if bad:
-                    said = f"loss is {loss.item()}" if not torch.isfinite(loss) else "another process's loss is not finite"
-                    raise FloatingPointError(f"{said} at step {self.state.step + 1}; stopped before it reached the weights")
+                self._watch_finite(loss)
                 self.scaler.scale(loss).backward()
-            loss_sum += w * float(res.loss.detach())
-            nll_sum += w * float(res.nll)
+            loss_sum = loss_sum + w * res.loss.detach()
+            nll_sum = nll_sum + w * (res.nll.detach() if torch.is_tensor(res.nll) else res.nll)
             tokens += w * b.n_tokens
             weight += w
             for k, v in res.metrics.items():
@@ -273,10 +272,41 @@ class Trainer:
         if world > 1:  # the step's figures over every process's share
             names = sorted(extra)
             loss_sum, nll_sum, tokens, weight, *values = self.runtime.sum(
-                [loss_sum, nll_sum, tokens, weight, *(extra[k] for k in names)])
+                [float(loss_sum), float(nll_sum), tokens, weight, *(extra[k] for k in names)])
             extra = dict(zip(names, values))
         return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": int(tokens),
                 **{k: v / weight for k, v in extra.items()}}
+
+    def _watch_finite(self, loss: torch.Tensor) -> None:
+        """Stop on a loss that is not finite. On a CPU, and in a distributed run (every process must stop at
+        the same step), it is read back at once: the run stops before it reaches the weights. On a GPU reading
+        it would stall the device's queue every step (issue 14: no host sync in the step), so the flag gathers
+        on the device and ``_check_finite`` reads it where the loop writes anything (a log row, an evaluation,
+        a checkpoint): such a run stops there, before any checkpoint holds the weights it reached."""
+        bad = ~torch.isfinite(loss.detach())
+        if self.defer_finite_check:  # the first bad step's number, 0 for none, kept on the device
+            step = self.state.step + 1
+            first = self._first_bad if self._first_bad is not None else torch.zeros((), dtype=torch.long,
+                                                                                     device=bad.device)
+            self._first_bad = torch.where(bad & (first == 0), step, first)
+            return
+        said = f"loss is {loss.item()}" if bool(bad) else None
+        if self.runtime.world_size > 1:  # one process's NaN stops every process here, not in the next all-reduce
+            if self.runtime.max([float(said is not None)])[0] > 0 and said is None:
+                said = "another process's loss is not finite"
+        if said is not None:
+            raise FloatingPointError(f"{said} at step {self.state.step + 1}; stopped before it reached the weights")
+
+    def _check_finite(self) -> None:
+        """Read the device's flag of non-finite losses since the last check (see ``_watch_finite``)."""
+        if self._first_bad is None:
+            return
+        first, self._first_bad = int(self._first_bad), None
+        if first:
+            raise FloatingPointError(
+                f"loss is not finite at step {first} (seen at step {self.state.step}: on a GPU the loss is read back "
+                "only where a log row, an evaluation or a checkpoint is written); stopped before any checkpoint held "
+                "the weights it reached")
 
     def train_step(self, batches: list[Any], weights: list[float] | None = None) -> dict:
         row = self.backward(batches, weights)
@@ -307,20 +337,26 @@ class Trainer:
                 window_tokens += row["tokens"]
                 st.elapsed_s = time.perf_counter() - start
                 bar.update(1)
+                due_eval = self.validate and cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.max_steps
+                due_save = cfg.save_every and st.step % cfg.save_every == 0
+                if st.step % cfg.log_every == 0 or st.step == cfg.max_steps or due_eval or due_save:
+                    self._check_finite()
                 if st.step % cfg.log_every == 0 or st.step == cfg.max_steps:
                     now = time.perf_counter()
-                    record = {"step": st.step, "epoch": st.epoch, "loss": row["loss"], "nll": row["nll"], "lr": row["lr"],
+                    record = {"step": st.step, "epoch": st.epoch, "loss": float(row["loss"]), "nll": float(row["nll"]),
+                              "lr": row["lr"],
                               "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
                               "elapsed_s": round(st.elapsed_s, 2),
                               **{k: v for k, v in row.items() if k not in ("loss", "nll", "lr", "tokens")}}
                     window_tokens, window_start = 0, now
                     self._log(record)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
-                if self.validate and cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.max_steps:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{row['lr']:.2e}",
+                                    tok_s=f"{record['tokens_per_s']:.0f}")
+                if due_eval:
                     if self._evaluate(stop):
                         stopped_by = "early_stopping"
                         break
-                if cfg.save_every and st.step % cfg.save_every == 0:
+                if due_save:
                     self.save()
                 signalled, out_of_time = self._agree(stop.signum,
                                                      cfg.time_budget_s is not None and st.elapsed_s >= cfg.time_budget_s)
@@ -331,6 +367,7 @@ class Trainer:
                     stopped_by = "time_budget"
                     break
             bar.close()
+            self._check_finite()  # (a signal or the time budget can stop the loop between log rows)
             if stopped_by not in ("early_stopping", "signal") and self._agree(stop.signum, False)[0]:
                 stopped_by = "signal"  # a signal after the loop's last agreement, seen by some process
             if self.validate and stopped_by not in ("early_stopping", "signal"):

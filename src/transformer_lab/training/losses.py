@@ -22,7 +22,11 @@ from transformer_lab.nn.dropout import compiling_on_cpu
 class LossResult:
     loss: Tensor  # summed over real tokens; divide by n_tokens for the mean
     nll: Tensor  # summed -log p_y over real tokens (no smoothing): gives perplexity
-    n_tokens: int
+    count: Tensor  # the real tokens, where the target is (read back only when ``n_tokens`` is asked for)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.count)
 
 
 def label_smoothed_nll(log_probs: Tensor, target: Tensor, epsilon: float, pad_id: int) -> LossResult:
@@ -35,7 +39,7 @@ def label_smoothed_nll(log_probs: Tensor, target: Tensor, epsilon: float, pad_id
     nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T)
     smooth = -log_probs.mean(dim=-1)  # (B, T)
     loss = (1.0 - epsilon) * nll + epsilon * smooth
-    return LossResult(loss[real].sum(), nll[real].sum().detach(), int(real.sum()))
+    return LossResult(loss[real].sum(), nll[real].sum().detach(), real.sum())
 
 
 def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float, pad_id: int) -> LossResult:
@@ -51,7 +55,7 @@ def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float,
         loss = F.cross_entropy(flat, tgt, ignore_index=pad_id, label_smoothing=epsilon, reduction="sum")
         with torch.no_grad():
             nll = F.cross_entropy(flat, tgt, ignore_index=pad_id, reduction="sum") if epsilon else loss.detach()
-    return LossResult(loss, nll, int((target != pad_id).sum()))
+    return LossResult(loss, nll, (target != pad_id).sum())
 
 
 def cross_entropy_sum(logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:

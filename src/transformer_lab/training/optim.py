@@ -16,8 +16,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model: no trainable parameters (every parameter has requires_grad=False)")
+    # On a GPU one fused kernel updates every parameter (issue 14); elsewhere the multi-tensor loops.
+    impl = {"fused": True} if all(p.is_cuda for p in params) else {"foreach": True}
     if cfg.weight_decay == 0:
-        return torch.optim.Adam(params, lr=1.0, betas=betas, eps=cfg.adam_eps, foreach=True)
+        return torch.optim.Adam(params, lr=1.0, betas=betas, eps=cfg.adam_eps, **impl)
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=1.0, betas=betas, eps=cfg.adam_eps, foreach=True)
+    return torch.optim.AdamW(groups, lr=1.0, betas=betas, eps=cfg.adam_eps, **impl)
