@@ -173,6 +173,7 @@ class Trainer:
         last checkpoint): weights, optimizer, scheduler, RNG, data position. A different model shape is
         an error; changed training settings are a warning."""
         directory = find_checkpoint(path, prefer=(LAST,))
+        self._first_bad = None  # (a flag from steps before the resume is not this run's)
         # a sharded model's whole checkpoint stays on the CPU (each process then keeps its shard)
         loaded = load_model(directory, map_location="cpu" if self.runtime.sharded else self.device)
         model = self.runtime.unwrap(self.model)
@@ -284,7 +285,7 @@ class Trainer:
         on the device and ``_check_finite`` reads it where the loop writes anything (a log row, an evaluation,
         a checkpoint): such a run stops there, before any checkpoint holds the weights it reached."""
         bad = ~torch.isfinite(loss.detach())
-        if self.defer_finite_check:  # the first bad step's number, 0 for none, kept on the device
+        if self.defer_finite_check and self.runtime.world_size == 1:  # the first bad step's number, 0: none
             step = self.state.step + 1
             first = self._first_bad if self._first_bad is not None else torch.zeros((), dtype=torch.long,
                                                                                      device=bad.device)
