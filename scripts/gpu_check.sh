@@ -9,6 +9,7 @@
 #    --compile, CUDA graphs) and training, ours vs transformers on the same
 #    weights, bf16 autocast, eager and compiled (issue 14: tokens/s, MFU, ratio against transformers).
 # 2. torchrun on the device: DDP and --fsdp, one process each (the NCCL path), a GPT on this README's text.
+# 2b. bench model: the paper's base encoder-decoder against nn.Transformer, bf16, compiled, with MFU.
 # 3. --compile training against eager on the same command (issue 14's compiled-training figure on a GPU).
 # 4. bench decode: Multi30k translation, greedy and beam 4, the static cache compiled (CUDA graphs) against
 #    the growing cache; it needs Multi30k: copy it into the tree first and carry it, e.g.
@@ -18,10 +19,10 @@
 #    bf16 and compiled; needs $TRANSFORMER_LAB_DATA/tinyshakespeare/input.txt (carried as in 4).
 # Each step has its own timeout, so one that hangs does not take the others' time. All steps take more
 # than one device call (600 s): ONLY="decode bench_gpt_compile" runs only the steps named (space-separated;
-# the steps: bench_gpt bench_gpt_compile torchrun_ddp torchrun_fsdp train_eager train_compile decode
+# the steps: bench_gpt bench_gpt_compile bench_model torchrun_ddp torchrun_fsdp train_eager train_compile decode
 # shakespeare_gpu). status.txt lists this run's steps.
 set -u
-STEPS_ALL="bench_gpt bench_gpt_compile torchrun_ddp torchrun_fsdp train_eager train_compile decode shakespeare_gpu"
+STEPS_ALL="bench_gpt bench_gpt_compile bench_model torchrun_ddp torchrun_fsdp train_eager train_compile decode shakespeare_gpu"
 for name in ${ONLY:-}; do
     if [[ " $STEPS_ALL " != *" $name "* ]]; then
         echo "ONLY: unknown step '$name' (the steps: $STEPS_ALL)" >&2
@@ -37,10 +38,10 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "${QUICK:-}" ]; then
     GPT="--n-layers 2 --batches 1 --new-tokens 4 --train-batch 1 --train-len 16 --rounds 1 --train-rounds 1"
-    STEPS=6 CONTEXT=32 SENTENCES=4
+    STEPS=6 CONTEXT=32 SENTENCES=4 MODEL="--batch 2 --length 8 --steps 1 --rounds 1 --vocab-size 100"
 else
     GPT="--train-batch 8 --train-len 1024"
-    STEPS=300 CONTEXT=256 SENTENCES=500
+    STEPS=300 CONTEXT=256 SENTENCES=500 MODEL="--batch 64 --length 64"
 fi
 if command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt" 2>&1
@@ -67,6 +68,9 @@ step bench_gpt 240 "$PY" -m transformer_lab bench gpt --device "$DEVICE" --preci
 # shellcheck disable=SC2086
 step bench_gpt_compile 360 "$PY" -m transformer_lab bench gpt --device "$DEVICE" --precision "$PRECISION" --compile $GPT --json
 
+# shellcheck disable=SC2086
+step bench_model 240 "$PY" -m transformer_lab bench model --preset base --device "$DEVICE" --precision "$PRECISION" \
+    --compile $MODEL --json
 TRAIN=(train --preset lm --data README.md --tokenizer char --context "$CONTEXT" --max-steps "$STEPS" --log-every 10
        --eval-every 0 --device "$DEVICE" --precision "$PRECISION" --no-progress --overwrite)
 for mode in ddp fsdp; do

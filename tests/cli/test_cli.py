@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from transformer_lab.models.transformer import Transformer
+
 from transformer_lab.cli.main import main
 from transformer_lab.tasks import dates
 
@@ -67,6 +69,25 @@ def test_bench_model_json_has_ours_peer_ratio(capsys):
     assert {"ours", "peer", "ratio"} <= set(result)
     assert result["ratio"] == pytest.approx(result["ours"] / result["peer"], rel=1e-2)
     assert result["inference"]["peer_name"] == "torch.nn.TransformerEncoder"
+    assert "mfu_ours" not in result  # no peak known on a CPU
+
+
+def test_bench_model_mfu_against_a_given_peak_and_bf16_refused_on_cpu(capsys):
+    """MFU = (6·N + 12·(L_enc + 2·L_dec)·T·d) FLOPs per target token x tokens/s / peak (issue 14: `bench model`
+    takes --device/--precision/--compile and prints MFU)."""
+    from transformer_lab.models.presets import preset
+
+    rc = main(["bench", "model", "--preset", "tiny", "--vocab-size", "100", "--batch", "4", "--length", "8",
+               "--steps", "1", "--rounds", "1", "--peak-tflops", "2", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    cfg = preset("tiny", src_vocab_size=100, tgt_vocab_size=100)
+    n = sum(p.numel() for p in Transformer(cfg).parameters())
+    flops = 6 * n + 12 * (cfg.n_encoder_layers + 2 * cfg.n_decoder_layers) * 8 * cfg.d_model
+    assert r["mfu_ours"] == pytest.approx(flops * r["ours"] / 2e12, rel=2e-2, abs=1e-4)
+    assert r["peak_tflops"] == 2 and r["device"] == "cpu" and r["precision"] == "fp32"
+    assert main(["bench", "model", "--preset", "tiny", "--precision", "bf16"]) == 2
+    assert "bf16 is a GPU feature" in capsys.readouterr().err
 
 
 def test_bench_gpt_reports_the_same_tokens_and_mfu_against_a_given_peak(capsys):

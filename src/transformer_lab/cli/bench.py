@@ -29,7 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--steps", type=positive_int, default=5, help="timed steps per round")
     m.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds per side")
     m.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
-    m.set_defaults(run=lambda a: model.bench_model(a.preset, a.batch, a.length, a.vocab_size, a.steps, a.rounds, a.threads))
+    m.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    m.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast (GPU)")
+    m.add_argument("--compile", action="store_true", help="both models under torch.compile")
+    m.add_argument("--peak-tflops", type=positive_float, default=None,
+                   help="the device's peak for MFU (default: a known GPU's dense bf16 peak; none on a CPU)")
+    m.set_defaults(run=lambda a: model.bench_model(a.preset, a.batch, a.length, a.vocab_size, a.steps, a.rounds, a.threads,
+                                                   a.device, a.precision, a.compile, a.peak_tflops))
 
     tr = _parser(bsub, "translation", "training step in the translation pipeline vs nn.Transformer", translation.__doc__)
     tr.add_argument("--model", default="multi30k", choices=sorted(PRESETS))

@@ -92,7 +92,7 @@ def classification_loss(model: Bert, b: ClassBatch, device: torch.device) -> Ste
     logits = model(b.tokens.to(device), attention_mask=b.attention_mask.to(device)).class_logits
     labels = b.labels.to(device)
     loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-    return StepLoss(loss, loss.detach(), {"acc": float((logits.argmax(-1) == labels).float().mean())})
+    return StepLoss(loss, loss.detach(), {"acc": (logits.argmax(-1) == labels).float().mean()})  # (read when logged)
 
 
 def classify(model: Bert, ids: list[list[int]], batch_size: int = 64) -> torch.Tensor:

@@ -114,13 +114,14 @@ def pretrain_loss(nsp: bool):
         targets = labels[selected]
         mlm = F.cross_entropy(out.mlm_logits.float(), targets) if targets.numel() else out.mlm_logits.sum() * 0
         loss = mlm
-        metrics = {"mlm_acc": float((out.mlm_logits.argmax(-1) == targets).float().mean()) if targets.numel() else 0.0}
+        # (tensors, read back when a log row is written)
+        metrics = {"mlm_acc": (out.mlm_logits.argmax(-1) == targets).float().mean() if targets.numel() else 0.0}
         if nsp:
             not_next = b.not_next.to(device)
             loss = loss + F.cross_entropy(out.nsp_logits.float(), not_next)
-            metrics["nsp_acc"] = float((out.nsp_logits.argmax(-1) == not_next).float().mean())
+            metrics["nsp_acc"] = (out.nsp_logits.argmax(-1) == not_next).float().mean()
         n = tokens.size(0)
-        return StepLoss(loss * n, float(mlm.detach()) * n, metrics)
+        return StepLoss(loss * n, mlm.detach() * n, metrics)
 
     return loss_fn
 

@@ -60,7 +60,7 @@ class StepLoss:
 
     loss: torch.Tensor
     nll: torch.Tensor | float
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)  # (tensors: read when logged)
 
 
 LossFn = Callable[[torch.nn.Module, Any, torch.device], StepLoss]
@@ -273,7 +273,7 @@ class Trainer:
         if world > 1:  # the step's figures over every process's share
             names = sorted(extra)
             loss_sum, nll_sum, tokens, weight, *values = self.runtime.sum(
-                [float(loss_sum), float(nll_sum), tokens, weight, *(extra[k] for k in names)])
+                [float(loss_sum), float(nll_sum), tokens, weight, *(float(extra[k]) for k in names)])
             extra = dict(zip(names, values))
         return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": int(tokens),
                 **{k: v / weight for k, v in extra.items()}}
@@ -348,7 +348,7 @@ class Trainer:
                               "lr": row["lr"],
                               "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
                               "elapsed_s": round(st.elapsed_s, 2),
-                              **{k: v for k, v in row.items() if k not in ("loss", "nll", "lr", "tokens")}}
+                              **{k: float(v) for k, v in row.items() if k not in ("loss", "nll", "lr", "tokens")}}
                     window_tokens, window_start = 0, now
                     self._log(record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{row['lr']:.2e}",
