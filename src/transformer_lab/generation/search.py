@@ -35,6 +35,12 @@ class Step(Protocol):
     def reorder(self, index: Tensor) -> None: ...  # keep rows ``index``, in that order
 
 
+def without_padding(logp: Tensor, pad: Tensor) -> Tensor:
+    """``logp`` (N, V) with padding made impossible: a generated pad would be masked out of the decoder's
+    own keys on the next step. ``pad``: (1,) the pad id, on ``logp``'s device."""
+    return logp.index_fill(1, pad, float("-inf"))
+
+
 class Seq2SeqStep:
     """Next-token log-probabilities from our encoder-decoder for a batch of sources."""
 
@@ -44,6 +50,7 @@ class Seq2SeqStep:
         self.cache = model.new_cache() if use_cache else None
         self.record = record_cross_attention
         self.sentence = torch.arange(src.size(0), device=src.device)  # the sentence each row decodes
+        self.pad = torch.tensor([model.config.pad_id], device=src.device)
         self.cross_attention: list[Tensor] = []  # per step, last layer (N, H, 1, S), when recording
 
     def __call__(self, prefixes: Tensor) -> Tensor:
@@ -56,9 +63,7 @@ class Seq2SeqStep:
             h = self.model.decode(self.memory, self.src, prefixes, record_cross_attention=self.record)
         if self.record:
             self.cross_attention.append(self.model.decoder.layers[-1].cross_weights[:, :, -1:])
-        logp = self.model.generator(h[:, -1])  # (N, V)
-        # Never generate padding: it would be masked out of the decoder's own keys on the next step.
-        return logp.index_fill(1, torch.tensor([self.model.config.pad_id], device=logp.device), float("-inf"))
+        return without_padding(self.model.generator(h[:, -1]), self.pad)  # (N, V)
 
     def expand(self, k: int) -> None:
         self.reorder(torch.arange(self.src.size(0), device=self.src.device).repeat_interleave(k))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from transformer_lab.generation.search import without_padding
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.nn.embeddings import check_tokens
@@ -64,9 +65,7 @@ class StaticDecoder:
     beyond the need would only cost reads); None: the whole context."""
 
     def __init__(self, model: GPT, prompt_mask: Tensor, compile: bool = False, length: int | None = None):
-        problems = static_cache_problems(model)
-        if problems:
-            _refuse(problems, "generate")
+        _refuse(static_cache_problems(model), "generate")
         c = model.config
         device, dtype = _device_dtype(model)
         b, p = prompt_mask.shape
@@ -187,8 +186,7 @@ class StaticSeq2Seq:
         self_mask = (self.slot_index <= self.slot)[None, None, None, :]  # (1, 1, 1, L): the slots written so far
         cache = DecoderCache(self.self_attn, self.cross_attn)
         h = m.decoder(x, self.memory, self_mask, self.cross_mask, self.slot, False, cache)
-        # never generate padding (as Seq2SeqStep)
-        return m.generator(h[:, -1]).index_fill(1, self.pad, float("-inf"))
+        return without_padding(m.generator(h[:, -1]), self.pad)
 
 
 class StaticSeq2SeqStep:
@@ -252,7 +250,7 @@ class StaticSeq2SeqStep:
             static.k[:n, :, s:], static.v[:n, :, s:] = 0, 0
         e.cross_mask[:n] = False
         e.cross_mask[:n, ..., :s] = cross_attention_mask(self.src, m.config.pad_id)
-        return m.generator(h[:, -1]).index_fill(1, e.pad, float("-inf"))
+        return without_padding(m.generator(h[:, -1]), e.pad)
 
     def reorder(self, index: Tensor) -> None:
         """Row i continues row ``index[i]``: copied in place. The encoder's keys and values are moved

@@ -338,11 +338,12 @@ class Trainer:
                 window_tokens += row["tokens"]
                 st.elapsed_s = time.perf_counter() - start
                 bar.update(1)
+                due_log = st.step % cfg.log_every == 0 or st.step == cfg.max_steps
                 due_eval = self.validate and cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.max_steps
                 due_save = cfg.save_every and st.step % cfg.save_every == 0
-                if st.step % cfg.log_every == 0 or st.step == cfg.max_steps or due_eval or due_save:
+                if due_log or due_eval or due_save:
                     self._check_finite()
-                if st.step % cfg.log_every == 0 or st.step == cfg.max_steps:
+                if due_log:
                     now = time.perf_counter()
                     record = {"step": st.step, "epoch": st.epoch, "loss": float(row["loss"]), "nll": float(row["nll"]),
                               "lr": row["lr"],
