@@ -264,3 +264,64 @@ def test_other_head_widths(rows):
     torch.testing.assert_close(mha(x, x).output, mha.w_o(torch.cat(heads, -1)), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="positive"):
         MultiHeadAttention(12, 3, d_head=0)
+
+
+def test_causal_by_name_is_the_causal_mask_and_runs_sdpas_causal_kernel(monkeypatch):
+    """Issue 14 (FlashAttention through SDPA): ``CAUSAL`` gives the outputs and gradients of
+    ``causal_mask`` on both paths (the written-out one is the oracle), and the fused path hands SDPA
+    ``is_causal=True`` with no mask tensor (a mask rules FlashAttention out on a GPU). With a score bias
+    (ALiBi) or fewer queries than keys it builds the tensor (SDPA takes a mask or is_causal, not both)."""
+    from transformer_lab.nn.masks import CAUSAL
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, 6, DH, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    explicit = causal_mask(6)
+    oracle = reference_attention(q, k, v, explicit).output
+    g_oracle = torch.autograd.grad(oracle.sum(), (q, k, v))
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(kw) or sdpa(*a, **kw))
+    for path in (fast_attention, reference_attention):
+        out = path(q, k, v, CAUSAL).output
+        torch.testing.assert_close(out, oracle, rtol=1e-12, atol=1e-12)
+        for g, want in zip(torch.autograd.grad(out.sum(), (q, k, v)), g_oracle):
+            torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-12)
+    assert calls == [{"dropout_p": 0.0, "is_causal": True}]
+    bias = torch.randn(1, H, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(fast_attention(q, k, v, CAUSAL, bias).output,
+                               reference_attention(q, k, v, explicit, bias).output, rtol=1e-12, atol=1e-12)
+    assert calls[-1]["attn_mask"] is not None and "is_causal" not in calls[-1]
+    q3 = q[:, :, -3:]  # the last 3 queries over 6 keys: the mask's lower right corner
+    torch.testing.assert_close(fast_attention(q3, k, v, CAUSAL).output,
+                               reference_attention(q3, k, v, causal_mask(3, offset=3)).output, rtol=1e-12, atol=1e-12)
+
+
+def test_gpt_names_its_causal_mask_only_when_it_is_the_plain_one(monkeypatch):
+    """The GPT's training forward (no padding, nothing cached) reaches SDPA as is_causal=True in every
+    layer; left padding, a cached prefix and ALiBi's bias still reach it as a mask tensor; the logits are
+    the reference path's (the explicit softmax under ``causal_mask``)."""
+    from transformer_lab.models.gpt import GPT, GPTConfig
+
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(kw) or sdpa(*a, **kw))
+    tokens = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(1))
+    for position in ("learned", "rotary", "alibi"):
+        torch.manual_seed(0)
+        cfg = GPTConfig(vocab_size=50, max_len=16, d_model=32, n_heads=4, n_layers=2, d_ff=64, position=position)
+        fast, ref = GPT(cfg).eval(), GPT(GPTConfig(**{**cfg.__dict__, "attention_impl": "reference"})).eval()
+        ref.load_state_dict(fast.state_dict())
+        calls.clear()
+        torch.testing.assert_close(fast(tokens), ref(tokens), rtol=1e-5, atol=1e-5)
+        causal = [c.get("is_causal", False) and c.get("attn_mask") is None for c in calls]
+        assert causal == [position != "alibi"] * 2, (position, calls)
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=50, max_len=16, d_model=32, n_heads=4, n_layers=2, d_ff=64)).eval()
+    calls.clear()
+    m(tokens, attention_mask=torch.tensor([[False] * 2 + [True] * 7, [True] * 9]))
+    cache = m.new_cache()
+    m(tokens[:, :4], cache=cache)
+    m(tokens[:, 4:], cache=cache)  # 5 new tokens after 4 cached: the mask's lower right corner
+    assert [c.get("is_causal", False) for c in calls] == [False, False, True, True, False, False]

@@ -268,7 +268,7 @@ def test_a_non_finite_loss_stops_the_run_before_it_reaches_the_weights(tmp_path)
 def test_on_a_gpu_the_step_reads_nothing_back_and_a_non_finite_loss_stops_at_the_next_write(tmp_path, monkeypatch):
     """Issue 14 (no host sync in a GPU step; its logic run here on a CPU with the GPU's setting): neither the
     trainer nor the loss reads a tensor back to the host in a step (the loss stays on the device until a log
-    row; the model's own input checks are skipped under torch.compile, and the batch's token count is read
+    row; the models' own checks: test_host_reads.py; the batch's token count is read
     from the batch on the host); a NaN from step 3 stops the run at the next log row (step 4), before step
     4's checkpoint, naming the steps."""
     import traceback

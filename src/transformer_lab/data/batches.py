@@ -22,7 +22,7 @@ Shapes: B batch, S source length, T target length.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -264,6 +264,16 @@ class PretrainBatch:
     attention_mask: Tensor  # (B, S) bool
     labels: Tensor  # (B, S) original ids at selected positions, else IGNORE
     not_next: Tensor  # (B,)
+    # The selected positions as flat indices b * S + s, and their ids (N,): found here, on the host, so the
+    # model gathers them by index (a boolean index would read their count back from the device, and
+    # break a compiled graph).
+    mlm_positions: Tensor = field(init=False)
+    mlm_targets: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        selected = self.labels != IGNORE
+        self.mlm_positions = selected.flatten().nonzero().squeeze(1)
+        self.mlm_targets = self.labels[selected]
 
     @property
     def n_tokens(self) -> int:

@@ -164,6 +164,13 @@ class Bert(nn.Module):
             else:
                 nn.init.zeros_(p)
 
+    def check_inputs(self, tokens: Tensor, segments: Tensor | None = None) -> None:
+        """The ids' values, as ``forward`` checks them: a trainer calls this on its batch on the host (free
+        there) and runs the step inside ``nn.checks.values_checked()``, where the model reads no value back."""
+        check_tokens(tokens, self.config.vocab_size)
+        if segments is not None:
+            check_tokens(segments, self.config.type_vocab_size, "segments")
+
     def forward(
         self,
         tokens: Tensor,
@@ -172,8 +179,10 @@ class Bert(nn.Module):
         mlm_positions: Tensor | None = None,
     ) -> BertOutput:
         """tokens (B, S); segments (B, S) 0/1, default all 0; attention_mask (B, S) bool/0-1, True =
-        real token, default ``tokens != pad_id``. ``mlm_positions`` (bool (B, S)): compute MLM logits
-        only there (the 15%), returned as (N, V); otherwise for every position."""
+        real token, default ``tokens != pad_id``. ``mlm_positions``: compute MLM logits only there (the
+        15%), returned as (N, V); otherwise for every position. Either a bool (B, S) mask, or the N
+        positions' flat indices b * S + s (int64 (N,)): the indices gather without reading the mask's
+        count back to the host (a boolean index is a device sync, and a graph break under compile)."""
         check_tokens(tokens, self.config.vocab_size)  # once per batch, at the model's boundary
         (b, s), v = tokens.shape, self.n_virtual
         if self.embed.position.max_len is not None and s + v > self.config.max_len:  # relative encodings: no limit
@@ -211,11 +220,25 @@ class Bert(nn.Module):
             pooled = torch.tanh(self.pooler(pooled_from[:, 0]))  # (B, D)
         out = BertOutput(hidden, pooled)
         if self.mlm is not None:
-            out.mlm_logits = self.mlm(hidden[mlm_positions] if mlm_positions is not None else hidden)
+            out.mlm_logits = self.mlm(_select(hidden, mlm_positions))
             out.nsp_logits = self.nsp(pooled)
         if self.classifier is not None:
             out.class_logits = self.classifier(pooled)
         return out
+
+
+def _select(hidden: Tensor, positions: Tensor | None) -> Tensor:
+    """hidden (B, S, D) at ``positions`` (a bool (B, S) mask, or flat indices (N,)) -> (N, D); all when None."""
+    if positions is None:
+        return hidden
+    if positions.dtype == torch.bool:
+        if positions.shape != hidden.shape[:2]:
+            raise ValueError(f"mlm_positions: expected a mask of shape {tuple(hidden.shape[:2])}, got {tuple(positions.shape)}")
+        return hidden[positions]
+    if positions.dim() != 1 or positions.is_floating_point():
+        raise ValueError(f"mlm_positions: expected a bool (B, S) mask or int64 flat indices (N,), got "
+                         f"{positions.dtype} {tuple(positions.shape)}")
+    return hidden.flatten(0, 1).index_select(0, positions)
 
 
 def mean_pool(hidden: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:

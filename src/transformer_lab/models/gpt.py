@@ -29,7 +29,7 @@ from transformer_lab.nn.embeddings import Embeddings, TokenEmbedding, check_toke
 from transformer_lab.nn.feedforward import ACTIVATIONS
 from transformer_lab.nn.kv_cache import AttentionCache
 from transformer_lab.nn.layers import BlockConfig, Encoder, EncoderLayer
-from transformer_lab.nn.masks import causal_mask
+from transformer_lab.nn.masks import CAUSAL, causal_mask
 from transformer_lab.nn.positions import POSITION_ENCODINGS, build_position_encoding
 from transformer_lab.nn.sparse import parse_pattern
 
@@ -131,6 +131,11 @@ class GPT(nn.Module):
             else:
                 nn.init.zeros_(p)
 
+    def check_inputs(self, tokens: Tensor) -> None:
+        """The ids' values, as ``forward`` checks them: a trainer calls this on its batch on the host (free
+        there) and runs the step inside ``nn.checks.values_checked()``, where the model reads no value back."""
+        check_tokens(tokens, self.config.vocab_size)
+
     def forward_segment(self, tokens: Tensor, memory: list[Tensor] | None, mem_len: int) -> tuple[Tensor, list[Tensor]]:
         """Transformer-XL's segment recurrence (Dai et al. 2019, §3.2): every layer attends to its own
         inputs of the previous segment(s), ``memory`` (one (B, M, D) tensor per layer, no gradient
@@ -225,7 +230,8 @@ class GPT(nn.Module):
             # a long-sequence pattern holds causality itself: only the padding, (B, 1, 1, T), never (T, T)
             mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
         elif n_new > 1 or attention_mask is not None:
-            mask = causal_mask(n_new, tokens.device, offset=past)  # (1, 1, T, T_k)
+            # Named when it is the plain one (no padding, nothing cached): the fused kernel's is_causal
+            mask = CAUSAL if attention_mask is None and not past else causal_mask(n_new, tokens.device, offset=past)
             if attention_mask is not None:
                 mask = mask & attention_mask[:, None, None, :].bool()  # (B, 1, T, T_k)
         if prompt:

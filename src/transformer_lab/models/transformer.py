@@ -177,6 +177,15 @@ class Transformer(nn.Module):
         """Positions taken by a prefix or soft prompt before the real tokens (0 without one)."""
         return self.prefix.length if self.prefix is not None else self.prompt.length if self.prompt is not None else 0
 
+    def check_inputs(self, src: Tensor | None = None, tgt: Tensor | None = None) -> None:
+        """The ids' values, as ``encode``/``decode`` check them: a trainer calls this on its batch on the host
+        (free there) and runs the step inside ``nn.checks.values_checked()``, where the model reads no value
+        back from the device (lengths are checked by shape there)."""
+        if src is not None:
+            check_tokens(src, self.config.src_vocab_size, "src")
+        if tgt is not None:
+            check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
+
     # --- the two halves -------------------------------------------------------------------------
     def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Shapes: src (B, S) -> memory (B, S, D), or (B, P + S, D) after a soft prompt of P vectors.
@@ -193,6 +202,7 @@ class Transformer(nn.Module):
         if v and limit is not None and v + s > limit:
             raise ValueError(f"src: {v} prefix or prompt positions + {s} tokens = {v + s} positions, but the position "
                              f"table holds max_len={limit}; shorten the input")
+        self.src_embed.position.check_length(v + s)  # by shape: the positions' values are never read back
         pos = torch.arange(v, v + s, device=src.device)  # after a prefix or prompt, as if P tokens came first
         caches = None
         if self.prompt is not None:
@@ -247,6 +257,7 @@ class Transformer(nn.Module):
         if dp and limit is not None and dp + offset + t > limit:
             raise ValueError(f"tgt: {dp} prefix positions + {offset + t} tokens = {dp + offset + t} positions, but the "
                              f"position table holds max_len={limit}; shorten the output")
+        self.tgt_embed.position.check_length(dp + offset + t)  # by shape
         positions = torch.arange(dp + offset, dp + offset + t, device=tgt.device)  # after the prefix's, as in encode
         x = self.tgt_embed(tgt, positions)  # (B, T, D)
         if tgt_mask is None and incremental:

@@ -16,7 +16,8 @@ Two paths compute eq. 1: ``reference_attention`` writes it out and can return th
 ``fast_attention`` calls ``F.scaled_dot_product_attention`` (fused kernels). A test holds them equal.
 
 Masks: boolean, True = may attend, broadcastable to (B, H, T_q, T_k) (see ``masks``). A query whose
-keys are all masked gets a zero output (and zero gradient), never NaN.
+keys are all masked gets a zero output (and zero gradient), never NaN. ``masks.CAUSAL`` names the plain
+causal mask without building it, so the fused path can run SDPA's causal kernel (FlashAttention on a GPU).
 
 Shapes: B batch, H heads, T_q query length, T_k key length, D model width, Dh = D / H.
 """
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from transformer_lab.nn.dropout import dropout, uses_hashed_mask
 from transformer_lab.nn.kv_cache import AttentionCache
-from transformer_lab.nn.masks import check_mask
+from transformer_lab.nn.masks import CAUSAL, Causal, as_tensor, check_mask
 from transformer_lab.nn.positions import PositionEncoding
 
 
@@ -50,14 +51,14 @@ def reference_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    mask: Tensor | None = None,
+    mask: Tensor | Causal | None = None,
     bias: Tensor | None = None,
     dropout_p: float = 0.0,
     value_term: Callable[[Tensor], Tensor] | None = None,
 ) -> AttentionResult:
     """Eq. 1 written out. Shapes: q (B, H, T_q, Dh), k, v (B, H, T_k, Dh) -> (B, H, T_q, Dh)."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T_q, T_k)
-    return attend_scores(scores, v, mask, bias, dropout_p, value_term)
+    return attend_scores(scores, v, as_tensor(mask, q.size(-2), k.size(-2), q.device), bias, dropout_p, value_term)
 
 
 def attend_scores(scores: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
@@ -83,15 +84,20 @@ def fast_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    mask: Tensor | None = None,
+    mask: Tensor | Causal | None = None,
     bias: Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> AttentionResult:
-    """Eq. 1 on ``F.scaled_dot_product_attention``; same contract as ``reference_attention``. With
+    """Eq. 1 on ``F.scaled_dot_product_attention``; same contract as ``reference_attention``. ``CAUSAL``
+    (no bias, as many queries as keys) is SDPA's ``is_causal``: FlashAttention on a GPU. With
     dropout under torch.compile on a CPU, eq. 1 written out instead (inductor fuses it as well, and the
     dropout mask is then ``nn.dropout``'s hashed one, not a Philox draw per element)."""
     if dropout_p > 0 and uses_hashed_mask(q):
         return AttentionResult(reference_attention(q, k, v, mask, bias, dropout_p).output, None)
+    if mask is CAUSAL:
+        if bias is None and q.size(-2) == k.size(-2):  # the causal kernel: no mask tensor, no row without a key
+            return AttentionResult(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True), None)
+        mask = Causal.materialize(q.size(-2), k.size(-2), q.device)  # (SDPA takes a mask or is_causal, not both)
     attn_mask, has_key = mask, None
     if mask is not None:
         has_key = mask.any(dim=-1, keepdim=True)  # (B|1, H|1, T_q, 1): rows that see at least one key
@@ -303,7 +309,9 @@ class MultiHeadAttention(nn.Module):
                 track = positioned and self.position.biases_scores
                 k, v = cache.append(k, v, k_pos if track else None)  # (B, H, T_cached + T_new, Dh)
                 k_pos = cache.positions(k.device) if track else k_pos
-        if mask is not None:
+        if mask is CAUSAL and (self.pattern is not None or self.score == "additive" or k.size(2) != t_q):
+            mask = Causal.materialize(t_q, k.size(2), q.device)  # (only the fused path takes it by name)
+        if mask is not None and mask is not CAUSAL:
             check_mask(mask, b, self.n_heads, t_q, k.size(2))
         p = self.dropout if self.training else 0.0
         if self.pattern is not None:

@@ -25,6 +25,31 @@ def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
     return (tokens != pad_id)[:, None, None, :]
 
 
+class Causal:
+    """The plain causal mask named, not built: query i sees keys 0..i, as many queries as keys, no padding.
+
+    A model passes ``CAUSAL`` where it would pass ``causal_mask(T)``; the fused attention then asks
+    ``F.scaled_dot_product_attention`` for ``is_causal=True`` with no mask tensor, which on a GPU is
+    FlashAttention (a mask tensor rules it out) and skips the blocks above the diagonal. Everything that
+    needs the tensor (the explicit path, a score bias, a pattern) builds it: ``materialize``."""
+
+    def __repr__(self) -> str:
+        return "CAUSAL"
+
+    @staticmethod
+    def materialize(t_q: int, t_k: int, device: torch.device | str | None = None) -> Tensor:
+        """As ``causal_mask``: the last t_q of t_k positions. Shapes: -> (1, 1, T_q, T_k)."""
+        return causal_mask(t_q, device, offset=t_k - t_q)
+
+
+CAUSAL = Causal()
+
+
+def as_tensor(mask: "Tensor | Causal | None", t_q: int, t_k: int, device: torch.device | str | None) -> Tensor | None:
+    """``mask`` as a tensor (or None): ``CAUSAL`` built for T_q queries over T_k keys, anything else as it is."""
+    return Causal.materialize(t_q, t_k, device) if mask is CAUSAL else mask
+
+
 def causal_mask(t: int, device: torch.device | str | None = None, offset: int = 0) -> Tensor:
     """Sequence (look-ahead) mask of the decoder, §3.2.3: position i attends to positions <= i.
 
@@ -66,7 +91,7 @@ def token_keep(mask: Tensor | None, t: int) -> Tensor | None:
     (B, 1, 1, T) gives its row; a square (B|1, 1, T, T) mask its diagonal (a real token sees itself).
     None when the mask says nothing per position (None, or a cached step's (.., 1, T_k) mask).
     Shapes: -> (B|1, T) bool."""
-    if mask is None or mask.size(-1) != t:
+    if mask is None or mask is CAUSAL or mask.size(-1) != t:  # (CAUSAL: no padding, every position real)
         return None
     if mask.size(-2) == 1:
         return mask[:, 0, 0, :]

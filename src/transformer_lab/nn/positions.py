@@ -29,6 +29,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from transformer_lab.nn.checks import skip_value_checks
+
 
 class PositionEncoding(nn.Module):
     """Base class: every hook defaults to "no position information here"."""
@@ -66,17 +68,28 @@ class PositionEncoding(nn.Module):
         return self
 
     def check_positions(self, positions: Tensor) -> None:
-        """Values, so a host sync: skipped while torch.compile traces (callers check lengths by shape)."""
-        if torch.compiler.is_compiling():
+        """Values, so a host sync: skipped while torch.compile traces and inside ``nn.checks.values_checked()``
+        (callers check lengths by shape, ``check_length``)."""
+        if skip_value_checks():
             return
-        if self.max_len is not None and positions.numel() and int(positions.max()) >= self.max_len:
-            raise ValueError(
-                f"positions: sequence needs position {int(positions.max())}, but the position "
-                f"table holds max_len={self.max_len} positions (0..{self.max_len - 1}); "
-                f"shorten the input or build the model with a larger max_len"
-            )
-        if positions.numel() and int(positions.min()) < 0:
-            raise ValueError(f"positions: expected non-negative positions, got {int(positions.min())}")
+        if not positions.numel():
+            return
+        lo, hi = torch.stack(torch.aminmax(positions)).tolist()  # one read back, not two
+        if self.max_len is not None and hi >= self.max_len:
+            self._too_long(hi)
+        if lo < 0:
+            raise ValueError(f"positions: expected non-negative positions, got {lo}")
+
+    def check_length(self, n: int) -> None:
+        """ValueError unless positions 0..n-1 fit the table (by shape: no host sync)."""
+        if self.max_len is not None and n > self.max_len:
+            self._too_long(n - 1)
+
+    def _too_long(self, position: int) -> None:
+        raise ValueError(
+            f"positions: sequence needs position {position}, but the position table holds max_len={self.max_len} "
+            f"positions (0..{self.max_len - 1}); shorten the input or build the model with a larger max_len"
+        )
 
 
 def sinusoid_table(max_len: int, d_model: int) -> Tensor:

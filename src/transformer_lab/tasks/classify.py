@@ -41,7 +41,7 @@ from transformer_lab.tasks.embed import BERT_RECIPE, by_length, encode_texts, ex
 from transformer_lab.tasks.quantize import copied, hf_tokenizer_files
 from transformer_lab.tokenizers.io import load_bert_tokenizer
 from transformer_lab.training.config import TrainConfig
-from transformer_lab.training.loop import StepLoss
+from transformer_lab.training.loop import StepLoss, check_on_host
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,9 @@ def classification_loss(model: Bert, b: ClassBatch, device: torch.device) -> Ste
     labels = b.labels.to(device)
     loss = F.cross_entropy(logits.float(), labels, reduction="sum")
     return StepLoss(loss, loss.detach(), {"acc": (logits.argmax(-1) == labels).float().mean()})  # (read when logged)
+
+
+classification_loss.check_batch = lambda model, b: check_on_host(model, b.tokens)  # (see training.loop.LossFn)
 
 
 def classify(model: Bert, ids: list[list[int]], batch_size: int = 64) -> torch.Tensor:

@@ -40,7 +40,7 @@ from transformer_lab.tokenizers.io import checkpoint_tokenizer, load_tokenizer, 
 from transformer_lab.tokenizers.streaming import IncrementalDecoder
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.losses import cross_entropy_sum, perplexity
-from transformer_lab.training.loop import StepLoss
+from transformer_lab.training.loop import StepLoss, check_on_host
 from transformer_lab.training.records import finite_or_none
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,9 @@ def lm_loss(model: GPT, batch: LMBatch, device: torch.device) -> StepLoss:
     return StepLoss(loss, loss.detach())
 
 
+lm_loss.check_batch = lambda model, batch: check_on_host(model, batch.x)  # (see training.loop.LossFn)
+
+
 class SegmentLoss:
     """``lm_loss`` over consecutive segments with Transformer-XL's memory (``GPT.forward_segment``): each
     batch of ``SegmentStreams`` attends to the last ``mem_len`` positions of the batches before it in its
@@ -161,6 +164,9 @@ class SegmentLoss:
         logits, self.memory = unwrap(model).forward_segment(x, memory, self.mem_len)  # (a single process: DDP is issue 14)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
         return StepLoss(loss, loss.detach())
+
+    def check_batch(self, model: GPT, batch: LMBatch) -> bool:
+        return check_on_host(model, batch.x)
 
     def state_dict(self) -> dict[str, Any]:
         return {"memory": None if self.memory is None else [m.cpu() for m in self.memory]}

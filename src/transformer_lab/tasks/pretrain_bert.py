@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from transformer_lab.config import check_positive
 from transformer_lab.data.batches import PretrainBatch, PretrainBatches
-from transformer_lab.data.mlm import IGNORE, PairExample, held_out_documents, make_pairs, read_documents
+from transformer_lab.data.mlm import PairExample, held_out_documents, make_pairs, read_documents
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.presets import BERT_PRESETS, bert_preset
 from transformer_lab.nn.positions import POSITION_ENCODINGS
@@ -32,7 +32,7 @@ from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training
 from transformer_lab.tasks.embed import BERT_RECIPE, export
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 from transformer_lab.training.config import TrainConfig
-from transformer_lab.training.loop import StepLoss
+from transformer_lab.training.loop import StepLoss, check_on_host
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +108,14 @@ def build(cfg: PretrainConfig, tok: WordPieceTokenizer) -> Bert:
 
 def pretrain_loss(nsp: bool):
     def loss_fn(model: Bert, b: PretrainBatch, device: torch.device) -> StepLoss:
-        tokens, segments, mask, labels = (t.to(device) for t in (b.tokens, b.segments, b.attention_mask, b.labels))
-        selected = labels != IGNORE
-        out = model(tokens, segments, mask, mlm_positions=selected)
-        targets = labels[selected]
-        mlm = F.cross_entropy(out.mlm_logits.float(), targets) if targets.numel() else out.mlm_logits.sum() * 0
+        # (the selected positions come as flat indices, found on the host: PretrainBatch.mlm_positions)
+        tokens, segments, mask, positions, targets = (t.to(device, non_blocking=True) for t in (
+            b.tokens, b.segments, b.attention_mask, b.mlm_positions, b.mlm_targets))
+        out = model(tokens, segments, mask, mlm_positions=positions)
+        mlm = F.cross_entropy(out.mlm_logits.float(), targets) if len(targets) else out.mlm_logits.sum() * 0
         loss = mlm
         # (tensors, read back when a log row is written)
-        metrics = {"mlm_acc": (out.mlm_logits.argmax(-1) == targets).float().mean() if targets.numel() else 0.0}
+        metrics = {"mlm_acc": (out.mlm_logits.argmax(-1) == targets).float().mean() if len(targets) else 0.0}
         if nsp:
             not_next = b.not_next.to(device)
             loss = loss + F.cross_entropy(out.nsp_logits.float(), not_next)
@@ -123,6 +123,7 @@ def pretrain_loss(nsp: bool):
         n = tokens.size(0)
         return StepLoss(loss * n, mlm.detach() * n, metrics)
 
+    loss_fn.check_batch = lambda model, b: check_on_host(model, b.tokens, b.segments)  # (see training.loop.LossFn)
     return loss_fn
 
 
@@ -139,10 +140,9 @@ def evaluate_pretraining(model: Bert, source: PretrainBatches, nsp: bool, max_ba
         if max_batches is not None and k >= max_batches:
             break
         b = source.make(idx)
-        selected = b.labels != IGNORE
         out = model(b.tokens.to(device), b.segments.to(device), b.attention_mask.to(device),
-                    mlm_positions=selected.to(device))
-        targets = b.labels[selected].to(device)
+                    mlm_positions=b.mlm_positions.to(device))
+        targets = b.mlm_targets.to(device)
         correct += int((out.mlm_logits.argmax(-1) == targets).sum())
         loss_sum += float(F.cross_entropy(out.mlm_logits.float(), targets, reduction="sum"))
         count += targets.numel()

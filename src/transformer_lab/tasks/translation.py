@@ -42,7 +42,7 @@ from transformer_lab.tokenizers.io import load_tokenizer
 from transformer_lab.tokenizers.special import BOS_ID, EOS_ID, PAD_ID, SEQ2SEQ_SPECIALS
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.losses import label_smoothed_cross_entropy, label_smoothed_nll, perplexity
-from transformer_lab.training.loop import StepLoss
+from transformer_lab.training.loop import StepLoss, check_on_host
 from transformer_lab.training.records import finite_or_none
 
 log = logging.getLogger(__name__)
@@ -220,6 +220,7 @@ def seq2seq_loss(label_smoothing: float):
         res = label_smoothed_cross_entropy(logits.float(), tgt_out, label_smoothing, b.pad_id)
         return StepLoss(res.loss, res.nll)
 
+    loss_fn.check_batch = lambda model, b: check_on_host(model, b.src, b.tgt_in)  # (see training.loop.LossFn)
     return loss_fn
 
 

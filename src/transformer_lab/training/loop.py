@@ -28,6 +28,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from transformer_lab.nn.checks import values_checked
 from transformer_lab.nn.layers import set_dropout
 from transformer_lab.runs import LAST, RunFolder, find_checkpoint, load_model, load_train_state, save_checkpoint
 from transformer_lab.runtime import Runtime
@@ -64,6 +65,19 @@ class StepLoss:
 
 
 LossFn = Callable[[torch.nn.Module, Any, torch.device], StepLoss]
+# A loss function may carry ``check_batch(model, batch) -> bool``: it checks the batch's ids on the host, where
+# they are (``check_on_host``), and says whether it did; the trainer then runs the step inside
+# ``values_checked()``, so the model reads no id back from the device (a host sync on a GPU; skipped under
+# compile, where this keeps a wrong batch a clear error).
+
+
+def check_on_host(model: torch.nn.Module, *inputs: torch.Tensor | None) -> bool:
+    """``model.check_inputs(*inputs)`` when the model has it (True); False for one without (it checks itself)."""
+    check = getattr(model, "check_inputs", None)
+    if check is None:
+        return False
+    check(*inputs)
+    return True
 
 
 @dataclass
@@ -121,7 +135,7 @@ class Trainer:
         if cfg.compile:
             # Compiled on the first step (fixed shapes; after a new shape, shapes become symbolic: one more
             # compile). The forward reads no token values back to the host (the id checks are skipped while
-            # tracing), so the graph is whole; batches come from the run's own tokenizer. The task's loss is
+            # tracing; the task's ``check_batch`` checks them on the host), so the graph is whole. The loss is
             # traced with the model (in one process one graph: inductor fuses the cross-entropy's softmax with
             # its neighbours), unless it carries state between steps (a segment memory): that runs eager.
             # Dropout masks under compile on a CPU are nn.dropout's hashed ones (inductor's own generator is
@@ -260,7 +274,7 @@ class Trainer:
         extra: dict[str, float] = {}
         for i, (b, w) in enumerate(batches):
             with self.runtime.no_sync(self.model, last=i == len(batches) - 1), self._autocast():
-                res = (self._compiled_loss or self.loss_fn)(self.model, b, self.device)
+                res = self._loss(b)
                 loss = res.loss * (w * world / total)
                 self._watch_finite(loss)
                 self.scaler.scale(loss).backward()
@@ -277,6 +291,16 @@ class Trainer:
             extra = dict(zip(names, values))
         return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": int(tokens),
                 **{k: v / weight for k, v in extra.items()}}
+
+    def _loss(self, b: Any) -> StepLoss:
+        """The task's loss on one micro-batch; with its ``check_batch`` (see ``LossFn``), checked on the host
+        first and run inside ``values_checked()``."""
+        fn = self._compiled_loss or self.loss_fn
+        check = getattr(self.loss_fn, "check_batch", None)
+        if check is None or not check(self.runtime.unwrap(self.model), b):
+            return fn(self.model, b, self.device)
+        with values_checked():
+            return fn(self.model, b, self.device)
 
     def _watch_finite(self, loss: torch.Tensor) -> None:
         """Stop on a loss that is not finite. On a CPU, and in a distributed run (every process must stop at
