@@ -28,6 +28,10 @@
 # than one device call (600 s): ONLY="decode bench_gpt_compile" runs only the steps named (space-separated;
 # the steps: bench_gpt bench_gpt_compile bench_model torchrun_ddp torchrun_fsdp train_eager train_compile decode
 # m30k_eager m30k_compile shakespeare_gpu). status.txt lists this run's steps.
+# A lent GPU comes with ~15 minutes, its start included: run in the issue's order of importance, each call well
+# inside 600 s: ONLY="bench_gpt_compile shakespeare_gpu" (GPT-2 training and decoding against transformers
+# compiled; nanoGPT's recipe), then ONLY="m30k_eager m30k_compile decode", then what time is left for:
+# bench_gpt bench_model torchrun_ddp torchrun_fsdp train_eager train_compile.
 set -u
 STEPS_ALL="bench_gpt bench_gpt_compile bench_model torchrun_ddp torchrun_fsdp train_eager train_compile decode m30k_eager
 m30k_compile shakespeare_gpu"
