@@ -165,8 +165,7 @@ class Bert(nn.Module):
                 nn.init.zeros_(p)
 
     def check_inputs(self, tokens: Tensor, segments: Tensor | None = None) -> None:
-        """The ids' values, as ``forward`` checks them: a trainer calls this on its batch on the host (free
-        there) and runs the step inside ``nn.checks.values_checked()``, where the model reads no value back."""
+        """The ids' values, as ``forward`` checks them (on the host; see ``Transformer.check_inputs``)."""
         check_tokens(tokens, self.config.vocab_size)
         if segments is not None:
             check_tokens(segments, self.config.type_vocab_size, "segments")

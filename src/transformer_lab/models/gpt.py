@@ -132,8 +132,7 @@ class GPT(nn.Module):
                 nn.init.zeros_(p)
 
     def check_inputs(self, tokens: Tensor) -> None:
-        """The ids' values, as ``forward`` checks them: a trainer calls this on its batch on the host (free
-        there) and runs the step inside ``nn.checks.values_checked()``, where the model reads no value back."""
+        """The ids' values, as ``forward`` checks them (on the host; see ``Transformer.check_inputs``)."""
         check_tokens(tokens, self.config.vocab_size)
 
     def forward_segment(self, tokens: Tensor, memory: list[Tensor] | None, mem_len: int) -> tuple[Tensor, list[Tensor]]:

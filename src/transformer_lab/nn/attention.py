@@ -309,8 +309,8 @@ class MultiHeadAttention(nn.Module):
                 track = positioned and self.position.biases_scores
                 k, v = cache.append(k, v, k_pos if track else None)  # (B, H, T_cached + T_new, Dh)
                 k_pos = cache.positions(k.device) if track else k_pos
-        if mask is CAUSAL and (self.pattern is not None or self.score == "additive" or k.size(2) != t_q):
-            mask = Causal.materialize(t_q, k.size(2), q.device)  # (only the fused path takes it by name)
+        if mask is CAUSAL and (self.pattern is not None or self.score == "additive"):
+            mask = Causal.materialize(t_q, k.size(2), q.device)  # (eq. 1's two paths take it by name)
         if mask is not None and mask is not CAUSAL:
             check_mask(mask, b, self.n_heads, t_q, k.size(2))
         p = self.dropout if self.training else 0.0

@@ -309,7 +309,7 @@ class Trainer:
         on the device and ``_check_finite`` reads it where the loop writes anything (a log row, an evaluation,
         a checkpoint): such a run stops there, before any checkpoint holds the weights it reached."""
         bad = ~torch.isfinite(loss.detach())
-        if self.defer_finite_check and self.runtime.world_size == 1:  # the first bad step's number, 0: none
+        if self.defer_finite_check:  # (one process on a GPU) the first bad step's number, 0: none
             step = self.state.step + 1
             first = self._first_bad if self._first_bad is not None else torch.zeros((), dtype=torch.long,
                                                                                      device=bad.device)
