@@ -24,7 +24,8 @@
 #    needs Multi30k (carried as in 4). The summary gives the steady steps/s (after the first log row).
 # 5. train --preset shakespeare-char-gpu (nanoGPT's GPU recipe; issue 14: validation <= 1.47 in <= 90 s),
 #    bf16 and compiled; needs $TRANSFORMER_LAB_DATA/tinyshakespeare/input.txt (carried as in 4).
-# Each step has its own timeout, so one that hangs does not take the others' time. All steps take more
+# Each step has its own timeout, so one that hangs does not take the others' time, and none starts after
+# DEADLINE seconds (default 520; the summary and archive in $OUT are refreshed after every step). All steps take more
 # than one device call (600 s): ONLY="decode bench_gpt_compile" runs only the steps named (space-separated;
 # the steps: bench_gpt bench_gpt_compile bench_model torchrun_ddp torchrun_fsdp train_eager train_compile decode
 # m30k_eager m30k_compile shakespeare_gpu). status.txt lists this run's steps.
@@ -46,9 +47,12 @@ for name in $ONLY; do
 done
 OUT=${OUT:-/tmp/gpu_check}
 WORK=${WORK:-/tmp/gpu_check_work}
+# Seconds from the start after which no step begins and each step's limit is cut to what is left: a device
+# call ends at 600 s, and one killed there returns only what is already in $OUT (refreshed after each step).
+DEADLINE=${DEADLINE:-520}
 DEVICE=${DEVICE:-cuda}
 PRECISION=${PRECISION:-bf16}
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}  # (the device image's python3 holds torch)
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)  # (absolute: the packing below runs in $WORK)
 : > "$WORK/status.txt"
@@ -73,13 +77,26 @@ wanted() {  # wanted NAME: whether ONLY (when set) names this step
     [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]
 }
 
+collect() {  # the summary and the archive as they stand, so a call cut short still returns what ran
+    "$PY" "$(dirname "$0")/gpu_summary.py" "$WORK" > "$OUT/summary.txt" 2>&1
+    (cd "$WORK" && find . -maxdepth 2 \( -name '*.json' -o -name '*.log' -o -name '*.txt' -o -name '*.csv' \
+        -o -name '*.png' \) -print0 | tar czf "$OUT/gpu_check.tgz" --null -T -)
+}
+
 step() {  # step NAME SECONDS COMMAND...: stdout to NAME.json, stderr to NAME.log, status to status.txt
     local name=$1 limit=$2
     shift 2
     wanted "$name" || return 0
+    local left=$((DEADLINE - SECONDS))
+    if [ "$left" -lt 30 ]; then
+        echo "$name skipped: ${left} s left of DEADLINE=$DEADLINE" >> "$WORK/status.txt"
+        return 0
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     local t0=$SECONDS
-    timeout "$limit" "$@" > "$WORK/$name.json" 2> "$WORK/$name.log"
-    echo "$name rc=$? $((SECONDS - t0)) s" >> "$WORK/status.txt"
+    timeout -k 20 "$limit" "$@" > "$WORK/$name.json" 2> "$WORK/$name.log"  # (KILL 20 s after TERM)
+    echo "$name rc=$? $((SECONDS - t0)) s (limit $limit s)" >> "$WORK/status.txt"
+    collect
 }
 
 # shellcheck disable=SC2086  # $GPT holds several arguments
@@ -133,7 +150,5 @@ elif [ -f "$SC" ]; then
 else
     echo "shakespeare_gpu skipped: no $SC" >> "$WORK/status.txt"
 fi
-"$PY" "$(dirname "$0")/gpu_summary.py" "$WORK" > "$OUT/summary.txt" 2>&1
-(cd "$WORK" && find . -maxdepth 2 \( -name '*.json' -o -name '*.log' -o -name '*.txt' -o -name '*.csv' -o -name '*.png' \) \
-    -print0 | tar czf "$OUT/gpu_check.tgz" --null -T -)
+collect
 cat "$OUT/summary.txt"

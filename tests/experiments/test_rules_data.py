@@ -6,17 +6,20 @@ from transformer_lab.experiments.questions.vs_rnn import LSTM, TRANSFORMER
 
 
 
-def tokenizers(unknown=0.001, bpe_max_count=True, wp_max_score=True, disagree=True, wp_gain=10.0, freq_gain=100.0):
+def tokenizers(unknown=0.001, bpe_max_count=True, wp_max_gain=True, disagree=True, wp_gain=10.0, freq_gain=100.0):
     def rows(**flags):
         return [dict(step=i, pair=["a", "b"], count=5, gain=gain, is_max_count=flags.get("count", False),
-                     is_max_score=flags.get("score", False), criteria_disagree=disagree) for i, gain in
+                     is_max_gain=flags.get("max_gain", False), criteria_disagree=disagree) for i, gain in
                 enumerate([flags["gain"] / 2] * 2)]
 
     seg = dict(tokens_per_sentence=20.0, tokens_per_word=1.3, unknown_rate=unknown, unknown_word_rate=unknown)
-    lang = dict(lang="en", sizes=[dict(size=1000, merges=900, bpe=seg, wordpiece=seg)],
+    # the pmi score's figures are reported, not judged: its bad segmentation changes no outcome
+    pmi = dict(tokens_per_sentence=40.0, tokens_per_word=2.5, unknown_rate=0.5, unknown_word_rate=0.5)
+    lang = dict(lang="en", sizes=[dict(size=1000, merges=900, bpe=seg, wordpiece=seg, wordpiece_pmi=pmi)],
                 bpe_replay=rows(count=bpe_max_count, gain=50.0),
-                wordpiece_replay=rows(score=wp_max_score, gain=wp_gain),
-                frequency_replay_wordpiece_symbols=rows(count=True, gain=freq_gain))
+                wordpiece_replay=rows(max_gain=wp_max_gain, gain=wp_gain),
+                frequency_replay_wordpiece_symbols=rows(count=True, gain=freq_gain),
+                pmi_replay_wordpiece_symbols=rows(gain=1.0))
     return {"langs": [lang], "replay": 2}
 
 
@@ -50,7 +53,7 @@ CASES = [
     ("bpe-wordpiece", tokenizers(wp_gain=200.0), "confirmed"),
     ("bpe-wordpiece", tokenizers(), "partly"),
     ("bpe-wordpiece", tokenizers(unknown=0.05), "refuted"),
-    ("bpe-wordpiece", tokenizers(wp_max_score=False), "refuted"),
+    ("bpe-wordpiece", tokenizers(wp_max_gain=False), "refuted"),
     ("bpe-wordpiece", tokenizers(bpe_max_count=False), "refuted"),
     ("bpe-wordpiece", tokenizers(disagree=False), "inconclusive"),
 

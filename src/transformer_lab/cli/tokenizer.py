@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--vocab-size", type=positive_int, help="final vocabulary size (bytelevel, wordpiece)")
     t.add_argument("--merges", type=positive_int, help="number of merge operations (bpe)")
     t.add_argument("--min-frequency", type=positive_int, default=2,
-                   help="ignore pairs (bpe, bytelevel) or words (wordpiece) rarer than this")
+                   help="merge no pair seen fewer times than this")
     t.add_argument("--cased", action="store_true", help="wordpiece: keep case and accents")
     t.add_argument("--out", required=True, help="output folder")
     t.set_defaults(func=train)

@@ -121,8 +121,7 @@ def corpus() -> PretrainData:
     the SST-2 sentences fine-tuning may use: ~13,000 rows of embedding and output layer instead of
     30,522. WordPiece's greedy longest match splits these texts exactly as the whole vocabulary does
     (every piece it picks is kept; no longer match was there to begin with). The sentences are encoded
-    once, by the fast (Rust) tokenizer, whose ids the tokenizer tests hold equal to ours. (Our WordPiece
-    trainer, at a few thousand entries, leaves common words in letters: "we" -> w ##e.)"""
+    once, by the fast (Rust) tokenizer, whose ids the tokenizer tests hold equal to ours."""
     docs = read_documents(data_file("tinyshakespeare/input.txt"))
     tx, _, dx, _ = sst2_pool()
     full = WordPieceTokenizer.from_vocab_file(minilm_folder() / "vocab.txt", lowercase=True)
