@@ -180,3 +180,72 @@ def test_a_lock_file_removed_under_a_waiting_opener_is_not_a_second_lock(tmp_pat
     with pytest.raises(RunFolderInUse):
         RunFolder(run).lock()
     folder.unlock()
+
+
+def test_overwrite_keeps_the_earlier_run_when_the_new_command_fails(finished_run, tmp_path, capsys):
+    """--overwrite removed the earlier run as the folder opened, so a typo in --data left an empty
+    folder; now the earlier run goes only once the new one's data and model are ready."""
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(finished_run, out)
+    missing = tmp_path / "typo.txt"
+    assert main(["train", "--preset", "lm", "--data", str(missing), "--out", str(out), "--overwrite",
+                 "--no-progress"]) == 2
+    assert "typo.txt" in capsys.readouterr().err
+    assert load_model(out / "checkpoints" / "last").meta["step"] == 3  # the earlier run, whole
+    assert (out / "metrics.csv").is_file()
+
+
+def test_resume_without_out_continues_in_the_resumed_folder(finished_run, tmp_path, monkeypatch):
+    """`--resume RUN` without --out wrote the continuation to the preset's default folder (runs/dates)
+    and left RUN at its old step; now it continues RUN itself (a checkpoint folder's run too)."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "demo"
+    shutil.copytree(finished_run, out)
+    assert main(["train", "--resume", str(out), *SHORT_RUN, "--max-steps", "4"]) == 0
+    assert load_model(out / "checkpoints" / "last").meta["step"] == 4
+    assert main(["train", "--resume", str(out / "checkpoints" / "last"), *SHORT_RUN, "--max-steps", "5"]) == 0
+    assert load_model(out / "checkpoints" / "last").meta["step"] == 5
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_from_another_task_is_a_clear_error(finished_run, tmp_path, capsys):
+    """A GPT run resumed from the dates task's run: an error naming both models, no traceback."""
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be, that is the question\n" * 50)
+    assert main(["train", "--preset", "lm", "--data", str(text), "--tokenizer", "char", "--context", "16",
+                 "--out", str(tmp_path / "lm"), "--resume", str(finished_run), "--max-steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a Transformer model, this run trains a GPT" in err and "Traceback" not in err
+
+
+def test_a_run_with_only_a_best_checkpoint_gets_one_consistent_message(finished_run, tmp_path, capsys):
+    """A run killed before its first save left checkpoints/best only: `--resume` said "no checkpoint
+    (last)" and a fresh run said "resume it"; now the fresh run says it cannot be resumed."""
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(finished_run, out)
+    (out / "checkpoints" / "last").rename(out / "checkpoints" / "best")
+    assert main(["train", "--out", str(out), *SHORT_RUN]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be resumed" in err and "--resume" not in err
+
+
+def test_weights_are_as_readable_as_the_other_files(finished_run):
+    """safetensors writes 0o600: a group that could read a run's config could not read its weights.
+    Every file of a checkpoint now has the mode the umask gives."""
+    last = finished_run / "checkpoints" / "last"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in last.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == modes["config.json"], modes
+
+
+def test_translate_on_the_demos_checkpoint_says_what_it_is(finished_run, capsys):
+    """A new user's first try after `make demo`: `translate --checkpoint runs/demo ...` said "no tokenizer
+    folder; is this a translation checkpoint?" (it is one); now it names the dates task and what to use."""
+    assert main(["translate", "--checkpoint", str(finished_run), "1987-03-21"]) == 2
+    err = capsys.readouterr().err
+    assert "dates task" in err and "multi30k" in err and "Traceback" not in err

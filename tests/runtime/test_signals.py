@@ -45,3 +45,22 @@ def test_a_step_finishes_and_a_second_signal_changes_nothing():
     with pytest.raises(Interrupted):  # an interruptible section entered after a signal does not run
         with stop.interruptible():
             pytest.fail("ran after the stop")
+
+
+def test_hangup_stops_like_sigterm_unless_nohup_ignores_it():
+    """A closed terminal (SIGHUP) killed a run at once, without a save; it is now a stop request like
+    SIGTERM. Under ``nohup`` (SIGHUP ignored) it stays ignored: the run goes on."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        stop = StopRequest()
+        with stop.installed():
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.signum == signal.SIGHUP
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        stop = StopRequest()
+        with stop.installed():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+        assert stop.signum is None and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -80,6 +80,12 @@ def test_evaluate_lm_equals_a_direct_computation(data):
             total += F.cross_entropy(model(w[None, :-1])[0], w[1:], reduction="sum").item()
             count += len(w) - 1
     assert res["tokens"] == count == 102 and res["loss"] == pytest.approx(total / count, rel=1e-5)
+    # a text no longer than one window is scored as one window (was: a RuntimeError from unfold)
+    for n in (2, 10, 17):
+        short = lm.evaluate_lm(model, ids[:n], 16)
+        with torch.no_grad():
+            direct = F.cross_entropy(model(ids[None, :n - 1])[0], ids[1:n]).item()
+        assert short["tokens"] == n - 1 and short["loss"] == pytest.approx(direct, rel=1e-5)
 
 
 def test_subword_lm_end_to_end(tmp_path, capsys):
@@ -272,3 +278,21 @@ def test_memory_training_resumes_exactly(tmp_path):
     summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["val_loss"] > 0
     assert main(common[:-1] + ["--position", "learned", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_cli_refuses_label_smoothing_and_finds_data_under_the_data_root(tmp_path, monkeypatch, capsys):
+    """`--label-smoothing` on a language model was accepted silently (the CLI set the training config
+    after the check); `--data tinyshakespeare/input.txt`, as the README writes it, failed outside the
+    data folder: a relative path not found here is now looked up under $TRANSFORMER_LAB_DATA."""
+    root = tmp_path / "data"
+    (root / "texts").mkdir(parents=True)
+    (root / "texts" / "t.txt").write_text(TEXT)
+    monkeypatch.setenv("TRANSFORMER_LAB_DATA", str(root))
+    monkeypatch.chdir(tmp_path)
+    short = ["--tokenizer", "char", "--context", "16", "--max-steps", "2", "--eval-every", "0", "--no-progress"]
+    assert main(["train", "--preset", "lm", "--data", "texts/t.txt", "--label-smoothing", "0.1", "--out", "r1",
+                 *short]) == 2
+    assert "label_smoothing" in capsys.readouterr().err
+    assert main(["train", "--preset", "lm", "--data", "texts/t.txt", "--out", "r2", *short]) == 0
+    assert main(["train", "--preset", "lm", "--data", "texts/nope.txt", "--out", "r3", *short]) == 2
+    assert "nor under $TRANSFORMER_LAB_DATA" in capsys.readouterr().err

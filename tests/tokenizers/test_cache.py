@@ -40,3 +40,20 @@ def test_the_special_token_setting_is_part_of_the_key(tmp_path):
     as_special = encode_file_cached(corpus, FastTokenizer.from_tokenizer(ours), tmp_path / "cache")
     assert as_text == [ours.encode("the cat [SEP] sat", allow_special=False)]
     assert as_special == [ours.encode("the cat [SEP] sat")] and as_special != as_text
+
+
+def test_a_damaged_entry_is_encoded_again(tmp_path, caplog):
+    """An entry left empty or cut short (a power loss before the data reached the disk: the rename is
+    not a flush) broke every later run with safetensors' "header too small"; it is now a miss."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat\nthe dog ran\n")
+    ours = WordPieceTokenizer.train(corpus.read_text().splitlines() * 5, vocab_size=30)
+    fast = FastTokenizer.from_tokenizer(ours)
+    first = encode_file_cached(corpus, fast, tmp_path / "cache")
+    (entry,) = (tmp_path / "cache").iterdir()
+    for damage in (b"", entry.read_bytes()[:40]):
+        entry.write_bytes(damage)
+        with caplog.at_level("WARNING"):
+            assert encode_file_cached(corpus, fast, tmp_path / "cache") == first
+        assert "unreadable cache entry" in caplog.text
+        assert encode_file_cached(corpus, fast, tmp_path / "cache") == first  # rewritten whole

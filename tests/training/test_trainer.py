@@ -66,6 +66,54 @@ def test_resume_errors(tmp_path):
         trainer(tmp_path / "c", 4, m=other).resume(tmp_path / "a" / "checkpoints" / "last")
 
 
+def test_resume_from_another_kind_of_model_is_a_clear_error(tmp_path):
+    """A GPT run resumed into a Transformer's trainer: an error naming both (was an AttributeError on
+    the config's fields)."""
+    from transformer_lab.models.gpt import GPT, GPTConfig
+    from transformer_lab.runs import save_checkpoint
+
+    save_checkpoint(tmp_path / "gpt", GPT(GPTConfig(vocab_size=len(VOCAB), max_len=16, d_model=16, n_heads=2, n_layers=1,
+                                                    d_ff=32)), {"step": 0})
+    with pytest.raises(ValueError, match="holds a GPT model, this run trains a Transformer"):
+        trainer(tmp_path / "b", 4).resume(tmp_path / "gpt")
+
+
+def test_resume_without_the_runs_adapter_is_a_clear_error(tmp_path):
+    """A LoRA run resumed without --peft lora: an error naming the adapter (was a RuntimeError listing
+    some 50 missing and unexpected state-dict keys)."""
+    from transformer_lab.adapters import AdapterConfig, apply_adapter
+
+    first = trainer(tmp_path / "a", 2, m=apply_adapter(model(), AdapterConfig(method="lora")))
+    first.fit()
+    with pytest.raises(ValueError, match="trained with adapter AdapterConfig.*this run with None"):
+        trainer(tmp_path / "b", 4).resume(tmp_path / "a")
+
+
+def test_resume_warns_of_changed_settings(tmp_path, caplog):
+    """RELIABILITY 17: changed hyper-parameters on resume are a warning listing them: the task's own
+    settings (recorded by the task: its data and batching) and, for a schedule that decays over the
+    run, a new length (the rest of the schedule is stretched over it)."""
+    first = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1),
+                    TrainConfig(max_steps=4, warmup=2, schedule="cosine", lr=1e-3, log_every=1, progress=False),
+                    tmp_path / "a", seq2seq_loss(0.0), settings={"n_test": 10, "data": "100:abc"})
+    first.fit()
+    second = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1),
+                     TrainConfig(max_steps=8, warmup=2, schedule="cosine", lr=1e-3, log_every=1, progress=False),
+                     tmp_path / "a", seq2seq_loss(0.0), settings={"n_test": 1000, "data": "100:abc"})
+    with caplog.at_level("WARNING", logger="transformer_lab.training.loop"):
+        second.resume(tmp_path / "a")
+    text = caplog.text
+    assert "'max_steps': (4, 8)" in text
+    assert "changed data or task settings" in text and "'n_test': (10, 1000)" in text and "'data'" not in text
+    caplog.clear()
+    same = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1),
+                   TrainConfig(max_steps=4, warmup=2, schedule="cosine", lr=1e-3, log_every=1, progress=False),
+                   tmp_path / "a", seq2seq_loss(0.0), settings={"n_test": 10, "data": "100:abc"})
+    with caplog.at_level("WARNING", logger="transformer_lab.training.loop"):
+        same.resume(tmp_path / "a")
+    assert "changed" not in caplog.text
+
+
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     """k micro-batches of b vs one batch of k·b, float64, dropout off: same gradients (1e-10 rel)."""
     batch_pairs = PAIRS[:24]
@@ -350,6 +398,35 @@ def test_signal_during_validation_stops_at_once(tmp_path):
     assert state["validations"] == 1  # no second (final) validation after the signal
     assert (tmp_path / "checkpoints" / "last" / "train_state.pt").is_file()
     assert not (tmp_path / "checkpoints" / "best").exists()  # the abandoned pass's figures are dropped
+
+
+def test_a_validation_cut_by_a_signal_is_done_on_resume(tmp_path):
+    """A signal during a validation abandoned it, and the resumed run never did it: its row was missing
+    from metrics.csv and "best" and --patience could differ from an uninterrupted run's. The checkpoint
+    now remembers it; the resumed run validates first, and its history equals the straight run's."""
+    def validation(model, signal_at=None):
+        if signal_at is not None and t.state.step == signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+        with torch.no_grad():
+            return {"val_loss": float(sum(p.double().square().sum() for p in model.parameters()))}
+
+    import time
+
+    cfg = TrainConfig(max_steps=9, warmup=5, log_every=1, progress=False, eval_every=3)
+    straight = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path / "a", seq2seq_loss(0.1),
+                       validation)
+    straight.fit()
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path / "b", seq2seq_loss(0.1),
+                lambda m: validation(m, signal_at=6))
+    assert t.fit().stopped_by == "signal" and t.state.step == 6 and t.state.pending_eval
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path / "b", seq2seq_loss(0.1), validation)
+    t.resume(tmp_path / "b")
+    t.fit()
+    rows = lambda tr: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s") and v is not None}  # noqa: E731
+                       for r in tr.state.history]  # (rows read back from metrics.csv hold every column)
+    assert rows(t) == rows(straight)
+    assert [r["step"] for r in rows(t) if "val_loss" in r] == [3, 6, 9]
 
 
 def test_a_run_on_another_rank_writes_nothing(tmp_path):

@@ -33,6 +33,7 @@ from transformer_lab.adapters import AdapterConfig, apply_adapter, attention_sha
 from transformer_lab.adapters.lora import LoRALinear
 from transformer_lab.adapters.targets import set_module
 from transformer_lab.config import read_json_object
+from transformer_lab.files import umask_mode
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.hf import bert_name_pairs
@@ -176,7 +177,7 @@ def save_peft(model: nn.Module, folder: str | Path, base_model: str | Path = "")
     tmp = folder / (WEIGHTS + ".tmp")
     safetensors.torch.save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                                 metadata={"format": "pt"})
-    tmp.replace(folder / WEIGHTS)
+    umask_mode(tmp).replace(folder / WEIGHTS)
     (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return folder
 

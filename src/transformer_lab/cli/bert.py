@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain a model from scratch (bert: MLM + NSP)")
     psub = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     pb = psub.add_parser("bert", help="BERT: masked language modelling + next-sentence prediction on a text file",
-                         description="Text: one sentence per line, blank lines between documents. 15%% of tokens "
-                                     "selected (80%% [MASK], 10%% random, 10%% kept); NSP pairs 50/50. Reports MLM "
+                         description="Text: one sentence per line, blank lines between documents. 15% of tokens "
+                                     "selected (80% [MASK], 10% random, 10% kept); NSP pairs 50/50. Reports MLM "
                                      "and NSP accuracy on held-out documents; writes OUT/model (a HF BERT folder).")
     pb.add_argument("--data", required=True, help="text file (plain or .gz)")
     pb.add_argument("--vocab", default=None, help="a vocab.txt to use (default: train WordPiece on --data)")

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from transformer_lab.cli.args import add_run_args, add_train_args, non_negative_int, positive_int, run_options, train_config
+from transformer_lab.data.text import locate
 from transformer_lab.models.presets import GPT_PRESETS, PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.tasks import dates, lm, translation
@@ -97,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
                                             memory=args.memory, tokenizer=args.tokenizer,
                                             vocab_size=args.vocab_size, context=args.context,
                                             batch_size=args.batch_size).items() if v is not None}
-        cfg = lm.LMConfig.preset(args.preset, opts, Path(args.data), **overrides)
-        cfg.train = train_config(args, cfg.train)
+        cfg = lm.LMConfig.preset(args.preset, opts, locate(args.data), **overrides)
+        cfg = replace(cfg, train=train_config(args, cfg.train))  # (checked again: a label smoothing is refused)
         return lm.run(cfg).exit_code
     return translation.run(_translation_config(args, opts)).exit_code
 

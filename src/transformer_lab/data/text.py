@@ -6,22 +6,35 @@ validate (batches: ``batches.RandomWindows``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 
-def read_text(path: str | Path) -> str:
+def locate(path: str | Path) -> Path:
+    """``path``, or, when it is relative and not here, ``$TRANSFORMER_LAB_DATA/path`` if that exists (as
+    named data sets are found): ``--data tinyshakespeare/input.txt`` works from any folder."""
     path = Path(path)
+    root = os.environ.get("TRANSFORMER_LAB_DATA")
+    if not path.exists() and not path.is_absolute() and root and (Path(root) / path).exists():
+        return Path(root) / path
+    return path
+
+
+def read_text(path: str | Path) -> str:
+    path = locate(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such text file")
+        root = os.environ.get("TRANSFORMER_LAB_DATA")
+        where = f" (nor under $TRANSFORMER_LAB_DATA={root})" if root and not path.is_absolute() else ""
+        raise FileNotFoundError(f"{path}: no such text file{where}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if not text.strip():
-        raise ValueError(f"{path}: the file is empty; a language model needs text to train on")
+        raise ValueError(f"{path}: the file is empty (a language model's text)")
     return text
 
 

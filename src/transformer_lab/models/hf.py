@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from transformer_lab.config import read_json_object
+from transformer_lab.files import umask_mode
 from transformer_lab.models.bert import Bert, BertConfig
 from transformer_lab.models.gpt import GPT, GPTConfig
 
@@ -270,6 +271,7 @@ def save_bert(model: Bert, folder: str | Path, vocab_file: str | Path | None = N
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(bert_config_to_hf(model.config), indent=2) + "\n")
     safetensors.torch.save_file(bert_state_to_hf(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    umask_mode(folder / "model.safetensors")
     if vocab_file is not None and Path(vocab_file).resolve() != (folder / "vocab.txt").resolve():
         shutil.copyfile(vocab_file, folder / "vocab.txt")
     return folder
@@ -368,6 +370,7 @@ def save_gpt(model: GPT, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(gpt_config_to_hf(model.config), indent=2) + "\n")
     safetensors.torch.save_file(gpt_to_hf_state(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    umask_mode(folder / "model.safetensors")
     return folder
 
 

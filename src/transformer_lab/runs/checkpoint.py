@@ -38,6 +38,7 @@ from torch import nn
 from transformer_lab.adapters import AdapterConfig, apply_adapter
 from transformer_lab.compression import QuantConfig, quantized_shell
 from transformer_lab.config import from_dict, read_json_object, to_dict
+from transformer_lab.files import umask_mode
 from transformer_lab.models.registry import build_from_config, config_dict
 from transformer_lab.runtime import unwrap
 
@@ -121,6 +122,7 @@ def save_checkpoint(
         tmp.mkdir()
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"),
                                      metadata={"format": "pt", CONFIG_METADATA: json.dumps(config, sort_keys=True)})
+        umask_mode(tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
         if train_state is not None:

@@ -7,11 +7,13 @@
     OUT/loss.png, OUT/lr.png  plots of metrics.csv
     OUT/summary.json          the run's final figures
     OUT/model/                an exported Hugging Face folder (BERT tasks)
+    OUT/adapter/, OUT/quantized/   a fine-tuning run's adapter (peft format), its INT8 model
 
 One writer at a time: a second process opening the same folder gets an error naming the pid that
 holds it (the lock dies with its process, so a killed run never leaves a stale lock). A fresh run
 refuses a folder that already holds a checkpoint, unless told to resume it or to start over
-(``overwrite``, which removes the earlier run's files, and only those).
+(``overwrite``, which removes the earlier run's files, and only those, when the new run begins:
+``begin``, once its data and model are ready; a command that fails before keeps the earlier run).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ except ImportError:  # Windows: no advisory locks; runs are then not protected f
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last", "best"
 RUN_FILES = ("metrics.csv", "loss.png", "lr.png", "summary.json")  # what ``overwrite`` removes, with the folders
-RUN_DIRS = (CHECKPOINTS, "model")
+RUN_DIRS = (CHECKPOINTS, "model", "adapter", "quantized")
 
 
 class RunFolderInUse(OSError):
@@ -46,6 +48,7 @@ class RunFolder:
         self.path = Path(path)
         self._lock_fd: int | None = None
         self._created = False
+        self._start_over = False  # (``open(overwrite=True)`` on an earlier run: removed by ``begin``)
 
     # --- layout -----------------------------------------------------------------------------------
     @property
@@ -71,6 +74,9 @@ class RunFolder:
 
     def has_checkpoint(self) -> bool:
         return any((self.checkpoints / f"{n}{s}").exists() for n in (LAST, BEST) for s in ("", ".old"))
+
+    def resumable(self) -> bool:
+        return any((self.checkpoints / f"{LAST}{s}").exists() for s in ("", ".old"))
 
     # --- one writer -----------------------------------------------------------------------------
     def lock(self) -> "RunFolder":
@@ -139,15 +145,25 @@ class RunFolder:
                 if resume_from is not None:
                     raise ValueError(f"{self.path}: holds another run than the one to resume ({resume_from}); "
                                      "choose an empty --out, or resume this folder's own run")
+                if not overwrite and not self.resumable():
+                    raise ValueError(f"{self.path}: already holds a run that cannot be resumed (no checkpoints/last: "
+                                     "it stopped before its first save); start over (--overwrite removes its "
+                                     "checkpoints, metrics and plots) or choose another --out")
                 if not overwrite:
                     raise ValueError(f"{self.path}: already holds a run (checkpoints/); resume it (--resume "
                                      f"{self.path}), start over (--overwrite removes its checkpoints, metrics and "
                                      "plots) or choose another --out")
-                self.remove_run_files()
+                self._start_over = True
         except BaseException:
             self.unlock()
             raise
         return self
+
+    def begin(self) -> None:
+        """The run is about to write: remove the earlier run that ``open(overwrite=True)`` found."""
+        if self._start_over:
+            self.remove_run_files()
+            self._start_over = False
 
     def holds(self, path: str | Path | None) -> bool:
         """Whether ``path`` is this run folder or lies inside it."""
@@ -203,6 +219,17 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = (BEST, LAST)) ->
     if not path.exists() and not path.with_name(path.name + ".old").exists():
         raise FileNotFoundError(f"{path}: no such checkpoint or run folder")
     return resolve_checkpoint(path)
+
+
+def run_folder_of(path: str | Path) -> Path | None:
+    """The run folder ``path`` names or lies in (a run folder, or one of its checkpoint folders,
+    ``.old`` copies included); None for a checkpoint folder of its own."""
+    path = Path(path)
+    if (path / CHECKPOINTS).is_dir():
+        return path
+    if path.parent.name == CHECKPOINTS:
+        return path.parent.parent
+    return None
 
 
 def is_ours(path: str | Path) -> bool:

@@ -1,4 +1,4 @@
-"""Stopping on SIGINT / SIGTERM without losing work: a process-level concern of every long command.
+"""Stopping on SIGINT / SIGTERM / SIGHUP without losing work: a process-level concern of every long command.
 
 Three ways to take a signal, by what is running:
 
@@ -10,6 +10,7 @@ Three ways to take a signal, by what is running:
   ``deferred_signals``.
 
 ``Interrupted`` is a BaseException (as KeyboardInterrupt), so no ``except Exception`` swallows it.
+SIGHUP (the terminal closed) is taken like SIGTERM, unless it is ignored (``nohup``): then it stays so.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 log = logging.getLogger(__name__)
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 
 
 class Interrupted(BaseException):
@@ -49,11 +50,15 @@ class StopRequest:
 
     @contextmanager
     def installed(self) -> Iterator["StopRequest"]:
-        """Handle SIGINT and SIGTERM inside the block (main thread only; elsewhere signals are left alone)."""
+        """Handle the stop signals inside the block (main thread only; elsewhere signals are left alone)."""
+        previous = {}
         try:
-            previous = {s: signal.signal(s, self) for s in SIGNALS}
+            for s in SIGNALS:
+                nohup = s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) is signal.SIG_IGN
+                if not nohup:
+                    previous[s] = signal.signal(s, self)
         except ValueError:  # not the main thread
-            previous = {}
+            pass
         try:
             yield self
         finally:

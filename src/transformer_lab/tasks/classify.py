@@ -35,8 +35,9 @@ from transformer_lab.models.bert import Bert
 from transformer_lab.models.hf import load_bert
 from transformer_lab.runs import BEST, LAST, find_checkpoint, load_model, save_checkpoint
 from transformer_lab.runtime import Runtime, runtime_for
-from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run, save_adapter,
-                                           task_adapter, train, write_summary, write_uncut)
+from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run,
+                                          save_adapter, task_adapter, task_settings, train, write_summary,
+                                          write_uncut)
 from transformer_lab.tasks.embed import BERT_RECIPE, by_length, encode_texts, export
 from transformer_lab.tasks.quantize import copied, hf_tokenizer_files
 from transformer_lab.tokenizers.io import load_bert_tokenizer
@@ -138,7 +139,8 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
             acc = accuracy(m, dev_ids, dev_y)
             return {"val_loss": 1.0 - acc, "dev_acc": acc}  # the best checkpoint is the most accurate one
 
-        trainer, result = train(folder, cfg.run, runtime, model, source, train_cfg, classification_loss, validate)
+        trainer, result = train(folder, cfg.run, runtime, model, source, train_cfg, classification_loss, validate,
+                                settings=task_settings(cfg))
         summary: dict[str, Any] = {"steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1),
                                    "stopped_by": result.stopped_by, "method": cfg.adapter.method if cfg.adapter else "qat" if cfg.qat else "full",
                                    "trainable_parameters": counts.trainable, "total_parameters": counts.total}

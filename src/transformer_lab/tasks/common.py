@@ -5,10 +5,11 @@ must not), the summary."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -73,10 +74,43 @@ def open_run(opts: RunOptions, runtime: Runtime) -> Iterator[RunFolder]:
         folder.unlock()
 
 
+def task_settings(task_cfg: Any) -> dict[str, Any]:
+    """A task config's own fields (its data, batching and evaluation; not ``run``, nor ``train``, which
+    the trainer records itself), as JSON: a data file by its size and a hash of its first and last MiB,
+    so a resume notices other data under the same name (and not a moved copy)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return fingerprint(value) if value.is_file() else str(value)
+        if is_dataclass(value):
+            return {k: plain(v) for k, v in asdict(value).items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return repr(value)
+    return {f.name: plain(getattr(task_cfg, f.name)) for f in fields(task_cfg) if f.name not in ("run", "train")}
+
+
+def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
+    """``size:sha256`` of a file's first and last ``chunk`` bytes (the whole file when it is smaller)."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(chunk, size - chunk))
+            h.update(f.read(chunk))
+    return f"{size}:{h.hexdigest()[:16]}"
+
+
 def train(folder: RunFolder, opts: RunOptions, runtime: Runtime, model: torch.nn.Module, source, cfg: TrainConfig,
           loss_fn: LossFn, validate: Callable[[torch.nn.Module], dict] | None = None,
-          extra_files: dict[str, Callable[[Path], Any]] | None = None) -> tuple[Trainer, TrainResult]:
-    trainer = Trainer(model, source, cfg, folder, loss_fn, validate, extra_files, runtime)
+          extra_files: dict[str, Callable[[Path], Any]] | None = None,
+          settings: dict[str, Any] | None = None) -> tuple[Trainer, TrainResult]:
+    """Train (``training.Trainer``), resuming when asked; ``settings``: the task's (``task_settings``)."""
+    if runtime.is_main:
+        folder.begin()  # (--overwrite: the earlier run goes now that this one's data and model are ready)
+    trainer = Trainer(model, source, cfg, folder, loss_fn, validate, extra_files, runtime, settings=settings)
     if opts.resume is not None:
         trainer.resume(opts.resume)
     return trainer, trainer.fit()

@@ -24,7 +24,7 @@ from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, load_model
 from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.config import check_positive
-from transformer_lab.tasks.common import RunOptions, TaskResult, after_training, open_run, train, write_summary
+from transformer_lab.tasks.common import RunOptions, TaskResult, after_training, open_run, task_settings, train, write_summary
 from transformer_lab.tasks.translation import seq2seq_loss
 from transformer_lab.training.config import TrainConfig
 
@@ -88,7 +88,8 @@ def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
         log.info("model: preset %s, %s parameters, %d threads, device %s", cfg.model, f"{n_params:,}",
                  torch.get_num_threads(), runtime.device)
         trainer, result = train(folder, cfg.run, runtime, model, ShuffledBatches(train_pairs, vocab, cfg.batch_size, cfg.train.seed),
-                                cfg.train, seq2seq_loss(cfg.train.label_smoothing), extra_files={VOCAB_FILE: vocab.save})
+                                cfg.train, seq2seq_loss(cfg.train.label_smoothing), extra_files={VOCAB_FILE: vocab.save},
+                                settings=task_settings(cfg))
         history = [r for r in result.state.history if "loss" in r]
         summary = {"task": "dates", "steps": result.state.step, "stopped_by": result.stopped_by,
                    "train_seconds": round(result.state.elapsed_s, 1),

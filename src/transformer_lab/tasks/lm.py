@@ -32,8 +32,9 @@ from transformer_lab.nn.sparse import parse_pattern
 from transformer_lab.runs import find_checkpoint, load_model
 from transformer_lab.runtime import Runtime, runtime_for, unwrap
 from transformer_lab.runtime.signals import Interrupted, interruptible_section
-from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run, save_adapter,
-                                           task_adapter, train, write_summary, write_uncut)
+from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run,
+                                          save_adapter, task_adapter, task_settings, train, write_summary,
+                                          write_uncut)
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.char import CharTokenizer
 from transformer_lab.tokenizers.io import checkpoint_tokenizer, load_tokenizer, save_into_checkpoint
@@ -64,6 +65,12 @@ PRESETS = {"shakespeare-char": (SHAKESPEARE_CHAR, "shakespeare-char", "char", 12
            "lm": (SUBWORD, "gpt-tiny", "bytelevel", 16)}
 
 
+def check_no_label_smoothing(train: TrainConfig) -> None:
+    if train.label_smoothing:
+        raise ValueError(f"label_smoothing: the language-model loss here is plain cross-entropy; got "
+                         f"{train.label_smoothing}, expected 0")
+
+
 @dataclass
 class LMConfig:
     run: RunOptions
@@ -81,9 +88,7 @@ class LMConfig:
     name: str = "lm"  # the task's name in summary.json (the preset's)
 
     def __post_init__(self) -> None:
-        if self.train.label_smoothing:
-            raise ValueError(f"label_smoothing: the language-model loss here is plain cross-entropy; got "
-                             f"{self.train.label_smoothing}, expected 0")
+        check_no_label_smoothing(self.train)
         self.data = Path(self.data)
         check_positive("batch_size", self.batch_size)
         check_positive("vocab_size", self.vocab_size)
@@ -203,8 +208,10 @@ def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64) -> 
     if len(ids) < 2:
         raise ValueError("evaluate: the text is too short (needs at least 2 tokens)")
     n_full = (len(ids) - 1) // context
-    full = ids[: n_full * context + 1].unfold(0, context + 1, context)  # (n_full, T+1), overlapping by 1
-    total = loss_sum(model, full, batch_size) if n_full else 0.0
+    total = 0.0
+    if n_full:  # (a text shorter than one window is the tail alone)
+        full = ids[: n_full * context + 1].unfold(0, context + 1, context)  # (n_full, T+1), overlapping by 1
+        total = loss_sum(model, full, batch_size)
     tail = ids[n_full * context:]
     if len(tail) > 1:
         total += loss_sum(model, tail[None])
@@ -348,7 +355,7 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
             log.info("Transformer-XL recurrence: %d streams, segments of %d, memory of %d positions", cfg.batch_size,
                      context, cfg.memory)
         trainer, result = train(folder, cfg.run, runtime, model, source, cfg.train, loss_fn,
-                                make_validate(data, context), save_into_checkpoint(data.tokenizer))
+                                make_validate(data, context), save_into_checkpoint(data.tokenizer), task_settings(cfg))
         summary: dict[str, Any] = {
             "task": cfg.name, "steps": result.state.step, "stopped_by": result.stopped_by,
             "train_seconds": round(result.state.elapsed_s, 1), "tokens_per_s": round(result.tokens_per_s, 1),
@@ -393,6 +400,7 @@ class LMFinetuneConfig:
     prompt_text: str | None = None  # prompt tuning: initialise the soft prompt from this text
 
     def __post_init__(self) -> None:
+        check_no_label_smoothing(self.train)
         self.model, self.data = Path(self.model), Path(self.data)
         check_positive("batch_size", self.batch_size)
         check_positive("context", self.context, allow_none=True)
@@ -419,7 +427,7 @@ def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResul
         data = LMData(train_ids, valid_ids, tok)
         source = RandomWindows(train_ids, cfg.batch_size, context, cfg.train.seed)
         trainer, result = train(folder, cfg.run, runtime, model, source, cfg.train, lm_loss,
-                                make_validate(data, context), save_into_checkpoint(tok))
+                                make_validate(data, context), save_into_checkpoint(tok), task_settings(cfg))
         summary: dict[str, Any] = {
             "task": "finetune-lm", "method": cfg.adapter.method if cfg.adapter else "full", "steps": result.state.step,
             "stopped_by": result.stopped_by, "train_seconds": round(result.state.elapsed_s, 1),

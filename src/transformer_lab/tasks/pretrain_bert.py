@@ -27,8 +27,8 @@ from transformer_lab.models.presets import BERT_PRESETS, bert_preset
 from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.nn.sparse import parse_pattern
 from transformer_lab.runtime import Runtime, runtime_for
-from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, train, write_summary,
-                                           write_uncut)
+from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, task_settings, train,
+                                          write_summary, write_uncut)
 from transformer_lab.tasks.embed import BERT_RECIPE, export
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 from transformer_lab.training.config import TrainConfig
@@ -176,7 +176,7 @@ def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
             return {"val_loss": res["mlm_loss"], **{f"val_{k}": v for k, v in res.items() if k != "mlm_loss"}}
 
         trainer, result = train(folder, cfg.run, runtime, model, source, cfg.train, pretrain_loss(cfg.nsp),
-                                validate if held else None, {"tokenizer": data.tokenizer.save})
+                                validate if held else None, {"tokenizer": data.tokenizer.save}, task_settings(cfg))
         summary: dict[str, Any] = {
             "steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1), "stopped_by": result.stopped_by,
             "evaluated_on": "held-out documents" if held else "training pairs (too few documents to hold out)"}

@@ -32,8 +32,8 @@ from transformer_lab.models.summary import parameter_summary
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import clean_stale_temporaries, find_checkpoint, load_model
 from transformer_lab.runtime import Runtime, runtime_for
-from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, open_run, save_adapter, task_adapter,
-                                          train, write_summary, write_uncut)
+from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, open_run, save_adapter,
+                                          task_adapter, task_settings, train, write_summary, write_uncut)
 from transformer_lab.tokenizers.base import Tokenizer
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.cache import encode_file_cached
@@ -381,6 +381,10 @@ def load_tokenizers(checkpoint: Path) -> tuple[Tokenizer, Tokenizer]:
         return tok, tok
     if (checkpoint / "tokenizer_src").is_dir():
         return load_tokenizer(checkpoint / "tokenizer_src"), load_tokenizer(checkpoint / "tokenizer_tgt")
+    if (checkpoint / "vocab.json").is_file():  # (tasks/dates.VOCAB_FILE; not imported: dates is a task too)
+        raise ValueError(f"{checkpoint}: a checkpoint of the dates task (`make demo`, `train` without --preset), whose "
+                         "symbol vocabulary no text tokenizer reads; it shows its held-out translations at the end of "
+                         "its run. translate/evaluate/export/serve take a translation run (train --preset multi30k-de-en)")
     raise FileNotFoundError(f"{checkpoint}: no tokenizer folder; is this a translation checkpoint?")
 
 
@@ -411,7 +415,7 @@ def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
                  runtime.device)
         _, result = train(folder, cfg.run, runtime, model, batches(data, cfg.max_tokens, cfg.train.seed), cfg.train,
                           seq2seq_loss(cfg.train.label_smoothing), make_validate(data, cfg.bleu_sample),
-                          tokenizer_files(data))
+                          tokenizer_files(data), task_settings(cfg))
         summary: dict[str, Any] = {
             "task": cfg.name, "steps": result.state.step, "stopped_by": result.stopped_by,
             "train_seconds": round(result.state.elapsed_s, 1), "target_tokens_per_s": round(result.tokens_per_s, 1),
@@ -477,7 +481,7 @@ def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> 
         validate = make_validate(data, cfg.bleu_sample)
         before = validate(model)
         _, result = train(folder, cfg.run, runtime, model, batches(data, cfg.max_tokens, cfg.train.seed), cfg.train,
-                          seq2seq_loss(cfg.train.label_smoothing), validate, tokenizer_files(data))
+                          seq2seq_loss(cfg.train.label_smoothing), validate, tokenizer_files(data), task_settings(cfg))
         summary: dict[str, Any] = {
             "task": "finetune-translation", "method": cfg.adapter.method if cfg.adapter else "full",
             "steps": result.state.step, "stopped_by": result.stopped_by,

@@ -109,6 +109,7 @@ class Trainer:
         extra_files: dict[str, Callable[[Path], Any]] | None = None,
         runtime: Runtime | None = None,
         allow_cpu_low_precision: bool = False,
+        settings: dict[str, Any] | None = None,
     ):
         if len(source) == 0:
             raise ValueError("source: no training batches (empty data set after filtering?)")
@@ -122,6 +123,7 @@ class Trainer:
         self.source, self.cfg, self.loss_fn = source, cfg, loss_fn
         self.run = out if isinstance(out, RunFolder) else RunFolder(out)
         self.validate, self.extra_files = validate, extra_files or {}
+        self.settings = settings or {}  # the task's own (data, batching): recorded, compared on resume
         if cfg.dropout is not None:
             set_dropout(model, cfg.dropout)
         # A sharded model (FSDP) is whole nowhere: rank 0 keeps a plain copy to write checkpoints from.
@@ -175,6 +177,7 @@ class Trainer:
                 "rng": rng_state(),
                 "trainer": {k: v for k, v in asdict(self.state).items() if k != "history"},
                 "train_config": asdict(self.cfg),
+                "task_settings": self.settings,
             }
             if hasattr(self.loss_fn, "state_dict"):  # a loss that carries state between steps (a segment memory)
                 train_state["loss"] = self.loss_fn.state_dict()
@@ -191,6 +194,14 @@ class Trainer:
         # a sharded model's whole checkpoint stays on the CPU (each process then keeps its shard)
         loaded = load_model(directory, map_location="cpu" if self.runtime.sharded else self.device)
         model = self.runtime.unwrap(self.model)
+        if type(loaded.model) is not type(model):
+            raise ValueError(f"{directory}: the checkpoint holds a {type(loaded.model).__name__} model, this run trains "
+                             f"a {type(model).__name__}: resume a run of the same task")
+        for kind in ("adapter_config", "quant_config"):  # LoRA, prefix ...; QAT's fake-quantized layers
+            then, now = getattr(loaded.model, kind, None), getattr(model, kind, None)
+            if then != now:
+                raise ValueError(f"{directory}: the checkpoint was trained with {kind.split('_')[0]} {then}, this run "
+                                 f"with {now}: resume with the run's own --peft / --qat options")
         if loaded.model.config != model.config:
             diff = {k: (v, getattr(model.config, k)) for k, v in asdict(loaded.model.config).items()
                     if getattr(model.config, k) != v}
@@ -220,8 +231,13 @@ class Trainer:
             self.state = TrainState(**state["trainer"])
             if hasattr(self.loss_fn, "load_state_dict"):
                 self.loss_fn.load_state_dict(state.get("loss", {}))
+            # (the run's length is free to change, but a decaying schedule is stretched over the new one)
+            free = ("time_budget_s", "progress") + (("max_steps",) if self.cfg.schedule in ("noam", "constant") else ())
             changed = {k: (v, getattr(self.cfg, k)) for k, v in state["train_config"].items()
-                       if k not in ("max_steps", "time_budget_s", "progress") and getattr(self.cfg, k, v) != v}
+                       if k not in free and getattr(self.cfg, k, v) != v}
+            saved = state.get("task_settings", {})
+            changed_task = {k: (saved.get(k), self.settings.get(k)) for k in sorted(set(saved) | set(self.settings))
+                            if saved and saved.get(k) != self.settings.get(k)}
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             raise unfit(e) from None
         # the history continues the one of the run that wrote the checkpoint (RUN/checkpoints/NAME)
@@ -229,6 +245,9 @@ class Trainer:
         self.state.history = read_metrics_csv(owner.metrics, self.state.step)
         if changed:
             log.warning("resuming with changed training settings (checkpoint, now): %s", changed)
+        if changed_task:
+            log.warning("resuming with changed data or task settings (checkpoint, now): %s; the data order and "
+                        "held-out split follow the new ones", changed_task)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", directory, self.state.step,
                  self.state.epoch, self.state.position)
 
@@ -355,6 +374,8 @@ class Trainer:
         start, window_tokens, window_start = time.perf_counter() - st.elapsed_s, 0, time.perf_counter()
         stopped_by = "max_steps"
         with stop.installed():
+            if st.pending_eval and self.validate and st.step < cfg.max_steps:  # (the end's runs anyway)
+                self._evaluate(stop)
             while st.step < cfg.max_steps:
                 row = self.train_step(*self._next_batches())
                 st.step += 1
@@ -364,7 +385,8 @@ class Trainer:
                 bar.update(1)
                 due_log = st.step % cfg.log_every == 0 or st.step == cfg.max_steps
                 due_eval = self.validate and cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.max_steps
-                due_save = cfg.save_every and st.step % cfg.save_every == 0
+                # (save_every 0: with each validation, so a killed run keeps as much as its best checkpoint)
+                due_save = st.step % cfg.save_every == 0 if cfg.save_every else due_eval
                 if due_log or due_eval or due_save:
                     self._check_finite()
                 if due_log:
@@ -452,9 +474,10 @@ class Trainer:
             if self.runtime.sharded and model is not None:
                 model.cpu()  # rank 0's plain copy waits on the CPU
         metrics = self.runtime.broadcast(metrics)
+        st = self.state
+        st.pending_eval = metrics is None  # (only a signal leaves it undone: the checkpoint remembers it)
         if metrics is None:
             return False
-        st = self.state
         self._log({"step": st.step, "epoch": st.epoch, **metrics})
         if metrics["val_loss"] < st.best_val_loss:
             st.best_val_loss, st.bad_evals = metrics["val_loss"], 0

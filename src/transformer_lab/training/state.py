@@ -20,6 +20,7 @@ class TrainState:
     bad_evals: int = 0
     elapsed_s: float = 0.0
     tokens: int = 0
+    pending_eval: bool = False  # a validation a signal abandoned: a resumed run does it first
     history: list[dict] = field(default_factory=list)  # metrics rows; stored in metrics.csv, not the checkpoint
 
 
