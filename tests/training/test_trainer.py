@@ -93,24 +93,20 @@ def test_resume_warns_of_changed_settings(tmp_path, caplog):
     """RELIABILITY 17: changed hyper-parameters on resume are a warning listing them: the task's own
     settings (recorded by the task: its data and batching) and, for a schedule that decays over the
     run, a new length (the rest of the schedule is stretched over it)."""
-    first = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1),
-                    TrainConfig(max_steps=4, warmup=2, schedule="cosine", lr=1e-3, log_every=1, progress=False),
-                    tmp_path / "a", seq2seq_loss(0.0), settings={"n_test": 10, "data": "100:abc"})
-    first.fit()
-    second = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1),
-                     TrainConfig(max_steps=8, warmup=2, schedule="cosine", lr=1e-3, log_every=1, progress=False),
-                     tmp_path / "a", seq2seq_loss(0.0), settings={"n_test": 1000, "data": "100:abc"})
+    def cosine_run(steps: int, n_test: int) -> Trainer:
+        return Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1),
+                       TrainConfig(max_steps=steps, warmup=2, schedule="cosine", lr=1e-3, log_every=1, progress=False),
+                       tmp_path / "a", seq2seq_loss(0.0), settings={"n_test": n_test, "data": "100:abc"})
+
+    cosine_run(4, 10).fit()
     with caplog.at_level("WARNING", logger="transformer_lab.training.loop"):
-        second.resume(tmp_path / "a")
+        cosine_run(8, 1000).resume(tmp_path / "a")
     text = caplog.text
     assert "'max_steps': (4, 8)" in text
     assert "changed data or task settings" in text and "'n_test': (10, 1000)" in text and "'data'" not in text
     caplog.clear()
-    same = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1),
-                   TrainConfig(max_steps=4, warmup=2, schedule="cosine", lr=1e-3, log_every=1, progress=False),
-                   tmp_path / "a", seq2seq_loss(0.0), settings={"n_test": 10, "data": "100:abc"})
     with caplog.at_level("WARNING", logger="transformer_lab.training.loop"):
-        same.resume(tmp_path / "a")
+        cosine_run(4, 10).resume(tmp_path / "a")
     assert "changed" not in caplog.text
 
 
