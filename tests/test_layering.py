@@ -3,7 +3,7 @@ down the layers, none hides inside a function, and the modules form no cycle.
 
     cli -> experiments -> bench -> tasks -> training / generation -> runs -> adapters, compression -> models -> nn
     (export -> compression)
-    data and tokenizers sit below tasks; runtime and config are leaves.
+    data and tokenizers sit below tasks; runtime, config and files are leaves.
 """
 
 import ast
@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "transformer_lab"
 # package -> the packages it may import (besides itself)
 BELOW = {
     "config": set(),
+    "files": set(),
     "runtime": set(),
     "nn": {"config"},
     "models": {"nn", "config"},
@@ -26,6 +27,8 @@ BELOW = {
     "generation": {"models", "nn"},
     "training": {"runs", "runtime", "nn", "config"},  # nn: set_dropout (--dropout), no model family
 }
+for package in ("models", "tokenizers", "adapters", "runs"):  # (writing files: ``files.umask_mode``)
+    BELOW[package].add("files")
 BELOW["tasks"] = set(BELOW) | {p for deps in BELOW.values() for p in deps}
 BELOW["bench"] = BELOW["tasks"] | {"tasks"}
 BELOW["serving"] = BELOW["tasks"] | {"tasks"}

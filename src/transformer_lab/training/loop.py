@@ -194,9 +194,10 @@ class Trainer:
         # a sharded model's whole checkpoint stays on the CPU (each process then keeps its shard)
         loaded = load_model(directory, map_location="cpu" if self.runtime.sharded else self.device)
         model = self.runtime.unwrap(self.model)
-        if type(loaded.model) is not type(model):
+        if type(loaded.model.config) is not type(model.config):  # (not the model's class: FSDP subclasses it)
+            kind = type(model.config).__name__.removesuffix("Config")
             raise ValueError(f"{directory}: the checkpoint holds a {type(loaded.model).__name__} model, this run trains "
-                             f"a {type(model).__name__}: resume a run of the same task")
+                             f"a {kind}: resume a run of the same task")
         for kind in ("adapter_config", "quant_config"):  # LoRA, prefix ...; QAT's fake-quantized layers
             then, now = getattr(loaded.model, kind, None), getattr(model, kind, None)
             if then != now:
