@@ -188,6 +188,14 @@ def test_pretrain_bert_small_run(tmp_path, capsys):
     with torch.no_grad():
         assert (hf(input_ids=x).prediction_logits - trained(x).mlm_logits).abs().max() <= 1e-5
     assert (out / "model" / "vocab.txt").read_text().splitlines()[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    # the run folder itself is a model for `embed` and `finetune classify` (both said "no tokenizer")
+    capsys.readouterr()
+    assert main(["embed", "--model", str(out), "--json", "the cat sat"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["embeddings"][0]) == trained.config.d_model
+    rows = tmp_path / "rows.tsv"
+    rows.write_text("sentence\tlabel\n" + "".join(f"text number {i}\t{i % 2}\n" for i in range(16)))
+    assert main(["finetune", "classify", "--model", str(out), "--train", str(rows), "--dev", str(rows), "--out",
+                 str(tmp_path / "ft"), "--max-steps", "2", "--batch-size", "8", "--no-progress"]) == 0
 
 
 def test_pretrain_bert_with_alibi_and_a_window(tmp_path, capsys):

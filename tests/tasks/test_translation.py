@@ -249,3 +249,22 @@ def test_finetune_translate_without_data_names_the_options(tmp_path, capsys):
     assert main(["finetune", "translate", "--model", str(tmp_path / "none"), "--train-src", files[0], "--train-tgt",
                  files[1], "--valid-src", files[2], "--valid-tgt", files[3], "--out", str(tmp_path / "o")]) == 2
     assert "none" in capsys.readouterr().err  # the missing model folder is named
+
+
+def test_translate_shows_progress_on_a_terminal(tiny_run, monkeypatch, capsys):
+    """`evaluate` on 1,000 sentences printed nothing for a minute; on a terminal a bar of sentences now
+    runs on stderr (not with --no-progress, nor when stderr is a file or pipe)."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    run, files = tiny_run
+    for extra, shown in (([], True), (["--no-progress"], False)):
+        err = Terminal()
+        monkeypatch.setattr(sys, "stderr", err)
+        assert main(["translate", "--checkpoint", str(run), "--beam", "1", *extra, *read_lines(files[2])[:5]]) == 0
+        assert ("translate:" in err.getvalue() and "/5 " in err.getvalue()) == shown, err.getvalue()
+        assert len(capsys.readouterr().out.strip().splitlines()) == 5

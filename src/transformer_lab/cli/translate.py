@@ -56,6 +56,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="the decoding step under torch.compile, with the static cache (CUDA graphs on a GPU); "
                         "the first steps compile (tens of seconds)")
     p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal)")
 
 
 def translate_cmd(args: argparse.Namespace) -> int:
@@ -63,7 +64,8 @@ def translate_cmd(args: argparse.Namespace) -> int:
     model, tok_src, tok_tgt = translation.load_translator(args.checkpoint, choose_device(args.device))
     outputs = translation.translate(model, tok_src, tok_tgt, sentences, beam=args.beam, alpha=args.alpha,
                                     batch_size=args.batch_size, use_cache=not args.no_cache,
-                                    static_cache=args.static_cache, compile=args.compile)
+                                    static_cache=args.static_cache, compile=args.compile,
+                                    progress=not args.no_progress)
     for line in outputs:
         print(line)
     if args.plot_attention:
@@ -81,7 +83,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     model, tok_src, tok_tgt = translation.load_translator(args.checkpoint, device)
     scores, hyps = translation.evaluate(model, tok_src, tok_tgt, args.src, args.ref, beam=args.beam, alpha=args.alpha,
                                         batch_size=args.batch_size, use_cache=not args.no_cache,
-                                        static_cache=args.static_cache, compile=args.compile)
+                                        static_cache=args.static_cache, compile=args.compile,
+                                        progress=not args.no_progress)
     if args.out:
         Path(args.out).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     if args.json:

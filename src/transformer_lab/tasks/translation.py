@@ -15,11 +15,13 @@ import json
 import logging
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm import tqdm
 
 from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_counts
 from transformer_lab.config import check_positive
@@ -272,6 +274,7 @@ def translate_detailed(
     make_step: Callable[[torch.Tensor], Any] | None = None,
     static_cache: bool = False,
     compile: bool = False,
+    progress: bool = False,
 ) -> Translations:
     """Detokenised translations, batched by source length. A blank input gives a blank output (no
     model call: there is nothing to translate); an input longer than the model's position table is
@@ -279,7 +282,7 @@ def translate_detailed(
     batch of sources (e.g. onnxruntime's, ``export.OnnxSeq2SeqStep``); ``model`` then only gives the
     limits. ``static_cache``: the K/V in buffers allocated once for the call
     (``generation.static_decoding.StaticSeq2Seq``); ``compile``: its one-token step under torch.compile
-    (CUDA graphs on a GPU; implies the static cache)."""
+    (CUDA graphs on a GPU; implies the static cache). ``progress``: a bar of sentences on stderr (a terminal)."""
     check_positive("batch_size", batch_size)
     check_positive("beam", beam)
     if alpha < 0:
@@ -319,6 +322,8 @@ def translate_detailed(
         longest = len(encoded[order[-1]])
         engine = StaticSeq2Seq(model, rows, longest, min(longest + 50, limit), compile)
         make_step = engine.step
+    bar = tqdm(total=len(order), desc="translate", unit="sent", leave=False, file=sys.stderr,
+               disable=None if progress else True)  # (None: only on a terminal)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         src = pad_sequences([encoded[i] for i in idx], PAD_ID).to(device)
@@ -330,16 +335,18 @@ def translate_detailed(
             res = greedy_search(step, len(idx), BOS_ID, EOS_ID, lengths)
         for i, ids in zip(idx, res.tokens):
             out[i] = tok_tgt.decode(ids)
+        bar.update(len(idx))
+    bar.close()
     return Translations(out, truncated)
 
 
 def translate(model: Transformer, tok_src: Tokenizer, tok_tgt: Tokenizer, sentences: Sequence[str], beam: int = 4,
               alpha: float = 0.6, batch_size: int = 64, use_cache: bool = True,
               make_step: Callable[[torch.Tensor], Any] | None = None, static_cache: bool = False,
-              compile: bool = False) -> list[str]:
+              compile: bool = False, progress: bool = False) -> list[str]:
     """``translate_detailed``'s texts."""
     return translate_detailed(model, tok_src, tok_tgt, sentences, beam, alpha, batch_size, use_cache, make_step,
-                              static_cache, compile).texts
+                              static_cache, compile, progress).texts
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
@@ -356,12 +363,12 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
 
 def evaluate(model: Transformer, tok_src: Tokenizer, tok_tgt: Tokenizer, src_file: str | Path, ref_file: str | Path,
              beam: int = 4, alpha: float = 0.6, batch_size: int = 64, use_cache: bool = True, static_cache: bool = False,
-             compile: bool = False) -> tuple[dict, list[str]]:
+             compile: bool = False, progress: bool = False) -> tuple[dict, list[str]]:
     """BLEU and chrF of the translations of every line of ``src_file`` against ``ref_file`` (blank
     lines included: a blank source scores its blank translation); returns (scores, translations)."""
     text = read_parallel(src_file, ref_file, keep_empty=True)
     res = translate_detailed(model, tok_src, tok_tgt, text.src, beam, alpha, batch_size, use_cache,
-                             static_cache=static_cache, compile=compile)
+                             static_cache=static_cache, compile=compile, progress=progress)
     scores = {**corpus_scores(res.texts, text.tgt), "sentences": len(res.texts), "beam": beam,
               "blank_sources": sum(not s.strip() for s in text.src), "truncated_sources": len(res.truncated)}
     return scores, res.texts

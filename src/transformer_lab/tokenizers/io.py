@@ -133,6 +133,8 @@ def load_bert_tokenizer(folder: str | Path, split_special_tokens: bool | None = 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder (expected config.json, model.safetensors, vocab.txt)")
+    if (folder / TOKENIZER_DIR).is_dir() and not (folder / BERT_VOCAB).is_file():
+        folder = folder / TOKENIZER_DIR  # one of our checkpoints: its tokenizer is a folder inside
     tok = load_tokenizer(folder, split_special_tokens=split_special_tokens)
     if not isinstance(tok, WordPieceTokenizer):
         raise ValueError(f"{folder}: its tokenizer is {tok.algorithm}, not BERT's WordPiece")
