@@ -187,6 +187,11 @@ def test_a_save_that_fails_keeps_the_previous_checkpoint_and_leaves_nothing(tmp_
     assert e.value.errno == errno.ENOSPC
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
     assert load_model(tmp_path / "c").meta["step"] == 1
+    # torch.save's message for a full disk does not say so ("unexpected pos ..."): the free space does
+    monkeypatch.setattr(safetensors.torch, "save_model", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5772736 vs 5772624")))
+    with pytest.raises(OSError, match=r"unexpected pos .*MiB free on its disk"):
+        save_checkpoint(tmp_path / "c", tiny(), {"step": 2})
 
 
 def test_file_size_limit_during_training_is_a_clean_error(tmp_path):

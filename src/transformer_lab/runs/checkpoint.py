@@ -132,7 +132,12 @@ def save_checkpoint(
         _fsync_tree(tmp)
     except Exception as e:  # disk full, permissions, a writer's own error: nothing half-written stays
         shutil.rmtree(tmp, ignore_errors=True)
-        message = f"{directory}: could not write the checkpoint ({e}); the previous checkpoint, if any, is unchanged"
+        try:  # (torch.save's own message for a full disk does not say so: "unexpected pos ...")
+            free = f"; {shutil.disk_usage(directory.parent).free / 2**20:,.0f} MiB free on its disk"
+        except OSError:
+            free = ""
+        message = (f"{directory}: could not write the checkpoint ({e}){free}; the previous checkpoint, if any, "
+                   "is unchanged")
         errno = getattr(e, "errno", None)
         raise (OSError(errno, message) if errno else OSError(message)) from e
     if directory.exists():

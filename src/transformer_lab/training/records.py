@@ -4,9 +4,12 @@ and the plots drawn from it (loss, learning rate)."""
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def write_metrics_csv(history: list[dict], path: str | Path) -> None:
@@ -18,11 +21,16 @@ def write_metrics_csv(history: list[dict], path: str | Path) -> None:
         fields += [k for k in row if k not in fields]
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(history)
+        tmp.replace(path)
+    except OSError as e:  # a full disk, say: the earlier file stays whole, no temporary one stays behind
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"{path}: could not write the metrics ({e.strerror or e}); the earlier file is "
+                               "unchanged") from e
 
 
 def read_metrics_csv(path: str | Path, up_to_step: int) -> list[dict]:
@@ -30,12 +38,23 @@ def read_metrics_csv(path: str | Path, up_to_step: int) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    hint = "move it away to resume without the earlier history"
     try:
-        return [{k: _num(v) for k, v in row.items()} for row in rows if int(row["step"]) <= up_to_step]
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: not a metrics file written by the trainer ({e}); {hint}") from None
+    whole = []
+    for line, row in rows:
+        if None in row.values() or None in row:  # fewer or more fields than the header: a damaged line
+            log.warning("%s: line %d does not match the header (a damaged file?); left out of the history", path, line)
+        else:
+            whole.append(row)
+    try:
+        return [{k: _num(v) for k, v in row.items()} for row in whole if int(row["step"]) <= up_to_step]
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: not a metrics file written by the trainer ({e})") from None
+        raise ValueError(f"{path}: not a metrics file written by the trainer ({e}); {hint}") from None
 
 
 def _num(v: str | None):
