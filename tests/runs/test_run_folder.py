@@ -249,3 +249,11 @@ def test_translate_on_the_demos_checkpoint_says_what_it_is(finished_run, capsys)
     assert main(["translate", "--checkpoint", str(finished_run), "1987-03-21"]) == 2
     err = capsys.readouterr().err
     assert "dates task" in err and "multi30k" in err and "Traceback" not in err
+
+
+def test_out_naming_a_file_is_a_clear_error(tmp_path, capsys):
+    """`train --out notes.txt` gave a raw "[Errno 17] File exists"."""
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["train", "--out", str(tmp_path / "notes.txt"), *SHORT_RUN]) == 2
+    assert "a file, not a run folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -73,11 +73,11 @@ def add_split_special_tokens(p: argparse.ArgumentParser) -> None:
                         "model folder's tokenizer does, which for Hugging Face folders means special tokens)")
 
 
-def texts_or_stdin(texts: list[str], what: str) -> list[str]:
-    """The TEXT arguments, else the lines of stdin (UTF-8, checked)."""
+def texts_or_stdin(texts: list[str], what: str, given: str = "TEXT") -> list[str]:
+    """The TEXT arguments, else the lines of stdin (UTF-8, checked); ``given``: how else a command takes them."""
     out = texts or list(decode_lines(sys.stdin.buffer, "stdin"))
     if not out:
-        raise ValueError(f"TEXT: nothing to {what} (give TEXT arguments or lines on stdin)")
+        raise ValueError(f"{given}: nothing to {what} (give {given} or lines on stdin)")
     return out
 
 

@@ -49,7 +49,7 @@ def generate_cmd(args: argparse.Namespace) -> int:
                          static_cache=args.static_cache, compile=args.compile)  # validated first
     device = choose_device(args.device)
     model, tok = lm.load_lm(args.checkpoint, device, args.split_special_tokens)
-    prompts = [args.prompt] if args.prompt is not None else texts_or_stdin([], "continue")
+    prompts = [args.prompt] if args.prompt is not None else texts_or_stdin([], "continue", given="--prompt")
     generator = torch.Generator(device=device)
     generator.manual_seed(args.seed if args.seed is not None else torch.seed())
     stream = not args.json and len(prompts) * args.num_samples == 1  # one sample: print it as it comes

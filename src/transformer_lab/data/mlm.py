@@ -61,7 +61,7 @@ def make_pairs(docs: Sequence[Sequence[list[int]]], rng: random.Random, nsp: boo
     others = [i for i in (range(len(docs)) if pool is None else pool) if docs[i]]
     if nsp and len(others) < 2:
         raise ValueError("NSP needs at least two documents (NotNext sentences come from another document); "
-                         "separate documents with blank lines, or turn NSP off")
+                         "separate documents with blank lines, or turn NSP off (pretrain bert --no-nsp)")
     out = []
     for di in (range(len(docs)) if only is None else only):
         doc = docs[di]

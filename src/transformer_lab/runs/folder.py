@@ -83,6 +83,8 @@ class RunFolder:
         """Take the folder for this process (created if needed); RunFolderInUse if another holds it."""
         if self._lock_fd is not None:
             return self
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{self.path}: a file, not a run folder; choose another --out")
         self._created = not self.path.exists()
         while True:
             self.path.mkdir(parents=True, exist_ok=True)
