@@ -114,14 +114,14 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
     dev_x, dev_y = read_labelled_tsv(cfg.dev_file)
     test = read_labelled_tsv(cfg.test_file) if cfg.test_file else None
     n_labels = max(train_y + dev_y) + 1
-    source = Path(cfg.model)
-    if (source / "checkpoints").is_dir() and (source / "model" / "config.json").is_file():
-        source = source / "model"  # a `pretrain bert` run folder: the Hugging Face folder it exported
-        log.info("model: %s (the run's exported BERT)", source)
+    base = Path(cfg.model)
+    if (base / "checkpoints").is_dir() and (base / "model" / "config.json").is_file():
+        base = base / "model"  # a `pretrain bert` run folder: the Hugging Face folder it exported
+        log.info("model: %s (the run's exported BERT)", base)
     with open_run(cfg.run, runtime) as folder:
-        tok = load_bert_tokenizer(source, cfg.split_special_tokens)
+        tok = load_bert_tokenizer(base, cfg.split_special_tokens)
         torch.manual_seed(cfg.train.seed)  # the fresh head's initial weights
-        model = load_bert(source, n_labels=n_labels, pretraining_heads=False)
+        model = load_bert(base, n_labels=n_labels, pretraining_heads=False)
         if cfg.adapter is not None:  # the fresh head trains in full beside the adapter
             apply_adapter(model, task_adapter(cfg.adapter, tok, cfg.prompt_text, train="classifier"))
         if cfg.qat is not None:
@@ -136,7 +136,7 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         warmup = cfg.warmup if cfg.warmup is not None else steps // 10
         train_cfg = replace(cfg.train, max_steps=steps, warmup=max(1, warmup),
                             eval_every=max(1, steps // 4) if cfg.eval_every is None else cfg.eval_every)
-        log.info("fine-tuning %s: %d training sentences, %d dev, %d labels; %d steps of %d", source, len(train_x),
+        log.info("fine-tuning %s: %d training sentences, %d dev, %d labels; %d steps of %d", base, len(train_x),
                  len(dev_x), n_labels, steps, cfg.batch_size)
 
         def validate(m: Bert) -> dict:
@@ -150,7 +150,7 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
                                    "trainable_parameters": counts.trainable, "total_parameters": counts.total}
         best = load_model(find_checkpoint(folder.path, prefer=(BEST, LAST)), map_location=runtime.device).model
         if runtime.is_main and cfg.adapter is not None:
-            summary["adapter"] = str(write_uncut(result, lambda: save_adapter(best, folder.export("adapter"), source)))
+            summary["adapter"] = str(write_uncut(result, lambda: save_adapter(best, folder.export("adapter"), base)))
         elif runtime.is_main:
             summary["model"] = str(write_uncut(result, lambda: export(best, tok, folder.export())))
         quantized = None
@@ -161,7 +161,7 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
             if runtime.is_main:
                 path = folder.export("quantized")
                 summary["quantized"] = str(write_uncut(result, lambda: save_checkpoint(
-                    path, quantized, {"qat": True}, extra=copied(hf_tokenizer_files(source)))))
+                    path, quantized, {"qat": True}, extra=copied(hf_tokenizer_files(base)))))
 
         def score() -> dict:
             out = {"dev_acc": round(accuracy(best, dev_ids, dev_y), 4)}
