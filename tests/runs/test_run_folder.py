@@ -257,3 +257,11 @@ def test_out_naming_a_file_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "notes.txt"), *SHORT_RUN]) == 2
     assert "a file, not a run folder" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_the_last_line_lists_what_the_run_wrote(finished_run):
+    """The closing "wrote OUT/{...}" line was a fixed list: it named checkpoints/best after runs that
+    never validated, and plots a stopped run had not drawn."""
+    line = RunFolder(finished_run).written()
+    assert line.startswith(f"{finished_run}/{{checkpoints/last") and "summary.json" in line
+    assert "checkpoints/best" not in line and "model" not in line

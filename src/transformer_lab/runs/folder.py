@@ -180,6 +180,12 @@ class RunFolder:
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
 
+    def written(self) -> str:
+        """What the run folder holds now, as ``OUT/{checkpoints/last, metrics.csv, ...}`` (for the last log line)."""
+        names = [f"{CHECKPOINTS}/{n}" for n in (LAST, BEST) if self.checkpoint(n).is_dir()]
+        names += [n for n in (*RUN_FILES, *RUN_DIRS[1:]) if (self.path / n).exists()]
+        return f"{self.path}/{{{', '.join(names)}}}"
+
     # --- records --------------------------------------------------------------------------------
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """summary.json, atomically; NaN and infinity are refused (not JSON numbers)."""

@@ -105,7 +105,8 @@ def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
             log.info("held-out exact match: %.1f%% of %d dates", 100 * accuracy, len(test_pairs))
         write_summary(folder, runtime, summary)
         log.info("steps %d in %.0f s (%.0f target tokens/s)", result.state.step, result.state.elapsed_s, result.tokens_per_s)
-        log.info("wrote %s/{checkpoints/last, metrics.csv, loss.png, lr.png, summary.json}", folder.path)
+        if runtime.is_main:
+            log.info("wrote %s", folder.written())
     return TaskResult(summary, result.signum, runtime.is_main)
 
 

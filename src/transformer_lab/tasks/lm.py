@@ -372,7 +372,7 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
                      "of training", full["loss"], full["perplexity"], f"{full['tokens']:,}", result.state.step,
                      result.state.elapsed_s)
         write_summary(folder, runtime, summary)
-        log.info("wrote %s", folder.path)
+        log.info("wrote %s", folder.written())
     return TaskResult(summary, result.signum, runtime.is_main)
 
 

@@ -429,7 +429,8 @@ def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
             "best_val_loss": finite_or_none(result.state.best_val_loss),
             "last_validation": next((r for r in reversed(result.state.history) if "val_loss" in r), None)}
         write_summary(folder, runtime, summary)
-        log.info("wrote %s/{checkpoints/last, checkpoints/best, metrics.csv, loss.png, lr.png, summary.json}", folder.path)
+        if runtime.is_main:
+            log.info("wrote %s", folder.written())
     return TaskResult(summary, result.signum, runtime.is_main)
 
 
