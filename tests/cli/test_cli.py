@@ -121,3 +121,14 @@ def test_nan_loss_stops_with_a_message_naming_the_step(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "loss is nan at step" in err or "loss is inf at step" in err
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing written from a diverged run
+
+
+def test_an_unknown_option_is_named_by_its_command(capsys):
+    """argparse reported an unknown option with the top-level usage (`transformer-lab [-h] COMMAND`); the
+    command that was given it now says so, with its own usage."""
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "classify", "--model", "m", "--train", "t", "--dev", "d", "--out", "o", "--bogus", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "usage: transformer-lab finetune classify" in err
+    assert "transformer-lab finetune classify: error: unrecognized arguments: --bogus 1" in err

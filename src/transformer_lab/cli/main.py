@@ -29,10 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub-)sub-command's own parser: ``finetune classify``'s, say, for its usage in an error."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name is None or name not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # named by the sub-command that was given them, with its usage (argparse: the top level's)
+        chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, EOFError, ArithmeticError) as e:  # bad input, files, NaN loss
