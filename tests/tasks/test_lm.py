@@ -296,3 +296,19 @@ def test_cli_refuses_label_smoothing_and_finds_data_under_the_data_root(tmp_path
     assert main(["train", "--preset", "lm", "--data", "texts/t.txt", "--out", "r2", *short]) == 0
     assert main(["train", "--preset", "lm", "--data", "texts/nope.txt", "--out", "r3", *short]) == 2
     assert "nor under $TRANSFORMER_LAB_DATA" in capsys.readouterr().err
+
+
+def test_resume_reads_the_text_with_the_runs_own_tokenizer(tmp_path, capsys):
+    """A resumed LM run built its tokenizer anew from --data: another text with as many characters
+    renumbered every id under the trained weights, silently. It now reads the text with the checkpoint's
+    tokenizer: the same text resumes, a character the run never saw is an error naming it."""
+    first, other = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(TEXT)
+    other.write_text(TEXT.replace("z", "#"))  # the same number of distinct characters
+    short = ["--tokenizer", "char", "--context", "16", "--eval-every", "0", "--no-progress"]
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "lm", "--data", str(first), "--out", str(out), "--max-steps", "2", *short]) == 0
+    assert main(["train", "--preset", "lm", "--data", str(other), "--resume", str(out), "--max-steps", "3", *short]) == 2
+    err = capsys.readouterr().err
+    assert "characters outside the vocabulary" in err and "'#'" in err
+    assert main(["train", "--preset", "lm", "--data", str(first), "--resume", str(out), "--max-steps", "3", *short]) == 0

@@ -29,7 +29,7 @@ from transformer_lab.models.presets import GPT_PRESETS, gpt_preset
 from transformer_lab.models.summary import parameter_summary
 from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.nn.sparse import parse_pattern
-from transformer_lab.runs import find_checkpoint, load_model
+from transformer_lab.runs import LAST, find_checkpoint, load_model
 from transformer_lab.runtime import Runtime, runtime_for, unwrap
 from transformer_lab.runtime.signals import Interrupted, interruptible_section
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run,
@@ -130,11 +130,13 @@ def build_tokenizer(kind: str, train_text: str, vocab_size: int):
 
 
 def prepare_lm_data(path: str | Path, tokenizer: str = "char", vocab_size: int = 8000, val_fraction: float = 0.1,
-                    context: int = 64) -> LMData:
+                    context: int = 64, trained: Any = None) -> LMData:
+    """The text split 90/10 and encoded; ``trained``: a tokenizer to use as it is (a resumed run's own)
+    instead of building ``tokenizer`` from the text."""
     text = read_text(path)
     cut = int(len(text) * (1 - val_fraction))
     # char: nanoGPT builds the vocabulary from the whole file; a subword vocabulary sees train only
-    tok = build_tokenizer(tokenizer, text if tokenizer == "char" else text[:cut], vocab_size)
+    tok = trained or build_tokenizer(tokenizer, text if tokenizer == "char" else text[:cut], vocab_size)
     train_ids, valid_ids = split_tokens(tok.encode(text), val_fraction, context, str(path))
     return LMData(train_ids, valid_ids, tok)
 
@@ -336,7 +338,10 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
     base = gpt_preset(cfg.model)
     context = cfg.context or base.max_len
     with open_run(cfg.run, runtime) as folder:
-        data = prepare_lm_data(cfg.data, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, context=context)
+        # a resumed run reads the text with the tokenizer its weights were trained with, not one built anew
+        trained = checkpoint_tokenizer(find_checkpoint(cfg.run.resume, prefer=(LAST,))) if cfg.run.resume else None
+        data = prepare_lm_data(cfg.data, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, context=context,
+                               trained=trained)
         overrides = {"attention": cfg.attention, **({} if cfg.position is None else {"position": cfg.position})}
         torch.manual_seed(cfg.train.seed)  # the initial weights
         model = GPT(gpt_preset(cfg.model, vocab_size=data.tokenizer.vocab_size, max_len=max(base.max_len, context),
