@@ -129,6 +129,15 @@ def build_tokenizer(kind: str, train_text: str, vocab_size: int):
     return load_tokenizer(kind)  # a path
 
 
+def resumed_tokenizer(resume: Path) -> Any:
+    """The tokenizer of the checkpoint a run resumes; None if it has none (not a language model's: the
+    trainer then says what it holds)."""
+    try:
+        return checkpoint_tokenizer(find_checkpoint(resume, prefer=(LAST,)))
+    except FileNotFoundError:
+        return None
+
+
 def prepare_lm_data(path: str | Path, tokenizer: str = "char", vocab_size: int = 8000, val_fraction: float = 0.1,
                     context: int = 64, trained: Any = None) -> LMData:
     """The text split 90/10 and encoded; ``trained``: a tokenizer to use as it is (a resumed run's own)
@@ -339,7 +348,7 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
     context = cfg.context or base.max_len
     with open_run(cfg.run, runtime) as folder:
         # a resumed run reads the text with the tokenizer its weights were trained with, not one built anew
-        trained = checkpoint_tokenizer(find_checkpoint(cfg.run.resume, prefer=(LAST,))) if cfg.run.resume else None
+        trained = resumed_tokenizer(cfg.run.resume) if cfg.run.resume else None
         data = prepare_lm_data(cfg.data, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, context=context,
                                trained=trained)
         overrides = {"attention": cfg.attention, **({} if cfg.position is None else {"position": cfg.position})}
