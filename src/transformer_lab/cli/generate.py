@@ -55,12 +55,11 @@ def generate_cmd(args: argparse.Namespace) -> int:
     stream = not args.json and len(prompts) * args.num_samples == 1  # one sample: print it as it comes
     bar = tqdm(total=cfg.max_new_tokens, unit="tok", desc="generate", leave=False, file=sys.stderr,
                disable=True if (stream or args.no_progress) else None)  # None: only on a terminal
-    shown = []  # the prompt is printed with the first text, once the prompt has passed its checks
+    pending = [prompts[0]]  # the prompt, printed with the first text: once it has passed the checks
 
     def show(text: str) -> None:
-        if not shown:
-            shown.append(print(prompts[0], end=""))
-        print(text, end="", flush=True)
+        print(*pending, text, sep="", end="", flush=True)
+        pending.clear()
 
     res = lm.sample(model, tok, prompts, cfg, generator, args.num_samples, on_text=show if stream else None,
                     on_step=lambda: bar.update(1))

@@ -72,11 +72,14 @@ class RunFolder:
     def export(self, name: str = "model") -> Path:
         return self.path / name
 
+    def _has(self, name: str) -> bool:  # (an interrupted save's .old copy counts)
+        return any((self.checkpoints / f"{name}{s}").exists() for s in ("", ".old"))
+
     def has_checkpoint(self) -> bool:
-        return any((self.checkpoints / f"{n}{s}").exists() for n in (LAST, BEST) for s in ("", ".old"))
+        return self._has(LAST) or self._has(BEST)
 
     def resumable(self) -> bool:
-        return any((self.checkpoints / f"{LAST}{s}").exists() for s in ("", ".old"))
+        return self._has(LAST)
 
     # --- one writer -----------------------------------------------------------------------------
     def lock(self) -> "RunFolder":
@@ -147,14 +150,11 @@ class RunFolder:
                 if resume_from is not None:
                     raise ValueError(f"{self.path}: holds another run than the one to resume ({resume_from}); "
                                      "choose an empty --out, or resume this folder's own run")
-                if not overwrite and not self.resumable():
-                    raise ValueError(f"{self.path}: already holds a run that cannot be resumed (no checkpoints/last: "
-                                     "it stopped before its first save); start over (--overwrite removes its "
-                                     "checkpoints, metrics and plots) or choose another --out")
                 if not overwrite:
-                    raise ValueError(f"{self.path}: already holds a run (checkpoints/); resume it (--resume "
-                                     f"{self.path}), start over (--overwrite removes its checkpoints, metrics and "
-                                     "plots) or choose another --out")
+                    what = (f"a run (checkpoints/); resume it (--resume {self.path}), " if self.resumable() else
+                            "a run that cannot be resumed (no checkpoints/last: it stopped before its first save); ")
+                    raise ValueError(f"{self.path}: already holds {what}start over (--overwrite removes its "
+                                     "checkpoints, metrics and plots) or choose another --out")
                 self._start_over = True
         except BaseException:
             self.unlock()
@@ -183,7 +183,7 @@ class RunFolder:
     def written(self) -> str:
         """What the run folder holds now, as ``OUT/{checkpoints/last, metrics.csv, ...}`` (for the last log line)."""
         names = [f"{CHECKPOINTS}/{n}" for n in (LAST, BEST) if self.checkpoint(n).is_dir()]
-        names += [n for n in (*RUN_FILES, *RUN_DIRS[1:]) if (self.path / n).exists()]
+        names += [n for n in (*RUN_FILES, *RUN_DIRS) if n != CHECKPOINTS and (self.path / n).exists()]
         return f"{self.path}/{{{', '.join(names)}}}"
 
     # --- records --------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from transformer_lab.nn.checks import values_checked
 from transformer_lab.nn.layers import set_dropout
-from transformer_lab.runs import LAST, RunFolder, find_checkpoint, load_model, load_train_state, save_checkpoint
+from transformer_lab.runs import (LAST, RunFolder, find_checkpoint, load_model, load_train_state, run_folder_of,
+                                  save_checkpoint)
 from transformer_lab.runtime import Runtime
 from transformer_lab.runtime.signals import Interrupted, StopRequest
 from transformer_lab.training.config import TrainConfig
@@ -242,7 +243,7 @@ class Trainer:
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             raise unfit(e) from None
         # the history continues the one of the run that wrote the checkpoint (RUN/checkpoints/NAME)
-        owner = RunFolder(directory.parent.parent) if directory.parent.name == "checkpoints" else self.run
+        owner = RunFolder(run_folder_of(directory) or self.run.path)
         self.state.history = read_metrics_csv(owner.metrics, self.state.step)
         if changed:
             log.warning("resuming with changed training settings (checkpoint, now): %s", changed)
