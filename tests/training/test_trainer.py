@@ -470,3 +470,17 @@ def test_compiled_training_takes_the_eager_steps(tmp_path):
     dropped = trainer(tmp_path / "dropout", 3, dropout=0.1, compile=True)  # hashed masks (nn/dropout.py)
     dropped.fit()
     assert all(math.isfinite(x) for x in losses(dropped)) and losses(dropped)[0] != losses(compiled)[0]
+
+
+def test_the_recipe_is_logged_and_kept_readable_with_the_checkpoint(tmp_path, caplog):
+    """A run says what it trains with (the task's recipe and the command line's changes) and its
+    checkpoint's meta.json keeps it, readable without torch."""
+    import json
+    t = trainer(tmp_path / "a", 2, schedule="cosine", lr=3e-4, min_lr=3e-5, weight_decay=0.1, dropout=0.0)
+    with caplog.at_level("INFO"):
+        t.fit()
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("recipe:"))
+    assert line == ("recipe: 2 steps, cosine lr 0.0003 to 3e-05, warm-up 5, AdamW wd 0.1 beta2 0.98, clip 1, fp32, "
+                    "label smoothing 0.1, dropout 0, 2 micro-batches per step")
+    meta = json.loads((tmp_path / "a" / "checkpoints" / "last" / "meta.json").read_text())
+    assert meta["train_config"]["weight_decay"] == 0.1 and meta["train_config"]["max_steps"] == 2

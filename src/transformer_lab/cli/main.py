@@ -26,7 +26,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (train, translate, generate, bert, finetune, quantize, export, serve, model, tokenizer, bench, explain):
         module.register(sub)
+    show_defaults(parser)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's help ends with its default, unless it has none (None, off) or the help already says it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                show_defaults(child)
+            continue
+        default = action.default
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or default == []
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+                or "default" in (action.help or "").lower() or action.help == argparse.SUPPRESS):
+            continue
+        action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
 
 
 def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

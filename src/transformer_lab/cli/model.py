@@ -1,37 +1,99 @@
-"""`transformer-lab model summary`: parameter counts of a preset."""
+"""`transformer-lab model summary`: parameter counts of a preset or of a model folder."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+import torch
+from torch import nn
 
 from transformer_lab.cli.args import positive_int
-from transformer_lab.models.presets import PRESETS, preset
+from transformer_lab.config import read_json_object
+from transformer_lab.models.bert import Bert
+from transformer_lab.models.gpt import GPT
+from transformer_lab.models.hf import BERT_TYPES, bert_config_from_hf, gpt_config_from_hf
+from transformer_lab.models.presets import BERT_PRESETS, GPT_PRESETS, PRESETS, bert_preset, gpt_preset, preset
+from transformer_lab.models.registry import build_from_config
 from transformer_lab.models.summary import format_summary, parameter_summary
 from transformer_lab.models.transformer import Transformer
+from transformer_lab.runs import find_checkpoint, is_ours
+
+ALL_PRESETS = sorted(PRESETS) + sorted(GPT_PRESETS) + sorted(BERT_PRESETS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="inspect model presets", description="Inspect model presets.")
+    p = sub.add_parser("model", help="inspect model presets and model folders",
+                       description="Inspect model presets and model folders.")
     msub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
     s = msub.add_parser("summary", help="parameter count per component",
-                        description="Build a preset (random weights) and count its parameters by component.")
-    s.add_argument("--preset", default="base", choices=sorted(PRESETS))
-    s.add_argument("--vocab-size", type=positive_int, default=None, help="shared vocabulary size (default: the preset's)")
+                        description="Count a model's parameters by component, from its configuration alone (no "
+                                    "weights are read or allocated): a preset of any family (encoder-decoder, GPT, "
+                                    "BERT), or --model: one of our run or checkpoint folders, or a Hugging Face BERT "
+                                    "or GPT-2 folder.")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--preset", default=None, choices=ALL_PRESETS, help="a named size (default: base)")
+    src.add_argument("--model", default=None, metavar="FOLDER",
+                     help="a run or checkpoint folder, or a Hugging Face BERT/GPT-2 folder (config.json)")
+    s.add_argument("--vocab-size", type=positive_int, default=None,
+                   help="with --preset: the vocabulary size (default: the preset's)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=summary)
 
 
+def preset_model(name: str, vocab_size: int | None) -> nn.Module:
+    """A preset's model on the meta device (shapes only)."""
+    with torch.device("meta"):
+        if name in GPT_PRESETS:
+            return GPT(gpt_preset(name, **({"vocab_size": vocab_size} if vocab_size else {})))
+        if name in BERT_PRESETS:
+            return Bert(bert_preset(name, **({"vocab_size": vocab_size} if vocab_size else {})))
+        sizes = dict(src_vocab_size=vocab_size, tgt_vocab_size=vocab_size) if vocab_size else {}
+        return Transformer(preset(name, **sizes))
+
+
+def folder_model(path: str | Path) -> nn.Module:
+    """The model a folder's config.json describes, on the meta device (shapes only)."""
+    path = Path(path)
+    if is_ours(path):
+        config = find_checkpoint(path) / "config.json"
+        with torch.device("meta"):
+            return build_from_config(read_json_object(config), where=str(config))
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{path}: neither one of our run/checkpoint folders nor a Hugging Face model folder "
+                                "(no config.json)")
+    hf = read_json_object(config)
+    kind = hf.get("model_type")
+    with torch.device("meta"):
+        if kind in BERT_TYPES:
+            return Bert(bert_config_from_hf(hf, where=str(config)))
+        if kind == "gpt2":
+            return GPT(gpt_config_from_hf(hf, where=str(config)))
+    raise ValueError(f"{config}: model_type {kind!r}; model summary reads BERT and GPT-2 folders, and our checkpoints")
+
+
+def describe(model: nn.Module) -> str:
+    c = model.config
+    if isinstance(model, Transformer):
+        return (f"d_model={c.d_model} h={c.n_heads} d_ff={c.d_ff} N={c.n_encoder_layers}/{c.n_decoder_layers} "
+                f"vocab={c.src_vocab_size}/{c.tgt_vocab_size}")
+    return f"d_model={c.d_model} h={c.n_heads} d_ff={c.d_ff} N={c.n_layers} vocab={c.vocab_size} context={c.max_len}"
+
+
 def summary(args: argparse.Namespace) -> int:
-    overrides = {}
-    if args.vocab_size is not None:
-        overrides = dict(src_vocab_size=args.vocab_size, tgt_vocab_size=args.vocab_size)
-    cfg = preset(args.preset, **overrides)
-    result = {"preset": args.preset, **parameter_summary(Transformer(cfg))}
+    if args.model is not None and args.vocab_size is not None:
+        raise ValueError("--vocab-size: a model folder's vocabulary is its own (use it with --preset)")
+    if args.model is not None:
+        model, name = folder_model(args.model), {"model": str(args.model)}
+    else:
+        name = {"preset": args.preset or "base"}
+        model = preset_model(name["preset"], args.vocab_size)
+    result = {**name, "kind": type(model).__name__, **parameter_summary(model)}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"preset {args.preset}: d_model={cfg.d_model} h={cfg.n_heads} d_ff={cfg.d_ff} "
-              f"N={cfg.n_encoder_layers}/{cfg.n_decoder_layers} vocab={cfg.src_vocab_size}")
+        print(f"{type(model).__name__} {next(iter(name.values()))}: {describe(model)}")
         print(format_summary(result))
     return 0

@@ -64,3 +64,24 @@ class TrainConfig:
             raise ValueError(f"min_lr: expected >= 0, got {self.min_lr}")
         if not self.adam_eps > 0:
             raise ValueError(f"adam_eps: expected > 0, got {self.adam_eps}")
+
+    def describe(self) -> str:
+        """One line for the log: the recipe a run trains with (the task's, with the command line's changes)."""
+        rate = f"noam x{self.lr:g}" if self.schedule == "noam" else f"{self.schedule} lr {self.lr:g}"
+        if self.schedule == "cosine" and self.min_lr:
+            rate += f" to {self.min_lr:g}"
+        optimizer = f"AdamW wd {self.weight_decay:g}" if self.weight_decay else "Adam"
+        parts = [f"{self.max_steps:,} steps", f"{rate}, warm-up {self.warmup:,}",
+                 f"{optimizer} beta2 {self.beta2:g}", f"clip {self.clip_norm:g}" if self.clip_norm else "no clipping",
+                 self.precision]
+        if self.label_smoothing:
+            parts.append(f"label smoothing {self.label_smoothing:g}")
+        if self.dropout is not None:
+            parts.append(f"dropout {self.dropout:g}")
+        if self.accumulate > 1:
+            parts.append(f"{self.accumulate} micro-batches per step")
+        if self.time_budget_s is not None:
+            parts.append(f"time budget {self.time_budget_s / 60:g} min")
+        if self.compile:
+            parts.append("compiled")
+        return ", ".join(parts)

@@ -183,7 +183,8 @@ class Trainer:
             if hasattr(self.loss_fn, "state_dict"):  # a loss that carries state between steps (a segment memory)
                 train_state["loss"] = self.loss_fn.state_dict()
         meta = {"step": self.state.step, "epoch": self.state.epoch,
-                "best_val_loss": finite_or_none(self.state.best_val_loss), "history_tail": self.state.history[-1:]}
+                "best_val_loss": finite_or_none(self.state.best_val_loss), "history_tail": self.state.history[-1:],
+                "train_config": asdict(self.cfg)}
         return save_checkpoint(self.run.checkpoint(name), model, meta, self.extra_files, train_state)
 
     def resume(self, path: str | Path) -> None:
@@ -368,6 +369,8 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg, st = self.cfg, self.state
+        if self.runtime.is_main:
+            log.info("recipe: %s", cfg.describe())
         if st.step == 0:
             torch.manual_seed(cfg.seed + self.runtime.rank)  # dropout's stream; a resumed run restores it instead
         stop = StopRequest("the current step finishes and is saved")
