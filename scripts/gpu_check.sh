@@ -24,18 +24,19 @@
 #    needs Multi30k (carried as in 4). The summary gives the steady steps/s (after the first log row).
 # 5. train --preset shakespeare-char-gpu (nanoGPT's GPU recipe; issue 14: validation <= 1.47 in <= 90 s),
 #    bf16 and compiled; needs $TRANSFORMER_LAB_DATA/tinyshakespeare/input.txt (carried as in 4).
+# 6. cuda_tests: the tests that CI skips without a GPU (pytest, when the device's Python has it).
 # Each step has its own timeout, so one that hangs does not take the others' time, and none starts after
 # DEADLINE seconds (default 520; the summary and archive in $OUT are refreshed after every step). All steps take more
 # than one device call (600 s): ONLY="decode bench_gpt_compile" runs only the steps named (space-separated;
 # the steps: bench_gpt bench_gpt_compile bench_model torchrun_ddp torchrun_fsdp train_eager train_compile decode
-# m30k_eager m30k_compile shakespeare_gpu). status.txt lists this run's steps.
+# m30k_eager m30k_compile shakespeare_gpu cuda_tests). status.txt lists this run's steps.
 # A lent GPU comes with ~15 minutes, its start included: run in the issue's order of importance, each call well
 # inside 600 s: ONLY="bench_gpt_compile shakespeare_gpu" (GPT-2 training and decoding against transformers
 # compiled; nanoGPT's recipe), then ONLY="m30k_eager m30k_compile decode", then what time is left for:
-# bench_gpt bench_model torchrun_ddp torchrun_fsdp train_eager train_compile.
+# bench_gpt bench_model torchrun_ddp torchrun_fsdp train_eager train_compile cuda_tests.
 set -u
 STEPS_ALL="bench_gpt bench_gpt_compile bench_model torchrun_ddp torchrun_fsdp train_eager train_compile decode m30k_eager
-m30k_compile shakespeare_gpu"
+m30k_compile shakespeare_gpu cuda_tests"
 STEPS_ALL=${STEPS_ALL//$'\n'/ }
 # shellcheck disable=SC2086,SC2116  # (word splitting is the point)
 ONLY=$(echo ${ONLY:-})  # one space between names, whatever separated them
@@ -150,5 +151,8 @@ elif [ -f "$SC" ]; then
 else
     echo "shakespeare_gpu skipped: no $SC" >> "$WORK/status.txt"
 fi
+# (the tests marked skipif-no-CUDA; rootdir tests/ for its conftest)
+step cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/nn/test_attention.py::test_fully_masked_row_on_cuda_gives_finite_grads \
+    tests/tasks/test_lm.py::test_memory_training_resumes_on_a_gpu tests/runtime/test_runtime.py
 collect
 cat "$OUT/summary.txt"

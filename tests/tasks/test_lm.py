@@ -280,6 +280,18 @@ def test_memory_training_resumes_exactly(tmp_path):
     assert main(common[:-1] + ["--position", "learned", "--out", str(tmp_path / "bad")]) == 2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the memory is loaded on the CPU)")
+def test_memory_training_resumes_on_a_gpu(tmp_path):
+    """A resumed --memory run's saved memory comes back on the CPU; the step moves it to the model's device."""
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT)
+    common = ["train", "--preset", "shakespeare-char", "--data", str(path), "--context", "16", "--memory", "32",
+              "--position", "rotary", "--batch-size", "4", "--eval-every", "1000", "--no-progress", "--device", "cuda",
+              "--out", str(tmp_path / "run")]
+    assert main(common + ["--max-steps", "2"]) == 0
+    assert main(common + ["--max-steps", "4", "--resume", str(tmp_path / "run")]) == 0
+
+
 def test_cli_refuses_label_smoothing_and_finds_data_under_the_data_root(tmp_path, monkeypatch, capsys):
     """`--label-smoothing` on a language model was accepted silently (the CLI set the training config
     after the check); `--data tinyshakespeare/input.txt`, as the README writes it, failed outside the

@@ -13,6 +13,7 @@ import traceback
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from transformer_lab.data.batches import ClassBatch, LMBatch, PretrainBatch, ShuffledBatches
 from transformer_lab.data.mlm import IGNORE
@@ -184,7 +185,7 @@ def test_bert_pretraining_gathers_the_masked_positions_by_index():
     by_mask = m(b.tokens, b.segments, b.attention_mask, mlm_positions=selected).mlm_logits
     by_index = m(b.tokens, b.segments, b.attention_mask, mlm_positions=seen[0]).mlm_logits
     torch.testing.assert_close(by_index, by_mask, rtol=0, atol=0)
-    expected = torch.nn.functional.cross_entropy(by_mask, b.labels[selected]) * 3
+    expected = torch.nn.functional.cross_entropy(by_mask, b.labels[selected])  # (the mean: the trainer divides the parts)
     torch.testing.assert_close(res.loss, expected)
     with pytest.raises(ValueError, match="mlm_positions: expected a bool"):
         m(b.tokens, mlm_positions=torch.tensor([0.5]))
@@ -200,3 +201,27 @@ def test_the_bert_pretraining_loss_is_one_graph_under_compile():
                                                                torch.device("cpu"))
     assert explained.graph_break_count == 0, [str(r.reason)[:120] for r in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def test_bert_pretraining_micro_batches_take_the_gradients_of_one_batch(tmp_path):
+    """Micro-batches with different numbers of masked tokens (1 and 3 here) give the gradients of one
+    batch, as BERT defines its loss: the MLM mean over every masked token of the step plus the NSP mean
+    over its pairs, written out with torch's F.cross_entropy on the whole batch (float64; the task's loss
+    takes its cross-entropy in float32, hence 1e-6: the per-sequence weighting this replaces was 1e-3 off)."""
+    whole = pretrain_batch()
+    halves = [PretrainBatch(*(t[rows] for t in (whole.tokens, whole.segments, whole.attention_mask, whole.labels,
+                                                 whole.not_next))) for rows in (slice(0, 1), slice(1, 3))]
+    assert [len(h.mlm_targets) for h in halves] == [1, 3]
+    m = bert(pretraining_heads=True).double()
+    m.eval()  # (dropout off)
+    out = m(whole.tokens, whole.segments, whole.attention_mask, mlm_positions=whole.mlm_positions)
+    (F.cross_entropy(out.mlm_logits, whole.mlm_targets) + F.cross_entropy(out.nsp_logits, whole.not_next)).backward()
+    expected = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    trainer = Trainer(m, Fixed(whole), TrainConfig(**CFG, dropout=0.0), tmp_path, pretrain_loss(nsp=True))
+    row = trainer.backward(halves)
+    for n, p in m.named_parameters():
+        if n in expected:
+            assert (p.grad - expected[n]).abs().max() <= 1e-6 * expected[n].abs().max() + 1e-15, n  # (w_k.bias: 0)
+    direct = F.cross_entropy(out.mlm_logits, whole.mlm_targets) + F.cross_entropy(out.nsp_logits, whole.not_next)
+    assert float(row["loss"]) == pytest.approx(float(direct.detach()), rel=1e-6)
+    assert float(row["nll"]) == pytest.approx(float(F.cross_entropy(out.mlm_logits, whole.mlm_targets)), rel=1e-6)

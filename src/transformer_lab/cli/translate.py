@@ -102,7 +102,8 @@ def _evaluate_lm(args: argparse.Namespace, device) -> int:
         raise ValueError("--static-cache/--compile: for translation; a language model's loss reads whole windows "
                          "(no decoding; `generate` has them)")
     model, tok = lm.load_lm(args.checkpoint, device, args.split_special_tokens)
-    res = lm.evaluate_file(model, tok, args.text, args.context, args.batch_size, args.band, args.memory)
+    res = lm.evaluate_file(model, tok, args.text, args.context, args.batch_size, args.band, args.memory,
+                           progress=not args.no_progress)
     if args.json:
         print(json.dumps(res))
     else:

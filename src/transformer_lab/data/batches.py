@@ -280,8 +280,9 @@ class PretrainBatch:
         return int(self.attention_mask.sum())  # real tokens, for throughput
 
     @property
-    def loss_units(self) -> int:
-        return self.tokens.size(0)  # the loss is a per-sequence mean (BERT's MLM mean + NSP mean)
+    def loss_parts(self) -> dict[str, int]:
+        # BERT's loss: the MLM mean over the masked tokens + the NSP mean over the pairs (training.loop.StepLoss)
+        return {"mlm": len(self.mlm_targets), "nsp": self.tokens.size(0)}
 
 
 class PretrainBatches:

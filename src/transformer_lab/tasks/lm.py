@@ -10,6 +10,7 @@ nanoGPT), the whole validation split at the end (``evaluate_lm``). decode: ``gen
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm import tqdm
 
 from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_counts
 from transformer_lab.config import check_positive, read_json_object
@@ -177,6 +179,8 @@ class SegmentLoss:
             raise ValueError("SegmentLoss: batches must come from SegmentStreams (consecutive segments)")
         x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)
         memory = None if batch.segment == 0 else self.memory
+        if memory is not None and memory[0].device != x.device:  # (a resumed run's, loaded on the CPU)
+            memory = [m.to(x.device) for m in memory]
         logits, self.memory = unwrap(model).forward_segment(x, memory, self.mem_len)  # (a single process: DDP is issue 14)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
         return StepLoss(loss, loss.detach())
@@ -192,27 +196,31 @@ class SegmentLoss:
 
 
 @torch.no_grad()
-def _position_nll(model: GPT, windows: Tensor, batch_size: int) -> Tensor:
+def _position_nll(model: GPT, windows: Tensor, batch_size: int, progress: bool = False) -> Tensor:
     """Next-token loss at each position of windows (W, T+1), summed over the windows: (T,) float64, in
-    eval mode."""
+    eval mode. ``progress``: a bar over the windows on a terminal."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total = torch.zeros(windows.size(1) - 1, dtype=torch.float64)
+    bar = tqdm(total=len(windows), desc="evaluate", unit="window", leave=False, file=sys.stderr,
+               disable=None if progress else True)  # (None: only on a terminal)
     for i in range(0, len(windows), batch_size):
         w = windows[i:i + batch_size].to(device)
         nll = F.cross_entropy(model(w[:, :-1]).transpose(1, 2).float(), w[:, 1:], reduction="none")  # (b, T)
         total += nll.double().sum(0).cpu()
+        bar.update(len(w))
+    bar.close()
     model.train(was_training)
     return total
 
 
-def loss_sum(model: GPT, windows: Tensor, batch_size: int = 64) -> float:
+def loss_sum(model: GPT, windows: Tensor, batch_size: int = 64, progress: bool = False) -> float:
     """Summed next-token loss over windows (W, T+1): each predicts its tokens 1..T from 0..T-1."""
-    return float(_position_nll(model, windows, batch_size).sum())
+    return float(_position_nll(model, windows, batch_size, progress).sum())
 
 
-def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64) -> dict[str, float]:
+def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64, progress: bool = False) -> dict[str, float]:
     """Mean next-token loss over ``ids`` in non-overlapping windows of ``context`` (the tail that
     does not fill a window is scored in a last, shorter window). Returns loss and perplexity."""
     check_positive("batch_size", batch_size)
@@ -222,7 +230,7 @@ def evaluate_lm(model: GPT, ids: Tensor, context: int, batch_size: int = 64) -> 
     total = 0.0
     if n_full:  # (a text shorter than one window is the tail alone)
         full = ids[: n_full * context + 1].unfold(0, context + 1, context)  # (n_full, T+1), overlapping by 1
-        total = loss_sum(model, full, batch_size)
+        total = loss_sum(model, full, batch_size, progress)
     tail = ids[n_full * context:]
     if len(tail) > 1:
         total += loss_sum(model, tail[None])
@@ -271,7 +279,7 @@ def evaluate_with_memory(model: GPT, ids: Tensor, segment: int, mem_len: int, st
 
 
 def evaluate_file(model: GPT, tok: Any, path: str | Path, context: int | None = None, batch_size: int = 64,
-                  band: int | None = None, memory: int | None = None) -> dict:
+                  band: int | None = None, memory: int | None = None, progress: bool = False) -> dict:
     """``evaluate_lm`` over a whole text file, in windows of ``context`` (default: all the model sees).
     A model whose positions are relative (ALiBi, T5, Shaw, rotary) takes windows longer than its
     max_len, the length it was trained at; a position table (learned, sinusoidal) does not. ``band``:
@@ -287,7 +295,7 @@ def evaluate_file(model: GPT, tok: Any, path: str | Path, context: int | None = 
         if band is not None:
             raise ValueError("band: not with --memory (every segment sees a memory; bands are for one window)")
         return {**evaluate_with_memory(model, ids, context, memory), "context": context}
-    out = {**evaluate_lm(model, ids, context, batch_size), "context": context}
+    out = {**evaluate_lm(model, ids, context, batch_size, progress), "context": context}
     if band is not None:
         n_full = (len(ids) - 1) // context
         if n_full == 0:

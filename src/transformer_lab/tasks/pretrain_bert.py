@@ -112,16 +112,19 @@ def pretrain_loss(nsp: bool):
         tokens, segments, mask, positions, targets = (t.to(device, non_blocking=True) for t in (
             b.tokens, b.segments, b.attention_mask, b.mlm_positions, b.mlm_targets))
         out = model(tokens, segments, mask, mlm_positions=positions)
-        mlm = F.cross_entropy(out.mlm_logits.float(), targets) if len(targets) else out.mlm_logits.sum() * 0
-        loss = mlm
+        # each part summed over its own units (``PretrainBatch.loss_parts``): a step of several micro-batches
+        # or processes has the MLM mean over all its masked tokens, as one batch has
+        mlm = F.cross_entropy(out.mlm_logits.float(), targets, reduction="sum")  # (0 when nothing is masked)
+        parts = {"mlm": mlm}
+        loss = mlm / max(len(targets), 1)
         # (tensors, read back when a log row is written)
         metrics = {"mlm_acc": (out.mlm_logits.argmax(-1) == targets).float().mean() if len(targets) else 0.0}
         if nsp:
             not_next = b.not_next.to(device)
-            loss = loss + F.cross_entropy(out.nsp_logits.float(), not_next)
+            parts["nsp"] = F.cross_entropy(out.nsp_logits.float(), not_next, reduction="sum")
+            loss = loss + parts["nsp"] / len(not_next)
             metrics["nsp_acc"] = (out.nsp_logits.argmax(-1) == not_next).float().mean()
-        n = tokens.size(0)
-        return StepLoss(loss * n, mlm.detach() * n, metrics)
+        return StepLoss(loss, mlm.detach(), metrics, parts)
 
     loss_fn.check_batch = lambda model, b: check_on_host(model, b.tokens, b.segments)  # (see training.loop.LossFn)
     return loss_fn

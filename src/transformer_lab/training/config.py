@@ -71,7 +71,7 @@ class TrainConfig:
         if self.schedule == "cosine" and self.min_lr:
             rate += f" to {self.min_lr:g}"
         optimizer = f"AdamW wd {self.weight_decay:g}" if self.weight_decay else "Adam"
-        parts = [f"{self.max_steps:,} steps", f"{rate}, warm-up {self.warmup:,}",
+        parts = [f"{self.max_steps:,} step{'s' * (self.max_steps != 1)}", f"{rate}, warm-up {self.warmup:,}",
                  f"{optimizer} beta2 {self.beta2:g}", f"clip {self.clip_norm:g}" if self.clip_norm else "no clipping",
                  self.precision]
         if self.label_smoothing:

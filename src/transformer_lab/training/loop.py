@@ -58,11 +58,17 @@ class BatchSource(Protocol):
 class StepLoss:
     """What a loss function returns for one micro-batch: ``loss`` summed over the batch's
     ``loss_units`` (the trainer divides by the step's total), the summed NLL for the logs, and
-    any per-batch metrics (averaged over micro-batches in the log, e.g. accuracies)."""
+    any per-batch metrics (averaged over micro-batches in the log, e.g. accuracies).
+
+    A loss made of means over different things (BERT: MLM per masked token, NSP per pair) gives each
+    summed in ``parts``, named as the batch's ``loss_parts`` name their units; the trainer then divides
+    each by its own total (and ``nll`` by the first part's), and ``loss`` is only for callers outside
+    the trainer."""
 
     loss: torch.Tensor
     nll: torch.Tensor | float
     metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)  # (tensors: read when logged)
+    parts: dict[str, torch.Tensor] | None = None
 
 
 LossFn = Callable[[torch.nn.Module, Any, torch.device], StepLoss]
@@ -70,6 +76,13 @@ LossFn = Callable[[torch.nn.Module, Any, torch.device], StepLoss]
 # they are (``check_on_host``), and says whether it did; the trainer then runs the step inside
 # ``values_checked()``, so the model reads no id back from the device (a host sync on a GPU; skipped under
 # compile, where this keeps a wrong batch a clear error).
+
+
+def loss_units(batch: Any) -> dict[str, float]:
+    """What a batch's loss is a mean over, by part: its ``loss_parts`` (``StepLoss``), else one part of its
+    ``loss_units`` (default: its ``n_tokens``)."""
+    parts = getattr(batch, "loss_parts", None)
+    return dict(parts) if parts is not None else {"": getattr(batch, "loss_units", batch.n_tokens)}
 
 
 def check_on_host(model: torch.nn.Module, *inputs: torch.Tensor | None) -> bool:
@@ -256,8 +269,9 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------
     def _next_batches(self) -> tuple[list[Any], list[float]]:
-        """The next ``accumulate`` batches (this process's share of each), crossing into the next epoch
-        when one ends, and their loss weights (``Runtime.shard``)."""
+        """The next ``accumulate`` batches (this process's share of each), or what is left of the epoch when
+        fewer are (a step never spans two epochs; its loss is normalised by its own units), and their loss
+        weights (``Runtime.shard``)."""
         batches = self._epoch_batches(self.state.epoch)
         if self.state.position >= len(batches):
             self.state.epoch, self.state.position = self.state.epoch + 1, 0
@@ -282,36 +296,46 @@ class Trainer:
     def backward(self, batches: list[Any], weights: list[float] | None = None) -> dict:
         """Gradients of one optimizer step over ``batches`` (micro-batches; ``weights``: each one's loss
         weight, 1 by default), accumulated in .grad. The loss is normalised by the total of the batches' loss units (target
-        tokens, or sequences), so k micro-batches of b sentences give the gradients of one batch of k·b.
+        tokens, or sequences; each part of a loss by its own: ``StepLoss``), so k micro-batches of b sentences
+        give the gradients of one batch of k·b.
         In a distributed run each process holds its share of every micro-batch: the total is summed over
         the processes, and the loss multiplied by their number (DDP averages gradients), so the
         gradients are those of the whole batch in one process."""
         self.model.train()
         world = self.runtime.world_size
         batches = list(zip(batches, weights or [1.0] * len(batches)))
-        units = sum(w * getattr(b, "loss_units", b.n_tokens) for b, w in batches)
-        total = self.runtime.sum([units])[0] if world > 1 else units
-        loss_sum = nll_sum = tokens = weight = 0.0  # (loss and NLL: tensors on the device, read back when logged)
+        names = list(loss_units(batches[0][0]))
+        units = [sum(w * loss_units(b)[k] for b, w in batches) for k in names]
+        totals = dict(zip(names, self.runtime.sum(units) if world > 1 else units))
+        scale = {k: world / (totals[k] or 1.0) for k in names}  # (a part with no unit in the step sums to 0)
+        # (loss and NLL: tensors on the device, read back when logged)
+        loss_sums: dict[str, Any] = dict.fromkeys(names, 0.0)
+        nll_sum = tokens = weight = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         extra: dict[str, float] = {}
         for i, (b, w) in enumerate(batches):
             with self.runtime.no_sync(self.model, last=i == len(batches) - 1), self._autocast():
                 res = self._loss(b)
-                loss = res.loss * (w * world / total)
+                parts = res.parts if res.parts is not None else {names[0]: res.loss}
+                loss = sum(part * (w * scale[k]) for k, part in parts.items())
                 self._watch_finite(loss)
                 self.scaler.scale(loss).backward()
-            loss_sum = loss_sum + w * res.loss.detach()
+            for k, part in parts.items():
+                loss_sums[k] = loss_sums[k] + w * part.detach()
             nll_sum = nll_sum + w * (res.nll.detach() if torch.is_tensor(res.nll) else res.nll)
             tokens += w * b.n_tokens
             weight += w
             for k, v in res.metrics.items():
                 extra[k] = extra.get(k, 0.0) + w * v
         if world > 1:  # the step's figures over every process's share
-            names = sorted(extra)
-            loss_sum, nll_sum, tokens, weight, *values = self.runtime.sum(
-                [float(loss_sum), float(nll_sum), tokens, weight, *(float(extra[k]) for k in names)])
-            extra = dict(zip(names, values))
-        return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": int(tokens),
+            metric_names = sorted(extra)
+            nll_sum, tokens, weight, *values = self.runtime.sum(
+                [float(nll_sum), tokens, weight, *(float(loss_sums[k]) for k in names),
+                 *(float(extra[k]) for k in metric_names)])
+            loss_sums = dict(zip(names, values[:len(names)]))
+            extra = dict(zip(metric_names, values[len(names):]))
+        loss = sum(loss_sums[k] * (scale[k] / world) for k in names)
+        return {"loss": loss, "nll": nll_sum * (scale[names[0]] / world), "tokens": int(tokens),
                 **{k: v / weight for k, v in extra.items()}}
 
     def _loss(self, b: Any) -> StepLoss:
