@@ -6,7 +6,10 @@ when greedy). A row stops at the end-of-sequence token; the loop stops when ever
 
 Batched prompts of different lengths are left-padded, so every row's next token sits in the last
 column; the attention mask hides the padding and positions count from each row's first real token
-(``positions_from_mask``), which makes a padded row compute what it would alone.
+(``positions_from_mask``), which makes a padded row compute what it would alone. Not under a
+block-sparse pattern (``--attention block:B``): its blocks are laid out by column, and BigBird's
+random blocks depend on the length, so such a model takes prompts of one length per call
+(``tasks.lm.sample`` groups them).
 
 The K/V cache makes each step one token's work. Once prompt + output fills the context (``max_len``)
 the window slides as in nanoGPT: the oldest token drops out and the window is recomputed, without
@@ -26,6 +29,7 @@ from torch import Tensor
 
 from transformer_lab.generation.static_decoding import StaticDecoder
 from transformer_lab.models.gpt import GPT
+from transformer_lab.nn.sparse import parse_pattern
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,10 @@ def generate(
     tokens, mask = (t.to(device) for t in left_pad(prompts))
     b = tokens.size(0)
     padded = not bool(mask.all())  # prompts of one length need no padding mask (a cheaper step)
+    if padded and not pads_exactly(model):
+        raise ValueError(f"prompts: lengths {sorted({len(p) for p in prompts})} under the block-sparse pattern "
+                         f"{model.config.attention!r}, whose blocks follow the padded columns: a padded prompt would "
+                         "not see what it sees alone; generate prompts of one length per call")
     static = (StaticDecoder(model, mask, cfg.compile, length=tokens.size(1) + cfg.max_new_tokens)
               if cfg.static_cache or cfg.compile else None)
     cache = model.new_cache() if cfg.use_cache and static is None else None
@@ -162,6 +170,12 @@ def generate(
                 break
     result = cut_at_eos(out, eos)
     return Generation(result, torch.stack(step_logits, 1) if return_logits else None)
+
+
+def pads_exactly(model: GPT) -> bool:
+    """Whether a left-padded row computes what it would alone: every pattern but block-sparse's."""
+    pattern = parse_pattern(model.config.attention, causal=True)
+    return pattern is None or pattern.kind != "block"
 
 
 def stop_token(model: GPT, cfg: SamplingConfig) -> int | None:

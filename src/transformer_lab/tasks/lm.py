@@ -24,7 +24,7 @@ from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_cou
 from transformer_lab.config import check_positive, read_json_object
 from transformer_lab.data.batches import LMBatch, RandomWindows, SegmentStreams
 from transformer_lab.data.text import read_text, split_tokens
-from transformer_lab.generation.sampling import SamplingConfig, cut_at_eos, generate, stop_token
+from transformer_lab.generation.sampling import SamplingConfig, cut_at_eos, generate, pads_exactly, stop_token
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.hf import gpt_from_hf
 from transformer_lab.models.presets import GPT_PRESETS, gpt_preset
@@ -501,12 +501,25 @@ def sample(model: GPT, tok: Any, prompts: list[str], cfg: SamplingConfig, genera
             on_step()
 
     signum = None
-    try:
-        with interruptible_section():
-            out = generate(model, rows, cfg, generator, on_step=step).tokens
-    except Interrupted as e:  # keep what was generated
-        signum = e.signum
-        out = cut_at_eos(steps, eos) or [[] for _ in rows]
+    out: list[list[int]] = [[] for _ in rows]
+    groups = [list(range(len(rows)))]
+    if not pads_exactly(model):  # a block-sparse model: one call per prompt length (see generation.sampling)
+        lengths: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            lengths.setdefault(len(r), []).append(i)
+        groups = list(lengths.values())
+    for group in groups:
+        steps.clear()
+        try:
+            with interruptible_section():
+                done = generate(model, [rows[i] for i in group], cfg, generator, on_step=step).tokens
+        except Interrupted as e:  # keep what was generated
+            signum = e.signum
+            done = cut_at_eos(steps, eos) or [[] for _ in group]
+        for i, t in zip(group, done):
+            out[i] = t
+        if signum is not None:
+            break
     if on_text is not None:
         on_text(decoder.flush())
     return Samples([prompts[k // num_samples] for k in range(len(rows))], [tok.decode(t) for t in out],
