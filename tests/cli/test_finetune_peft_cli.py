@@ -144,3 +144,17 @@ def test_finetune_lm_lora_on_a_gpt2_folder_loads_in_peft_and_merges(tmp_path, ca
     with torch.no_grad():
         torch.testing.assert_close(merged(x).logits, expected, atol=1e-4, rtol=0)
     assert (tmp_path / "m" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--r", "4"], "--r: an option of --peft lora or qlora, given without --peft"),
+    (["--peft", "lora", "--prompt-text", "hello"], "--prompt-text: an option of --peft prompt, not of --peft lora"),
+    (["--peft", "prompt", "--prefix-len", "5"], "--prefix-len: an option of --peft prefix, not of --peft prompt"),
+])
+def test_peft_options_of_another_method_are_refused(tmp_path, capsys, args, match):
+    """A PEFT option that the run would not use was ignored (full fine-tuning with --r 4): now refused."""
+    rows = tmp_path / "t.tsv"
+    rows.write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(rows), "--dev", str(rows),
+                 "--out", str(tmp_path / "o"), *args]) == 2
+    assert match in capsys.readouterr().err

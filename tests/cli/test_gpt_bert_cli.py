@@ -1,6 +1,7 @@
 """GPT and BERT commands end to end: train (shakespeare-char, a short run), generate, evaluate;
 embed and similarity against sentence-transformers; pretrain bert; finetune classify."""
 
+import csv
 import io
 import json
 import sys
@@ -236,9 +237,23 @@ def test_finetune_classify_small_run(tmp_path, capsys):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dev_acc"] >= 0.9 and summary["test_acc"] == summary["dev_acc"]
+    # the logged val_loss is the dev cross-entropy (was 1 - accuracy); the best checkpoint, the most accurate
+    rows = [r for r in csv.DictReader((out / "metrics.csv").open()) if r.get("dev_acc")]
+    assert rows and all(abs(float(r["dev_error"]) - (1 - float(r["dev_acc"]))) < 1e-9 for r in rows)
+    assert any(abs(float(r["val_loss"]) - float(r["dev_error"])) > 1e-3 for r in rows)
+    # the run folder is a model for the other commands (its checkpoints hold the tokenizer; they said "no tokenizer")
+    capsys.readouterr()
+    assert main(["similarity", "--model", str(out), "a joy to watch", "i loved it"]) == 0
+    assert -1 <= float(capsys.readouterr().out) <= 1
     import transformers
     hf = transformers.BertForSequenceClassification.from_pretrained(out / "model")
     assert hf.config.num_labels == 2
+
+
+def train_tsv(folder):
+    path = folder / "two.tsv"
+    path.write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    return path
 
 
 def test_finetune_bad_tsv(tmp_path, capsys):
@@ -247,6 +262,11 @@ def test_finetune_bad_tsv(tmp_path, capsys):
     assert main(["finetune", "classify", "--model", MINILM, "--train", str(bad), "--dev", str(bad),
                  "--out", str(tmp_path / "o")]) == 2
     assert "lacks 'sentence'" in capsys.readouterr().err
+    other = tmp_path / "other.tsv"
+    other.write_text("sentence\tlabel\nfoo\t5\n")
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(train_tsv(tmp_path)), "--dev", str(other),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "label 5 never in the training file (its labels: 0, 1)" in capsys.readouterr().err
     bad.write_text("sentence\tlabel\nfoo\tpositive\n")
     assert main(["finetune", "classify", "--model", MINILM, "--train", str(bad), "--dev", str(bad),
                  "--out", str(tmp_path / "o")]) == 2

@@ -124,3 +124,19 @@ def test_translate_and_generate_servers(served, shared_data, tmp_path):
     assert _call(url, "/generate", {"prompt": "abc", "max_new_tokens": 10, "seed": 3})[1] == body  # seeded: repeatable
     status, body = _call(url, "/generate", {"prompt": "xyz"})  # characters the model never saw
     assert status == 400 and "vocabulary" in body["detail"]
+
+
+def test_a_busy_port_is_named_before_the_model_loads():
+    """`serve --port` on a port another server holds: one line naming the address (uvicorn exited 3 after
+    loading the model); a port out of range is refused by the argument parser."""
+    import socket
+
+    from transformer_lab.serving.app import check_free
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{busy}"):
+            check_free("127.0.0.1", busy)
+    with pytest.raises(ValueError, match="port: expected"):
+        check_free("127.0.0.1", 70000)

@@ -81,6 +81,23 @@ def test_train_argument_errors(tmp_path):
     assert main(["tokenizer", "train", "--algo", "wordpiece", "--out", str(tmp_path / "o"), str(corpus)]) == 2
 
 
+def test_train_refuses_a_folder_with_files_and_options_it_would_ignore(tmp_path, capsys):
+    """`--out` naming a folder that holds files (a run folder, say) was written into silently; `--cased` with
+    bpe was ignored: both refused, as quantize, export and peft merge refuse."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a b c a b\n" * 5)
+    busy = tmp_path / "run"
+    busy.mkdir()
+    (busy / "summary.json").write_text("{}")
+    wp = ["tokenizer", "train", "--algo", "wordpiece", "--vocab-size", "40", str(corpus), "--out", str(busy)]
+    assert main(wp) == 2
+    assert "holds files; choose a new folder (or --overwrite" in capsys.readouterr().err
+    assert main(wp + ["--overwrite"]) == 0 and (busy / "summary.json").is_file() and (busy / "vocab.txt").is_file()
+    assert main(["tokenizer", "train", "--algo", "bpe", "--merges", "5", "--cased", str(corpus), "--out",
+                 str(tmp_path / "b")]) == 2
+    assert "--cased: for wordpiece" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("algo, size_flag", [("bpe", ["--merges", "20"]), ("bytelevel", ["--vocab-size", "300"]),
                                              ("wordpiece", ["--vocab-size", "60"])])
 def test_every_algorithm_trains_saves_and_loads_three_ways(algo, size_flag, tmp_path):

@@ -46,8 +46,9 @@ def probability(text: str) -> float:
 def add_run_args(p: argparse.ArgumentParser, out_required: bool = False) -> None:
     """--out, --resume, --overwrite, --device, --seed, --no-progress."""
     g = p.add_argument_group("run")
-    g.add_argument("--out", required=out_required, default=None,
-                   help="run folder: checkpoints, metrics, plots (with --resume: the resumed run's folder)")
+    g.add_argument("--out", default=None,  # (required without --resume when out_required: run_options says so)
+                   help="run folder: checkpoints, metrics, plots (with --resume: the resumed run's folder"
+                        f"{'; otherwise required' if out_required else ''})")
     g.add_argument("--resume", default=None, metavar="RUN_OR_CHECKPOINT",
                    help="continue this run (its checkpoints/last) or checkpoint folder exactly where it stopped")
     g.add_argument("--overwrite", action="store_true",
@@ -63,6 +64,8 @@ def add_run_args(p: argparse.ArgumentParser, out_required: bool = False) -> None
 def run_options(args: argparse.Namespace, default_out: str | None = None) -> RunOptions:
     """The run's options; without --out, a resumed run continues in its own folder (``--resume RUN``)."""
     out = args.out or (args.resume and run_folder_of(args.resume)) or default_out
+    if out is None:
+        raise ValueError("--out: give the run folder (or --resume RUN to continue a run in its own folder)")
     return RunOptions(out=Path(out), resume=Path(args.resume) if args.resume else None,
                       overwrite=args.overwrite, device=args.device, fsdp=getattr(args, "fsdp", False))
 
@@ -124,26 +127,45 @@ def train_config(args: argparse.Namespace, recipe: TrainConfig) -> TrainConfig:
     return replace(recipe, seed=args.seed, progress=not args.no_progress, **values)
 
 
+PEFT_DEFAULTS = dict(r=8, alpha=16.0, lora_dropout=0.0, target="w_q,w_v", prefix_len=20, prefix_hidden=512,
+                     prompt_len=20, prompt_text=None)
+
+
 def add_peft_args(p: argparse.ArgumentParser) -> None:
     """Parameter-efficient fine-tuning: which method and its sizes (``adapters``)."""
     g = p.add_argument_group("parameter-efficient fine-tuning (unset: every weight trains)")
     g.add_argument("--peft", default=None, choices=METHODS,
                    help="lora: low-rank updates; qlora: LoRA on a 4-bit NF4 base; prefix: trained keys/values in every "
                         "layer; prompt: trained input vectors")
-    g.add_argument("--r", type=positive_int, default=8, help="LoRA rank (default 8)")
-    g.add_argument("--alpha", type=positive_float, default=16.0, help="LoRA scale: the update is (alpha / r) B A")
-    g.add_argument("--lora-dropout", type=probability, default=0.0, help="dropout on the LoRA input")
-    g.add_argument("--target", default="w_q,w_v",
+    d = PEFT_DEFAULTS
+    g.add_argument("--r", type=positive_int, default=d["r"], help="LoRA rank")
+    g.add_argument("--alpha", type=positive_float, default=d["alpha"], help="LoRA scale: the update is (alpha / r) B A")
+    g.add_argument("--lora-dropout", type=probability, default=d["lora_dropout"], help="dropout on the LoRA input")
+    g.add_argument("--target", default=d["target"],
                    help="LoRA: Linear layers by name (w_q,w_k,w_v,w_o,w_1,w_2; query,key,value also accepted)")
-    g.add_argument("--prefix-len", type=positive_int, default=20, help="prefix tuning: virtual tokens per layer")
-    g.add_argument("--prefix-hidden", type=non_negative_int, default=512,
+    g.add_argument("--prefix-len", type=positive_int, default=d["prefix_len"], help="prefix tuning: virtual tokens per layer")
+    g.add_argument("--prefix-hidden", type=non_negative_int, default=d["prefix_hidden"],
                    help="prefix tuning: the reparameterization MLP's width while training (0: none)")
-    g.add_argument("--prompt-len", type=positive_int, default=20, help="prompt tuning: soft-prompt vectors")
-    g.add_argument("--prompt-text", default=None,
+    g.add_argument("--prompt-len", type=positive_int, default=d["prompt_len"], help="prompt tuning: soft-prompt vectors")
+    g.add_argument("--prompt-text", default=d["prompt_text"],
                    help="prompt tuning: initialise from this text's token embeddings (default: sampled vocabulary)")
 
 
+# Each method's own options (the others' are refused with it, and all of them without --peft).
+PEFT_OPTIONS = {"r": ("lora", "qlora"), "alpha": ("lora", "qlora"), "lora_dropout": ("lora", "qlora"),
+                "target": ("lora", "qlora"), "prefix_len": ("prefix",), "prefix_hidden": ("prefix",),
+                "prompt_len": ("prompt",), "prompt_text": ("prompt",)}
+
+
 def adapter_config(args: argparse.Namespace) -> AdapterConfig | None:
+    """The --peft options as an AdapterConfig (None without --peft); an option of another method, or one
+    given without --peft, is an error rather than ignored."""
+    given = [name for name in PEFT_OPTIONS if getattr(args, name) != PEFT_DEFAULTS[name]]
+    for name in given:
+        if args.peft not in PEFT_OPTIONS[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag}: an option of --peft {' or '.join(PEFT_OPTIONS[name])}, "
+                             f"{'given without --peft' if args.peft is None else f'not of --peft {args.peft}'}")
     if args.peft is None:
         return None
     return AdapterConfig(method=args.peft, r=args.r, alpha=args.alpha, dropout=args.lora_dropout, targets=args.target,

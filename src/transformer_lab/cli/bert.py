@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformer_lab.cli.args import (add_run_args, add_split_special_tokens, add_train_args, positive_float, positive_int,
                                       run_options, texts_or_stdin, train_config)
+from transformer_lab.data.text import locate
 from transformer_lab.models.presets import BERT_PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.runtime import choose_device
@@ -114,7 +115,7 @@ def similarity_cmd(args: argparse.Namespace) -> int:
 
 def pretrain_bert_cmd(args: argparse.Namespace) -> int:
     cfg = pretrain_bert.PretrainConfig(
-        run_options(args), Path(args.data), _train_config(args, pretrain_bert.RECIPE, pretrain_bert.RECIPE.max_steps),
+        run_options(args), locate(args.data), _train_config(args, pretrain_bert.RECIPE, pretrain_bert.RECIPE.max_steps),
         vocab=Path(args.vocab) if args.vocab else None, vocab_size=args.vocab_size, cased=args.cased, model=args.model,
         max_len=args.max_len, position=args.position, attention=args.attention, nsp=not args.no_nsp,
         whole_word=args.whole_word, static_masking=args.static_masking, mask_prob=args.mask_prob,

@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def explain_cmd(args: argparse.Namespace) -> int:
     if args.list:
         return _list(Path(args.out))
+    if args.all and args.id:
+        raise ValueError(f"ID {args.id!r} and --all: give one question id, or --all for every one")
     if args.all:
         results = run_all(EXPERIMENTS, args.out, args.budget, args.seed, args.device, not args.no_progress)
         for res in results:

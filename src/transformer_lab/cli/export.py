@@ -1,7 +1,7 @@
 """`transformer-lab export onnx`: ONNX graphs of a model for onnxruntime (or any ONNX runtime).
 
     transformer-lab export onnx --checkpoint runs/m30k --out m30k-onnx          # encoder.onnx + decoder.onnx
-    transformer-lab export onnx --checkpoint MiniLM_FOLDER --out minilm-onnx --int8
+    transformer-lab export onnx --checkpoint $MINILM --out minilm-onnx --int8
 
 Each export is run once with onnxruntime against PyTorch on random inputs (and, for decoders, a
 cached second step) and kept only when every output agrees within 1e-4. --int8 adds onnxruntime's
@@ -25,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     o.add_argument("--checkpoint", required=True, help="our run or checkpoint folder, or a Hugging Face BERT / GPT-2 folder")
     o.add_argument("--out", required=True, help="folder for the .onnx files, the tokenizer and export.json")
-    o.add_argument("--opset", type=positive_int, default=17)
+    o.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (14-20)")
     o.add_argument("--int8", action="store_true", help="also write onnxruntime's dynamic INT8 graphs")
-    o.add_argument("--overwrite", action="store_true")
-    o.add_argument("--json", action="store_true")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    o.add_argument("--json", action="store_true", help="print one JSON object (the summary export.json holds)")
     o.set_defaults(func=onnx_cmd)
 
 

@@ -19,6 +19,7 @@ from transformer_lab.cli.args import (adapter_config, add_peft_args, add_run_arg
 from transformer_lab.cli.train import add_translation_data_args, translation_data
 from transformer_lab.compression import OBSERVERS, QuantConfig
 from transformer_lab.compression.linear import SCHEMES
+from transformer_lab.data.text import locate
 from transformer_lab.tasks import adapt, classify, lm, translation
 
 
@@ -95,7 +96,7 @@ def _summary(result) -> int:
 def classify_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
     cfg = classify.ClassifyConfig(
-        run_options(args), Path(args.model), Path(args.train), Path(args.dev), Path(args.test) if args.test else None,
+        run_options(args), Path(args.model), locate(args.train), locate(args.dev), locate(args.test) if args.test else None,
         train_config(args, classify.recipe(adapter)), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
         eval_every=args.eval_every, max_len=args.max_len, batch_size=args.batch_size,
         split_special_tokens=args.split_special_tokens, adapter=adapter, prompt_text=args.prompt_text,
@@ -105,7 +106,7 @@ def classify_cmd(args: argparse.Namespace) -> int:
 
 def lm_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
-    cfg = lm.LMFinetuneConfig(run_options(args), Path(args.model), Path(args.data),
+    cfg = lm.LMFinetuneConfig(run_options(args), Path(args.model), locate(args.data),
                               train_config(args, lm.finetune_recipe(adapter)), context=args.context,
                               batch_size=args.batch_size, adapter=adapter, prompt_text=args.prompt_text)
     return _summary(lm.finetune(cfg))

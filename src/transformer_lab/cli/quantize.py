@@ -1,7 +1,7 @@
 """`transformer-lab quantize`: an fp32 model into an INT8 (or INT4) checkpoint.
 
     transformer-lab quantize --checkpoint runs/m30k --out runs/m30k-int8
-    transformer-lab quantize --checkpoint MiniLM_FOLDER --out minilm-int8 --scheme static --calibrate kl \\
+    transformer-lab quantize --checkpoint $MINILM --out minilm-int8 --scheme static --calibrate kl \\
         --calib-data sentences.txt
     transformer-lab quantize --checkpoint runs/gpt --out runs/gpt-w4 --scheme weight-only --bits 4 --granularity group
 

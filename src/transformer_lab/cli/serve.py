@@ -15,13 +15,20 @@ from transformer_lab.cli.args import positive_float, positive_int
 from transformer_lab.serving.app import ServeConfig, serve
 
 
+def port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP (/translate, /embed, /generate, /health)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="our run or checkpoint folder (quantized too), or an HF BERT / "
                                                        "GPT-2 folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--port", type=port, default=8000, help="1-65535")
     p.add_argument("--max-batch", type=positive_int, default=32, help="texts per model call")
     p.add_argument("--max-wait-ms", type=positive_float, default=5.0, help="wait for more requests to join a batch")
     p.add_argument("--max-texts", type=positive_int, default=64, help="texts per request")

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from transformer_lab.cli.args import add_split_special_tokens, positive_int
 from transformer_lab.tokenizers.bpe import BPETokenizer
@@ -33,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--min-frequency", type=positive_int, default=2,
                    help="merge no pair seen fewer times than this")
     t.add_argument("--cased", action="store_true", help="wordpiece: keep case and accents")
-    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--out", required=True, help="output folder (new or empty)")
+    t.add_argument("--overwrite", action="store_true", help="write into a folder that holds files (the tokenizer's "
+                                                            "own are replaced, nothing else is removed)")
     t.set_defaults(func=train)
 
     e = tsub.add_parser("encode", help="encode lines from stdin",
@@ -59,6 +62,12 @@ def train(args: argparse.Namespace) -> int:
             raise ValueError("--vocab-size: bpe is sized by --merges (as subword-nmt's -s)")
     elif args.vocab_size is None:
         raise ValueError(f"--vocab-size: {args.algo} needs a positive vocabulary size")
+    if args.cased and args.algo != "wordpiece":
+        raise ValueError(f"--cased: for wordpiece (which lowercases by default); {args.algo} always keeps case")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise FileExistsError(f"--out {out}: {'is a file' if not out.is_dir() else 'holds files'}; choose a new "
+                              "folder (or --overwrite to write the tokenizer into it)")
     lines = read_corpus(args.files)
     t0 = time.perf_counter()
     if args.algo == "bpe":

@@ -33,6 +33,9 @@ from transformer_lab.models.transformer import Transformer
 from transformer_lab.nn.kv_cache import AttentionCache, DecoderCache
 
 OPSET = 17
+# The opsets our graphs export at: from 14 (the causal mask's tril) to the TorchScript exporter's newest.
+MIN_OPSET = 14
+MAX_OPSET = getattr(torch.onnx._constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 
 
 def _check_exportable(model: nn.Module) -> None:

@@ -21,6 +21,7 @@ the server keeps serving the others.
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at run time,
 # and the request models are local to ``build_app``.
 import asyncio
+import socket
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -235,4 +236,22 @@ def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     except ImportError as e:
         raise OSError(f"serve needs FastAPI and uvicorn ({e}); pip install 'transformer-lab[deploy]'") from None
 
+    check_free(host, port)  # before the model loads: a busy port is a one-line error, not uvicorn's exit 3
     uvicorn.run(build_app(cfg), host=host, port=port, log_level="info")
+
+
+def check_free(host: str, port: int) -> None:
+    """OSError naming the address when nothing can listen on it (in use, or not this machine's)."""
+    if not 0 <= port < 65536:
+        raise ValueError(f"port: expected 1..65535 (0: any free one), got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"--host {host}: {e.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as uvicorn binds)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise OSError(f"cannot listen on {host}:{port}: {e.strerror} (another server there? choose --port)") from None

@@ -108,12 +108,33 @@ def accuracy(model: Bert, ids: list[list[int]], labels: list[int]) -> float:
     return float((classify(model, ids) == torch.tensor(labels)).float().mean())
 
 
+def check_labels(train: list[int], others: list[tuple[Any, list[int]]]) -> None:
+    """ValueError when a dev or test file has a label the training file never has: the head would learn
+    nothing for it (dev), or could not predict it (test)."""
+    seen = set(train)
+    for path, labels in others:
+        unseen = sorted(set(labels) - seen)
+        if unseen:
+            raise ValueError(f"{path}: label{'s' * (len(unseen) > 1)} {', '.join(map(str, unseen))} never in the "
+                             f"training file (its labels: {', '.join(map(str, sorted(seen)))})")
+
+
+@torch.no_grad()
+def dev_scores(model: Bert, ids: list[list[int]], labels: list[int], batch_size: int = 64) -> dict[str, float]:
+    """Cross-entropy (val_loss), accuracy and error rate over labelled sentences."""
+    logits = by_length(model, ids, batch_size, lambda m, t, mask: m(t, attention_mask=mask).class_logits.float())
+    y = torch.tensor(labels)
+    acc = float((logits.argmax(-1) == y).float().mean())
+    return {"val_loss": float(F.cross_entropy(logits, y)), "dev_acc": acc, "dev_error": 1.0 - acc}
+
+
 def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
     runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     train_x, train_y = read_labelled_tsv(cfg.train_file)
     dev_x, dev_y = read_labelled_tsv(cfg.dev_file)
     test = read_labelled_tsv(cfg.test_file) if cfg.test_file else None
     n_labels = max(train_y + dev_y) + 1
+    check_labels(train_y, [(cfg.dev_file, dev_y), *([(cfg.test_file, test[1])] if test else [])])
     base = Path(cfg.model)
     if (base / "checkpoints").is_dir() and (base / "model" / "config.json").is_file():
         base = base / "model"  # a `pretrain bert` run folder: the Hugging Face folder it exported
@@ -140,11 +161,13 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
                  len(dev_x), n_labels, steps, cfg.batch_size)
 
         def validate(m: Bert) -> dict:
-            acc = accuracy(m, dev_ids, dev_y)
-            return {"val_loss": 1.0 - acc, "dev_acc": acc}  # the best checkpoint is the most accurate one
+            return dev_scores(m, dev_ids, dev_y)
 
+        validate.select = "dev_error"  # the best checkpoint is the most accurate one (Trainer._evaluate)
+
+        # (the tokenizer in every checkpoint: the run folder is then a model for embed, quantize, export, serve)
         trainer, result = train(folder, cfg.run, runtime, model, source, train_cfg, classification_loss, validate,
-                                settings=task_settings(cfg))
+                                {"tokenizer": tok.save}, settings=task_settings(cfg))
         summary: dict[str, Any] = {"steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1),
                                    "stopped_by": result.stopped_by, "method": cfg.adapter.method if cfg.adapter else "qat" if cfg.qat else "full",
                                    "trainable_parameters": counts.trainable, "total_parameters": counts.total}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transformer_lab.export import OnnxSeq2SeqStep, bert_inputs, export_model, gpt_inputs, onnx_session
+from transformer_lab.export import MAX_OPSET, MIN_OPSET, OnnxSeq2SeqStep, bert_inputs, export_model, gpt_inputs, onnx_session
 from transformer_lab.generation.search import Seq2SeqStep
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.gpt import GPT
@@ -38,6 +38,11 @@ class ExportConfig:
     opset: int = 17
     int8: bool = False  # also write onnxruntime's dynamic INT8 version of each graph
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ValueError(f"opset: expected {MIN_OPSET}..{MAX_OPSET} (14: the causal mask's tril; {MAX_OPSET}: the "
+                             f"newest PyTorch's TorchScript exporter writes), got {self.opset}")
 
 
 def max_difference(model: nn.Module, files: list[Path], seed: int = 0) -> float:

@@ -508,13 +508,14 @@ class Trainer:
         if metrics is None:
             return False
         self._log({"step": st.step, "epoch": st.epoch, **metrics})
-        if metrics["val_loss"] < st.best_val_loss:
-            st.best_val_loss, st.bad_evals = metrics["val_loss"], 0
+        key = getattr(self.validate, "select", "val_loss")  # the figure the best checkpoint is chosen by
+        if metrics[key] < st.best_val_loss:
+            st.best_val_loss, st.bad_evals = metrics[key], 0
             self.save("best", with_state=False)
         else:
             st.bad_evals += 1
         summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        log.info("step %d: %s (best val loss %.4f)", st.step, summary, st.best_val_loss)
+        log.info("step %d: %s (best %s %.4f)", st.step, summary, key.replace("_", " "), st.best_val_loss)
         return self.cfg.patience is not None and st.bad_evals >= self.cfg.patience
 
     # --- records --------------------------------------------------------------------------------
