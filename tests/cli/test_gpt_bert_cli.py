@@ -126,14 +126,15 @@ def test_shakespeare_char_train_generate_evaluate(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--top-p", "1.5"], "top_p"), (["--top-p", "0"], "top_p"), (["--top-k", "-1"], "top_k"),
+    (["--top-p", "1.5"], "top_p"), (["--top-p", "0"], "top_p"),
 ])
 def test_generate_bad_settings(tmp_path, capsys, args, match):
     assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x", *args]) == 2
     assert match in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args", [["--temperature", "0"], ["--max-new-tokens", "0"], ["--num-samples", "-1"]])
+@pytest.mark.parametrize("args", [["--temperature", "0"], ["--max-new-tokens", "0"], ["--num-samples", "-1"],
+                                  ["--top-k", "-1"]])
 def test_generate_bad_arguments(tmp_path, capsys, args):
     with pytest.raises(SystemExit) as e:
         main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x", *args])
@@ -197,6 +198,10 @@ def test_pretrain_bert_small_run(tmp_path, capsys):
     rows.write_text("sentence\tlabel\n" + "".join(f"text number {i}\t{i % 2}\n" for i in range(16)))
     assert main(["finetune", "classify", "--model", str(out), "--train", str(rows), "--dev", str(rows), "--out",
                  str(tmp_path / "ft"), "--max-steps", "2", "--batch-size", "8", "--no-progress"]) == 0
+    # --resume RUN without --out continues in the run's folder (the parser required --out)
+    assert main(["finetune", "classify", "--model", str(out), "--train", str(rows), "--dev", str(rows), "--resume",
+                 str(tmp_path / "ft"), "--max-steps", "3", "--batch-size", "8", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "ft" / "summary.json").read_text())["steps"] == 3
 
 
 def test_pretrain_bert_with_alibi_and_a_window(tmp_path, capsys):

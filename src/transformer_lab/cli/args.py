@@ -54,7 +54,7 @@ def add_run_args(p: argparse.ArgumentParser, out_required: bool = False) -> None
     g.add_argument("--overwrite", action="store_true",
                    help="start over in a run folder that holds an earlier run (removes its checkpoints, metrics, plots)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--seed", type=non_negative_int, default=0)
+    g.add_argument("--seed", type=non_negative_int, default=0, help="initialisation, data order, dropout")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model's weights, gradients and optimizer state over the processes "
@@ -89,7 +89,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation (unset: the task's recipe)")
     g.add_argument("--max-steps", type=positive_int, default=None, help="optimizer steps")
     g.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES", help="stop cleanly after this long")
-    g.add_argument("--schedule", default=None, choices=SCHEDULES)
+    g.add_argument("--schedule", default=None, choices=SCHEDULES, help="learning rate by step (noam: the paper's)")
     g.add_argument("--lr", type=positive_float, default=None, help="noam: factor on the paper's formula; others: peak rate")
     g.add_argument("--warmup", type=positive_int, default=None, help="warm-up steps")
     g.add_argument("--label-smoothing", type=probability, default=None, help="translation: 0.1 (the paper)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from tqdm import tqdm
 
@@ -15,6 +16,7 @@ from transformer_lab.bench.harness import BenchResult
 from transformer_lab.cli.args import non_negative_int, positive_float, positive_int
 from transformer_lab.models.presets import PRESETS
 
+log = logging.getLogger("transformer_lab")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks: ours against the peer library",
@@ -42,14 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--steps", type=positive_int, default=6, help="batches per round")
     tr.add_argument("--rounds", type=positive_int, default=3)
     tr.add_argument("--max-tokens", type=positive_int, default=4000)
-    tr.add_argument("--cache-dir", default=None)
+    tr.add_argument("--cache-dir", default=None, help="encoded-data cache (default: ~/.cache/transformer_lab)")
     tr.set_defaults(run=lambda a: translation.bench_translation(a.model, a.steps, a.rounds, a.max_tokens, a.cache_dir))
 
     dec = _parser(bsub, "decode", "decoding speed with and without the KV cache", translation.__doc__)
     dec.add_argument("--checkpoint", default=None, help="a trained translation run or checkpoint (default: untrained multi30k model)")
     dec.add_argument("--sentences", type=positive_int, default=100)
     dec.add_argument("--beams", default="1,4", help="comma-separated beam sizes")
-    dec.add_argument("--cache-dir", default=None)
+    dec.add_argument("--cache-dir", default=None, help="encoded-data cache (default: ~/.cache/transformer_lab)")
     dec.add_argument("--static-cache", action="store_true", help="ours: the static K/V cache; peer: the growing one")
     dec.add_argument("--compile", action="store_true", help="ours: the static cache's step compiled (CUDA graphs on "
                                                             "a GPU); a first untimed pass compiles")
@@ -135,9 +137,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     at.add_argument("--window", type=positive_int, default=256, help="keys on each side (causal: before)")
     at.add_argument("--block", type=positive_int, default=64, help="block-sparse block size")
     at.add_argument("--chunk", type=positive_int, default=1024, help="chunked: queries per chunk")
-    at.add_argument("--causal", action="store_true")
+    at.add_argument("--causal", action="store_true", help="causal self-attention (decoder)")
     at.add_argument("--rounds", type=positive_int, default=3)
-    at.add_argument("--threads", type=positive_int, default=None)
+    at.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     at.add_argument("--max-dense-gib", type=float, default=6.0, help="skip the dense reference past this score size")
     at.set_defaults(run=_attention)
 
@@ -157,7 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pf.add_argument("--steps", type=positive_int, default=200)
     pf.add_argument("--batch", type=positive_int, default=32)
     pf.add_argument("--max-len", type=positive_int, default=64, help="tokens per sentence, [CLS]/[SEP] included")
-    pf.add_argument("--seed", type=non_negative_int, default=0)
+    pf.add_argument("--seed", type=non_negative_int, default=0, help="the sample and the initialisation")
     pf.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per run (0: torch's choice)")
     pf.add_argument("--no-peer", action="store_true", help="ours only")
     pf.add_argument("--markdown", action="store_true", help="print the README's table")
@@ -217,7 +219,16 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
     return values
 
 
+FEW_ROUNDS = 3  # below this, one slow round (a page fault, another process) moves the ratio by several times
+
+
 def _run(args: argparse.Namespace) -> int:
+    few = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+           if k in ("rounds", "train_rounds") and v < FEW_ROUNDS]
+    if few:
+        log.warning("%s: fewer than %d rounds per side; the medians, and the ratio, are noisy (on this project's "
+                    "2-core machine a review saw 0.03-26x from a 1-round bench whose 3-round figure was about 1x)",
+                    ", ".join(few), FEW_ROUNDS)
     res: BenchResult = args.run(args)
     print(json.dumps(res.result) if args.json else res.table())
     return 0

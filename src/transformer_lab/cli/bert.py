@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("a", metavar="A")
     s.add_argument("b", metavar="B")
     _model_args(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=similarity_cmd)
 
     p = sub.add_parser("pretrain", help="pretrain a model from scratch (bert: MLM + NSP)")
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt)")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the encoder (the first batch compiles, 25-30 s; then up to 1.3x for a "
                         "per-token INT8 model from `quantize`, about 1x for fp32: pays on large inputs)")

@@ -31,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--budget", default="quick", choices=BUDGETS,
                    help="smoke: seconds; quick: <= 3 minutes each on 2 CPU cores; full: <= 30 minutes or a GPU")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    e.add_argument("--seed", type=non_negative_int, default=0)
+    e.add_argument("--seed", type=non_negative_int, default=0, help="the experiments' seed")
     e.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     e.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=explain_cmd)
 
     r = sub.add_parser("report", help="render the saved experiment results as one page",

@@ -33,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "with --peft only an adapter and the head. Reports dev (and --test) accuracy; "
                                      "writes OUT/model (a HF BERT folder), or OUT/adapter (a peft adapter folder).")
     fc.add_argument("--model", required=True, help="a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt)")
-    fc.add_argument("--train", required=True, metavar="TSV")
-    fc.add_argument("--dev", required=True, metavar="TSV")
+    fc.add_argument("--train", required=True, metavar="TSV",
+                    help="training sentences: a TSV with a header naming 'sentence' and 'label' (integer) columns")
+    fc.add_argument("--dev", required=True, metavar="TSV",
+                    help="validation sentences (same format); the best checkpoint is the most accurate on them")
     fc.add_argument("--test", default=None, metavar="TSV", help="scored once at the end with the best dev checkpoint")
     fc.add_argument("--epochs", type=positive_float, default=1.0)
     fc.add_argument("--max-len", type=positive_int, default=128)

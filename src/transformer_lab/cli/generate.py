@@ -11,7 +11,8 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from transformer_lab.cli.args import add_split_special_tokens, positive_float, positive_int, texts_or_stdin
+from transformer_lab.cli.args import (add_split_special_tokens, non_negative_int, positive_float, positive_int,
+                                      texts_or_stdin)
 from transformer_lab.generation.sampling import SamplingConfig
 from transformer_lab.runs import exit_code
 from transformer_lab.runtime import choose_device
@@ -25,10 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-new-tokens", type=positive_int, default=200)
     g.add_argument("--greedy", action="store_true", help="argmax at every step (ignores temperature/top-k/top-p)")
     g.add_argument("--temperature", type=positive_float, default=1.0)
-    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-k", type=non_negative_int, default=None,
+                   help="sample among the k most likely tokens (0 or unset: all)")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt (batched)")
-    g.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    g.add_argument("--seed", type=non_negative_int, default=None, help="sampling seed (default: random)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (for comparison)")
     g.add_argument("--static-cache", action="store_true",
                    help="K/V in buffers allocated once (prompt + new tokens, up to the context), every step the "
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_split_special_tokens(g)
     g.add_argument("--json", action="store_true", help='print {"samples": [{"prompt", "text", "tokens"}, ...]}')
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--device", default=None)
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     g.set_defaults(func=generate_cmd)
 
 

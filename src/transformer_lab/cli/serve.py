@@ -3,8 +3,15 @@
     transformer-lab serve --checkpoint runs/m30k-int8 --port 8000
     curl -s localhost:8000/translate -H 'content-type: application/json' -d '{"texts": ["Ein Hund läuft."]}'
 
-Endpoints by model: /translate (translation), /embed (BERT), /generate (GPT); /health for all.
-Interactive API documentation at /docs.
+Endpoints by model (JSON bodies; interactive documentation at /docs):
+
+    GET  /health      all models: {"status": "ok", "model": ..., batching figures}
+    POST /translate   translation: {"texts": [...], "beam": 1} -> {"translations": [...]}
+                      (beam 1: greedy, the lowest latency; `transformer-lab translate` defaults to 4)
+    POST /embed       BERT: {"texts": [...]} -> {"embeddings": [[...], ...]}
+    POST /generate    GPT: {"prompt": "...", "max_new_tokens": 64, "temperature": 1.0, "top_k": null,
+                      "top_p": 1.0, "greedy": false, "seed": null} -> {"text": "...", "tokens": n}
+                      (max_new_tokens up to the model's context; top_k 0 or null: off)
 """
 
 from __future__ import annotations

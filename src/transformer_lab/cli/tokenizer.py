@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "bpe takes --merges (as subword-nmt's -s) and writes merges.txt with the </w> "
                                     "convention; bytelevel and wordpiece take --vocab-size.")
     t.add_argument("files", nargs="+", metavar="FILE")
-    t.add_argument("--algo", required=True, choices=["bpe", "bytelevel", "wordpiece"])
+    t.add_argument("--algo", required=True, choices=["bpe", "bytelevel", "wordpiece"],
+                   help="bpe: subword-nmt's; bytelevel: GPT-2's; wordpiece: BERT's")
     t.add_argument("--vocab-size", type=positive_int, help="final vocabulary size (bytelevel, wordpiece)")
     t.add_argument("--merges", type=positive_int, help="number of merge operations (bpe)")
     t.add_argument("--min-frequency", type=positive_int, default=2,
@@ -45,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "tokenizer.json, or a BERT vocab.txt (WordPiece, lowercased unless --cased). "
                                     "Literal special-token text is read as the tokenizer says: ordinary text for "
                                     "ours, the special token for Hugging Face files (as transformers does).")
-    e.add_argument("--tokenizer", required=True, metavar="PATH")
+    e.add_argument("--tokenizer", required=True, metavar="PATH",
+                   help="a folder tokenizer train wrote, a Hugging Face folder or tokenizer.json, or a vocab.txt")
     e.add_argument("--tokens", action="store_true", help="print pieces instead of ids")
     e.add_argument("--cased", action="store_true", default=None, help="vocab.txt: a cased BERT vocabulary")
     mode = e.add_mutually_exclusive_group()

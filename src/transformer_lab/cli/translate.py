@@ -55,11 +55,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="the decoding step under torch.compile, with the static cache (CUDA graphs on a GPU); "
                         "the first steps compile (tens of seconds)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal)")
 
 
 def translate_cmd(args: argparse.Namespace) -> int:
+    if args.plot_attention:  # (before any work: matplotlib picks the format from the suffix)
+        from matplotlib.figure import Figure
+        kinds = Figure().canvas.get_supported_filetypes()
+        if Path(args.plot_attention).suffix.lstrip(".").lower() not in kinds:
+            raise ValueError(f"--plot-attention {args.plot_attention}: the suffix names the image format; one of "
+                             f"{', '.join('.' + k for k in sorted(kinds))}")
     sentences = texts_or_stdin(args.text, "translate")
     model, tok_src, tok_tgt = translation.load_translator(args.checkpoint, choose_device(args.device))
     outputs = translation.translate(model, tok_src, tok_tgt, sentences, beam=args.beam, alpha=args.alpha,

@@ -133,7 +133,7 @@ def build_app(cfg: ServeConfig) -> Any:
         prompt: str
         max_new_tokens: int = Field(default=64, ge=1)
         temperature: float = Field(default=1.0, gt=0)
-        top_k: int | None = Field(default=None, ge=1)
+        top_k: int | None = Field(default=None, ge=0)  # (0 or null: off, as the CLI's --top-k)
         top_p: float = Field(default=1.0, gt=0, le=1)
         greedy: bool = False
         seed: int | None = None
