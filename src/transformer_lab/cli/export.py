@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def onnx_cmd(args: argparse.Namespace) -> int:
     summary = export.run(export.ExportConfig(args.checkpoint, args.out, args.opset, args.int8, args.overwrite))
-    if args.json:
-        print(json.dumps(summary))
+    if args.json:  # (with the folder written, as the other commands' JSON names theirs)
+        print(json.dumps({**summary, "out": str(args.out)}))
         return 0
     for name, size in summary["bytes"].items():
         print(f"{args.out}/{name}: {size / 2**20:.1f} MiB")

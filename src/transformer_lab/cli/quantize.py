@@ -67,8 +67,8 @@ def quantize_cmd(args: argparse.Namespace) -> int:
     summary = quantize.run(quantize.QuantizeConfig(
         args.checkpoint, args.out, qcfg, args.calib_data, args.calib_samples, args.batch_size, args.overwrite,
         args.any_text))
-    if args.json:
-        print(json.dumps(summary))
+    if args.json:  # (with the folder written, as the other commands' JSON names theirs)
+        print(json.dumps({**summary, "out": str(args.out)}))
         return 0
     b = summary["linear_weight_bytes"]
     print(f"{summary['model_type']}: {summary['layers_quantized']} Linear layers -> {args.scheme} {args.bits}-bit "

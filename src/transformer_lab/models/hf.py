@@ -224,9 +224,10 @@ def load_state_checked(model: torch.nn.Module, state: dict[str, Tensor], where: 
     return fresh
 
 
-def load_bert(folder: str | Path, **overrides) -> Bert:
+def load_bert(folder: str | Path, announce_fresh: bool = True, **overrides) -> Bert:
     """An HF BERT folder into ``Bert``. ``overrides`` change the config (e.g. ``n_labels=2`` to add
-    a fresh classification head, ``pretraining_heads=True``, dropout)."""
+    a fresh classification head, ``pretraining_heads=True``, dropout); ``announce_fresh``: log the heads
+    left fresh (off when the caller fills them next, from an adapter say)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder (expected config.json, model.safetensors, vocab.txt)")
@@ -243,7 +244,7 @@ def load_bert(folder: str | Path, **overrides) -> Bert:
                          f"(position {config.position!r}, attention {config.attention!r}): {stray[:12]}")
     fresh = load_state_checked(model, state, str(folder / "model.safetensors"), optional=is_head)
     fresh = [k for k in fresh if k != "mlm.decoder.weight"]
-    if fresh:
+    if fresh and announce_fresh:
         log.info("%s: new heads, initialised fresh (train them before use): %s", folder, ", ".join(fresh))
     unexpected = [k for k in unused if not _BERT_IGNORABLE.search(k)]
     if unexpected:

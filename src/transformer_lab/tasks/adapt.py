@@ -41,7 +41,8 @@ def load_base(base: Path, adapter_tensors: dict) -> tuple[nn.Module, str, Path]:
     cfg = base / "config.json"
     kind = read_json_object(cfg).get("model_type") if cfg.is_file() else None
     if kind in BERT_TYPES:
-        return load_bert(base, n_labels=_head_size(adapter_tensors)), "bert", base
+        n_labels = _head_size(adapter_tensors)  # (the adapter brings that head's trained weights)
+        return load_bert(base, announce_fresh=not n_labels, n_labels=n_labels), "bert", base
     if kind == "gpt2":
         return gpt_from_hf(base), "gpt2", base
     loaded = load_model(find_checkpoint(base))
