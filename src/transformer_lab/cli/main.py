@@ -17,8 +17,19 @@ from transformer_lab.runs import exit_code
 from transformer_lab.runtime.signals import Interrupted
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors do not bury their one line under a usage of 30-odd lines (a long
+    usage is named, not printed: --help has it). Sub-command parsers are of the same class."""
+
+    def error(self, message: str):
+        usage = self.format_usage()
+        if usage.count("\n") > 4:
+            usage = f"usage: {self.prog} [options]   ({self.prog} --help: every option)\n"
+        self.exit(2, f"{usage}{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="transformer-lab",
         description="The Transformer family from scratch: train, inspect and benchmark.",
     )
