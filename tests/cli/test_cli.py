@@ -28,11 +28,13 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0 and "transformer-lab" in out.stdout
 
 
-def test_train_demo_short_run_writes_everything(tmp_path):
+def test_train_demo_short_run_writes_everything(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--out", str(out), "--max-steps", "60", "--n-test", "40", "--no-progress", "--seed", "3"])
+    rc = main(["train", "--out", str(out), "--max-steps", "60", "--n-test", "40", "--no-progress", "--seed", "3",
+               "--json"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
+    assert json.loads(capsys.readouterr().out) == summary  # --json: stdout is the summary, one object
     assert summary["steps"] == 60 and summary["n_test"] == 40
     rows = (out / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")

@@ -4,13 +4,14 @@ naming the flag, before any work), the run-folder options, and text input from s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from transformer_lab.adapters import METHODS, AdapterConfig
 from transformer_lab.runs import run_folder_of
-from transformer_lab.tasks.common import RunOptions
+from transformer_lab.tasks.common import RunOptions, TaskResult
 from transformer_lab.tokenizers.corpus import decode_lines
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.schedules import SCHEDULES
@@ -59,6 +60,19 @@ def add_run_args(p: argparse.ArgumentParser, out_required: bool = False) -> None
     g.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model's weights, gradients and optimizer state over the processes "
                         "(FSDP2) instead of a copy in each (DDP)")
+
+
+def add_json_summary(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print the run's summary (what OUT/summary.json holds) as one JSON line on stdout")
+
+
+def finish(result: TaskResult, print_json: bool) -> int:
+    """A training command's end: its summary as one JSON line when asked (the main process's only, under
+    torchrun); the exit code (128 + signal when a signal stopped the run)."""
+    if print_json and result.is_main:
+        print(json.dumps(result.summary))
+    return result.exit_code
 
 
 def run_options(args: argparse.Namespace, default_out: str | None = None) -> RunOptions:

@@ -13,8 +13,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from transformer_lab.cli.args import (add_run_args, add_split_special_tokens, add_train_args, positive_float, positive_int,
-                                      run_options, texts_or_stdin, train_config)
+from transformer_lab.cli.args import (add_json_summary, add_run_args, add_split_special_tokens, add_train_args, finish,
+                                      positive_float, positive_int, run_options, texts_or_stdin, train_config)
 from transformer_lab.data.text import locate
 from transformer_lab.models.presets import BERT_PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
@@ -81,6 +81,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     """The run options and the shared optimisation options (unset: the task's recipe: AdamW, linear
     warm-up over 10% of the steps, then linear decay)."""
     add_run_args(p, out_required=True)
+    add_json_summary(p)
     add_train_args(p)
 
 
@@ -120,4 +121,4 @@ def pretrain_bert_cmd(args: argparse.Namespace) -> int:
         max_len=args.max_len, position=args.position, attention=args.attention, nsp=not args.no_nsp,
         whole_word=args.whole_word, static_masking=args.static_masking, mask_prob=args.mask_prob,
         batch_size=args.batch_size)
-    return pretrain_bert.run(cfg).exit_code
+    return finish(pretrain_bert.run(cfg), args.json)

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from transformer_lab.cli.args import (adapter_config, add_peft_args, add_run_args, add_split_special_tokens,
-                                      add_train_args, positive_float, positive_int, run_options, train_config)
+                                      add_train_args, finish, positive_float, positive_int, run_options, train_config)
 from transformer_lab.cli.train import add_translation_data_args, translation_data
 from transformer_lab.compression import OBSERVERS, QuantConfig
 from transformer_lab.compression.linear import SCHEMES
@@ -89,10 +89,8 @@ def _run_train_peft_args(p: argparse.ArgumentParser, func) -> None:
 
 
 def _summary(result) -> int:
-    """A fine-tuning run's summary as one JSON line; its exit code (128 + signal when stopped)."""
-    if result.is_main:  # under torchrun, one line from rank 0
-        print(json.dumps(result.summary))
-    return result.exit_code
+    """A fine-tuning run's summary as one JSON line (always, as before train's --json); its exit code."""
+    return finish(result, print_json=True)
 
 
 def classify_cmd(args: argparse.Namespace) -> int:

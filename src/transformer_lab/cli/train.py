@@ -16,7 +16,8 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from transformer_lab.cli.args import add_run_args, add_train_args, non_negative_int, positive_int, run_options, train_config
+from transformer_lab.cli.args import (add_json_summary, add_run_args, add_train_args, finish, non_negative_int, positive_int,
+                                      run_options, train_config)
 from transformer_lab.data.text import locate
 from transformer_lab.models.presets import GPT_PRESETS, PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, choices=TASK_PRESETS, help="task (default: dates, or translation when files are given)")
     add_run_args(p)
+    add_json_summary(p)
     add_train_args(p)
     m = p.add_argument_group("model")
     m.add_argument("--model", default=None, choices=sorted(PRESETS) + sorted(GPT_PRESETS), help="model size preset")
@@ -90,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if task == "dates":
         cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE), model=args.model or "tiny",
                                 position=args.position, batch_size=args.batch_size or 64, n_test=args.n_test)
-        result = dates.run(cfg)
-        return result.exit_code
+        return finish(dates.run(cfg), args.json)
     if task == "lm":
         if not args.data:
             raise ValueError(f"--data: --preset {args.preset} needs a text file (e.g. --data tinyshakespeare/input.txt)")
@@ -101,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
                                             batch_size=args.batch_size).items() if v is not None}
         cfg = lm.LMConfig.preset(args.preset, opts, locate(args.data), **overrides)
         cfg = replace(cfg, train=train_config(args, cfg.train))  # (checked again: a label smoothing is refused)
-        return lm.run(cfg).exit_code
-    return translation.run(_translation_config(args, opts)).exit_code
+        return finish(lm.run(cfg), args.json)
+    return finish(translation.run(_translation_config(args, opts)), args.json)
 
 
 def translation_data(args: argparse.Namespace, preset: str | None = None) -> dict:
