@@ -246,6 +246,8 @@ def test_finetune_classify_small_run(tmp_path, capsys):
     rows = [r for r in csv.DictReader((out / "metrics.csv").open()) if r.get("dev_acc")]
     assert rows and all(abs(float(r["dev_error"]) - (1 - float(r["dev_acc"]))) < 1e-9 for r in rows)
     assert any(abs(float(r["val_loss"]) - float(r["dev_error"])) > 1e-3 for r in rows)
+    best = json.loads((out / "checkpoints" / "last" / "meta.json").read_text())["best_val_loss"]
+    assert best == min(float(r["dev_error"]) for r in rows)  # chosen by dev error (validate.select), not by val_loss
     # the run folder is a model for the other commands (its checkpoints hold the tokenizer; they said "no tokenizer")
     capsys.readouterr()
     assert main(["similarity", "--model", str(out), "a joy to watch", "i loved it"]) == 0

@@ -133,5 +133,8 @@ def test_a_block_sparse_model_generates_each_prompt_length_as_it_would_alone():
     with pytest.raises(ValueError, match="block-sparse pattern"):
         generate(model, [[1, 2, 3], [1, 2, 3, 4, 5, 6]], cfg)
     prompts = ["abc def", "ab", "abc dee", "klmnop abc"]
-    together = sample(model, tok, prompts, cfg).texts
+    pieces, steps = [], []
+    together = sample(model, tok, prompts, cfg, on_text=pieces.append, on_step=lambda: steps.append(1)).texts
     assert together == [sample(model, tok, [p], cfg).texts[0] for p in prompts]
+    # the stream is the first sample alone, and progress counts max_new_tokens steps over the groups' calls
+    assert "".join(pieces) == together[0] and len(steps) == cfg.max_new_tokens

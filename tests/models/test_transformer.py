@@ -185,3 +185,25 @@ def test_model_summary_of_a_folder(capsys, tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "t5"}')
     assert main(["model", "summary", "--model", str(tmp_path)]) == 2
     assert "model_type 't5'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["lora", "qlora", "int8"])
+def test_model_summary_of_an_adapted_or_quantized_checkpoint(kind, capsys, tmp_path):
+    """A checkpoint with an adapter or quantized layers (their config.json holds "adapter" / "quantization",
+    which the summary refused): counted as load_model builds it; a quantized model's integer weights are
+    named apart, and with them its count is the fp32 model's."""
+    from transformer_lab.adapters import AdapterConfig, apply_adapter
+    from transformer_lab.compression import QuantConfig, quantize_model
+    from transformer_lab.models.gpt import GPT, GPTConfig
+    from transformer_lab.runs import save_checkpoint
+
+    model = GPT(GPTConfig(vocab_size=50, max_len=16, d_model=32, n_heads=2, n_layers=2, d_ff=64))
+    plain = sum(p.numel() for p in model.parameters())
+    model = quantize_model(model, QuantConfig()) if kind == "int8" else apply_adapter(model, AdapterConfig(method=kind))
+    save_checkpoint(tmp_path / "ck", model, {})
+    assert main(["model", "summary", "--model", str(tmp_path / "ck"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert out["total"] == sum(p.numel() for p in model.parameters())
+    adapter = 0 if kind == "int8" else sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert out["total"] + out.get("quantized_weights", 0) == plain + adapter  # (lora: nothing quantized)

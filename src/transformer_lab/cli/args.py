@@ -78,6 +78,9 @@ def finish(result: TaskResult, print_json: bool) -> int:
 def run_options(args: argparse.Namespace, default_out: str | None = None) -> RunOptions:
     """The run's options; without --out, a resumed run continues in its own folder (``--resume RUN``)."""
     out = args.out or (args.resume and run_folder_of(args.resume)) or default_out
+    if out is None and args.resume:
+        raise ValueError(f"--resume {args.resume}: not a run folder nor one of its checkpoints (a checkpoint folder "
+                         "of its own needs --out: the folder the resumed run writes to)")
     if out is None:
         raise ValueError("--out: give the run folder (or --resume RUN to continue a run in its own folder)")
     return RunOptions(out=Path(out), resume=Path(args.resume) if args.resume else None,

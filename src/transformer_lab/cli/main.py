@@ -49,7 +49,8 @@ def show_defaults(parser: argparse.ArgumentParser) -> None:
                 show_defaults(child)
             continue
         default = action.default
-        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or default == []
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or default == []  # (identity: 0 and 0.0 are defaults to show, though they equal False)
                 or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
                 or "default" in (action.help or "").lower() or action.help == argparse.SUPPRESS):
             continue

@@ -15,10 +15,10 @@ from transformer_lab.models.bert import Bert
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.hf import BERT_TYPES, bert_config_from_hf, gpt_config_from_hf
 from transformer_lab.models.presets import BERT_PRESETS, GPT_PRESETS, PRESETS, bert_preset, gpt_preset, preset
-from transformer_lab.models.registry import build_from_config
 from transformer_lab.models.summary import format_summary, parameter_summary
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, is_ours
+from transformer_lab.runs.checkpoint import model_of_config
 
 ALL_PRESETS = sorted(PRESETS) + sorted(GPT_PRESETS) + sorted(BERT_PRESETS)
 
@@ -37,15 +37,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--model", default=None, metavar="FOLDER",
                      help="a run or checkpoint folder, or a Hugging Face BERT/GPT-2 folder (config.json)")
     s.add_argument("--vocab-size", type=positive_int, default=None,
-                   help="with --preset: the vocabulary size (default: the preset's)")
+                   help="with --preset: the vocabulary size (default: the preset's; shakespeare-char: 65 characters, "
+                        "gpt-tiny: 8,000 byte-level BPE)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=summary)
+
+
+# GPT presets whose vocabulary the data sets: the size their usual data gives (tiny-shakespeare's 65
+# characters; `train --preset lm`'s byte-level BPE of 8,000), not GPTConfig's default (GPT-2's 50,257).
+DATA_VOCAB = {"shakespeare-char": 65, "shakespeare-char-gpu": 65, "gpt-tiny": 8000}
 
 
 def preset_model(name: str, vocab_size: int | None) -> nn.Module:
     """A preset's model on the meta device (shapes only)."""
     with torch.device("meta"):
         if name in GPT_PRESETS:
+            vocab_size = vocab_size or DATA_VOCAB.get(name)
             return GPT(gpt_preset(name, **({"vocab_size": vocab_size} if vocab_size else {})))
         if name in BERT_PRESETS:
             return Bert(bert_preset(name, **({"vocab_size": vocab_size} if vocab_size else {})))
@@ -56,10 +63,10 @@ def preset_model(name: str, vocab_size: int | None) -> nn.Module:
 def folder_model(path: str | Path) -> nn.Module:
     """The model a folder's config.json describes, on the meta device (shapes only)."""
     path = Path(path)
-    if is_ours(path):
+    if is_ours(path):  # (with its adapter or quantized layers, as load_model builds it)
         config = find_checkpoint(path) / "config.json"
         with torch.device("meta"):
-            return build_from_config(read_json_object(config), where=str(config))
+            return model_of_config(read_json_object(config), config)
     config = path / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"{path}: neither one of our run/checkpoint folders nor a Hugging Face model folder "
@@ -91,9 +98,31 @@ def summary(args: argparse.Namespace) -> int:
         name = {"preset": args.preset or "base"}
         model = preset_model(name["preset"], args.vocab_size)
     result = {**name, "kind": type(model).__name__, **parameter_summary(model)}
+    quantized = quantized_weights(model)
+    if quantized:
+        result["quantized_weights"] = quantized
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{type(model).__name__} {next(iter(name.values()))}: {describe(model)}")
         print(format_summary(result))
+        if quantized:
+            print(f"quantized layers' weights and biases (buffers, not counted above): {quantized:,}")
     return 0
+
+
+def quantized_weights(model: nn.Module) -> int:
+    """Weights a quantized model holds as buffers, so not parameters: rows x columns of each quantized Linear
+    and embedding table, and its bias."""
+    total = 0
+    for m in model.modules():
+        codes = getattr(m, "qweight", None)
+        if codes is None:
+            codes = getattr(m, "packed", None)  # (QLoRA's NF4 base layers)
+        if isinstance(codes, torch.Tensor):
+            rows = getattr(m, "out_features", None) or codes.size(0)
+            cols = getattr(m, "in_features", None) or codes.size(1)
+            bias = getattr(m, "bias", None)
+            buffered_bias = isinstance(bias, torch.Tensor) and not isinstance(bias, nn.Parameter)
+            total += rows * cols + (bias.numel() if buffered_bias else 0)
+    return total

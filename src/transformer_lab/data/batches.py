@@ -14,7 +14,8 @@ turns one such list into tensors (``make``). ``training.loop.BatchSource`` is th
 
 A batch's ``n_tokens`` counts the tokens that measure throughput; ``loss_units`` (default
 ``n_tokens``) is what the trainer divides the summed loss by: target tokens (translation, LM) or
-sequences (the BERT tasks, whose losses are per-sequence means).
+sentences (classification). BERT pre-training's loss has two parts, each a mean over its own units
+(``loss_parts``: masked tokens for MLM, pairs for NSP; ``training.loop.StepLoss``).
 
 Shapes: B batch, S source length, T target length.
 """

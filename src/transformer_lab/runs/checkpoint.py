@@ -217,6 +217,15 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
     directory = resolve_checkpoint(directory)
     config_path = directory / "config.json"
     config = read_json_object(config_path)
+    model = model_of_config(config, config_path)
+    model.to(map_location)
+    _load_weights(model, directory / "model.safetensors", str(map_location), config, config_path)
+    return LoadedModel(model, read_json_object(directory / "meta.json"), directory)
+
+
+def model_of_config(config: dict[str, Any], config_path: Path) -> torch.nn.Module:
+    """The model a checkpoint's config.json describes, freshly initialised (on the default device: under
+    ``torch.device("meta")``, shapes only), with its adapter and quantized layers, without its weights."""
     adapter, quantization = config.get(ADAPTER), config.get(QUANTIZATION)
     model = build_from_config({k: v for k, v in config.items() if k not in (ADAPTER, QUANTIZATION)}, str(config_path))
     for key, value in ((ADAPTER, adapter), (QUANTIZATION, quantization)):
@@ -226,9 +235,7 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
         apply_adapter(model, from_dict(AdapterConfig, adapter, where=f"{config_path}: {ADAPTER}"))
     if quantization is not None:
         quantized_shell(model, from_dict(QuantConfig, quantization, where=f"{config_path}: {QUANTIZATION}"))
-    model.to(map_location)
-    _load_weights(model, directory / "model.safetensors", str(map_location), config, config_path)
-    return LoadedModel(model, read_json_object(directory / "meta.json"), directory)
+    return model
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any]:

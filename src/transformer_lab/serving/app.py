@@ -243,7 +243,7 @@ def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
 def check_free(host: str, port: int) -> None:
     """OSError naming the address when nothing can listen on it (in use, or not this machine's)."""
     if not 0 <= port < 65536:
-        raise ValueError(f"port: expected 1..65535 (0: any free one), got {port}")
+        raise ValueError(f"port: expected 0..65535 (0: any free one), got {port}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:

@@ -481,33 +481,37 @@ def sample(model: GPT, tok: Any, prompts: list[str], cfg: SamplingConfig, genera
            on_step: Callable[[], None] | None = None) -> Samples:
     """Continue each prompt ``num_samples`` times. ``on_text`` receives the first sample's text as it
     is generated (streaming: the pieces concatenate to the final text); ``on_step`` is called once per
-    step (progress). A SIGINT/SIGTERM stops generation and keeps what was generated."""
+    step (progress: at most ``cfg.max_new_tokens`` calls in all). A SIGINT/SIGTERM stops generation and
+    keeps what was generated."""
     check_positive("num_samples", num_samples)
     ids = [encode_prompt(tok, p, model.config.eos_id) for p in prompts]
     rows = [i for i in ids for _ in range(num_samples)]
     decoder = IncrementalDecoder(tok)
     steps: list[Tensor] = []
     eos = stop_token(model, cfg)
-    first_ended = False
-
-    def step(tokens: Tensor) -> None:
-        nonlocal first_ended
-        steps.append(tokens.cpu())
-        if on_text is not None and not first_ended:
-            first = int(tokens[0])
-            on_text(decoder.push([first]))
-            first_ended = first == eos
-        if on_step is not None:
-            on_step()
-
-    signum = None
-    out: list[list[int]] = [[] for _ in rows]
     groups = [list(range(len(rows)))]
     if not pads_exactly(model):  # a block-sparse model: one call per prompt length (see generation.sampling)
         lengths: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             lengths.setdefault(len(r), []).append(i)
-        groups = list(lengths.values())
+        groups = list(lengths.values())  # (the first holds row 0: the streamed sample is its first row)
+    streaming = on_text is not None
+    progress, reported = 0.0, 0  # steps done over all groups, in units of one group's step
+
+    def step(tokens: Tensor) -> None:
+        nonlocal streaming, progress, reported
+        steps.append(tokens.cpu())
+        if streaming:
+            first = int(tokens[0])
+            on_text(decoder.push([first]))
+            streaming = first != eos
+        progress += 1 / len(groups)
+        while on_step is not None and reported < int(progress + 1e-9):
+            on_step()
+            reported += 1
+
+    signum = None
+    out: list[list[int]] = [[] for _ in rows]
     for group in groups:
         steps.clear()
         try:
@@ -518,6 +522,7 @@ def sample(model: GPT, tok: Any, prompts: list[str], cfg: SamplingConfig, genera
             done = cut_at_eos(steps, eos) or [[] for _ in group]
         for i, t in zip(group, done):
             out[i] = t
+        streaming = False  # (the first sample is complete: later groups do not hold it)
         if signum is not None:
             break
     if on_text is not None:

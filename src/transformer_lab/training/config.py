@@ -18,7 +18,7 @@ class TrainConfig:
     clip_norm: float | None = 1.0  # None: no clipping
     accumulate: int = 1  # micro-batches per optimizer step
     eval_every: int = 0  # steps between validations (0: only at the end)
-    patience: int | None = None  # stop after this many validations without a better val loss
+    patience: int | None = None  # stop after this many validations without a better one (val loss, or validate.select)
     save_every: int = 0  # steps between checkpoints (0: at each validation); always at the end, on stop and signal
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
     beta2: float = 0.98  # Adam's β2 (the paper: 0.98; GPT recipes: 0.95-0.99)

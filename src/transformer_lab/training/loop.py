@@ -108,7 +108,8 @@ class TrainResult:
 
 class Trainer:
     """Trains ``model`` on ``source``. ``out`` (a folder or a ``RunFolder``) receives ``checkpoints/last``
-    (resumable), ``checkpoints/best`` (lowest validation loss), ``metrics.csv``, ``loss.png`` and
+    (resumable), ``checkpoints/best`` (lowest validation loss, or lowest ``validate.select``: the figure
+    ``validate`` names to choose by, e.g. a classifier's dev error), ``metrics.csv``, ``loss.png`` and
     ``lr.png``. ``validate(model) -> dict`` (with at least ``val_loss``) runs every ``eval_every``
     steps; ``extra_files`` are written into every checkpoint (vocabulary, tokenizer)."""
 
