@@ -244,10 +244,9 @@ def bench_peft(model: str | Path | None = None, data: str | Path | None = None, 
         rows.append((f"{method} steps/s", {"ours": 1 / o["s_per_step"], "peer": 1 / p["s_per_step"],
                                            "ratio": p["s_per_step"] / o["s_per_step"]}))
     lora = runs.get("lora", {})
-    main = ({"ours": round(1 / lora["ours"]["s_per_step"], 3), "peer": round(1 / lora["peer"]["s_per_step"], 3),
-             "ratio": round(lora["peer"]["s_per_step"] / lora["ours"]["s_per_step"], 3)}
-            if "s_per_step" in lora.get("ours", {}) and "s_per_step" in lora.get("peer", {}) else
-            {"ours": None, "peer": None, "ratio": None})
+    s = {side: lora[side]["s_per_step"] if "s_per_step" in lora.get(side, {}) else None for side in ("ours", "peer")}
+    main = {**{side: round(1 / v, 3) if v else None for side, v in s.items()},  # (ours alone: --no-peer)
+            "ratio": round(s["peer"] / s["ours"], 3) if s["ours"] and s["peer"] else None}
     result = {"benchmark": "peft", "model": str(model), "unit": "LoRA training steps/s", **main,
               "n_train": n_train, "steps": steps, "batch": batch, "max_len": max_len, "seed": seed,
               "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
