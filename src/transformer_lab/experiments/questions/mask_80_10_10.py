@@ -31,7 +31,7 @@ from transformer_lab.experiments.questions._bert_small import (
     pretrained_model,
     unigram_accuracy,
 )
-from transformer_lab.experiments.stats import differs, fmt, mean_spread, outcome_of
+from transformer_lab.experiments.stats import differs, fmt, learned, mean_spread, outcome_of
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 
 VARIANTS = ("80/10/10", "mask only")
@@ -101,6 +101,14 @@ class Mask801010(Experiment):
                    f"(majority label {m['finetune']['majority_share']:.3g}); [MASK] and [CLS] are ids {id_text}: "
                    + ("the same token" if same else "different tokens, so '[MASK] 即 [CLS]' is wrong"))
         outcome = outcome_of([d_un, d_ft])
+        if not learned(mk_b, m["unigram_acc"]):  # the control predicts the commonest token: no model to compare to
+            outcome = "inconclusive"
+            because += (f"; but the mask-only model learned nothing in {m['steps']} steps (at [MASK] it predicts "
+                        "the commonest token), so neither comparison measures the mismatch")
+        elif not (learned(ft_a, m["finetune"]["majority_share"]) and learned(ft_b, m["finetune"]["majority_share"])):
+            d_ft = 0  # a fine-tuned model at the majority label: no fine-tuning comparison
+            outcome = outcome_of([d_un])
+            because += "; a fine-tuned model stayed at the majority label, so fine-tuning is not compared"
         return Verdict(outcome, because, {
             "mismatch reduced (beyond spread)": d_un > 0, "fine-tuning helped (beyond spread)": d_ft > 0,
             "token-in-place accuracy 80/10/10 / mask only": f"{mean_spread(un_a)[0]:.3f} / {mean_spread(un_b)[0]:.3f}",

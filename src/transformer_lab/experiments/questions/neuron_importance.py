@@ -84,8 +84,11 @@ def neuron_scores(model: Transformer, pairs, vocab, bins: int) -> dict[str, list
     out: dict[str, list[Tensor]] = {name: [] for name in SCORES}
     for i, (a, g) in enumerate(zip(acts, grads)):
         real = (batch.src if i < n_enc else batch.tgt_out) != vocab.pad_id  # (B, T): tokens, not padding
-        a, g = a.detach()[real], g[real]  # (N, d_ff)
-        out[SCORES[0]].append((a * g).sum(0).abs())
+        # Taylor (Molchanov et al. 2017): |a·g| summed over a sentence's tokens, its absolute value per sentence,
+        # then summed over sentences (over the whole set at once, opposite signs of different sentences cancel)
+        per_sentence = (a.detach() * g * real[..., None]).sum(1)  # (B, d_ff)
+        out[SCORES[0]].append(per_sentence.abs().sum(0))
+        a = a.detach()[real]  # (N, d_ff): the real tokens' activations
         out[SCORES[1]].append(a.abs().mean(0))
         out[SCORES[2]].append(entropy(a, bins))
     return out

@@ -33,7 +33,7 @@ from transformer_lab.experiments.questions._bert_small import (
     pretrain_source,
     pretrained_model,
 )
-from transformer_lab.experiments.stats import differs, fmt, mean_spread
+from transformer_lab.experiments.stats import differs, fmt, learned, mean_spread
 from transformer_lab.tasks.pretrain_bert import pretrain_loss
 
 VARIANTS = {"with NSP": True, "without NSP": False}
@@ -119,15 +119,21 @@ class NSP(Experiment):
         without = [r["finetune_acc"] for r in m["runs"]["without NSP"]]
         nsp_acc = mean_spread([r["held_nsp_acc"] for r in m["runs"]["with NSP"]])[0]
         d = differs(without, with_nsp)
+        majority = m["finetune"]["majority_share"]
+        compared = learned(without, majority) and learned(with_nsp, majority)  # (else a side learned nothing)
         parts = {"negatives far outnumber positives": share >= FAR_OUTNUMBER, "NSP adds cost": ratio >= COSTLY,
-                 "NSP can be dropped": d >= 0}
+                 "NSP can be dropped": d >= 0 if compared else None}
         because = (f"{share:.1%} of our {m['pairs']:,} training pairs are NotNext (BERT's 50%); a training step with "
                    f"the NSP loss takes {ratio:.3f}× the time of one without; SST-2 dev accuracy after the same "
                    f"fine-tuning is {fmt(*mean_spread(without))} pre-trained without NSP against "
                    f"{fmt(*mean_spread(with_nsp))} with it (majority label {m['finetune']['majority_share']:.3g}; "
                    f"held-out NSP accuracy {nsp_acc:.3g})")
-        held = sum(parts.values())
-        outcome = "confirmed" if held == 3 else "refuted" if held == 0 else "partly"
+        if not compared:
+            because += ("; a fine-tuned model stayed at the majority label, so whether NSP can be dropped is not "
+                        "measured")
+        measured = [v for v in parts.values() if v is not None]
+        held = sum(measured)
+        outcome = "confirmed" if held == len(measured) == 3 else "refuted" if held == 0 else "partly"
         return Verdict(outcome, because, {**parts, "NotNext share": round(share, 4),
                                           "step time with / without NSP": round(ratio, 3),
                                           "SST-2 dev accuracy without / with NSP":
