@@ -1,6 +1,7 @@
 """The data group's decision rules (bpe-wordpiece, batch-ppl, overfitting, vs-rnn), given synthetic
 measurements in the shape each ``run`` returns, reach each outcome their numbers call for."""
 
+import pytest
 
 from transformer_lab.experiments.questions.vs_rnn import LSTM, TRANSFORMER
 
@@ -81,3 +82,21 @@ CASES = [
 def test_every_outcome_of_each_rule_is_covered():
     for exp_id in ("bpe-wordpiece", "batch-ppl", "overfitting", "vs-rnn"):
         assert {c[2] for c in CASES if c[0] == exp_id} == {"confirmed", "partly", "refuted", "inconclusive"}
+
+
+def test_the_chance_that_differs_separates_equal_variants_is_what_it_says():
+    """Oracle: 20,000 simulated pairs of seed sets drawn from one distribution; ``differs`` calls them apart
+    as often as ``chance_of_separation`` says (1/3 with 2 seeds a side, 1/10 with 3), within 3 standard errors
+    (its 1% margin only lowers the rate; the draws are centred far from 0, so the margin is small)."""
+    import random
+
+    from transformer_lab.experiments.stats import chance_of_separation, differs
+
+    rng = random.Random(0)
+    for n, exact in ((2, 1 / 3), (3, 1 / 10), (5, 1 / 126)):
+        assert chance_of_separation(n, n) == pytest.approx(exact)
+        trials = 20_000
+        hits = sum(differs([rng.gauss(100, 5) for _ in range(n)], [rng.gauss(100, 5) for _ in range(n)]) != 0
+                   for _ in range(trials))
+        se = (exact * (1 - exact) / trials) ** 0.5
+        assert hits / trials == pytest.approx(exact, abs=3 * se + 0.002)

@@ -25,12 +25,14 @@ SENTENCES = ["A man is playing a guitar.", "Hi!",
 
 @pytest.fixture(scope="module")
 def hf_model():
-    return transformers.BertModel.from_pretrained(MINILM).eval()
+    return transformers.BertModel.from_pretrained(MINILM)  # (eval mode, as from_pretrained returns it)
 
 
 @pytest.fixture(scope="module")
 def ours():
-    return load_bert(MINILM).eval()
+    model = load_bert(MINILM)
+    assert not model.training  # as from_pretrained: the README's snippet compares without calling .eval()
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,9 @@ def bench_ddp(train_args: Sequence[str], nproc: int = 2, steps: int = 40, log_ev
               on_run: Callable[[str], None] | None = None) -> BenchResult:
     if nproc < 2:
         raise ValueError(f"nproc: expected >= 2 processes to compare with one, got {nproc}")
+    if steps <= log_every:  # (the first window holds start-up: at least one more is measured)
+        raise ValueError(f"steps: {steps} steps at --log-every {log_every} leave no window after the first; "
+                         f"give more than {log_every} steps")
     clash = [a for a in train_args if a.split("=")[0] in OWN]
     if clash:
         raise ValueError(f"train arguments: {clash} are the bench's to set; leave them out")

@@ -83,6 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_train_peft_args(p: argparse.ArgumentParser, func) -> None:
     """What every fine-tuning command takes besides its data: the run, the optimisation, the adapter."""
     add_run_args(p, out_required=True)
+    p.add_argument("--json", action="store_true",
+                   help="the run's summary as one JSON line on stdout (fine-tuning prints it with or without)")
     add_train_args(p)
     add_peft_args(p)
     p.set_defaults(func=func)

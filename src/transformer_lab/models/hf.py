@@ -227,7 +227,8 @@ def load_state_checked(model: torch.nn.Module, state: dict[str, Tensor], where: 
 def load_bert(folder: str | Path, announce_fresh: bool = True, **overrides) -> Bert:
     """An HF BERT folder into ``Bert``. ``overrides`` change the config (e.g. ``n_labels=2`` to add
     a fresh classification head, ``pretraining_heads=True``, dropout); ``announce_fresh``: log the heads
-    left fresh (off when the caller fills them next, from an adapter say)."""
+    left fresh (off when the caller fills them next, from an adapter say). In eval mode, as transformers'
+    ``from_pretrained`` returns a model."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder (expected config.json, model.safetensors, vocab.txt)")
@@ -250,7 +251,7 @@ def load_bert(folder: str | Path, announce_fresh: bool = True, **overrides) -> B
     if unexpected:
         raise ValueError(f"{folder / 'model.safetensors'}: {len(unexpected)} tensors have no place in a "
                          f"{config.n_layers}-layer BERT: {unexpected[:12]}")
-    return model
+    return model.eval()  # (as from_pretrained: dropout off until training sets train mode)
 
 
 def _aliases(model: torch.nn.Module) -> dict[str, str]:
@@ -377,7 +378,7 @@ def save_gpt(model: GPT, folder: str | Path) -> Path:
 
 def gpt_from_hf(hf_model_or_folder: Any) -> GPT:
     """Our ``GPT`` from an HF ``GPT2LMHeadModel`` object or a folder it saved (config.json +
-    model.safetensors)."""
+    model.safetensors), in eval mode as ``from_pretrained`` returns its models (training sets train mode)."""
     if isinstance(hf_model_or_folder, (str, Path)):
         folder = Path(hf_model_or_folder)
         config = gpt_config_from_hf(_read_json(folder / "config.json"), str(folder / "config.json"))
@@ -387,7 +388,7 @@ def gpt_from_hf(hf_model_or_folder: Any) -> GPT:
         hf_state, where = hf_model_or_folder.state_dict(), type(hf_model_or_folder).__name__
     model = GPT(config)
     load_state_checked(model, gpt_from_hf_state(hf_state, config), where)
-    return model
+    return model.eval()
 
 
 # --- sentence-transformers ------------------------------------------------------------------------
