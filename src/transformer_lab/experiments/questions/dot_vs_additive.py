@@ -166,7 +166,7 @@ class DotVsAdditive(Experiment):
         nll = {d: (mean_spread(values(m["runs"][f"dot, d_k={d}"], "val_nll")),
                    mean_spread(values(m["runs"][f"additive, d_k={d}"], "val_nll"))) for d in m["quality_d_k"]}
         because = (f"on {m['device']}, additive takes {min(ratios):.2g}-{max(ratios):.2g}x the written-out dot product's "
-                   f"time ({t_ratio:.1f}x and {m_ratio:.1f}x the peak memory at d_k={largest['d_k']}, "
+                   f"time ({t_ratio:.1f}x the time and {m_ratio:.1f}x the peak memory at d_k={largest['d_k']}, "
                    f"length {largest['length']}); held-out NLL dot vs additive: "
                    + "; ".join(f"d_k={d}: {fmt(*nll[d][0])} vs {fmt(*nll[d][1])} ({quality[d]})" for d in quality))
         if not faster:

@@ -135,7 +135,7 @@ class Peft(Experiment):
             if fraction < FEW and not worse:
                 holds.append(method)
             acc = mean_spread(accs(m, method))
-            parts.append(f"{method} {fmt(*acc)} saving {100 * fraction:.2g}% of the parameters"
+            parts.append(f"{method} {fmt(*acc)}, its saved file {100 * fraction:.2g}% of the model's parameters"
                          f"{' (below full beyond the spread)' if worse else ''}")
             numbers[f"{method}: accuracy - full"] = round(acc[0] - full[0], 4)
             numbers[f"{method}: saved parameters (% of the model)"] = round(100 * fraction, 3)

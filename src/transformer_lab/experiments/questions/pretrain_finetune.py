@@ -100,8 +100,10 @@ class PretrainFinetune(Experiment):
     def verdict(self, m: dict[str, Any]) -> Verdict:
         stats = {(n, init): mean_spread(accs(m, n, init)) for n in m["sizes"] for init in INITS}
         ds = {n: differs(accs(m, n, "pre-trained"), accs(m, n, "from scratch")) for n in m["sizes"]}
-        parts = [f"{n} sentences: {fmt(*stats[n, 'pre-trained'])} pre-trained against "
-                 f"{fmt(*stats[n, 'from scratch'])} from scratch" for n in m["sizes"]]
+        steps = {r["size"]: r["steps"] for r in m["rows"]}
+        seen = {n: min(n, steps[n] * m["batch_size"]) for n in m["sizes"]}  # (a large set is seen in part)
+        parts = [f"{n} sentences{f' ({seen[n]} seen)' if seen[n] < n else ''}: {fmt(*stats[n, 'pre-trained'])} "
+                 f"pre-trained against {fmt(*stats[n, 'from scratch'])} from scratch" for n in m["sizes"]]
         because = (f"SST-2 dev accuracy ({m['n_dev']} sentences, majority label {m['majority_share']:.3g}) after "
                    f"fine-tuning on " + "; ".join(parts))
         lora_stats = {init: mean_spread(lora_accs(m, init)) for init in INITS}
