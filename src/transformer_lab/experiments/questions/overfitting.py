@@ -8,10 +8,10 @@ loss keeps falling while its validation loss turns up. Each remedy is the baseli
 - early stopping: the baseline stopped after ``patience`` validations without improvement, keeping
   the best checkpoint (the training loop's own ``patience`` and ``checkpoints/best``).
 
-The figure each run is judged by: validation loss of the model it ends with (for early stopping, the
-best checkpoint), on the whole validation split (its first ``val_chars`` characters at smoke).
-Curves: training loss and validation loss (a fixed sample of validation windows) every ``eval_every``
-steps.
+The validation split is cut in two halves: the curves' validation loss, and so early stopping's choice of
+checkpoint, read the first (a fixed sample of its windows every ``eval_every`` steps); the figure each run
+is judged by, the validation loss of the model it ends with (for early stopping, the best checkpoint), is
+taken on the whole second half (its first ``val_chars`` characters at smoke), which nothing was chosen on.
 """
 
 from __future__ import annotations
@@ -62,13 +62,15 @@ def train_variant(data: LMData, name: str, s: dict[str, Any], seed: int, device:
                            **{**s["model"], **model_over}))
     cfg = replace(SHAKESPEARE_CHAR, max_steps=s["steps"], warmup=s["warmup"], eval_every=s["eval_every"], seed=seed,
                   progress=False, log_every=max(1, s["eval_every"] // 5), **train_over)
+    half = len(data.valid) // 2  # choose on the first half, score on the second
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, RandomWindows(data.train[:chars], s["batch_size"], ctx, seed), cfg, Path(tmp), lm_loss,
-                          make_validate(data, ctx, windows=s["val_windows"]), runtime=Runtime(device))
+                          make_validate(replace(data, valid=data.valid[:half]), ctx, windows=s["val_windows"]),
+                          runtime=Runtime(device))
         result = fit(trainer)
         # the model this procedure hands over: early stopping keeps its best checkpoint, the others their last
         final = load_model(find_checkpoint(tmp, prefer=("best",))).model if name == "early stopping" else trainer.model
-        final_val = evaluate_lm(final.to(device), data.valid[: s["val_chars"]], ctx)["loss"]
+        final_val = evaluate_lm(final.to(device), data.valid[half:][: s["val_chars"]], ctx)["loss"]
     history = result.state.history
     train_curve = [dict(step=r["step"], loss=r["loss"]) for r in history if "loss" in r]
     val_curve = [dict(step=r["step"], val_loss=r["val_loss"]) for r in history if "val_loss" in r]
