@@ -122,6 +122,10 @@ def test_translate_and_generate_servers(served, shared_data, tmp_path):
     status, body = _call(url, "/generate", {"prompt": "abc", "max_new_tokens": 10, "seed": 3})
     assert status == 200 and body["tokens"] == 10
     assert _call(url, "/generate", {"prompt": "abc", "max_new_tokens": 10, "seed": 3})[1] == body  # seeded: repeatable
+    # past the model's context (64) the window slides, as `generate` does (it was a 422); the server's cap holds
+    status, body = _call(url, "/generate", {"prompt": "abc", "max_new_tokens": 100, "greedy": True})
+    assert status == 200 and body["tokens"] == 100
+    assert _call(url, "/generate", {"prompt": "abc", "max_new_tokens": 2000})[0] == 422
     status, body = _call(url, "/generate", {"prompt": "xyz"})  # characters the model never saw
     assert status == 400 and "vocabulary" in body["detail"]
 

@@ -47,7 +47,8 @@ class BenchResult:
         r = self.result
         header = self.header or ", ".join(f"{k} {v}" for k, v in r.items()
                                           if not isinstance(v, (dict, list)) and k not in ("ours", "peer", "ratio"))
-        lines = [header, f"{'':36}{'ours':>12}{'peer':>12}{'ratio':>8}"]
+        width = max([36, *(len(label) + 1 for label, _ in self.rows)])  # (a long label keeps the columns aligned)
+        lines = [header, f"{'':{width}}{'ours':>12}{'peer':>12}{'ratio':>8}"]
         for label, row in self.rows:
-            lines.append(f"{label:36}{row['ours']:>12,.1f}{row['peer']:>12,.1f}{row['ratio']:>8.2f}")
+            lines.append(f"{label:{width}}{row['ours']:>12,.1f}{row['peer']:>12,.1f}{row['ratio']:>8.2f}")
         return "\n".join(lines + self.notes)

@@ -11,7 +11,7 @@ Endpoints by model (JSON bodies; interactive documentation at /docs):
     POST /embed       BERT: {"texts": [...]} -> {"embeddings": [[...], ...]}
     POST /generate    GPT: {"prompt": "...", "max_new_tokens": 64, "temperature": 1.0, "top_k": null,
                       "top_p": 1.0, "greedy": false, "seed": null} -> {"text": "...", "tokens": n}
-                      (max_new_tokens up to the model's context; top_k 0 or null: off)
+                      (max_new_tokens up to --max-new-tokens; top_k 0 or null: off)
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=positive_float, default=5.0, help="wait for more requests to join a batch")
     p.add_argument("--max-texts", type=positive_int, default=64, help="texts per request")
     p.add_argument("--max-chars", type=positive_int, default=2000, help="characters per text")
+    p.add_argument("--max-new-tokens", type=positive_int, default=1024,
+                   help="GPT: the most tokens one /generate request may ask for (past the context the window slides)")
     p.add_argument("--compile", action="store_true", help="BERT: torch.compile the encoder before listening (25-30 s; "
                                                           "then up to 1.3x for a per-token INT8 model, about 1x for fp32)")
     p.set_defaults(func=serve_cmd)
@@ -47,5 +49,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def serve_cmd(args: argparse.Namespace) -> int:
     serve(ServeConfig(args.checkpoint, args.max_batch, args.max_wait_ms, args.max_texts, args.max_chars,
-                      compile=args.compile), args.host, args.port)
+                      max_new_tokens=args.max_new_tokens, compile=args.compile), args.host, args.port)
     return 0

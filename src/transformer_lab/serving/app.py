@@ -12,7 +12,8 @@ texts, after waiting ``max_wait_ms`` for more) and runs them as one model call, 
 its own rows back. /generate runs one request at a time (each carries its own sampling settings).
 
 Input is bounded: at most ``max_texts`` texts of at most ``max_chars`` characters each, a body of at
-most ``max_body`` bytes, ``max_new_tokens`` up to the model's context. A request outside the bounds,
+most ``max_body`` bytes, ``max_new_tokens`` up to the server's ``max_new_tokens`` (past the model's context the
+window slides, as `transformer-lab generate` does). A request outside the bounds,
 malformed JSON or a wrong field is a 4xx with a message (413 for an oversized body, 422 for a
 malformed one, 400 for input the model refuses, 404 for an endpoint another kind of model serves);
 the server keeps serving the others.
@@ -50,7 +51,13 @@ class ServeConfig:
     max_chars: int = 2000  # characters per text
     max_body: int = 1 << 20  # bytes per request body
     max_beam: int = 8
+    max_new_tokens: int = 1024  # GPT: tokens per /generate request (past the context, the window slides)
     compile: bool = False  # BERT: torch.compile the encoder, compiled before the server listens
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_texts", "max_chars", "max_body", "max_beam", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -212,8 +219,9 @@ def build_app(cfg: ServeConfig) -> Any:
         serves("gpt")
         if len(req.prompt) > cfg.max_chars:
             raise HTTPException(413, f"prompt: {len(req.prompt)} characters, the limit is {cfg.max_chars}")
-        if req.max_new_tokens > model.config.max_len:
-            raise HTTPException(422, f"max_new_tokens: {req.max_new_tokens}, the limit is the context, {model.config.max_len}")
+        if req.max_new_tokens > cfg.max_new_tokens:
+            raise HTTPException(422, f"max_new_tokens: {req.max_new_tokens}, this server's limit is {cfg.max_new_tokens} "
+                                     "(serve --max-new-tokens)")
         try:
             sampling = SamplingConfig(max_new_tokens=req.max_new_tokens, greedy=req.greedy, temperature=req.temperature,
                                       top_k=req.top_k, top_p=req.top_p)
