@@ -53,4 +53,5 @@ def outcome_of(signs: Sequence[int]) -> str:
 
 
 def fmt(mean: float, spread: float, digits: int = 3) -> str:
-    return f"{mean:.{digits}g} ± {spread:.{digits}g}"
+    """``digits`` significant digits each, trailing zeros kept (0.200 ± 0.0178, not 0.2 ± 0.0178)."""
+    return f"{mean:#.{digits}g} ± {spread:#.{digits}g}"
