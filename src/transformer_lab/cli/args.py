@@ -144,8 +144,12 @@ def train_config(args: argparse.Namespace, recipe: TrainConfig) -> TrainConfig:
     return replace(recipe, seed=args.seed, progress=not args.no_progress, **values)
 
 
-PEFT_DEFAULTS = dict(r=8, alpha=16.0, lora_dropout=0.0, target="w_q,w_v", prefix_len=20, prefix_hidden=512,
-                     prompt_len=20, prompt_text=None)
+LORA, PREFIX, PROMPT = ("lora", "qlora"), ("prefix",), ("prompt",)
+# Each method's own options: their defaults and the methods that use them (the others' are refused with a
+# method, and all of them without --peft).
+PEFT_OPTIONS = {"r": (8, LORA), "alpha": (16.0, LORA), "lora_dropout": (0.0, LORA), "target": ("w_q,w_v", LORA),
+                "prefix_len": (20, PREFIX), "prefix_hidden": (512, PREFIX), "prompt_len": (20, PROMPT),
+                "prompt_text": (None, PROMPT)}
 
 
 def add_peft_args(p: argparse.ArgumentParser) -> None:
@@ -154,7 +158,7 @@ def add_peft_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--peft", default=None, choices=METHODS,
                    help="lora: low-rank updates; qlora: LoRA on a 4-bit NF4 base; prefix: trained keys/values in every "
                         "layer; prompt: trained input vectors")
-    d = PEFT_DEFAULTS
+    d = {name: default for name, (default, _) in PEFT_OPTIONS.items()}
     g.add_argument("--r", type=positive_int, default=d["r"], help="LoRA rank")
     g.add_argument("--alpha", type=positive_float, default=d["alpha"], help="LoRA scale: the update is (alpha / r) B A")
     g.add_argument("--lora-dropout", type=probability, default=d["lora_dropout"], help="dropout on the LoRA input")
@@ -168,20 +172,12 @@ def add_peft_args(p: argparse.ArgumentParser) -> None:
                    help="prompt tuning: initialise from this text's token embeddings (default: sampled vocabulary)")
 
 
-# Each method's own options (the others' are refused with it, and all of them without --peft).
-PEFT_OPTIONS = {"r": ("lora", "qlora"), "alpha": ("lora", "qlora"), "lora_dropout": ("lora", "qlora"),
-                "target": ("lora", "qlora"), "prefix_len": ("prefix",), "prefix_hidden": ("prefix",),
-                "prompt_len": ("prompt",), "prompt_text": ("prompt",)}
-
-
 def adapter_config(args: argparse.Namespace) -> AdapterConfig | None:
     """The --peft options as an AdapterConfig (None without --peft); an option of another method, or one
     given without --peft, is an error rather than ignored."""
-    given = [name for name in PEFT_OPTIONS if getattr(args, name) != PEFT_DEFAULTS[name]]
-    for name in given:
-        if args.peft not in PEFT_OPTIONS[name]:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag}: an option of --peft {' or '.join(PEFT_OPTIONS[name])}, "
+    for name, (default, methods) in PEFT_OPTIONS.items():
+        if getattr(args, name) != default and args.peft not in methods:
+            raise ValueError(f"--{name.replace('_', '-')}: an option of --peft {' or '.join(methods)}, "
                              f"{'given without --peft' if args.peft is None else f'not of --peft {args.peft}'}")
     if args.peft is None:
         return None

@@ -13,9 +13,9 @@ from transformer_lab.cli.args import positive_int
 from transformer_lab.config import read_json_object
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.gpt import GPT
-from transformer_lab.models.hf import BERT_TYPES, bert_config_from_hf, gpt_config_from_hf
+from transformer_lab.models.hf import bert_config_from_hf, gpt_config_from_hf, hf_folder
 from transformer_lab.models.presets import BERT_PRESETS, GPT_PRESETS, PRESETS, bert_preset, gpt_preset, preset
-from transformer_lab.models.summary import format_summary, parameter_summary
+from transformer_lab.models.summary import format_summary, parameter_summary, quantized_weights
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, is_ours
 from transformer_lab.runs.checkpoint import model_of_config
@@ -67,18 +67,10 @@ def folder_model(path: str | Path) -> nn.Module:
         config = find_checkpoint(path) / "config.json"
         with torch.device("meta"):
             return model_of_config(read_json_object(config), config)
-    config = path / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{path}: neither one of our run/checkpoint folders nor a Hugging Face model folder "
-                                "(no config.json)")
-    hf = read_json_object(config)
-    kind = hf.get("model_type")
+    kind, hf = hf_folder(path, "model summary")
+    where = str(path / "config.json")
     with torch.device("meta"):
-        if kind in BERT_TYPES:
-            return Bert(bert_config_from_hf(hf, where=str(config)))
-        if kind == "gpt2":
-            return GPT(gpt_config_from_hf(hf, where=str(config)))
-    raise ValueError(f"{config}: model_type {kind!r}; model summary reads BERT and GPT-2 folders, and our checkpoints")
+        return Bert(bert_config_from_hf(hf, where)) if kind == "bert" else GPT(gpt_config_from_hf(hf, where))
 
 
 def describe(model: nn.Module) -> str:
@@ -106,23 +98,5 @@ def summary(args: argparse.Namespace) -> int:
     else:
         print(f"{type(model).__name__} {next(iter(name.values()))}: {describe(model)}")
         print(format_summary(result))
-        if quantized:
-            print(f"quantized layers' weights and biases (buffers, not counted above): {quantized:,}")
     return 0
 
-
-def quantized_weights(model: nn.Module) -> int:
-    """Weights a quantized model holds as buffers, so not parameters: rows x columns of each quantized Linear
-    and embedding table, and its bias."""
-    total = 0
-    for m in model.modules():
-        codes = getattr(m, "qweight", None)
-        if codes is None:
-            codes = getattr(m, "packed", None)  # (QLoRA's NF4 base layers)
-        if isinstance(codes, torch.Tensor):
-            rows = getattr(m, "out_features", None) or codes.size(0)
-            cols = getattr(m, "in_features", None) or codes.size(1)
-            bias = getattr(m, "bias", None)
-            buffered_bias = isinstance(bias, torch.Tensor) and not isinstance(bias, nn.Parameter)
-            total += rows * cols + (bias.numel() if buffered_bias else 0)
-    return total

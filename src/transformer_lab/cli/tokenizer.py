@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 from transformer_lab.cli.args import add_split_special_tokens, positive_int
+from transformer_lab.files import check_new_folder
 from transformer_lab.tokenizers.bpe import BPETokenizer
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.corpus import decode_lines, read_corpus
@@ -66,10 +66,7 @@ def train(args: argparse.Namespace) -> int:
         raise ValueError(f"--vocab-size: {args.algo} needs a positive vocabulary size")
     if args.cased and args.algo != "wordpiece":
         raise ValueError(f"--cased: for wordpiece (which lowercases by default); {args.algo} always keeps case")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise FileExistsError(f"--out {out}: {'is a file' if not out.is_dir() else 'holds files'}; choose a new "
-                              "folder (or --overwrite to write the tokenizer into it)")
+    check_new_folder(args.out, args.overwrite, "--overwrite to write the tokenizer into it")
     lines = read_corpus(args.files)
     t0 = time.perf_counter()
     if args.algo == "bpe":

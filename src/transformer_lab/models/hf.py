@@ -75,6 +75,22 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path, "not found (expected a Hugging Face model folder with config.json)")
 
 
+def hf_folder(folder: str | Path, reader: str) -> tuple[str, dict[str, Any]]:
+    """A Hugging Face model folder's kind, "bert" or "gpt2", and its config.json; a clear error for a
+    folder without one, or of another model type (``reader``: the command, for the message)."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{folder}: neither one of our run/checkpoint folders nor a Hugging Face model folder "
+                                "(no config.json)")
+    hf = read_json_object(config)
+    kind = hf.get("model_type")
+    if kind in BERT_TYPES:
+        return "bert", hf
+    if kind == "gpt2":
+        return "gpt2", hf
+    raise ValueError(f"{config}: model_type {kind!r}; {reader} reads BERT and GPT-2 folders, and our checkpoints")
+
+
 def _read_weights(folder: Path) -> dict[str, Tensor]:
     path = folder / "model.safetensors"
     if not path.is_file():

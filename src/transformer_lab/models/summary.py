@@ -1,10 +1,11 @@
 """Parameter counts by component; a tensor shared by several modules (tied embeddings) counts once,
-under the first module that owns it."""
+under the first module that owns it; a quantized model's integer weights, which are buffers, apart."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 # Finer groups, by the module path pattern of the encoder-decoder.
@@ -48,4 +49,23 @@ def format_summary(summary: dict) -> str:
     for key, n in summary["detail"].items():
         lines.append(f"  {key:<{width - 2}}{n:>14,}")
     lines.append(f"\n{'total':<{width}}{summary['total']:>14,}  ({summary['total'] / 1e6:.1f} M)")
+    if summary.get("quantized_weights"):
+        lines.append(f"quantized layers' weights and biases (buffers, not counted above): {summary['quantized_weights']:,}")
     return "\n".join(lines)
+
+
+def quantized_weights(model: nn.Module) -> int:
+    """Weights a quantized model holds as buffers, so not parameters: rows x columns of each quantized Linear
+    and embedding table, and its bias."""
+    total = 0
+    for m in model.modules():
+        codes = getattr(m, "qweight", None)
+        if codes is None:
+            codes = getattr(m, "packed", None)  # (QLoRA's NF4 base layers)
+        if isinstance(codes, torch.Tensor):
+            rows = getattr(m, "out_features", None) or codes.size(0)
+            cols = getattr(m, "in_features", None) or codes.size(1)
+            bias = getattr(m, "bias", None)
+            buffered_bias = isinstance(bias, torch.Tensor) and not isinstance(bias, nn.Parameter)
+            total += rows * cols + (bias.numel() if buffered_bias else 0)
+    return total

@@ -18,6 +18,7 @@ from torch import nn
 from transformer_lab.adapters import merge_lora, parameter_counts
 from transformer_lab.adapters.peft_format import load_peft, read_peft
 from transformer_lab.config import read_json_object
+from transformer_lab.files import check_new_folder
 from transformer_lab.models.hf import BERT_TYPES, gpt_from_hf, load_bert, save_bert, save_gpt
 from transformer_lab.runs import find_checkpoint, load_model, save_checkpoint
 
@@ -62,8 +63,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
     model = merge_lora(model.eval())
     for p in model.parameters():
         p.requires_grad_(True)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: exists and is not empty; choose a new folder")
+    check_new_folder(out, remedy=None)
     if kind in BERT_TYPES:
         save_bert(model, out)
     elif kind == "gpt2":

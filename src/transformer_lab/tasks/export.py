@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from transformer_lab.export import MAX_OPSET, MIN_OPSET, OnnxSeq2SeqStep, bert_inputs, export_model, gpt_inputs, onnx_session
+from transformer_lab.files import check_new_folder
 from transformer_lab.generation.search import Seq2SeqStep
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.gpt import GPT
@@ -113,8 +114,7 @@ def _describe(model: nn.Module) -> dict[str, Any]:
 
 def run(cfg: ExportConfig) -> dict[str, Any]:
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ValueError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+    check_new_folder(out, cfg.overwrite)
     source = load_source(cfg.checkpoint)
     model = source.model.eval()
     tmp = out.with_name(f".{out.name}.tmp")

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer_lab.compression import QuantConfig, QuantLinear, linear_weight_bytes, quantize_model
-from transformer_lab.config import check_positive, read_json_object, to_dict
+from transformer_lab.config import check_positive, to_dict
 from transformer_lab.tokenizers.corpus import read_lines
 from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.models.gpt import GPT
-from transformer_lab.models.hf import BERT_TYPES, gpt_from_hf, load_bert
+from transformer_lab.models.hf import gpt_from_hf, hf_folder, load_bert
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, is_ours, load_model, save_checkpoint
 from transformer_lab.runs.checkpoint import REQUIRED, TRAIN_STATE
@@ -90,17 +90,11 @@ def load_source(path: str | Path) -> Source:
             return Source(model, folder, files, tok_src, tok_tgt)
         tok = load_bert_tokenizer(folder) if isinstance(model, Bert) else checkpoint_tokenizer(folder)
         return Source(model, folder, files, tok)
-    config = path / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{path}: neither one of our run/checkpoint folders nor a Hugging Face model folder "
-                                "(no config.json)")
-    kind = read_json_object(config).get("model_type")
+    kind, _ = hf_folder(path, "quantize")
     files = hf_tokenizer_files(path)
-    if kind in BERT_TYPES:
+    if kind == "bert":
         return Source(load_bert(path), path, files, load_bert_tokenizer(path))
-    if kind == "gpt2":
-        return Source(gpt_from_hf(path), path, files, checkpoint_tokenizer(path))
-    raise ValueError(f"{config}: model_type {kind!r}; quantize reads BERT and GPT-2 folders, and our checkpoints")
+    return Source(gpt_from_hf(path), path, files, checkpoint_tokenizer(path))
 
 
 def calibration_texts(path: str | Path, samples: int) -> list[str]:

@@ -305,8 +305,9 @@ class Trainer:
         self.model.train()
         world = self.runtime.world_size
         batches = list(zip(batches, weights or [1.0] * len(batches)))
-        names = list(loss_units(batches[0][0]))
-        units = [sum(w * loss_units(b)[k] for b, w in batches) for k in names]
+        per_batch = [loss_units(b) for b, _ in batches]
+        names = list(per_batch[0])
+        units = [sum(w * u[k] for u, (_, w) in zip(per_batch, batches)) for k in names]
         totals = dict(zip(names, self.runtime.sum(units) if world > 1 else units))
         scale = {k: world / (totals[k] or 1.0) for k in names}  # (a part with no unit in the step sums to 0)
         # (loss and NLL: tensors on the device, read back when logged)
