@@ -68,13 +68,13 @@ def runs(**named):
     return out
 
 
-def causal(nll_peek=(0.1, 0.12), nll_mask=(0.5, 0.52), em_peek=(0.0, 0.01), em_mask=(0.6, 0.62)):
-    return {"steps": 10, "runs": runs(**{"causal mask (the paper)": {"val_nll": nll_mask, "exact_match": em_mask},
+def causal(nll_peek=(0.1, 0.12), nll_mask=(0.5, 0.52), em_peek=(0.0, 0.01), em_mask=(0.6, 0.62), n_test=10_000):
+    return {"steps": 10, "n_test": n_test, "runs": runs(**{"causal mask (the paper)": {"val_nll": nll_mask, "exact_match": em_mask},
                                          "no mask": {"val_nll": nll_peek, "exact_match": em_peek}})}
 
 
-def smoothing(nll0=(0.3, 0.31), nll1=(0.4, 0.41), em0=(0.5, 0.51), em1=(0.7, 0.71)):
-    return {"runs": runs(**{"ε = 0": {"val_nll": nll0, "exact_match": em0}, "ε = 0.1": {"val_nll": nll1, "exact_match": em1}})}
+def smoothing(nll0=(0.3, 0.31), nll1=(0.4, 0.41), em0=(0.5, 0.51), em1=(0.7, 0.71), n_test=10_000):
+    return {"n_test": n_test, "runs": runs(**{"ε = 0": {"val_nll": nll0, "exact_match": em0}, "ε = 0.1": {"val_nll": nll1, "exact_match": em1}})}
 
 
 def qk(self_tied=0.4, self_sep=0.1, asym=0.0, nll_tied=(0.5, 0.52), nll_sep=(0.3, 0.31)):
@@ -108,7 +108,11 @@ CASES = [
     ("label-smoothing", smoothing(), "confirmed"),
     ("label-smoothing", smoothing(em1=(0.5, 0.51)), "partly"),
     ("label-smoothing", smoothing(nll1=(0.3, 0.31), em1=(0.5, 0.52)), "inconclusive"),
-    ("label-smoothing", smoothing(em1=(0.2, 0.21)), "refuted"),
+    ("label-smoothing", smoothing(nll1=(0.2, 0.21), em1=(0.2, 0.21)), "refuted"),
+    ("label-smoothing", smoothing(em1=(0.2, 0.21)), "partly"),  # one part holds, the other goes against
+    # 3 points of exact match, beyond the seeds' spread: resolved over 10,000 dates, not over 200
+    ("label-smoothing", smoothing(em0=(0.5, 0.505), em1=(0.53, 0.535)), "confirmed"),
+    ("label-smoothing", smoothing(em0=(0.5, 0.505), em1=(0.53, 0.535), n_test=200), "partly"),
     ("qk-weights", qk(), "confirmed"),
     ("qk-weights", qk(nll_tied=(0.3, 0.31)), "partly"),
     ("qk-weights", qk(self_tied=0.12), "refuted"),

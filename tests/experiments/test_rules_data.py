@@ -100,3 +100,29 @@ def test_the_chance_that_differs_separates_equal_variants_is_what_it_says():
                    for _ in range(trials))
         se = (exact * (1 - exact) / trials) ** 0.5
         assert hits / trials == pytest.approx(exact, abs=3 * se + 0.002)
+
+
+def test_a_difference_of_accuracies_must_clear_the_held_out_sets_sampling_error():
+    """Oracle: the binomial standard error of an accuracy, sqrt(p(1 - p)/n), written out here; two
+    models 3 points apart with no spread over seeds are apart over 10,000 items and not over 200."""
+    from transformer_lab.experiments.stats import binomial_margin, differs, learned
+
+    assert binomial_margin(0.5, 0.53, 200) == pytest.approx(1.96 * ((0.25 + 0.53 * 0.47) / 200) ** 0.5)
+    assert differs([0.53, 0.53], [0.50, 0.50]) == 1  # no n: the seeds' spread (zero) and the 1% margin
+    assert differs([0.53, 0.53], [0.50, 0.50], n=10_000) == 1
+    assert differs([0.53, 0.53], [0.50, 0.50], n=200) == 0
+    assert differs([0.50, 0.50], [0.53, 0.53], n=200) == 0
+    assert learned([0.60, 0.61], 0.55, n=5000) and not learned([0.60, 0.61], 0.55, n=100)
+    with pytest.raises(ValueError, match="at least one held-out item"):
+        binomial_margin(0.5, 0.5, 0)
+
+
+def test_one_way_of_combining_a_claims_parts():
+    from transformer_lab.experiments.stats import outcome_of
+
+    assert outcome_of([1, 1]) == "confirmed"
+    assert outcome_of([1, 0]) == outcome_of([1, -1]) == "partly"  # a part that holds is never lost to one against
+    assert outcome_of([-1, 0]) == outcome_of([-1, -1]) == "refuted"
+    assert outcome_of([0, 0]) == "inconclusive"
+    with pytest.raises(ValueError):
+        outcome_of([])

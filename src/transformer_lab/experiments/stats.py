@@ -1,5 +1,6 @@
-"""The small statistics the decision rules share: a mean with its spread over seeds, and a
-comparison that calls a difference inside the spread what it is, not a win."""
+"""The small statistics the decision rules share: a mean with its spread over seeds, a comparison that
+calls a difference inside the noise what it is, not a win, and one way of turning a rule's parts into
+its verdict."""
 
 from __future__ import annotations
 
@@ -15,12 +16,26 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (max(values) - min(values)) / 2
 
 
-def differs(a: Sequence[float], b: Sequence[float]) -> int:
-    """+1 if a is above b beyond both spreads, -1 if below, 0 if the difference is inside the spread
-    (``|mean a - mean b| <= spread a + spread b``, and never less than a 1% margin of the larger mean)."""
+def binomial_margin(p_a: float, p_b: float, n: int, z: float = 1.96) -> float:
+    """The sampling error of a difference of two accuracies over ``n`` held-out items: ``z`` standard
+    errors, sqrt(p_a(1 - p_a)/n + p_b(1 - p_b)/n). Every seed scores the same items, so averaging over
+    seeds does not shrink it; taking the two sides as independent overstates it when both score the same
+    items, so a difference that clears it is not an artefact of which items were held out."""
+    if n < 1:
+        raise ValueError(f"n: expected at least one held-out item, got {n}")
+    return z * math.sqrt((p_a * (1 - p_a) + p_b * (1 - p_b)) / n)
+
+
+def differs(a: Sequence[float], b: Sequence[float], n: int | None = None) -> int:
+    """+1 if a is above b beyond the noise, -1 if below, 0 if the difference is inside it: the noise is
+    the two spreads over seeds together (``|mean a - mean b| <= spread a + spread b``), never less than a
+    1% margin of the larger mean, and, when a and b are accuracies over ``n`` held-out items, never less
+    than their ``binomial_margin`` (the larger noise decides)."""
     ma, sa = mean_spread(a)
     mb, sb = mean_spread(b)
     margin = max(sa + sb, 0.01 * max(abs(ma), abs(mb)))
+    if n is not None:
+        margin = max(margin, binomial_margin(min(max(ma, 0.0), 1.0), min(max(mb, 0.0), 1.0), n))
     if ma - mb > margin:
         return 1
     if mb - ma > margin:
@@ -28,10 +43,11 @@ def differs(a: Sequence[float], b: Sequence[float]) -> int:
     return 0
 
 
-def learned(values: Sequence[float], baseline: float) -> bool:
-    """Whether scores over seeds (accuracies) are above a baseline that needs no learning (the commonest
-    token, the majority label) beyond their spread: a model that stayed there is no side of a comparison."""
-    return differs(values, [baseline]) > 0
+def learned(values: Sequence[float], baseline: float, n: int | None = None) -> bool:
+    """Whether scores over seeds (accuracies over ``n`` held-out items) are above a baseline that needs no
+    learning (the commonest token, the majority label) beyond their noise: a model that stayed there is
+    no side of a comparison."""
+    return differs(values, [baseline], n) > 0
 
 
 def chance_of_separation(n_a: int, n_b: int) -> float:
@@ -42,14 +58,18 @@ def chance_of_separation(n_a: int, n_b: int) -> float:
 
 
 def outcome_of(signs: Sequence[int]) -> str:
-    """The verdict of several comparisons with ``differs``'s signs (+1: the claim's way beyond the spread,
-    -1: against it, 0: inside it): refuted if any goes against, confirmed if all go the claim's way,
-    partly if some do, inconclusive if none leaves the spread."""
-    if any(s < 0 for s in signs):
-        return "refuted"
+    """The verdict of a claim in parts, every rule's one way of combining them. Each part is +1 (it holds:
+    the claim's way beyond the noise), -1 (it goes against the claim beyond the noise) or 0 (neither).
+    Confirmed if every part holds; partly if some hold and others do not (whether these go against or
+    stay inside the noise: the verdict's numbers say which); refuted if none holds and some go against;
+    inconclusive if none leaves the noise."""
+    if not signs:
+        raise ValueError("signs: expected at least one part")
     if all(s > 0 for s in signs):
         return "confirmed"
-    return "partly" if any(s > 0 for s in signs) else "inconclusive"
+    if any(s > 0 for s in signs):
+        return "partly"
+    return "refuted" if any(s < 0 for s in signs) else "inconclusive"
 
 
 def fmt(mean: float, spread: float, digits: int = 3) -> str:

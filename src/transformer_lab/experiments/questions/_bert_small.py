@@ -235,16 +235,25 @@ def held_accuracy(model: Bert, form: str | None = None, nsp: bool = False,
     return evaluate_pretraining(model, Corrupted(source, form) if form else source, nsp, batches)
 
 
+def held_labels(batches: int = HELD_BATCHES) -> torch.Tensor:
+    """The selected tokens ``held_accuracy`` scores, in order (the same for every model and corruption)."""
+    source = pretrain_source(0, held=True)
+    labels = [source.make(ix).labels for ix in source.epoch(0)[:batches]]
+    labels = torch.cat([x[x != IGNORE] for x in labels]) if labels else torch.zeros(0, dtype=torch.long)
+    if not labels.numel():
+        raise ValueError("no held-out tokens to score: the held-out documents are empty")
+    return labels
+
+
 def unigram_accuracy(batches: int = HELD_BATCHES) -> float:
     """MLM accuracy of always answering the commonest training token, on the held-out batches that
     ``held_accuracy`` scores: what a model that ignores the context gets."""
-    top = int(unigram_log_prior().argmax())
-    source, hits, count = pretrain_source(0, held=True), 0, 0
-    for ix in source.epoch(0)[:batches]:
-        labels = source.make(ix).labels
-        labels = labels[labels != IGNORE]
-        hits, count = hits + int((labels == top).sum()), count + labels.numel()
-    return hits / max(count, 1)
+    return float((held_labels(batches) == int(unigram_log_prior().argmax())).double().mean())
+
+
+def held_tokens(batches: int = HELD_BATCHES) -> int:
+    """How many selected tokens ``held_accuracy`` scores: the count its accuracies' sampling error is of."""
+    return held_labels(batches).numel()
 
 
 @functools.lru_cache(maxsize=16)

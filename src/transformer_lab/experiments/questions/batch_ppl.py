@@ -24,7 +24,7 @@ from transformer_lab.data.batches import RandomWindows
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.data import data_file
 from transformer_lab.experiments.plots import figure
-from transformer_lab.experiments.stats import differs, fmt, mean_spread
+from transformer_lab.experiments.stats import differs, fmt, mean_spread, outcome_of
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.presets import gpt_preset
 from transformer_lab.runtime import Runtime
@@ -92,10 +92,11 @@ class BatchPerplexity(Experiment):
     rule = ("A character-level GPT on tiny-shakespeare, trained with each batch size B (windows of 64 characters) for "
             "S·B_max/B steps, same learning rate. Equal steps: validation loss after S steps; equal tokens: after "
             "S·B_max windows seen. Compare the largest batch with the smallest, with the spread over seeds. "
-            "Confirmed if the largest batch's validation loss is lower beyond the spread both at equal steps and at "
-            "equal tokens; partly if at one of the two only; refuted if it is higher beyond the spread at equal steps, "
-            "or not lower at equal steps and higher at equal tokens; inconclusive if both differences stay inside the "
-            "spread. (The gradient premise, cosine of minibatch to reference gradient by B, is reported, not scored.)")
+            "Two parts, each holding if the largest batch's validation loss is lower beyond the spread and going "
+            "against the claim if it is higher beyond it: equal steps and equal tokens. Confirmed if both hold; "
+            "partly if one holds; refuted if neither holds and one goes against; inconclusive if both differences "
+            "stay inside the spread (experiments.stats.outcome_of). (The gradient premise, cosine of minibatch to "
+            "reference gradient by B, is reported, not scored.)")
     budgets = {"smoke": dict(batch_sizes=[2, 8], steps=4, warmup=2, seeds=1, context=32, val_windows=16,
                              model=dict(n_layers=1, d_model=32, n_heads=2, d_ff=64), reference_windows=32,
                              gradient_draws=2),
@@ -136,14 +137,7 @@ class BatchPerplexity(Experiment):
                    f"{fmt(*steps_s)}; after {m['tokens']:,} tokens: B={large} {fmt(*tokens_l)}, B={small} {fmt(*tokens_s)}"
                    + (f"; gradient cosine to the reference {cos.get(small, float('nan')):.2f} at B={small}, "
                       f"{cos.get(large, float('nan')):.2f} at B={large}" if cos else ""))
-        if d_steps < 0 and d_tokens < 0:
-            outcome = "confirmed"
-        elif d_steps > 0 or (d_steps == 0 and d_tokens > 0):
-            outcome = "refuted"
-        elif d_steps < 0 or d_tokens < 0:
-            outcome = "partly"
-        else:
-            outcome = "inconclusive"
+        outcome = outcome_of([-d_steps, -d_tokens])  # the claim: the large batch lower
         return Verdict(outcome, because, {"lower at equal steps (beyond spread)": d_steps < 0,
                                           "lower at equal tokens (beyond spread)": d_tokens < 0,
                                           f"val loss B={large} / B={small}, equal steps":

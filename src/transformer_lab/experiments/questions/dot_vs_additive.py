@@ -31,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
-from transformer_lab.experiments.stats import differs, fmt, mean_spread
+from transformer_lab.experiments.stats import differs, fmt, mean_spread, outcome_of
 from transformer_lab.experiments.training import sweep, values
 from transformer_lab.nn.attention import additive_attention, fast_attention, reference_attention
 
@@ -135,9 +135,10 @@ class DotVsAdditive(Experiment):
             "across d_k and length: dot holds as faster if it takes less time in every measured (d_k, length) and at "
             "most half the additive time at the largest. Quality: the date model trained with each score at small and "
             "large d_k; at each d_k the held-out NLLs are 'similar' if their difference is inside the spread over seeds "
-            "and within 10% of the larger, 'different' if beyond the spread, 'unresolved' otherwise. Refuted if dot is "
-            "not faster; confirmed if faster and similar at both d_k; partly if faster and different at some d_k; "
-            "inconclusive if faster and the quality comparison is unresolved.")
+            "and within 10% of the larger, 'different' if beyond the spread, 'unresolved' otherwise. Parts: speed (holds "
+            "as above, against if additive is faster at the largest, neither otherwise) and quality at each d_k (holds if similar, against if different, neither if "
+            "unresolved). Confirmed if all hold; partly if some hold; refuted if none holds and one goes against; inconclusive if none "
+            "holds and none goes against (experiments.stats.outcome_of).")
     budgets = {"smoke": dict(d_k=[8, 64], lengths=[8, 32], batch=1, heads=2, repeats=2,
                              quality_d_k=[16, 128], steps=5, seeds=1, n_test=20),
                "quick": dict(d_k=[16, 64, 256], lengths=[32, 128, 256], batch=1, heads=2, repeats=3,
@@ -161,6 +162,7 @@ class DotVsAdditive(Experiment):
         t_ratio = largest[ADDITIVE]["seconds"] / largest[DOT]["seconds"]
         m_ratio = largest[ADDITIVE]["peak_bytes"] / max(largest[DOT]["peak_bytes"], 1)
         faster = min(ratios) > 1 and t_ratio >= 2
+        slower = t_ratio < 1  # additive is faster at the largest
         quality = {d: compare(values(m["runs"][f"dot, d_k={d}"], "val_nll"), values(m["runs"][f"additive, d_k={d}"], "val_nll"))
                    for d in m["quality_d_k"]}
         nll = {d: (mean_spread(values(m["runs"][f"dot, d_k={d}"], "val_nll")),
@@ -169,14 +171,7 @@ class DotVsAdditive(Experiment):
                    f"time ({t_ratio:.1f}x the time and {m_ratio:.1f}x the peak memory at d_k={largest['d_k']}, "
                    f"length {largest['length']}); held-out NLL dot vs additive: "
                    + "; ".join(f"d_k={d}: {fmt(*nll[d][0])} vs {fmt(*nll[d][1])} ({quality[d]})" for d in quality))
-        if not faster:
-            outcome = "refuted"
-        elif all(q == "similar" for q in quality.values()):
-            outcome = "confirmed"
-        elif any(q == "different" for q in quality.values()):
-            outcome = "partly"
-        else:
-            outcome = "inconclusive"
+        outcome = outcome_of([int(faster) - int(slower), *({"similar": 1, "different": -1}.get(q, 0) for q in quality.values())])
         return Verdict(outcome, because, {"additive / dot time, min over grid": round(min(ratios), 2),
                                           "additive / dot time at the largest": round(t_ratio, 2),
                                           "additive / dot peak memory at the largest": round(m_ratio, 2),

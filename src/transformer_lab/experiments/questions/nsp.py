@@ -79,7 +79,8 @@ class NSP(Experiment):
             "step (forward and backward, same batches, interleaved) with the NSP loss is at least 1.05 times the time "
             "without it. Dropping: after pre-training on the same pairs for the same steps with and without the NSP "
             "loss and the same SST-2 fine-tuning, the dev accuracy without NSP is not lower than with it beyond the "
-            "spread over seeds. Confirmed if all three parts hold, refuted if none does, partly otherwise.")
+            "noise (the spread over seeds, and the sampling error of an accuracy over the dev sentences); not "
+            "measured if a fine-tuned model is no better than the majority label beyond that noise. Confirmed if all three parts hold, refuted if none does, partly otherwise.")
     budgets = {"smoke": dict(steps=6, seeds=1, ft_train=64, ft_dev=64, ft_steps=4, timing_batches=4, held_batches=2),
                "quick": dict(steps=300, seeds=2, ft_train=2000, ft_dev=500, ft_steps=150, timing_batches=20,
                              held_batches=10),
@@ -118,9 +119,9 @@ class NSP(Experiment):
         with_nsp = [r["finetune_acc"] for r in m["runs"]["with NSP"]]
         without = [r["finetune_acc"] for r in m["runs"]["without NSP"]]
         nsp_acc = mean_spread([r["held_nsp_acc"] for r in m["runs"]["with NSP"]])[0]
-        d = differs(without, with_nsp)
-        majority = m["finetune"]["majority_share"]
-        compared = learned(without, majority) and learned(with_nsp, majority)  # (else a side learned nothing)
+        majority, n_dev = m["finetune"]["majority_share"], m["finetune"]["dev_sentences"]
+        d = differs(without, with_nsp, n_dev)
+        compared = learned(without, majority, n_dev) and learned(with_nsp, majority, n_dev)  # (else a side learned nothing)
         parts = {"negatives far outnumber positives": share >= FAR_OUTNUMBER, "NSP adds cost": ratio >= COSTLY,
                  "NSP can be dropped": d >= 0 if compared else None}
         because = (f"{share:.1%} of our {m['pairs']:,} training pairs are NotNext (BERT's 50%); a training step with "

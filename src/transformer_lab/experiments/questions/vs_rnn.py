@@ -39,7 +39,7 @@ from torch import nn
 from transformer_lab.data.batches import Batch, ShuffledBatches, make_batch
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
-from transformer_lab.experiments.stats import differs, fmt, mean_spread
+from transformer_lab.experiments.stats import differs, fmt, mean_spread, outcome_of
 from transformer_lab.experiments.training import dates_data, fit, held_out_nll
 from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.rnn import RNNConfig, RNNSeq2Seq
@@ -184,8 +184,9 @@ class VsRNN(Experiment):
             "(against: higher beyond it). Distance holds if, at initialisation, the LSTM recurrence's mean gradient over "
             "the farthest eighth of distances is below 0.1 of its mean over the nearest eighth (from distance 1) while "
             "the Transformer encoder's is not (against: "
-            "the LSTM's ratio is at least the Transformer's). Confirmed if all three hold; refuted if none holds and "
-            "one goes against; inconclusive if none holds and none goes against; partly otherwise.")
+            "the LSTM's ratio is at least the Transformer's). Confirmed if all three hold; partly if one or two hold; "
+            "refuted if none holds and one goes against; inconclusive if none holds and none goes against "
+            "(experiments.stats.outcome_of).")
     budgets = {"smoke": dict(lengths=[8, 16], batch=4, repeats=1, steps=6, eval_every=3, seeds=1, n_test=20,
                              grad_length=16, grad_rows=2),
                "quick": dict(lengths=[16, 64, 256], batch=16, repeats=3, steps=200, eval_every=20, seeds=2, n_test=200,
@@ -257,14 +258,8 @@ class VsRNN(Experiment):
         distance_holds = g_r < VANISHED <= g_t
         distance_against = g_r >= g_t
 
-        held = [speed_holds, time_holds, distance_holds]
-        against = speed_against or time_against or distance_against
-        if all(held):
-            outcome = "confirmed"
-        elif any(held):
-            outcome = "partly"
-        else:
-            outcome = "refuted" if against else "inconclusive"
+        outcome = outcome_of([int(held) - int(against) for held, against in
+                              ((speed_holds, speed_against), (time_holds, time_against), (distance_holds, distance_against))])
         k = len(init[LSTM]) - 1
         w = max(1, k // 8)
         because = (f"training step at L={last['length']}: LSTM {last['seconds'][LSTM] * 1e3:.0f} ms, Transformer "
