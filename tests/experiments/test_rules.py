@@ -51,11 +51,14 @@ def universal(narrow=0.9, wide=0.001, linear=0.93):
                      dict(width=512, activation="none", errors=[linear, linear])]}
 
 
-def mixed(acc=1e-15, bf16=1.0, fp16=1.0, time_ratio=0.5):
+def mixed(acc=1e-15, bf16=1.0, fp16=1.0, time_ratio=0.5, memory_ratio=0.6):
     def run(final, seconds):
         return dict(losses=[3.0] * 5 + [final] * 5, seconds_per_step=seconds, loss_scale=None)
+    low = {"bfloat16": 600 * memory_ratio, "float32": 400 * memory_ratio}
     return {"accumulation_rel_error": acc, "device": "cpu", "steps": 10,
-            "runs": {"fp32": run(1.0, 1.0), "bf16": run(bf16, time_ratio), "fp16": run(fp16, 1.0)}}
+            "runs": {"fp32": run(1.0, 1.0), "bf16": run(bf16, time_ratio), "fp16": run(fp16, 1.0)},
+            "saved_bytes": {"fp32": {"float32": 1000}, "bf16": low, "fp16": low}, "memory_batch": 64,
+            "parameters": 100, "state_bytes": 1600}
 
 
 def runs(**named):
@@ -152,8 +155,10 @@ CASES = [
     ("universal", universal(wide=0.5, linear=0.1), "refuted"),
     ("mixed-precision", mixed(), "confirmed"),
     ("mixed-precision", mixed(time_ratio=1.1), "partly"),
-    ("mixed-precision", mixed(bf16=1.2), "refuted"),
-    ("mixed-precision", mixed(acc=1e-3), "refuted"),
+    ("mixed-precision", mixed(time_ratio=0.9, memory_ratio=0.8), "partly"),  # accuracy alone
+    ("mixed-precision", mixed(bf16=1.2), "partly"),  # memory and time hold, accuracy fails
+    ("mixed-precision", mixed(bf16=1.2, time_ratio=1.1, memory_ratio=1.0), "refuted"),
+    ("mixed-precision", mixed(acc=1e-3, time_ratio=1.1, memory_ratio=0.9), "refuted"),
 ]
 
 
