@@ -60,3 +60,15 @@ def test_keep_layers_runs_only_those_layers_in_order():
     for bad in ([], [0, 0], [3]):
         with pytest.raises(ValueError, match="indices"):
             keep_layers(_bert(), bad)
+
+
+def test_a_pruned_model_saves_and_loads_as_a_smaller_model(tmp_path):
+    """Its config describes it (d_ff, n_layers), so the checkpoint loads with no help."""
+    from transformer_lab.runs import load_model, save_checkpoint
+
+    model = keep_layers(prune_ffn(_bert(), 0.5), [0, 2])
+    save_checkpoint(tmp_path / "pruned", model, {"step": 0})
+    loaded = load_model(tmp_path / "pruned").model.eval()
+    assert (loaded.config.d_ff, loaded.config.n_layers) == (20, 2)
+    tokens = torch.randint(5, 50, (2, 9))
+    torch.testing.assert_close(loaded(tokens).hidden, model(tokens).hidden, atol=0, rtol=0)

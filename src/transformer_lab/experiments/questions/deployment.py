@@ -104,7 +104,7 @@ def unstructured(model: nn.Module, amount: float) -> nn.Module:
 
 
 def distill(student: nn.Module, teacher: torch.Tensor, ids: list[list[int]], steps: int, batch: int, lr: float,
-            seed: int) -> list[float]:
+            seed: int, on_step: Callable[[], Any] = lambda: None) -> list[float]:
     """Train ``student``'s mean-pooled embeddings of ``ids`` toward the ``teacher``'s (rows in the same
     order) by 1 - cosine, AdamW at ``lr``, ``steps`` shuffled batches; returns the loss per step."""
     g = torch.Generator().manual_seed(seed)
@@ -119,7 +119,8 @@ def distill(student: nn.Module, teacher: torch.Tensor, ids: list[list[int]], ste
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
+        on_step()
     return losses
 
 
@@ -168,11 +169,14 @@ class Deployment(Experiment):
         reference = embeddings(_torch_engine(fp32), ids, s["batch"])
         teacher = embeddings(_torch_engine(fp32), train_ids, s["batch"])
         students = {PRUNED: prune_ffn(copy.deepcopy(fp32), 0.5), STUDENT: keep_layers(copy.deepcopy(fp32), [0, 2, 4])}
+        # the bar: each distillation step, each engine measured (7, 8 with compile), the two serving runs
+        bar = ctx.bar(len(students) * s["distill_steps"] + 7 + int(s["compile"]) + 2, self.id)
         before, curves = {}, {}
-        for name, student in students.items():  # (the bar starts below: these are a few dozen steps each)
+        for name, student in students.items():
             before[name] = float(F.cosine_similarity(embeddings(_torch_engine(student.eval()), ids, s["batch"]),
                                                      reference, dim=-1).mean())
-            curves[name] = distill(student, teacher, train_ids, s["distill_steps"], s["batch"], s["distill_lr"], ctx.seed)
+            curves[name] = distill(student, teacher, train_ids, s["distill_steps"], s["batch"], s["distill_lr"], ctx.seed,
+                                   lambda: bar.update(1))
             student.eval()
         engines: dict[str, Callable] = {"fp32 eager": _torch_engine(fp32),
                                         "ours int8": _torch_engine(quantize_model(copy.deepcopy(fp32), QuantConfig())),
@@ -185,7 +189,6 @@ class Deployment(Experiment):
             engines["onnxruntime int8"] = _ort_engine(onnx_session(quantize_onnx(path), threads), fp32.config.pad_id)
             if s["compile"]:
                 engines["compiled fp32"] = _torch_engine(torch.compile(copy.deepcopy(fp32), dynamic=True))
-            bar = ctx.bar(len(engines) + 2, self.id)
             rows = {}
             for name, run in engines.items():
                 rows[name] = measure(run, ids, s["singles"], s["batch"])
