@@ -60,6 +60,14 @@ def test_keep_layers_runs_only_those_layers_in_order():
     for bad in ([], [0, 0], [3]):
         with pytest.raises(ValueError, match="indices"):
             keep_layers(_bert(), bad)
+    # a translation model's config counts encoder and decoder layers apart: refused, not left undescribed
+    from transformer_lab.models.transformer import Transformer, TransformerConfig
+
+    seq2seq = Transformer(TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, d_model=16, n_heads=2, d_ff=32,
+                                            n_encoder_layers=2, n_decoder_layers=2))
+    with pytest.raises(ValueError, match="BERT-style"):
+        keep_layers(seq2seq, [0])
+    assert prune_ffn(seq2seq, 0.5).config.d_ff == 16  # its FFNs share one width
 
 
 def test_a_pruned_model_saves_and_loads_as_a_smaller_model(tmp_path):

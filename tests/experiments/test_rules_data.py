@@ -113,8 +113,13 @@ def test_a_difference_of_accuracies_must_clear_the_held_out_sets_sampling_error(
     assert differs([0.53, 0.53], [0.50, 0.50], n=200) == 0
     assert differs([0.50, 0.50], [0.53, 0.53], n=200) == 0
     assert learned([0.60, 0.61], 0.55, n=5000) and not learned([0.60, 0.61], 0.55, n=100)
+    # the baseline is a fixed number of the items: only the model's accuracy is a sample (one-sample error,
+    # 1.96 sqrt(0.55 · 0.45 / 300) = 0.056 here; two-sample would be 0.080)
+    assert learned([0.62, 0.62], 0.55, n=300)
     with pytest.raises(ValueError, match="at least one held-out item"):
         binomial_margin(0.5, 0.5, 0)
+    with pytest.raises(ValueError, match="proportions"):  # percentages with a count: refused, not clamped
+        differs([62.0, 63.0], [55.0, 55.0], n=300)
 
 
 def test_one_way_of_combining_a_claims_parts():
@@ -126,3 +131,11 @@ def test_one_way_of_combining_a_claims_parts():
     assert outcome_of([0, 0]) == "inconclusive"
     with pytest.raises(ValueError):
         outcome_of([])
+
+
+def test_means_and_spreads_print_their_significant_digits():
+    from transformer_lab.experiments.stats import fmt
+
+    assert fmt(0.2, 0.0178) == "0.200 ± 0.0178"  # trailing zeros kept
+    assert fmt(47.0, 3.3, digits=2) == "47 ± 3.3"  # no bare point
+    assert fmt(1234.5, 0.0) == "1.23e+03 ± 0.00"

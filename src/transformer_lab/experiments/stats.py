@@ -23,7 +23,13 @@ def binomial_margin(p_a: float, p_b: float, n: int, z: float = 1.96) -> float:
     items, so a difference that clears it is not an artefact of which items were held out."""
     if n < 1:
         raise ValueError(f"n: expected at least one held-out item, got {n}")
+    _check_proportions(p_a, p_b)
     return z * math.sqrt((p_a * (1 - p_a) + p_b * (1 - p_b)) / n)
+
+
+def _check_proportions(*ps: float) -> None:
+    if any(not 0 <= p <= 1 for p in ps):
+        raise ValueError(f"accuracies as proportions in [0, 1] expected with a held-out count n, got {ps}")
 
 
 def differs(a: Sequence[float], b: Sequence[float], n: int | None = None) -> int:
@@ -35,7 +41,7 @@ def differs(a: Sequence[float], b: Sequence[float], n: int | None = None) -> int
     mb, sb = mean_spread(b)
     margin = max(sa + sb, 0.01 * max(abs(ma), abs(mb)))
     if n is not None:
-        margin = max(margin, binomial_margin(min(max(ma, 0.0), 1.0), min(max(mb, 0.0), 1.0), n))
+        margin = max(margin, binomial_margin(ma, mb, n))
     if ma - mb > margin:
         return 1
     if mb - ma > margin:
@@ -43,11 +49,20 @@ def differs(a: Sequence[float], b: Sequence[float], n: int | None = None) -> int
     return 0
 
 
-def learned(values: Sequence[float], baseline: float, n: int | None = None) -> bool:
+def learned(values: Sequence[float], baseline: float, n: int | None = None, z: float = 1.96) -> bool:
     """Whether scores over seeds (accuracies over ``n`` held-out items) are above a baseline that needs no
     learning (the commonest token, the majority label) beyond their noise: a model that stayed there is
-    no side of a comparison."""
-    return differs(values, [baseline], n) > 0
+    no side of a comparison. The noise: their spread, a 1% margin, and (with ``n``) the sampling error of
+    an accuracy at the baseline, z·sqrt(p0(1 - p0)/n); the baseline is a fixed number of the scored items,
+    not a second sample."""
+    mean, spread = mean_spread(values)
+    margin = max(spread, 0.01 * max(abs(mean), abs(baseline)))
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"n: expected at least one held-out item, got {n}")
+        _check_proportions(mean, baseline)
+        margin = max(margin, z * math.sqrt(baseline * (1 - baseline) / n))
+    return mean - baseline > margin
 
 
 def chance_of_separation(n_a: int, n_b: int) -> float:
@@ -58,7 +73,8 @@ def chance_of_separation(n_a: int, n_b: int) -> float:
 
 
 def outcome_of(signs: Sequence[int]) -> str:
-    """The verdict of a claim in parts, every rule's one way of combining them. Each part is +1 (it holds:
+    """The verdict of a claim in parts of three signs, as the rules combine them (rules whose parts are
+    only held / not held, such as nsp's or deployment's, count them the same way). Each part is +1 (it holds:
     the claim's way beyond the noise), -1 (it goes against the claim beyond the noise) or 0 (neither).
     Confirmed if every part holds; partly if some hold and others do not (whether these go against or
     stay inside the noise: the verdict's numbers say which); refuted if none holds and some go against;
@@ -73,5 +89,9 @@ def outcome_of(signs: Sequence[int]) -> str:
 
 
 def fmt(mean: float, spread: float, digits: int = 3) -> str:
-    """``digits`` significant digits each, trailing zeros kept (0.200 ± 0.0178, not 0.2 ± 0.0178)."""
-    return f"{mean:#.{digits}g} ± {spread:#.{digits}g}"
+    """``digits`` significant digits each, trailing zeros kept (0.200 ± 0.0178, not 0.2 ± 0.0178), and no
+    bare trailing point (47 ± 3.3, not 47. ± 3.3)."""
+    def one(x: float) -> str:
+        text = f"{x:#.{digits}g}"
+        return text[:-1] if text.endswith(".") else text
+    return f"{one(mean)} ± {one(spread)}"

@@ -26,8 +26,9 @@ class CausalMask(Experiment):
     rule = ("The date task's model, trained with and without the decoder's look-ahead mask (seeds as the budget "
             "says). Confirmed if without the mask the teacher-forced held-out loss is lower (beyond the spread: it "
             "copies the future) while the greedy exact match is below half of the masked model's (the future is not "
-            "there at inference); partly if only the exact match falls; refuted if the exact match does not fall "
-            "beyond the noise (the spread over seeds, and the sampling error of an accuracy over the held-out dates).")
+            "there at inference); partly if only the exact match falls; refuted if it does not fall that far (below "
+            "half, and beyond the noise: the spread over seeds and the sampling error of an accuracy over the "
+            "held-out dates).")
     budgets = DATES_BUDGETS
 
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:

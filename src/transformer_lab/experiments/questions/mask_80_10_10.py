@@ -107,10 +107,12 @@ class Mask801010(Experiment):
                    f"(majority label {m['finetune']['majority_share']:.3g}); [MASK] and [CLS] are ids {id_text}: "
                    + ("the same token" if same else "different tokens, so '[MASK] 即 [CLS]' is wrong"))
         outcome = outcome_of([d_un, d_ft])
-        if not learned(mk_b, m["unigram_acc"], n_tok):  # the control predicts the commonest token: no model to compare to
+        idle = [name for name, mk in (("80/10/10", mk_a), ("mask-only", mk_b)) if not learned(mk, m["unigram_acc"], n_tok)]
+        if idle:  # a model that predicts the commonest token at [MASK]: no model to compare
             outcome = "inconclusive"
-            because += (f"; but the mask-only model learned nothing in {m['steps']} steps (at [MASK] it predicts "
-                        "the commonest token), so neither comparison measures the mismatch")
+            because += (f"; but the {' and the '.join(idle)} model{'s' if len(idle) > 1 else ''} learned nothing in "
+                        f"{m['steps']} steps (at [MASK] {'they predict' if len(idle) > 1 else 'it predicts'} the "
+                        "commonest token), so neither comparison measures the mismatch")
         elif not (learned(ft_a, m["finetune"]["majority_share"], n_dev) and learned(ft_b, m["finetune"]["majority_share"], n_dev)):
             d_ft = 0  # a fine-tuned model at the majority label: no fine-tuning comparison
             outcome = outcome_of([d_un])
