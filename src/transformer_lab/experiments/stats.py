@@ -21,15 +21,16 @@ def binomial_margin(p_a: float, p_b: float, n: int, z: float = 1.96) -> float:
     errors, sqrt(p_a(1 - p_a)/n + p_b(1 - p_b)/n). Every seed scores the same items, so averaging over
     seeds does not shrink it; taking the two sides as independent overstates it when both score the same
     items, so a difference that clears it is not an artefact of which items were held out."""
+    return z * _standard_error((p_a, p_b), n)
+
+
+def _standard_error(ps: Sequence[float], n: int) -> float:
+    """sqrt(sum of p(1 - p)/n over ``ps``): independent accuracies' sampling error over ``n`` items."""
     if n < 1:
         raise ValueError(f"n: expected at least one held-out item, got {n}")
-    _check_proportions(p_a, p_b)
-    return z * math.sqrt((p_a * (1 - p_a) + p_b * (1 - p_b)) / n)
-
-
-def _check_proportions(*ps: float) -> None:
     if any(not 0 <= p <= 1 for p in ps):
-        raise ValueError(f"accuracies as proportions in [0, 1] expected with a held-out count n, got {ps}")
+        raise ValueError(f"accuracies as proportions in [0, 1] expected with a held-out count n, got {tuple(ps)}")
+    return math.sqrt(sum(p * (1 - p) for p in ps) / n)
 
 
 def differs(a: Sequence[float], b: Sequence[float], n: int | None = None) -> int:
@@ -58,10 +59,8 @@ def learned(values: Sequence[float], baseline: float, n: int | None = None, z: f
     mean, spread = mean_spread(values)
     margin = max(spread, 0.01 * max(abs(mean), abs(baseline)))
     if n is not None:
-        if n < 1:
-            raise ValueError(f"n: expected at least one held-out item, got {n}")
-        _check_proportions(mean, baseline)
-        margin = max(margin, z * math.sqrt(baseline * (1 - baseline) / n))
+        _standard_error((mean,), n)  # (checks the scores are proportions)
+        margin = max(margin, z * _standard_error((baseline,), n))
     return mean - baseline > margin
 
 

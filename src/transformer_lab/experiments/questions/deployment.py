@@ -169,8 +169,10 @@ class Deployment(Experiment):
         reference = embeddings(_torch_engine(fp32), ids, s["batch"])
         teacher = embeddings(_torch_engine(fp32), train_ids, s["batch"])
         students = {PRUNED: prune_ffn(copy.deepcopy(fp32), 0.5), STUDENT: keep_layers(copy.deepcopy(fp32), [0, 2, 4])}
-        # the bar: each distillation step, each engine measured (7, 8 with compile), the two serving runs
-        bar = ctx.bar(len(students) * s["distill_steps"] + 7 + int(s["compile"]) + 2, self.id)
+        # the bar: each distillation step; each engine measured (fp32, two INT8, the zeroed model, the
+        # students, onnxruntime fp32, the compiled model); the two serving runs
+        n_engines = 4 + len(students) + int(s["compile"])
+        bar = ctx.bar(len(students) * s["distill_steps"] + n_engines + 2, self.id)
         before, curves = {}, {}
         for name, student in students.items():
             before[name] = float(F.cosine_similarity(embeddings(_torch_engine(student.eval()), ids, s["batch"]),
