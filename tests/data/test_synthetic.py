@@ -84,3 +84,30 @@ def test_vocab_file_of_the_earlier_order_still_loads(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a vocabulary file"):
         Vocab.load(path)
+
+
+def test_symbol_text_reads_the_demos_vocabulary_as_text():
+    """``SymbolText``: the demo's sources one symbol per character, its targets one per word, as
+    ``DateTask`` writes its pairs; what the vocabulary lacks (an upper-case letter, a special token's
+    text) is an error naming it; a vocabulary of the earlier specials' order is refused (translate's
+    decoding uses the shared ids)."""
+    from transformer_lab.data.synthetic import FORMATS
+    from transformer_lab.data.vocab import SymbolText
+
+    vocab = Vocab(DateTask.symbols())
+    src, tgt = SymbolText(vocab, "char"), SymbolText(vocab, "word")
+    d = dt.date(1987, 3, 21)
+    for fmt in FORMATS:
+        assert src.encode("".join(date_source(d, fmt))) == vocab.encode(date_source(d, fmt))
+    words = date_to_words(d)
+    assert tgt.decode(vocab.encode(words, eos=True) + vocab.encode(["the"])) == " ".join(words)  # up to </s>
+    assert tgt.decode([BOS, *vocab.encode(["of"])], skip_special=False) == "<s> of"
+    assert src.encode(" 21 mar 1987\n") == src.encode("21 mar 1987")
+    with pytest.raises(ValueError, match=r"\['M'\] outside the vocabulary"):
+        src.encode("21 Mar 1987")
+    with pytest.raises(ValueError, match=r"\['</s>'\] outside"):
+        tgt.encode("the </s> of")
+    with pytest.raises(ValueError, match="before the specials' order"):
+        SymbolText(Vocab(["a"], specials=("<pad>", "<s>", "</s>", "<unk>")), "char")
+    with pytest.raises(ValueError, match="unit"):
+        SymbolText(vocab, "byte")

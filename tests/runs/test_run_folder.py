@@ -243,12 +243,41 @@ def test_weights_are_as_readable_as_the_other_files(finished_run):
     assert modes["model.safetensors"] == modes["config.json"], modes
 
 
-def test_translate_on_the_demos_checkpoint_says_what_it_is(finished_run, capsys):
-    """A new user's first try after `make demo`: `translate --checkpoint runs/demo ...` said "no tokenizer
-    folder; is this a translation checkpoint?" (it is one); now it names the dates task and what to use."""
-    assert main(["translate", "--checkpoint", str(finished_run), "1987-03-21"]) == 2
+def test_translate_reads_the_demos_checkpoint_as_the_task_does(finished_run, capsys):
+    """A new user's first try after `make demo`: `translate --checkpoint runs/demo "1987-03-21"`. The
+    command reads the dates vocabulary (characters in, words out) and gives the task's own greedy decoding
+    (``dates.exact_match``, which decodes training-style batches) for the held-out dates; translate's
+    length limit is longer, so where the task's output stopped at its limit it is a prefix."""
+    from transformer_lab.data.batches import make_batch
+    from transformer_lab.data.vocab import SymbolText
+    from transformer_lab.tasks import dates
+    from transformer_lab.tasks.translation import load_translator
+
+    pairs = dates.DateTask(n_test=10, seed=0).pairs()[1][:6]
+    model, vocab = dates.load(finished_run)
+    _, task_outputs = dates.exact_match(model, pairs, vocab)
+    sources = ["".join(src) for src, _ in pairs]
+    assert main(["translate", "--checkpoint", str(finished_run), "--beam", "1", *sources]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(sources)
+    limit = max(len(ref) for _, ref in pairs) + 1 + 10  # exact_match's: the longest target with </s>, plus 10
+    for line, task in zip(lines, task_outputs):
+        assert line.split() == task if len(task) < limit else line.split()[: len(task)] == task
+    # the command's reading of a source is the training batches' encoding
+    _, tok_src, tok_tgt = load_translator(finished_run)
+    batch = make_batch(pairs, vocab)
+    for i, s in enumerate(sources):
+        assert tok_src.encode(s) + [vocab.eos_id] == [t for t in batch.src[i].tolist() if t != vocab.pad_id]
+    assert isinstance(tok_tgt, SymbolText) and tok_tgt.decode(vocab.encode(["the", "of", "march"])) == "the of march"
+    assert main(["translate", "--checkpoint", str(finished_run), "21 mar 1987"]) == 0  # beam 4, the default
+
+
+def test_translate_names_the_characters_the_demo_cannot_read(finished_run, capsys):
+    """The demo's sources use digits, "-/. " and the months' lower-case abbreviations; anything else is an
+    error naming the characters, not an unknown token the model never saw."""
+    assert main(["translate", "--checkpoint", str(finished_run), "21 March 1987"]) == 2
     err = capsys.readouterr().err
-    assert "dates task" in err and "multi30k" in err and "Traceback" not in err
+    assert "['M', 'h'] outside the vocabulary" in err and "Traceback" not in err
 
 
 def test_out_naming_a_file_is_a_clear_error(tmp_path, capsys):

@@ -3,6 +3,8 @@
 Specials come first, at the ids every seq2seq vocabulary here shares (``tokenizers.special``):
 <pad>=0, <unk>=1, <s>=2 (begin), </s>=3 (end). A vocabulary file records its specials, so a file
 written before that order was fixed (<pad>, <s>, </s>, <unk>) still loads with its own ids.
+``SymbolText`` reads and writes text in such a vocabulary, for the commands that take text
+(``translate``, ``evaluate``, ``serve``, ``export``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from transformer_lab.tokenizers.special import SEQ2SEQ_SPECIALS
+from transformer_lab.tokenizers.special import EOS_ID, SEQ2SEQ_SPECIALS
 
+VOCAB_FILE = "vocab.json"  # in a checkpoint of the dates task
 LEGACY_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # vocab.json files without a "specials" entry
 
 
@@ -65,3 +68,43 @@ class Vocab:
             raise FileNotFoundError(f"{path}: vocabulary file not found") from None
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"{path}: not a vocabulary file ({e})") from None
+
+
+class SymbolText:
+    """Text in a symbol vocabulary, as a tokenizer: ``unit="char"`` reads one symbol per character (the
+    demo's sources: "21.03.1987"), ``"word"`` one per space-separated word (its targets: "the twenty first
+    of march ..."); decoding joins the symbols the same way. A symbol outside the vocabulary is an error
+    naming it (the demo knows the letters of the months' abbreviations, lower case: "21 mar 1987" reads, "21 March 1987" does not),
+    not an unknown token the model never saw in training."""
+
+    algorithm = "symbols"
+
+    def __init__(self, vocab: Vocab, unit: str):
+        if unit not in ("char", "word"):
+            raise ValueError(f"unit: expected 'char' or 'word', got {unit!r}")
+        if vocab.eos_id != EOS_ID:
+            raise ValueError(f"vocabulary: </s> at id {vocab.eos_id}, a file from before the specials' order was "
+                             f"fixed ({vocab.specials}); retrain it to read text with it")
+        self.vocab, self.unit = vocab, unit
+        self.id_to_token = vocab.itos
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def tokenize(self, text: str) -> list[str]:
+        return list(text.strip()) if self.unit == "char" else text.split()
+
+    def encode(self, text: str) -> list[int]:
+        symbols = self.tokenize(text)
+        unknown = sorted({s for s in symbols if s not in self.vocab.stoi or s in self.vocab.specials})
+        if unknown:
+            known = "".join(s for s in self.vocab.itos[len(self.vocab.specials):] if len(s) == 1)
+            raise ValueError(f"text {text!r}: {unknown[:20]} outside the vocabulary"
+                             + (f" (its characters: {known!r})" if self.unit == "char" else ""))
+        return self.vocab.encode(symbols)
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """The symbols up to the first </s>, specials dropped (``skip_special=False``: every id's symbol)."""
+        symbols = self.vocab.decode(ids) if skip_special else [self.vocab.itos[int(i)] for i in ids]
+        return ("" if self.unit == "char" else " ").join(symbols)

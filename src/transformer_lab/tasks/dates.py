@@ -2,7 +2,9 @@
 
 prepare: every date of 1900-2099, shuffled, 1,000 held out (never seen, in any format). build: the
 ``tiny`` encoder-decoder over one character+word vocabulary. loss: the translation task's label-
-smoothed cross-entropy. decode: greedy; the figure is exact match on the held-out dates.
+smoothed cross-entropy. decode: greedy; the figure is exact match on the held-out dates. The
+checkpoint keeps the vocabulary (``vocab.json``), which ``translate``, ``evaluate``, ``serve`` and
+``export`` read as text (``data.vocab.SymbolText``: characters in, words out).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from transformer_lab.data.batches import ShuffledBatches, make_batch
 from transformer_lab.data.synthetic import DateTask
-from transformer_lab.data.vocab import Vocab
+from transformer_lab.data.vocab import VOCAB_FILE, Vocab
 from transformer_lab.generation.search import Seq2SeqStep, greedy_search
 from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.summary import parameter_summary
@@ -31,7 +33,6 @@ from transformer_lab.training.config import TrainConfig
 log = logging.getLogger(__name__)
 
 RECIPE = TrainConfig(max_steps=2000, warmup=400, lr=1.0, schedule="noam")
-VOCAB_FILE = "vocab.json"
 Pairs = Sequence[tuple[Sequence[str], Sequence[str]]]
 
 
@@ -107,6 +108,8 @@ def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
         log.info("steps %d in %.0f s (%.0f target tokens/s)", result.state.step, result.state.elapsed_s, result.tokens_per_s)
         if runtime.is_main:
             log.info("wrote %s", folder.written())
+            log.info('more dates: transformer-lab translate --checkpoint %s "1987-03-21" "21 mar 1987" '
+                     "[--plot-attention att.png]", cfg.run.out)
     return TaskResult(summary, result.signum, runtime.is_main)
 
 

@@ -27,6 +27,7 @@ from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_cou
 from transformer_lab.config import check_positive
 from transformer_lab.data.batches import Batch, TokenBuckets, pad_sequences
 from transformer_lab.data.parallel import EncodedPairs, filter_long, multi30k_files, read_parallel, user_cache_dir
+from transformer_lab.data.vocab import VOCAB_FILE, SymbolText, Vocab
 from transformer_lab.generation.search import Seq2SeqStep, beam_search, greedy_search
 from transformer_lab.generation.static_decoding import StaticSeq2Seq
 from transformer_lab.models.presets import PRESETS, preset
@@ -388,10 +389,9 @@ def load_tokenizers(checkpoint: Path) -> tuple[Tokenizer, Tokenizer]:
         return tok, tok
     if (checkpoint / "tokenizer_src").is_dir():
         return load_tokenizer(checkpoint / "tokenizer_src"), load_tokenizer(checkpoint / "tokenizer_tgt")
-    if (checkpoint / "vocab.json").is_file():  # (tasks/dates.VOCAB_FILE; not imported: dates is a task too)
-        raise ValueError(f"{checkpoint}: a checkpoint of the dates task (`make demo`, `train` without --preset), whose "
-                         "symbol vocabulary no text tokenizer reads; it shows its held-out translations at the end of "
-                         "its run. translate/evaluate/export/serve take a translation run (train --preset multi30k-de-en)")
+    if (checkpoint / VOCAB_FILE).is_file():  # the dates task's (`make demo`): characters in, words out
+        vocab = Vocab.load(checkpoint / VOCAB_FILE)
+        return SymbolText(vocab, "char"), SymbolText(vocab, "word")  # type: ignore[return-value]
     raise FileNotFoundError(f"{checkpoint}: no tokenizer folder; is this a translation checkpoint?")
 
 
