@@ -61,3 +61,20 @@ def require(module: str):
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+def sigterm_at(trainer, step: int, monkeypatch, times: int = 1) -> None:
+    """SIGTERM (``times`` of them) sent to this process during the backward pass of ``trainer``'s step
+    ``step`` + 1 (its state's step counts the finished ones)."""
+    import os
+    import signal
+
+    real_backward = trainer.backward
+
+    def backward(batches, weights=None):
+        if trainer.state.step == step:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real_backward(batches, weights)
+
+    monkeypatch.setattr(trainer, "backward", backward)

@@ -63,6 +63,37 @@ def test_bad_argument_is_a_clean_error(tmp_path, capsys, flag, value):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--schedule", "cosine"], "--lr: --schedule cosine reads --lr as the peak rate"),
+    (["--schedule", "noam", "--warmup", "0", "--lr", "1"], "warmup: expected >= 1"),
+])
+def test_a_recipe_change_that_cannot_mean_what_it_says_is_refused(tmp_path, capsys, args, message):
+    """The demo's recipe is noam with lr 1.0, a factor; `--schedule cosine` alone trained at a peak rate of
+    1.0 (loss 131, 0% exact match). Switching between noam's reading of --lr and the others' now needs
+    --lr; noam cannot take --warmup 0 (its formula divides by it), the other schedules can."""
+    assert main(["train", "--out", str(tmp_path / "r"), "--no-progress", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_no_warm_up_and_a_warm_up_as_long_as_the_run(tmp_path, caplog):
+    """`--warmup 0` under a schedule that reads it as a ramp is a run at full rate from step 1; a warm-up
+    longer than the run is a warning: the rate never reaches its peak."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", "--out", str(tmp_path / "a"), "--no-progress", "--max-steps", "2", "--n-test", "10",
+                     "--schedule", "constant", "--lr", "1e-3", "--warmup", "0"]) == 0
+    from transformer_lab.training.records import read_metrics_csv
+
+    rows = [r for r in read_metrics_csv(tmp_path / "a" / "metrics.csv", 2) if r.get("lr") is not None]
+    assert rows and all(r["lr"] == pytest.approx(1e-3) for r in rows)  # (a warm-up of w steps: 2/w of it)
+    assert "never reaches its peak" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", "--out", str(tmp_path / "b"), "--no-progress", "--max-steps", "2", "--n-test", "10"]) == 0
+    assert "the warm-up (400 steps) is as long as the run (2)" in caplog.text
+
+
 def test_bench_model_json_has_ours_peer_ratio(capsys):
     rc = main(["bench", "model", "--preset", "tiny", "--vocab-size", "100", "--batch", "4", "--length", "8",
                "--steps", "1", "--rounds", "1", "--json"])

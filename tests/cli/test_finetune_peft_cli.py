@@ -108,6 +108,28 @@ def test_finetune_lm_with_a_prefix_on_our_gpt_run(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["samples"][0]["tokens"] == 10
 
 
+def test_merging_a_lora_into_our_char_gpt_keeps_its_tokenizer(tmp_path, capsys):
+    """`peft merge` on our own checkpoint copied only tokenizer folders: a character-level GPT's
+    char_tokenizer.json was left behind and nothing could load the merged model. Now the merged folder
+    generates the adapted run's greedy tokens."""
+    text = tmp_path / "text.txt"
+    text.write_text(("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n") * 120)
+    base, out, merged = tmp_path / "base", tmp_path / "ft", tmp_path / "merged"
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(text), "--out", str(base), "--max-steps", "20",
+                 "--eval-every", "0", "--no-progress"]) == 0
+    assert main(["finetune", "lm", "--model", str(base), "--data", str(text), "--out", str(out), "--max-steps", "10",
+                 "--context", "32", "--lr", "3e-3", "--peft", "lora", "--no-progress"]) == 0
+    assert main(["peft", "merge", "--model", str(base), "--adapter", str(out / "adapter"), "--out", str(merged)]) == 0
+    assert (merged / "char_tokenizer.json").is_file()
+    capsys.readouterr()
+    tokens = []
+    for folder in (out, merged):
+        assert main(["generate", "--checkpoint", str(folder), "--prompt", "All:", "--max-new-tokens", "12", "--greedy",
+                     "--json"]) == 0
+        tokens.append(json.loads(capsys.readouterr().out)["samples"][0]["text"])
+    assert tokens[0] == tokens[1]
+
+
 def test_finetune_lm_lora_on_a_gpt2_folder_loads_in_peft_and_merges(tmp_path, capsys):
     """A Hugging Face GPT-2 folder (a small random GPT2LMHeadModel and a byte-level BPE tokenizer.json):
     fine-tune with LoRA, load the adapter with peft onto transformers' model, merge it into a GPT-2 folder."""

@@ -112,6 +112,10 @@ def test_translate_and_generate_servers(served, shared_data, tmp_path):
     model, tok_src, tok_tgt = load_translator(run)
     assert status == 200 and body["translations"] == translate(model, tok_src, tok_tgt, de[:3], beam=2)
     assert _call(url, "/translate", {"texts": ["x"], "beam": 99})[0] == 422
+    # no beam named: `transformer-lab translate`'s default (4), so the server and the command agree
+    assert _call(url, "/translate", {"texts": de[:3]})[1]["translations"] == translate(model, tok_src, tok_tgt, de[:3])
+    with pytest.raises(ValueError, match="more than max_beam"):
+        ServeConfig(str(run), beam=9)
 
     text = tmp_path / "text.txt"
     text.write_text("abcdefgh\n" * 300)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import sigterm_at
 from transformer_lab.cli.main import main
 from transformer_lab.models.gpt import GPT, GPTConfig
 from transformer_lab.tasks import lm
@@ -48,14 +49,7 @@ def test_gpt_resume_is_exact(tmp_path, data, monkeypatch):
     straight = _trainer(data, tmp_path / "a", 10)
     straight.fit()
     first = _trainer(data, tmp_path / "b", 10)
-    real_backward = first.backward
-
-    def backward(batches, weights=None):
-        if first.state.step == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_backward(batches, weights)
-
-    monkeypatch.setattr(first, "backward", backward)
+    sigterm_at(first, 4, monkeypatch)
     assert first.fit().stopped_by == "signal" and first.state.step == 5
     torch.manual_seed(99)
     second = _trainer(data, tmp_path / "b", 10)

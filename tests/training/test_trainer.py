@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import sigterm_at
 from transformer_lab.data.synthetic import DateTask
 from transformer_lab.data.batches import ShuffledBatches, make_batch
 from transformer_lab.data.vocab import Vocab
@@ -128,19 +129,26 @@ def test_signal_saves_once_and_stops(tmp_path, monkeypatch):
     saves = []
     real_save = t.save
     monkeypatch.setattr(t, "save", lambda *a, **k: saves.append(a) or real_save(*a, **k))
-    real_backward = t.backward
-
-    def backward_with_signals(batches, weights=None):
-        if t.state.step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_backward(batches, weights)
-
-    monkeypatch.setattr(t, "backward", backward_with_signals)
+    sigterm_at(t, 3, monkeypatch, times=2)
     result = t.fit()
     assert result.stopped_by == "signal" and result.signum == signal.SIGTERM
     assert t.state.step == 4 and len(saves) == 1
     assert (tmp_path / "checkpoints" / "last" / "train_state.pt").is_file()
+
+
+def test_a_run_stopped_between_log_rows_records_its_last_step(tmp_path, monkeypatch):
+    """A run stopped (signal, time budget) before its next log row wrote no row for its last steps, and one
+    stopped before its first wrote no plots: metrics.csv now ends at the step the run stopped at, and the
+    plots are drawn from it."""
+    from transformer_lab.training.records import read_metrics_csv
+
+    cfg = TrainConfig(max_steps=50, warmup=5, log_every=20, progress=False)
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, seq2seq_loss(0.1))
+    sigterm_at(t, 6, monkeypatch)
+    assert t.fit().stopped_by == "signal" and t.state.step == 7
+    rows = [r for r in read_metrics_csv(tmp_path / "metrics.csv", 50) if r.get("loss") is not None]
+    assert [r["step"] for r in rows] == [7] and math.isfinite(rows[0]["loss"])
+    assert (tmp_path / "loss.png").is_file() and (tmp_path / "lr.png").is_file()
 
 
 def test_fused_loss_equals_readable_loss():

@@ -108,7 +108,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES", help="stop cleanly after this long")
     g.add_argument("--schedule", default=None, choices=SCHEDULES, help="learning rate by step (noam: the paper's)")
     g.add_argument("--lr", type=positive_float, default=None, help="noam: factor on the paper's formula; others: peak rate")
-    g.add_argument("--warmup", type=positive_int, default=None, help="warm-up steps")
+    g.add_argument("--warmup", type=non_negative_int, default=None, help="warm-up steps (0: none; noam needs >= 1)")
     g.add_argument("--label-smoothing", type=probability, default=None, help="translation: 0.1 (the paper)")
     g.add_argument("--weight-decay", type=non_negative_float, default=None, help="AdamW decoupled decay (GPT presets: 0.1)")
     g.add_argument("--beta2", type=probability, default=None, help="Adam's beta2 (translation 0.98, GPT 0.99)")
@@ -137,6 +137,12 @@ def train_config(args: argparse.Namespace, recipe: TrainConfig) -> TrainConfig:
                  patience=args.patience, save_every=args.save_every, dropout=args.dropout,
                  log_every=args.log_every, compile=args.compile or None)
     values = {k: v for k, v in given.items() if v is not None}
+    if args.schedule is not None and args.lr is None and (args.schedule == "noam") != (recipe.schedule == "noam"):
+        # noam's --lr is a factor on the paper's formula, the others' the peak rate: the recipe's value means
+        # nothing under the other reading (1.0 as a peak rate diverges; 1e-3 as a factor barely trains)
+        reading = "a factor on the paper's formula (1: the paper's)" if args.schedule == "noam" else "the peak rate"
+        raise ValueError(f"--lr: --schedule {args.schedule} reads --lr as {reading}, and the task's recipe has "
+                         f"{recipe.schedule} lr {recipe.lr:g}; give --lr with --schedule")
     if args.time_budget is not None:
         values["time_budget_s"] = args.time_budget * 60
     if args.clip_norm is not None:

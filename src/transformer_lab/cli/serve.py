@@ -6,8 +6,8 @@
 Endpoints by model (JSON bodies; interactive documentation at /docs):
 
     GET  /health      all models: {"status": "ok", "model": ..., batching figures}
-    POST /translate   translation: {"texts": [...], "beam": 1} -> {"translations": [...]}
-                      (beam 1: greedy, the lowest latency; `transformer-lab translate` defaults to 4)
+    POST /translate   translation: {"texts": [...], "beam": 4} -> {"translations": [...]}
+                      (no beam: --beam's, 4 as `transformer-lab translate`; 1: greedy, the lowest latency)
     POST /embed       BERT: {"texts": [...]} -> {"embeddings": [[...], ...]}
     POST /generate    GPT: {"prompt": "...", "max_new_tokens": 64, "temperature": 1.0, "top_k": null,
                       "top_p": 1.0, "greedy": false, "seed": null} -> {"text": "...", "tokens": n}
@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=positive_float, default=5.0, help="wait for more requests to join a batch")
     p.add_argument("--max-texts", type=positive_int, default=64, help="texts per request")
     p.add_argument("--max-chars", type=positive_int, default=2000, help="characters per text")
+    p.add_argument("--beam", type=positive_int, default=4,
+                   help="translation: the beam of a request that names none (4, as `translate`; 1: greedy)")
+    p.add_argument("--max-beam", type=positive_int, default=8, help="translation: the largest beam a request may ask for")
     p.add_argument("--max-new-tokens", type=positive_int, default=1024,
                    help="GPT: the most tokens one /generate request may ask for (past the context the window slides)")
     p.add_argument("--compile", action="store_true", help="BERT: torch.compile the encoder before listening (25-30 s; "
@@ -49,5 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def serve_cmd(args: argparse.Namespace) -> int:
     serve(ServeConfig(args.checkpoint, args.max_batch, args.max_wait_ms, args.max_texts, args.max_chars,
-                      max_new_tokens=args.max_new_tokens, compile=args.compile), args.host, args.port)
+                      max_beam=args.max_beam, beam=args.beam, max_new_tokens=args.max_new_tokens, compile=args.compile),
+          args.host, args.port)
     return 0

@@ -17,9 +17,10 @@ import os
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -34,6 +35,23 @@ SOURCE = Path(__file__).resolve().parents[1]  # the transformer_lab package
 
 
 QUESTIONS = SOURCE / "experiments" / "questions"
+# An experiment trains many small models: the loop's and the tasks' lines for each run ("recipe: ...",
+# "stopped by max_steps ...", the warm-up warning of a short run) are not the experiment's to print.
+TRAINING_LOGS = {"transformer_lab.training": logging.ERROR, "transformer_lab.tasks": logging.WARNING}
+
+
+@contextmanager
+def quiet(levels: dict[str, int]) -> Iterator[None]:
+    """The named loggers at (at least) these levels while the block runs."""
+    loggers = {logging.getLogger(name): level for name, level in levels.items()}
+    before = {lg: lg.level for lg in loggers}
+    for lg, level in loggers.items():
+        lg.setLevel(max(level, lg.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, level in before.items():
+            lg.setLevel(level)
 
 
 def code_version(exp: Experiment | None = None) -> str:
@@ -130,7 +148,8 @@ def run_experiment(exp: Experiment, out: str | Path, budget: str = "quick", seed
         raise OSError(f"{folder}: cannot write the results here ({e.strerror or e})") from None
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    measurements = exp.run(settings, Context(seed=seed, device=dev, folder=folder, progress=progress))
+    with quiet(TRAINING_LOGS):
+        measurements = exp.run(settings, Context(seed=seed, device=dev, folder=folder, progress=progress))
     wall = time.perf_counter() - t0
     verdict: Verdict = exp.verdict(measurements)
     figures = [p.name for p in exp.figures(measurements, folder)]

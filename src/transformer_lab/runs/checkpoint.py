@@ -98,6 +98,12 @@ def clean_stale_temporaries(parent: str | Path, any_writer: bool = False) -> lis
     return removed
 
 
+def companion_files(directory: str | Path) -> list[Path]:
+    """What a checkpoint folder holds besides its model and training state: its tokenizers or vocabulary
+    (``char_tokenizer.json``, ``tokenizer/``, ``vocab.json`` ...), which a model made from it needs too."""
+    return [p for p in sorted(Path(directory).iterdir()) if p.name not in (*REQUIRED, TRAIN_STATE)]
+
+
 def save_checkpoint(
     directory: str | Path,
     model: nn.Module,

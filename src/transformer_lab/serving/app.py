@@ -1,7 +1,7 @@
 """`transformer-lab serve`: one model behind HTTP, with request batching.
 
     GET  /health      {"status": "ok", "model": "translation" | "gpt" | "bert", "quantized": ..., batching figures}
-    POST /translate   {"texts": [...], "beam": 1}                  -> {"translations": [...]}
+    POST /translate   {"texts": [...], "beam": 4}                  -> {"translations": [...]}
     POST /embed       {"texts": [...]}                             -> {"embeddings": [[...], ...]}
     POST /generate    {"prompt": "...", "max_new_tokens": 64, "temperature": 1.0, "top_k": null,
                        "top_p": 1.0, "greedy": false, "seed": null} -> {"text": "...", "tokens": n}
@@ -51,13 +51,16 @@ class ServeConfig:
     max_chars: int = 2000  # characters per text
     max_body: int = 1 << 20  # bytes per request body
     max_beam: int = 8
+    beam: int = 4  # /translate's beam when a request names none (`transformer-lab translate`'s default too)
     max_new_tokens: int = 1024  # GPT: tokens per /generate request (past the context, the window slides)
     compile: bool = False  # BERT: torch.compile the encoder, compiled before the server listens
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_texts", "max_chars", "max_body", "max_beam", "max_new_tokens"):
+        for name in ("max_batch", "max_texts", "max_chars", "max_body", "max_beam", "max_new_tokens", "beam"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.beam > self.max_beam:
+            raise ValueError(f"beam: {self.beam} is more than max_beam ({self.max_beam})")
 
 
 @dataclass
@@ -134,7 +137,7 @@ def build_app(cfg: ServeConfig) -> Any:
 
     class Texts(BaseModel):
         texts: list[str] = Field(min_length=1)
-        beam: int = Field(default=1, ge=1)
+        beam: int | None = Field(default=None, ge=1)  # None: the server's (cfg.beam)
 
     class GenerateRequest(BaseModel):
         prompt: str
@@ -204,9 +207,10 @@ def build_app(cfg: ServeConfig) -> Any:
     async def translate_texts(req: Texts) -> dict:
         serves("translation")
         check_texts(req)
-        if req.beam > cfg.max_beam:
-            raise HTTPException(422, f"beam: {req.beam}, the limit is {cfg.max_beam}")
-        return {"translations": await result(worker.submit(req.texts, req.beam))}
+        beam = cfg.beam if req.beam is None else req.beam
+        if beam > cfg.max_beam:
+            raise HTTPException(422, f"beam: {beam}, the limit is {cfg.max_beam}")
+        return {"translations": await result(worker.submit(req.texts, beam))}
 
     @app.post("/embed")
     async def embed_texts(req: Texts) -> dict:

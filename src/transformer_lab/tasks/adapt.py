@@ -21,12 +21,13 @@ from transformer_lab.config import read_json_object
 from transformer_lab.files import check_new_folder
 from transformer_lab.models.hf import BERT_TYPES, gpt_from_hf, load_bert, save_bert, save_gpt
 from transformer_lab.runs import find_checkpoint, load_model, save_checkpoint
+from transformer_lab.runs.checkpoint import companion_files
+from transformer_lab.tasks.quantize import copied
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "sentence_bert_config.json")
-TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_src", "tokenizer_tgt")  # in our checkpoints
 
 
 def _head_size(tensors: dict) -> int:
@@ -69,9 +70,9 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
     elif kind == "gpt2":
         save_gpt(model, out)
     else:
-        folders = {name: (lambda dest, src=files / name: shutil.copytree(src, dest))  # a translation model's tokenizers
-                   for name in TOKENIZER_FOLDERS if (files / name).is_dir()}
-        save_checkpoint(out, model, {"merged_from": {"base": str(base), "adapter": str(adapter)}}, extra=folders)
+        # the base checkpoint's tokenizers or vocabulary (tokenizer/, char_tokenizer.json, vocab.json ...)
+        save_checkpoint(out, model, {"merged_from": {"base": str(base), "adapter": str(adapter)}},
+                        extra=copied(companion_files(files)))
     if kind != "ours":
         for name in TOKENIZER_FILES:
             if (files / name).is_file():

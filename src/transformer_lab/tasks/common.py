@@ -11,7 +11,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -106,11 +106,12 @@ def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
 def train(folder: RunFolder, opts: RunOptions, runtime: Runtime, model: torch.nn.Module, source, cfg: TrainConfig,
           loss_fn: LossFn, validate: Callable[[torch.nn.Module], dict] | None = None,
           extra_files: dict[str, Callable[[Path], Any]] | None = None,
-          settings: dict[str, Any] | None = None) -> tuple[Trainer, TrainResult]:
-    """Train (``training.Trainer``), resuming when asked; ``settings``: the task's (``task_settings``)."""
+          settings: dict[str, Any] | None = None, fixed: Sequence[str] = ()) -> tuple[Trainer, TrainResult]:
+    """Train (``training.Trainer``), resuming when asked; ``settings``: the task's (``task_settings``), ``fixed``
+    those of them a resume may not change."""
     if runtime.is_main:
         folder.begin()  # (--overwrite: the earlier run goes now that this one's data and model are ready)
-    trainer = Trainer(model, source, cfg, folder, loss_fn, validate, extra_files, runtime, settings=settings)
+    trainer = Trainer(model, source, cfg, folder, loss_fn, validate, extra_files, runtime, settings=settings, fixed=fixed)
     if opts.resume is not None:
         trainer.resume(opts.resume)
     return trainer, trainer.fit()

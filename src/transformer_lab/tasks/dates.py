@@ -90,7 +90,8 @@ def run(cfg: DatesConfig, runtime: Runtime | None = None) -> TaskResult:
                  torch.get_num_threads(), runtime.device)
         trainer, result = train(folder, cfg.run, runtime, model, ShuffledBatches(train_pairs, vocab, cfg.batch_size, cfg.train.seed),
                                 cfg.train, seq2seq_loss(cfg.train.label_smoothing), extra_files={VOCAB_FILE: vocab.save},
-                                settings=task_settings(cfg))
+                                settings={**task_settings(cfg), "held_out_seed": cfg.train.seed},
+                                fixed=("n_test", "held_out_seed"))  # (they choose the held-out dates)
         history = [r for r in result.state.history if "loss" in r]
         summary = {"task": "dates", "steps": result.state.step, "stopped_by": result.stopped_by,
                    "train_seconds": round(result.state.elapsed_s, 1),

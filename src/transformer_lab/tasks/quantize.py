@@ -34,7 +34,7 @@ from transformer_lab.models.gpt import GPT
 from transformer_lab.models.hf import gpt_from_hf, hf_folder, load_bert
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, is_ours, load_model, save_checkpoint
-from transformer_lab.runs.checkpoint import REQUIRED, TRAIN_STATE
+from transformer_lab.runs.checkpoint import companion_files
 from transformer_lab.tasks.embed import by_length, encode_texts
 from transformer_lab.tasks.translation import load_tokenizers, translate
 from transformer_lab.tokenizers.char import CharTokenizer
@@ -84,7 +84,7 @@ def load_source(path: str | Path) -> Source:
     if is_ours(path):
         loaded = load_model(find_checkpoint(path))
         folder, model = loaded.path, loaded.model
-        files = [p for p in sorted(folder.iterdir()) if p.name not in (*REQUIRED, TRAIN_STATE)]
+        files = companion_files(folder)
         if isinstance(model, Transformer):
             tok_src, tok_tgt = load_tokenizers(folder)
             return Source(model, folder, files, tok_src, tok_tgt)

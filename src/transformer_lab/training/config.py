@@ -32,9 +32,12 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "warmup", "accumulate", "log_every"):
+        for name in ("max_steps", "accumulate", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.warmup < (1 if self.schedule == "noam" else 0):
+            raise ValueError(f"warmup: expected >= {1 if self.schedule == 'noam' else 0} steps"
+                             f"{' (the paper’s formula divides by it)' if self.schedule == 'noam' else ''}, got {self.warmup}")
         for name in ("eval_every", "save_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0 (0: off), got {getattr(self, name)}")

@@ -111,7 +111,9 @@ class Trainer:
     (resumable), ``checkpoints/best`` (lowest validation loss, or lowest ``validate.select``: the figure
     ``validate`` names to choose by, e.g. a classifier's dev error), ``metrics.csv``, ``loss.png`` and
     ``lr.png``. ``validate(model) -> dict`` (with at least ``val_loss``) runs every ``eval_every``
-    steps; ``extra_files`` are written into every checkpoint (vocabulary, tokenizer)."""
+    steps; ``extra_files`` are written into every checkpoint (vocabulary, tokenizer). ``settings``: the
+    task's own (data, batching), recorded and compared on resume: a change is a warning, except for those
+    named in ``fixed`` (what chooses the held-out items), where it is an error."""
 
     def __init__(
         self,
@@ -125,6 +127,7 @@ class Trainer:
         runtime: Runtime | None = None,
         allow_cpu_low_precision: bool = False,
         settings: dict[str, Any] | None = None,
+        fixed: Sequence[str] = (),
     ):
         if len(source) == 0:
             raise ValueError("source: no training batches (empty data set after filtering?)")
@@ -138,7 +141,7 @@ class Trainer:
         self.source, self.cfg, self.loss_fn = source, cfg, loss_fn
         self.run = out if isinstance(out, RunFolder) else RunFolder(out)
         self.validate, self.extra_files = validate, extra_files or {}
-        self.settings = settings or {}  # the task's own (data, batching): recorded, compared on resume
+        self.settings, self.fixed = settings or {}, tuple(fixed)
         if cfg.dropout is not None:
             set_dropout(model, cfg.dropout)
         # A sharded model (FSDP) is whole nowhere: rank 0 keeps a plain copy to write checkpoints from.
@@ -257,6 +260,10 @@ class Trainer:
                             if saved and saved.get(k) != self.settings.get(k)}
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             raise unfit(e) from None
+        held = {k: changed_task.pop(k) for k in self.fixed if k in saved and k in changed_task}
+        if held:
+            raise ValueError(f"{directory}: the held-out items would change ({held}, checkpoint and now), and some of "
+                             "the new ones would be items the run trained on; resume with the run's own values")
         # the history continues the one of the run that wrote the checkpoint (RUN/checkpoints/NAME)
         owner = RunFolder(run_folder_of(directory) or self.run.path)
         self.state.history = read_metrics_csv(owner.metrics, self.state.step)
@@ -397,6 +404,9 @@ class Trainer:
         cfg, st = self.cfg, self.state
         if self.runtime.is_main:
             log.info("recipe: %s", cfg.describe())
+            if st.step == 0 and cfg.warmup >= cfg.max_steps:
+                log.warning("the warm-up (%d steps) is as long as the run (%d): the learning rate never reaches its "
+                            "peak (--warmup)", cfg.warmup, cfg.max_steps)
         if st.step == 0:
             torch.manual_seed(cfg.seed + self.runtime.rank)  # dropout's stream; a resumed run restores it instead
         stop = StopRequest("the current step finishes and is saved")
@@ -404,11 +414,24 @@ class Trainer:
                    disable=not (cfg.progress and self.runtime.is_main), dynamic_ncols=True)
         start, window_tokens, window_start = time.perf_counter() - st.elapsed_s, 0, time.perf_counter()
         stopped_by = "max_steps"
+        unlogged: dict | None = None  # the last step's row, until a log row takes it
+
+        def log_row(row: dict) -> None:
+            nonlocal window_tokens, window_start, unlogged
+            now = time.perf_counter()
+            record = {"step": st.step, "epoch": st.epoch, "loss": float(row["loss"]), "nll": float(row["nll"]),
+                      "lr": row["lr"], "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
+                      "elapsed_s": round(st.elapsed_s, 2),
+                      **{k: float(v) for k, v in row.items() if k not in ("loss", "nll", "lr", "tokens")}}
+            window_tokens, window_start, unlogged = 0, now, None
+            self._log(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+
         with stop.installed():
             if st.pending_eval and self.validate and st.step < cfg.max_steps:  # (the end's runs anyway)
                 self._evaluate(stop)
             while st.step < cfg.max_steps:
-                row = self.train_step(*self._next_batches())
+                row = unlogged = self.train_step(*self._next_batches())
                 st.step += 1
                 st.tokens += row["tokens"]
                 window_tokens += row["tokens"]
@@ -421,16 +444,7 @@ class Trainer:
                 if due_log or due_eval or due_save:
                     self._check_finite()
                 if due_log:
-                    now = time.perf_counter()
-                    record = {"step": st.step, "epoch": st.epoch, "loss": float(row["loss"]), "nll": float(row["nll"]),
-                              "lr": row["lr"],
-                              "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
-                              "elapsed_s": round(st.elapsed_s, 2),
-                              **{k: float(v) for k, v in row.items() if k not in ("loss", "nll", "lr", "tokens")}}
-                    window_tokens, window_start = 0, now
-                    self._log(record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{row['lr']:.2e}",
-                                    tok_s=f"{record['tokens_per_s']:.0f}")
+                    log_row(row)
                 if due_eval:
                     if self._evaluate(stop):
                         stopped_by = "early_stopping"
@@ -445,8 +459,10 @@ class Trainer:
                 if out_of_time:
                     stopped_by = "time_budget"
                     break
-            bar.close()
             self._check_finite()  # (a signal or the time budget can stop the loop between log rows)
+            if unlogged is not None:  # so metrics.csv and the plots end at the step the run stopped at
+                log_row(unlogged)
+            bar.close()
             if stopped_by not in ("early_stopping", "signal") and self._agree(stop.signum, False)[0]:
                 stopped_by = "signal"  # a signal after the loop's last agreement, seen by some process
             if self.validate and stopped_by not in ("early_stopping", "signal"):

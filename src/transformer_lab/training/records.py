@@ -81,13 +81,15 @@ def plot_loss(history: list[dict], path: str | Path, title: str = "loss") -> Non
     train = [r for r in history if r.get("loss") is not None]
     val = [r for r in history if r.get("val_loss") is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (as optimised)")
+    marker = "." if len(train) <= 30 else None  # (a line of one or two rows is not seen without)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], marker=marker, label="train loss (as optimised)")
     if any(abs(r["nll"] - r["loss"]) > 1e-9 for r in train if r.get("nll") is not None):  # label smoothing, NSP
-        ax.plot([r["step"] for r in train], [r["nll"] for r in train], label="train NLL of the reference token", alpha=0.7)
+        ax.plot([r["step"] for r in train], [r["nll"] for r in train], marker=marker,
+                label="train NLL of the reference token", alpha=0.7)
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation NLL")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss per target token")
+    ax.set_ylabel("loss (nats per prediction)")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
@@ -100,7 +102,7 @@ def plot_loss(history: list[dict], path: str | Path, title: str = "loss") -> Non
 def plot_lr(history: list[dict], path: str | Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.plot([r["step"] for r in history], [r["lr"] for r in history])
+    ax.plot([r["step"] for r in history], [r["lr"] for r in history], marker="." if len(history) <= 30 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
     ax.grid(True, alpha=0.3)
