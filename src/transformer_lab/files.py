@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Callable, Sequence
 
 
-def check_new_folder(path: str | Path, overwrite: bool = False, remedy: str | None = "--overwrite to replace it") -> None:
+def check_new_folder(path: str | Path, overwrite: bool = False, remedy: str | None = "--overwrite to replace it",
+                     reads: Sequence[str | Path] = (), earlier: Callable[[Path], bool] | None = None,
+                     what: str = "output") -> None:
     """FileExistsError unless ``path`` is new or an empty folder (or ``overwrite``): an output never lands
-    silently among other files. ``remedy``: how the caller may insist (None: it cannot)."""
+    silently among other files. ``remedy``: how the caller may insist (None: it cannot). A command that
+    replaces its output whole names the folders it ``reads`` (the output may not be one of them, lie inside
+    one or hold one: it would delete what it reads) and how to know its own ``earlier`` output, the only
+    thing ``overwrite`` then replaces (``what``: its name in the message)."""
     path = Path(path)
-    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+    target = path.resolve()
+    for source in map(Path, reads):
+        s = source.resolve()
+        if target == s or s in target.parents or target in s.parents:
+            raise ValueError(f"{path}: the output would {'be' if target == s else 'lie inside' if s in target.parents else 'hold'} "
+                             f"{source}, which this command reads; choose a folder apart from it")
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
+    if overwrite and (earlier is None or (path.is_dir() and earlier(path))):
+        return
+    if overwrite:
+        raise FileExistsError(f"{path}: holds other files than an earlier {what}; --overwrite replaces only that: "
+                              "choose a new folder")
     raise FileExistsError(f"{path}: {'holds files' if path.is_dir() else 'is a file'}; choose a new folder"
                           + (f" (or {remedy})" if remedy else ""))
 
@@ -23,3 +41,14 @@ def umask_mode(path: str | Path) -> Path:
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
     return Path(path)
+
+
+def replace_folder(new: Path, path: Path) -> None:
+    """Put the finished folder ``new`` at ``path``; an earlier ``path`` is kept as ``path.old`` until the
+    new one is in place, then removed (a crash between leaves one whole copy)."""
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    new.rename(path)
+    shutil.rmtree(old, ignore_errors=True)

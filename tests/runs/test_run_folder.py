@@ -308,3 +308,24 @@ def test_resuming_the_demo_with_another_held_out_split_is_refused(finished_run, 
         err = capsys.readouterr().err
         assert "held-out items would change" in err and "Traceback" not in err
     assert main(["train", "--resume", str(out), *SHORT_RUN[2:], "--max-steps", "4"]) == 0
+
+
+def test_a_resumed_run_keeps_its_own_recipe(tmp_path, caplog):
+    """`train --resume RUN` with no other option took the task's recipe for every option left out: a run
+    of 300 steps resumed towards the preset's 2,000, its rate and seed reset, each listed as a change.
+    Now the unset options keep the run's own values (the time budget is the new command's)."""
+    import logging
+
+    out = tmp_path / "r"
+    assert main(["train", "--out", str(out), "--max-steps", "4", "--log-every", "2", "--lr", "2", "--warmup", "10",
+                 "--seed", "3", "--n-test", "10", "--no-progress"]) == 0
+    with caplog.at_level(logging.INFO):
+        assert main(["train", "--resume", str(out), "--no-progress", "--time-budget", "0.1"]) == 0
+    assert "recipe: 4 steps, noam x2, warm-up 10," in caplog.text
+    assert "changed" not in caplog.text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["n_test"] == 10 and summary["seed"] == 3
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # an option given still changes it, and says so
+        assert main(["train", "--resume", str(out), "--no-progress", "--max-steps", "6", "--lr", "1"]) == 0
+    assert "recipe: 6 steps, noam x1, warm-up 10," in caplog.text and "'lr': (2.0, 1.0)" in caplog.text

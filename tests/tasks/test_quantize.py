@@ -123,3 +123,33 @@ def test_finetune_classify_with_qat_writes_a_quantized_model(shared_data, tmp_pa
     assert main(["finetune", "classify", "--model", MINILM, "--train", str(train), "--dev", str(dev), "--max-steps", "2",
                  "--qat", "dynamic", "--peft", "lora", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "does not combine with --peft" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_only_an_earlier_output_and_never_what_is_read(tmp_path, capsys):
+    """`quantize/export --overwrite` removed OUT whole before writing: `--out RUN` with `--checkpoint
+    RUN/checkpoints/best` (or the other way round) deleted the training run being read, and a folder of
+    someone's files went too. Now an output overlapping what the command reads is refused, and --overwrite
+    replaces only the command's own earlier output."""
+    require("onnxruntime")
+    text = _write(tmp_path / "text.txt", ["First Citizen:", "Before we proceed any further, hear me speak."] * 100)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(text), "--out", str(run), "--max-steps", "2",
+                 "--eval-every", "0", "--no-progress"]) == 0
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    best = run / "checkpoints" / "best"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "thesis.txt").write_text("precious")
+    for cmd in (["quantize"], ["export", "onnx"]):
+        for checkpoint, out, message in ((best, run, "would hold"), (run, best, "would lie inside"),
+                                         (run, run, "would be"), (run, theirs, "other files than an earlier")):
+            assert main([*cmd, "--checkpoint", str(checkpoint), "--out", str(out), "--overwrite"]) == 2
+            assert message in capsys.readouterr().err
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+        assert (theirs / "thesis.txt").read_text() == "precious"
+        out = tmp_path / "-".join(cmd)
+        assert main([*cmd, "--checkpoint", str(run), "--out", str(out)]) == 0
+        first = {p.name for p in out.iterdir()}
+        assert main([*cmd, "--checkpoint", str(run), "--out", str(out)]) == 2  # (exists: --overwrite to replace)
+        assert main([*cmd, "--checkpoint", str(run), "--out", str(out), "--overwrite"]) == 0
+        assert first == {p.name for p in out.iterdir()} and not out.with_name(out.name + ".old").exists()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from transformer_lab.adapters import METHODS, AdapterConfig
-from transformer_lab.runs import run_folder_of
+from transformer_lab.runs import LAST, find_checkpoint, run_folder_of
+from transformer_lab.runs.checkpoint import recorded_settings
 from transformer_lab.tasks.common import RunOptions, TaskResult
 from transformer_lab.tokenizers.corpus import decode_lines
 from transformer_lab.training.config import TrainConfig
@@ -55,7 +56,8 @@ def add_run_args(p: argparse.ArgumentParser, out_required: bool = False) -> None
     g.add_argument("--overwrite", action="store_true",
                    help="start over in a run folder that holds an earlier run (removes its checkpoints, metrics, plots)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--seed", type=non_negative_int, default=0, help="initialisation, data order, dropout")
+    g.add_argument("--seed", type=non_negative_int, default=None,
+                   help="initialisation, data order, dropout (default 0; with --resume, the run's)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model's weights, gradients and optimizer state over the processes "
@@ -129,8 +131,24 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "e.g. to compare runs exactly)")
 
 
-def train_config(args: argparse.Namespace, recipe: TrainConfig) -> TrainConfig:
-    """The recipe with the options given on the command line (checked by TrainConfig)."""
+def resumed_settings(args: argparse.Namespace, kind: str) -> tuple[dict, dict]:
+    """With --resume of a ``kind`` model (``model_type``: transformer, gpt, bert): the recipe and task
+    settings the run was trained with (its last checkpoint's), which the options left unset keep; else
+    (and for a checkpoint of another kind, which the resume itself then refuses by name) empty."""
+    if not args.resume:
+        return {}, {}
+    then, train, task = recorded_settings(find_checkpoint(args.resume, prefer=(LAST,)))
+    return (train, task) if then == kind else ({}, {})
+
+
+def train_config(args: argparse.Namespace, recipe: TrainConfig, kind: str) -> TrainConfig:
+    """The recipe with the options given on the command line (checked by TrainConfig). A resumed run's
+    unset options keep the run's own values (its length, rate, schedule ...: it continues as it was
+    going), not the task's recipe; a time budget is the new command's alone. ``kind``: the model the
+    command trains (``resumed_settings``)."""
+    then, _ = resumed_settings(args, kind)
+    names = {f.name for f in fields(TrainConfig)} - {"time_budget_s", "progress"}
+    recipe = replace(recipe, **{k: v for k, v in then.items() if k in names})
     given = dict(max_steps=args.max_steps, schedule=args.schedule, lr=args.lr, warmup=args.warmup,
                  label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, beta2=args.beta2,
                  min_lr=args.min_lr, accumulate=args.accumulate, precision=args.precision, eval_every=args.eval_every,
@@ -147,7 +165,8 @@ def train_config(args: argparse.Namespace, recipe: TrainConfig) -> TrainConfig:
         values["time_budget_s"] = args.time_budget * 60
     if args.clip_norm is not None:
         values["clip_norm"] = args.clip_norm or None  # 0: no clipping
-    return replace(recipe, seed=args.seed, progress=not args.no_progress, **values)
+    return replace(recipe, seed=recipe.seed if args.seed is None else args.seed, progress=not args.no_progress,
+                   **values)
 
 
 LORA, PREFIX, PROMPT = ("lora", "qlora"), ("prefix",), ("prompt",)
@@ -189,4 +208,4 @@ def adapter_config(args: argparse.Namespace) -> AdapterConfig | None:
         return None
     return AdapterConfig(method=args.peft, r=args.r, alpha=args.alpha, dropout=args.lora_dropout, targets=args.target,
                          prefix_len=args.prefix_len, prefix_hidden=args.prefix_hidden, prompt_len=args.prompt_len,
-                         seed=args.seed)
+                         seed=args.seed or 0)

@@ -86,10 +86,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace, recipe: TrainConfig, default_steps: int | None) -> TrainConfig:
-    cfg = train_config(args, recipe)
-    steps = args.max_steps or default_steps
+    cfg = train_config(args, recipe, "bert")
+    steps = args.max_steps or (None if args.resume else default_steps)  # (resumed: the run's own)
     if steps is not None:  # a warm-up of 10% of the steps, unless given
-        cfg = replace(cfg, max_steps=steps, warmup=args.warmup or max(1, steps // 10))
+        cfg = replace(cfg, max_steps=steps, warmup=args.warmup if args.warmup is not None else max(1, steps // 10))
     return cfg
 
 

@@ -99,7 +99,7 @@ def classify_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
     cfg = classify.ClassifyConfig(
         run_options(args), Path(args.model), locate(args.train), locate(args.dev), locate(args.test) if args.test else None,
-        train_config(args, classify.recipe(adapter)), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
+        train_config(args, classify.recipe(adapter), "bert"), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
         eval_every=args.eval_every, max_len=args.max_len, batch_size=args.batch_size,
         split_special_tokens=args.split_special_tokens, adapter=adapter, prompt_text=args.prompt_text,
         qat=QuantConfig(scheme=args.qat, bits=args.qat_bits, calibrate=args.qat_calibrate) if args.qat else None)
@@ -109,7 +109,7 @@ def classify_cmd(args: argparse.Namespace) -> int:
 def lm_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
     cfg = lm.LMFinetuneConfig(run_options(args), Path(args.model), locate(args.data),
-                              train_config(args, lm.finetune_recipe(adapter)), context=args.context,
+                              train_config(args, lm.finetune_recipe(adapter), "gpt"), context=args.context,
                               batch_size=args.batch_size, adapter=adapter, prompt_text=args.prompt_text)
     return _summary(lm.finetune(cfg))
 
@@ -117,7 +117,7 @@ def lm_cmd(args: argparse.Namespace) -> int:
 def translate_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
     cfg = translation.TranslationFinetuneConfig(
-        run_options(args), Path(args.model), train_config(args, translation.finetune_recipe(adapter)),
+        run_options(args), Path(args.model), train_config(args, translation.finetune_recipe(adapter), "transformer"),
         **translation_data(args), max_len=args.max_len, max_tokens=args.max_tokens, bleu_sample=args.bleu_sample,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, adapter=adapter, prompt_text=args.prompt_text)
     return _summary(translation.finetune(cfg))

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from transformer_lab.cli.args import (add_json_summary, add_run_args, add_train_args, finish, non_negative_int, positive_int,
-                                      run_options, train_config)
+                                      resumed_settings, run_options, train_config)
 from transformer_lab.data.text import locate
 from transformer_lab.models.presets import GPT_PRESETS, PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tokenizer", default=None, help="char, bytelevel (trained on the training split) or a tokenizer path")
     g.add_argument("--context", type=positive_int, default=None, help="training window (default: the model's max_len)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="dates: sentences per batch; LM: windows per batch")
-    p.add_argument("--n-test", type=positive_int, default=1000, help="dates: held-out dates for exact-match accuracy")
+    p.add_argument("--n-test", type=positive_int, default=None,
+                   help="dates: held-out dates for exact-match accuracy (default 1000; with --resume, the run's)")
     p.set_defaults(func=run)
 
 
@@ -90,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--attention: for a language model or a translation model, not the dates task")
     opts = run_options(args, default_out=f"runs/{args.preset or task}")
     if task == "dates":
-        cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE), model=args.model or "tiny",
-                                position=args.position, batch_size=args.batch_size or 64, n_test=args.n_test)
+        _, then = resumed_settings(args, "transformer")
+        cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE, "transformer"), model=args.model or "tiny",
+                                position=args.position, batch_size=args.batch_size or then.get("batch_size", 64),
+                                n_test=args.n_test or then.get("n_test", 1000))
         return finish(dates.run(cfg), args.json)
     if task == "lm":
         if not args.data:
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                                             vocab_size=args.vocab_size, context=args.context,
                                             batch_size=args.batch_size).items() if v is not None}
         cfg = lm.LMConfig.preset(args.preset, opts, locate(args.data), **overrides)
-        cfg = replace(cfg, train=train_config(args, cfg.train))  # (checked again: a label smoothing is refused)
+        cfg = replace(cfg, train=train_config(args, cfg.train, "gpt"))  # (checked again: a label smoothing is refused)
         return finish(lm.run(cfg), args.json)
     return finish(translation.run(_translation_config(args, opts)), args.json)
 
@@ -125,7 +128,7 @@ def translation_data(args: argparse.Namespace, preset: str | None = None) -> dic
 
 def _translation_config(args: argparse.Namespace, opts) -> translation.TranslationConfig:
     return translation.TranslationConfig(
-        opts, train_config(args, translation.RECIPE), **translation_data(args, args.preset),
+        opts, train_config(args, translation.RECIPE, "transformer"), **translation_data(args, args.preset),
         model=args.model or "multi30k", position=args.position, attention=args.attention or "full",
         vocab_size=args.vocab_size or 8000,
         joint=not args.separate_vocab, max_len=args.max_len, max_tokens=args.max_tokens, bleu_sample=args.bleu_sample,

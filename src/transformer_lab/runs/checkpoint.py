@@ -39,7 +39,7 @@ from transformer_lab.adapters import AdapterConfig, apply_adapter
 from transformer_lab.compression import QuantConfig, quantized_shell
 from transformer_lab.config import from_dict, read_json_object, to_dict
 from transformer_lab.files import umask_mode
-from transformer_lab.models.registry import build_from_config, config_dict
+from transformer_lab.models.registry import LEGACY_KIND, build_from_config, config_dict
 from transformer_lab.runtime import unwrap
 
 REQUIRED = ("model.safetensors", "config.json", "meta.json")
@@ -242,6 +242,17 @@ def model_of_config(config: dict[str, Any], config_path: Path) -> torch.nn.Modul
     if quantization is not None:
         quantized_shell(model, from_dict(QuantConfig, quantization, where=f"{config_path}: {QUANTIZATION}"))
     return model
+
+
+def recorded_settings(directory: str | Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The model kind (``model_type``), the training recipe and the task's settings a checkpoint was written
+    with (the recipe and settings empty for a checkpoint written before meta.json kept them), read without
+    loading any tensor."""
+    directory = resolve_checkpoint(directory)
+    kind = read_json_object(directory / "config.json").get("model_type", LEGACY_KIND)
+    meta = read_json_object(directory / "meta.json")
+    train, task = meta.get("train_config", {}), meta.get("task_settings", {})
+    return kind, (train if isinstance(train, dict) else {}), (task if isinstance(task, dict) else {})
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
     model = merge_lora(model.eval())
     for p in model.parameters():
         p.requires_grad_(True)
-    check_new_folder(out, remedy=None)
+    check_new_folder(out, remedy=None, reads=[base, adapter])
     if kind in BERT_TYPES:
         save_bert(model, out)
     elif kind == "gpt2":

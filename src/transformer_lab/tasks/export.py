@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from transformer_lab.export import MAX_OPSET, MIN_OPSET, OnnxSeq2SeqStep, bert_inputs, export_model, gpt_inputs, onnx_session
-from transformer_lab.files import check_new_folder
+from transformer_lab.files import check_new_folder, replace_folder
 from transformer_lab.generation.search import Seq2SeqStep
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.gpt import GPT
@@ -114,7 +114,8 @@ def _describe(model: nn.Module) -> dict[str, Any]:
 
 def run(cfg: ExportConfig) -> dict[str, Any]:
     out = Path(cfg.out)
-    check_new_folder(out, cfg.overwrite)
+    check_new_folder(out, cfg.overwrite, reads=[cfg.checkpoint], earlier=lambda p: (p / "export.json").is_file(),
+                     what="export")
     source = load_source(cfg.checkpoint)
     model = source.model.eval()
     tmp = out.with_name(f".{out.name}.tmp")
@@ -132,9 +133,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
                    "int8_files": [f.name for f in quantized], "opset": cfg.opset, "max_abs_difference": worst,
                    "bytes": {f.name: f.stat().st_size for f in (*files, *quantized)}}
         (tmp / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary

@@ -27,14 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer_lab.compression import QuantConfig, QuantLinear, linear_weight_bytes, quantize_model
-from transformer_lab.config import check_positive, to_dict
+from transformer_lab.config import check_positive, read_json_object, to_dict
+from transformer_lab.files import check_new_folder
 from transformer_lab.tokenizers.corpus import read_lines
 from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.hf import gpt_from_hf, hf_folder, load_bert
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, is_ours, load_model, save_checkpoint
-from transformer_lab.runs.checkpoint import companion_files
+from transformer_lab.runs.checkpoint import QUANTIZATION, REQUIRED, companion_files
 from transformer_lab.tasks.embed import by_length, encode_texts
 from transformer_lab.tasks.translation import load_tokenizers, translate
 from transformer_lab.tokenizers.char import CharTokenizer
@@ -166,10 +167,8 @@ def agreement(source: Source, fp32: nn.Module, quantized: nn.Module, texts: list
 def run(cfg: QuantizeConfig) -> dict[str, Any]:
     """Quantize ``cfg.checkpoint`` into ``cfg.out``; returns the summary (also in OUT/meta.json)."""
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise ValueError(f"{out}: already exists; choose another --out or pass --overwrite")
-    if out.resolve() == Path(cfg.checkpoint).resolve():
-        raise ValueError(f"{out}: the output would replace the model being quantized; choose another --out")
+    check_new_folder(out, cfg.overwrite, reads=[cfg.checkpoint], earlier=is_quantized_checkpoint,
+                     what="quantized checkpoint")
     source = load_source(cfg.checkpoint)
     model = source.model.eval()
     if getattr(model, "quant_config", None) is not None:
@@ -192,12 +191,17 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
     summary["linear_weights_smaller"] = round(fp32_bytes / summary["linear_weight_bytes"]["quantized"], 2)
     if texts:
         summary["agreement_with_fp32"] = agreement(source, fp32, model, texts, cfg.batch_size)
-    extra = copied(source.tokenizer_files)
-    if out.exists():
-        shutil.rmtree(out)
-    save_checkpoint(out, model, summary, extra=extra)
+    save_checkpoint(out, model, summary, extra=copied(source.tokenizer_files))  # (an earlier one: replaced atomically)
     summary["file_bytes"] = {"fp32": _weights_file_bytes(source.folder), "quantized": (out / "model.safetensors").stat().st_size}
     return summary
+
+
+def is_quantized_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` is a checkpoint this command wrote (``--overwrite`` replaces nothing else)."""
+    try:
+        return all((folder / n).is_file() for n in REQUIRED) and QUANTIZATION in read_json_object(folder / "config.json")
+    except ValueError:
+        return False
 
 
 def _copier(src: Path) -> Callable[[Path], None]:

@@ -201,7 +201,7 @@ class Trainer:
                 train_state["loss"] = self.loss_fn.state_dict()
         meta = {"step": self.state.step, "epoch": self.state.epoch,
                 "best_val_loss": finite_or_none(self.state.best_val_loss), "history_tail": self.state.history[-1:],
-                "train_config": asdict(self.cfg)}
+                "train_config": asdict(self.cfg), "task_settings": self.settings}
         return save_checkpoint(self.run.checkpoint(name), model, meta, self.extra_files, train_state)
 
     def resume(self, path: str | Path) -> None:
