@@ -83,8 +83,22 @@ def test_filters():
     assert abs(frac - 0.731) < 0.04
 
 
+def test_a_tiny_temperature_is_argmax_and_a_huge_one_uniform():
+    """Logits divided by 1e-39 overflowed to inf, and softmax(inf - inf) is NaN: `--temperature 1e-39` was a
+    traceback ("probability tensor contains either inf, nan or element < 0"), the server a 500. The logits
+    are now shifted to a maximum of 0 first: the same distribution, and no overflow at either end."""
+    logits = torch.tensor([[4.0, 3.0, 9.0, 1.0], [0.5, 0.2, 0.1, 7.0]])
+    g = torch.Generator().manual_seed(0)
+    for t in (1e-39, 1e-45):
+        picks = {tuple(next_token(logits, SamplingConfig(temperature=t), g).tolist()) for _ in range(50)}
+        assert picks == {(2, 3)}
+    draws = torch.stack([next_token(logits, SamplingConfig(temperature=1e30), g) for _ in range(4000)])
+    assert all(abs((draws[:, 0] == k).float().mean().item() - 0.25) < 0.04 for k in range(4))
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(temperature=0.0), "temperature"), (dict(temperature=-1.0), "temperature"),
+    (dict(temperature=float("inf")), "temperature"), (dict(temperature=float("nan")), "temperature"),
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=-1), "top_k"),
     (dict(max_new_tokens=0), "max_new_tokens"),
 ])

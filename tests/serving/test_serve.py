@@ -132,6 +132,13 @@ def test_translate_and_generate_servers(served, shared_data, tmp_path):
     assert _call(url, "/generate", {"prompt": "abc", "max_new_tokens": 2000})[0] == 422
     status, body = _call(url, "/generate", {"prompt": "xyz"})  # characters the model never saw
     assert status == 400 and "vocabulary" in body["detail"]
+    # NaN and Infinity (Python's JSON reads them): a 422 naming the field; FastAPI's own answer echoed the
+    # input, which cannot be written as JSON (a 500); a tiny temperature samples (it was a NaN: a 500)
+    for bad, field in (('{"prompt": "abc", "temperature": NaN}', "temperature"),
+                       ('{"prompt": "abc", "top_p": Infinity}', "top_p"), ('{"prompt": "abc", "seed": 1e26}', "seed")):
+        status, body = _call(url, "/generate", raw=bad.encode())
+        assert status == 422 and body["detail"][0]["loc"] == ["body", field], body
+    assert _call(url, "/generate", {"prompt": "abc", "temperature": 1e-45, "max_new_tokens": 3})[0] == 200
 
 
 def test_a_busy_port_is_named_before_the_model_loads():

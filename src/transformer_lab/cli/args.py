@@ -38,6 +38,16 @@ positive_float = _number(float, 0.0, False, "a number > 0")
 non_negative_float = _number(float, 0.0, True, "a number >= 0")
 
 
+MAX_SEED = 2**32 - 1  # (torch takes 64 bits, but seeds are offset by rank and step, and numpy's are 32-bit)
+
+
+def seed(text: str) -> int:
+    value = non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0..{MAX_SEED}, got {text}")
+    return value
+
+
 def probability(text: str) -> float:
     value = non_negative_float(text)
     if value >= 1.0:
@@ -56,7 +66,7 @@ def add_run_args(p: argparse.ArgumentParser, out_required: bool = False) -> None
     g.add_argument("--overwrite", action="store_true",
                    help="start over in a run folder that holds an earlier run (removes its checkpoints, metrics, plots)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--seed", type=non_negative_int, default=None,
+    g.add_argument("--seed", type=seed, default=None,
                    help="initialisation, data order, dropout (default 0; with --resume, the run's)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--fsdp", action="store_true",

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from transformer_lab.bench import attention, bert, ddp, gpt, int8, model, peft, quantize, tokenizer, translation
 from transformer_lab.bench.harness import BenchResult
-from transformer_lab.cli.args import non_negative_int, positive_float, positive_int
+from transformer_lab.cli.args import non_negative_int, positive_float, positive_int, seed
 from transformer_lab.models.presets import PRESETS
 
 log = logging.getLogger("transformer_lab")
@@ -159,7 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pf.add_argument("--steps", type=positive_int, default=200)
     pf.add_argument("--batch", type=positive_int, default=32)
     pf.add_argument("--max-len", type=positive_int, default=64, help="tokens per sentence, [CLS]/[SEP] included")
-    pf.add_argument("--seed", type=non_negative_int, default=0, help="the sample and the initialisation")
+    pf.add_argument("--seed", type=seed, default=0, help="the sample and the initialisation")
     pf.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per run (0: torch's choice)")
     pf.add_argument("--no-peer", action="store_true", help="ours only")
     pf.add_argument("--markdown", action="store_true", help="print the README's table")

@@ -9,7 +9,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from transformer_lab.cli.args import non_negative_int
+from transformer_lab.cli.args import seed
 from transformer_lab.experiments.base import BUDGETS
 from transformer_lab.experiments.registry import EXPERIMENTS, get
 from transformer_lab.experiments.report import render
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--budget", default="quick", choices=BUDGETS,
                    help="smoke: seconds; quick: <= 3 minutes each on 2 CPU cores; full: <= 30 minutes or a GPU")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    e.add_argument("--seed", type=non_negative_int, default=0, help="the experiments' seed")
+    e.add_argument("--seed", type=seed, default=0, help="the experiments' seed")
     e.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     e.add_argument("--json", action="store_true", help="print the result as one JSON object")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")

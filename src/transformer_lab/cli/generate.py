@@ -11,7 +11,7 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from transformer_lab.cli.args import (add_split_special_tokens, non_negative_int, positive_float, positive_int,
+from transformer_lab.cli.args import (add_split_special_tokens, non_negative_int, positive_float, positive_int, seed,
                                       texts_or_stdin)
 from transformer_lab.generation.sampling import SamplingConfig
 from transformer_lab.runs import exit_code
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sample among the k most likely tokens (0 or unset: all)")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt (batched)")
-    g.add_argument("--seed", type=non_negative_int, default=None, help="sampling seed (default: random)")
+    g.add_argument("--seed", type=seed, default=None, help="sampling seed (default: random)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (for comparison)")
     g.add_argument("--static-cache", action="store_true",
                    help="K/V in buffers allocated once (prompt + new tokens, up to the context), every step the "

@@ -53,8 +53,9 @@ class SamplingConfig:
                              "use_cache=False (--no-cache) recomputes the prefix")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: expected >= 1, got {self.max_new_tokens}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature: expected > 0, got {self.temperature} (use greedy for argmax decoding)")
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature: expected a finite number > 0, got {self.temperature} (use greedy for argmax "
+                             "decoding)")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p: expected 0 < p <= 1, got {self.top_p}")
         if self.top_k is not None and self.top_k < 0:
@@ -81,7 +82,9 @@ def next_token(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator |
     """Shapes: logits (B, V) -> (B,) token ids."""
     if cfg.greedy:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+    # (shifted so the largest is 0 first: a tiny temperature then sends the others to -inf, not inf - inf = NaN)
+    logits = logits.float()
+    logits = filter_logits((logits - logits.amax(-1, keepdim=True)) / cfg.temperature, cfg.top_k, cfg.top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 

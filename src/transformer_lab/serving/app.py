@@ -132,6 +132,7 @@ class Worker:
 def build_app(cfg: ServeConfig) -> Any:
     """The FastAPI application serving ``cfg.checkpoint`` (FastAPI is imported here: only `serve` needs it)."""
     from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, Field
 
@@ -142,11 +143,11 @@ def build_app(cfg: ServeConfig) -> Any:
     class GenerateRequest(BaseModel):
         prompt: str
         max_new_tokens: int = Field(default=64, ge=1)
-        temperature: float = Field(default=1.0, gt=0)
+        temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
         top_k: int | None = Field(default=None, ge=0)  # (0 or null: off, as the CLI's --top-k)
-        top_p: float = Field(default=1.0, gt=0, le=1)
+        top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
         greedy: bool = False
-        seed: int | None = None
+        seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
 
     source = load_source(cfg.checkpoint)
     model = source.model.eval()
@@ -170,6 +171,13 @@ def build_app(cfg: ServeConfig) -> Any:
     worker = Worker(run_batch, cfg.max_batch, cfg.max_wait_ms)
     app = FastAPI(title="transformer-lab", description=f"serving {cfg.checkpoint} ({kind})")
     app.state.worker = worker
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming each field and what is wrong with it, without echoing the input back (FastAPI's own
+        answer echoes it, and a NaN or Infinity in it cannot be written as JSON: a 500)."""
+        return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                                        for e in exc.errors()]}, status_code=422)
 
     @app.middleware("http")
     async def bounded_body(request: Request, call_next):
