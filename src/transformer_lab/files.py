@@ -4,8 +4,28 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
+
+
+def check_writable(path: str | Path, what: str, folder: bool = False) -> None:
+    """Before the work whose result goes to ``path`` (a file in an existing folder, or a ``folder``, made
+    with its parents): OSError naming ``what`` (the flag) when it cannot be written there, rather than
+    after the work is done and lost. Tried with a temporary file (permissions alone do not say: a
+    read-only mount, a root user)."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise OSError(f"{what} {path}: a folder; give a file name")
+    if folder and path.exists() and not path.is_dir():
+        raise OSError(f"{what} {path}: a file, not a folder")
+    parent = next((p for p in path.absolute().parents if p.exists()), None) if folder else path.absolute().parent
+    if parent is None or not parent.is_dir():
+        raise OSError(f"{what} {path}: no folder {path.parent} to write it in")
+    try:
+        tempfile.TemporaryFile(dir=path if folder and path.is_dir() else parent).close()
+    except OSError as e:
+        raise OSError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
 
 
 def check_new_folder(path: str | Path, overwrite: bool = False, remedy: str | None = "--overwrite to replace it",
@@ -17,6 +37,7 @@ def check_new_folder(path: str | Path, overwrite: bool = False, remedy: str | No
     one or hold one: it would delete what it reads) and how to know its own ``earlier`` output, the only
     thing ``overwrite`` then replaces (``what``: its name in the message)."""
     path = Path(path)
+    check_writable(path, "--out", folder=True)
     target = path.resolve()
     for source in map(Path, reads):
         s = source.resolve()

@@ -329,3 +329,32 @@ def test_a_resumed_run_keeps_its_own_recipe(tmp_path, caplog):
     with caplog.at_level(logging.INFO):  # an option given still changes it, and says so
         assert main(["train", "--resume", str(out), "--no-progress", "--max-steps", "6", "--lr", "1"]) == 0
     assert "recipe: 6 steps, noam x1, warm-up 10," in caplog.text and "'lr': (2.0, 1.0)" in caplog.text
+
+
+def test_an_output_that_cannot_be_written_is_named_before_the_work(finished_run, tmp_path, capsys):
+    """`evaluate --out /missing/h.txt` decoded every sentence, then failed on the write with a bare
+    "[Errno 2]" and never printed its scores; `--plot-attention` likewise. Now the flag and the path are
+    named before any decoding; a folder where a file goes, too."""
+    from transformer_lab.files import check_writable
+
+    src, ref = tmp_path / "s.txt", tmp_path / "r.txt"
+    src.write_text("1987-03-21\n")
+    ref.write_text("the twenty first of march nineteen eighty seven\n")
+    for args, message in ((["evaluate", "--src", str(src), "--ref", str(ref), "--out", str(tmp_path / "no" / "h.txt")],
+                           "--out"), (["evaluate", "--src", str(src), "--ref", str(ref), "--out", str(tmp_path)],
+                                      "a folder; give a file name"),
+                          (["translate", "1987-03-21", "--plot-attention", str(tmp_path / "no" / "a.png")],
+                           "--plot-attention")):
+        assert main([args[0], "--checkpoint", str(finished_run), *args[1:]]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and "Errno" not in err
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    try:
+        if not os.access(readonly, os.W_OK):  # (root writes anyway)
+            with pytest.raises(OSError, match="cannot write there"):
+                check_writable(readonly / "h.txt", "--out")
+    finally:
+        readonly.chmod(0o700)
+    check_writable(tmp_path / "new" / "deeper", "--out", folder=True)  # (a folder output: its parents are made)

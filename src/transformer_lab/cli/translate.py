@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from transformer_lab.cli.args import add_split_special_tokens, non_negative_float, positive_int, texts_or_stdin
+from transformer_lab.files import check_writable
 from transformer_lab.runtime import choose_device
 from transformer_lab.tasks import lm, translation
 
@@ -66,6 +67,7 @@ def translate_cmd(args: argparse.Namespace) -> int:
         if Path(args.plot_attention).suffix.lstrip(".").lower() not in kinds:
             raise ValueError(f"--plot-attention {args.plot_attention}: the suffix names the image format; one of "
                              f"{', '.join('.' + k for k in sorted(kinds))}")
+        check_writable(args.plot_attention, "--plot-attention")
     sentences = texts_or_stdin(args.text, "translate")
     model, tok_src, tok_tgt = translation.load_translator(args.checkpoint, choose_device(args.device))
     outputs = translation.translate(model, tok_src, tok_tgt, sentences, beam=args.beam, alpha=args.alpha,
@@ -86,6 +88,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         return _evaluate_lm(args, device)
     if not (args.src and args.ref):
         raise ValueError("--src/--ref: a translation checkpoint needs both (a language model: --text FILE)")
+    if args.out:
+        check_writable(args.out, "--out")
     model, tok_src, tok_tgt = translation.load_translator(args.checkpoint, device)
     scores, hyps = translation.evaluate(model, tok_src, tok_tgt, args.src, args.ref, beam=args.beam, alpha=args.alpha,
                                         batch_size=args.batch_size, use_cache=not args.no_cache,
