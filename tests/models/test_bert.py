@@ -135,6 +135,31 @@ def test_missing_or_mismatched_tensors_are_listed(tmp_path):
         load_bert(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("hidden_size", "384", 'hidden_size must be a whole number, got "384"'),
+    ("vocab_size", 30522.5, "vocab_size must be a whole number, got 30522.5"),
+    ("layer_norm_eps", "x", 'layer_norm_eps must be a finite number, got "x"'),
+    ("max_position_embeddings", None, "max_position_embeddings must be a whole number, got null"),
+    ("num_attention_heads", True, "num_attention_heads must be a whole number, got true"),
+])
+def test_a_hugging_face_config_of_wrong_types_is_named(tmp_path, key, value, message):
+    """A config.json value of the wrong type was a TypeError deep in the model ("'<' not supported between
+    'str' and 'int'"); now a ValueError naming the file and the key, as for our own configs."""
+    from transformer_lab.models.hf import gpt_config_from_hf
+
+    folder = tmp_path / "m"
+    shutil.copytree(MINILM, folder)
+    cfg = json.loads((MINILM / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, key: value}))
+    with pytest.raises(ValueError, match=message):
+        load_bert(folder)
+    gpt2 = dict(vocab_size=50, n_positions=16, n_embd=8, n_head=2, n_layer=1)
+    with pytest.raises(ValueError, match="n_embd must be a whole number"):
+        gpt_config_from_hf({**gpt2, "n_embd": "8"})
+    with pytest.raises(ValueError, match="attn_pdrop must be a finite number"):
+        gpt_config_from_hf({**gpt2, "attn_pdrop": float("nan")})
+
+
 def test_blocks_reuse_the_encoder_decoder_parts(ours):
     for layer in ours.encoder.layers:
         assert type(layer) is EncoderLayer
