@@ -358,3 +358,11 @@ def test_an_output_that_cannot_be_written_is_named_before_the_work(finished_run,
     finally:
         readonly.chmod(0o700)
     check_writable(tmp_path / "new" / "deeper", "--out", folder=True)  # (a folder output: its parents are made)
+
+
+def test_a_beam_wider_than_the_vocabulary_is_refused(finished_run, capsys):
+    """`translate --beam 1000000` grew to 23 GB until the kernel killed it; a step keeps at most as many
+    hypotheses as the target vocabulary has entries (103 for the demo), so a wider beam is an error."""
+    assert main(["translate", "--checkpoint", str(finished_run), "--beam", "1000000", "1987-03-21"]) == 2
+    assert "more than the target vocabulary's 103 entries" in capsys.readouterr().err
+    assert main(["translate", "--checkpoint", str(finished_run), "--beam", "103", "--no-cache", "1987-03-21"]) == 0

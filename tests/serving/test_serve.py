@@ -88,6 +88,18 @@ def test_bad_requests_get_4xx_and_the_server_goes_on(served):
     assert status == 413 and "limit is 4" in body["detail"]
     assert _call(url, "/embed", {"texts": ["x" * 51]})[0] == 413
     assert _call(url, "/embed", raw=json.dumps({"texts": ["a"] * 3000}).encode())[0] == 413  # body over 10 kB
+    # the same body in chunks, with no Content-Length: counted as it arrives (it was read whole, then parsed)
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    body = json.dumps({"texts": ["a"] * 3000}).encode()
+    conn.request("POST", "/embed", body=(body[i:i + 1000] for i in range(0, len(body), 1000)),
+                 headers={"content-type": "application/json"}, encode_chunked=True)
+    answer = conn.getresponse()
+    assert answer.status == 413 and "more than 10000 bytes" in json.loads(answer.read())["detail"]
+    conn.close()
     status, body = _call(url, "/translate", {"texts": ["Ein Hund."]})
     assert status == 404 and "/embed" in body["detail"]
     assert _call(url, "/generate", {"prompt": "x"})[0] == 404

@@ -179,13 +179,7 @@ def build_app(cfg: ServeConfig) -> Any:
         return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                                         for e in exc.errors()]}, status_code=422)
 
-    @app.middleware("http")
-    async def bounded_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > cfg.max_body:
-            return JSONResponse({"detail": f"request body of {size} bytes exceeds the limit of {cfg.max_body}"},
-                                status_code=413)
-        return await call_next(request)
+    app.add_middleware(BoundedBody, limit=cfg.max_body)
 
     def check_texts(req: Texts) -> None:
         if len(req.texts) > cfg.max_texts:
@@ -248,6 +242,40 @@ def build_app(cfg: ServeConfig) -> Any:
         return await result(worker.call(run))
 
     return app
+
+
+class BoundedBody:
+    """ASGI middleware: a request body over ``limit`` bytes is a 413, whether its Content-Length says so
+    (answered before any byte is read) or a chunked upload grows past it (counted as it arrives: the
+    body is never read whole; a chunked 200 MB upload was read and parsed before the count of texts
+    refused it)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        from fastapi import HTTPException
+        from fastapi.responses import JSONResponse
+
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse({"detail": f"request body of {int(declared)} bytes exceeds the limit of {self.limit}"},
+                                    status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # (raised inside the route's body read: FastAPI answers it)
+                    raise HTTPException(413, f"request body of more than {self.limit} bytes (the limit)")
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:

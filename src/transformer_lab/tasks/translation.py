@@ -286,6 +286,9 @@ def translate_detailed(
     (CUDA graphs on a GPU; implies the static cache). ``progress``: a bar of sentences on stderr (a terminal)."""
     check_positive("batch_size", batch_size)
     check_positive("beam", beam)
+    if beam > model.config.tgt_vocab_size:  # (beam 10^6 was a 23 GB run the kernel killed)
+        raise ValueError(f"beam: {beam} is more than the target vocabulary's {model.config.tgt_vocab_size} entries; "
+                         "each step keeps at most that many hypotheses")
     if alpha < 0:
         raise ValueError(f"alpha: expected a length penalty >= 0, got {alpha}")
     static_cache, requested = static_cache or compile, batch_size
