@@ -1,3 +1,4 @@
+import contextlib
 import pytest
 import torch
 
@@ -78,3 +79,47 @@ def sigterm_at(trainer, step: int, monkeypatch, times: int = 1) -> None:
         return real_backward(batches, weights)
 
     monkeypatch.setattr(trainer, "backward", backward)
+
+
+@contextlib.contextmanager
+def started(cfg):
+    """``serve``'s app for ``cfg`` (a ``ServeConfig``) on a free localhost port, uvicorn in a thread; yields
+    its URL and stops it after."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from transformer_lab.serving.app import build_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(build_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def call(url: str, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
+    """POST ``body`` as JSON (or ``raw`` bytes; GET with neither) to ``url + path``: (status, JSON answer)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url + path, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import require
+from conftest import call, require, started
 from transformer_lab.cli.main import main
 from transformer_lab.runs import find_checkpoint, load_model
 
@@ -60,6 +60,56 @@ def test_lora_classifier_adapter_loads_in_peft_and_merges(tmp_path, capsys, sst)
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-4, rtol=0)
     assert (tmp_path / "m" / "vocab.txt").is_file()
+
+
+def test_a_fine_tuned_classifier_labels_texts(tmp_path, capsys, sst):
+    """`classify` (and serve's /classify): a classifier `finetune classify` wrote labels new texts. The
+    oracle is transformers' BertForSequenceClassification on OUT/model (softmax of its logits); the run
+    folder (its best checkpoint) gives the same, and a LoRA run's folder its own adapted model's."""
+    transformers = require("transformers")
+    out = tmp_path / "ft"
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(sst), "--dev", str(sst), "--out", str(out),
+                 "--max-steps", "12", "--batch-size", "8", "--lr", "1e-4", "--no-progress"]) == 0
+    texts = POS[:2] + NEG[:2]
+    tok = transformers.AutoTokenizer.from_pretrained(out / "model")
+    hf = transformers.BertForSequenceClassification.from_pretrained(out / "model").eval()
+    with torch.no_grad():
+        want = hf(**tok(texts, padding=True, return_tensors="pt")).logits.softmax(-1)
+    for folder in (out / "model", out):
+        capsys.readouterr()
+        assert main(["classify", "--model", str(folder), "--json", *texts]) == 0
+        got = json.loads(capsys.readouterr().out)["predictions"]
+        torch.testing.assert_close(torch.tensor([p["probabilities"] for p in got]), want, atol=1e-5, rtol=0)
+        assert [p["label"] for p in got] == want.argmax(-1).tolist()
+    assert main(["classify", "--model", str(out), *texts]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[2] for line in lines] == texts and all(line.split("\t")[0] in "01" for line in lines)
+    assert main(["classify", "--model", MINILM, "a text"]) == 2  # an encoder without a head
+    assert "no classification head" in capsys.readouterr().err
+
+    lora = tmp_path / "lora"
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(sst), "--dev", str(sst), "--out", str(lora),
+                 "--max-steps", "12", "--batch-size", "8", "--lr", "3e-3", "--peft", "lora", "--no-progress"]) == 0
+    from transformer_lab.tasks.classify import load_classifier, predict
+
+    model, tokenizer, max_len = load_classifier(lora)
+    assert model.adapter_config is not None and model.config.n_labels == 2
+    capsys.readouterr()
+    assert main(["classify", "--model", str(lora), "--json", *texts]) == 0
+    got = [p["probabilities"] for p in json.loads(capsys.readouterr().out)["predictions"]]
+    torch.testing.assert_close(torch.tensor(got), predict(model, tokenizer, texts, max_len), atol=1e-6, rtol=0)
+
+    require("fastapi")
+    from transformer_lab.serving.app import ServeConfig
+
+    with started(ServeConfig(str(out))) as url:
+        status, body = call(url, "/classify", {"texts": texts})
+        assert status == 200 and body["labels"] == want.argmax(-1).tolist()
+        torch.testing.assert_close(torch.tensor(body["probabilities"]), want, atol=1e-5, rtol=0)
+        assert call(url, "/embed", {"texts": texts})[0] == 200
+    with started(ServeConfig(MINILM)) as url:
+        status, body = call(url, "/classify", {"texts": texts})
+        assert status == 404 and "no classification head" in body["detail"]
 
 
 def test_prompt_adapter_has_nothing_to_merge(tmp_path, capsys, sst):

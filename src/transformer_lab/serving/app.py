@@ -3,10 +3,11 @@
     GET  /health      {"status": "ok", "model": "translation" | "gpt" | "bert", "quantized": ..., batching figures}
     POST /translate   {"texts": [...], "beam": 4}                  -> {"translations": [...]}
     POST /embed       {"texts": [...]}                             -> {"embeddings": [[...], ...]}
+    POST /classify    {"texts": [...]} (a BERT with a classifier)  -> {"labels": [...], "probabilities": [[...], ...]}
     POST /generate    {"prompt": "...", "max_new_tokens": 64, "temperature": 1.0, "top_k": null,
                        "top_p": 1.0, "greedy": false, "seed": null} -> {"text": "...", "tokens": n}
 
-The model runs in one worker thread, so requests never race on it. /translate and /embed requests
+The model runs in one worker thread, so requests never race on it. /translate, /embed and /classify requests
 that arrive together are batched: the worker takes every waiting request (up to ``max_batch``
 texts, after waiting ``max_wait_ms`` for more) and runs them as one model call, each caller getting
 its own rows back. /generate runs one request at a time (each carries its own sampling settings).
@@ -36,6 +37,7 @@ from transformer_lab.models.gpt import GPT
 from transformer_lab.models.hf import sentence_max_seq_length
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runtime import compile_for_inference
+from transformer_lab.tasks import classify as classify_task
 from transformer_lab.tasks import embed as embed_task
 from transformer_lab.tasks import lm
 from transformer_lab.tasks.quantize import load_source
@@ -166,6 +168,8 @@ def build_app(cfg: ServeConfig) -> Any:
             if kind == "translation":
                 return translate(model, source.tokenizer, source.target_tokenizer, texts, beam=key,
                                  batch_size=cfg.max_batch)
+            if key == "classify":
+                return classify_task.predict(model, source.tokenizer, texts, max_len, cfg.max_batch).tolist()
             return embed_task.embed(model, source.tokenizer, texts, max_len, cfg.max_batch).tolist()
 
     worker = Worker(run_batch, cfg.max_batch, cfg.max_wait_ms)
@@ -190,7 +194,8 @@ def build_app(cfg: ServeConfig) -> Any:
 
     def serves(wanted: str) -> None:
         if kind != wanted:
-            other = {"translation": "/translate", "gpt": "/generate", "bert": "/embed"}[kind]
+            other = {"translation": "/translate", "gpt": "/generate",
+                     "bert": "/embed and /classify" if getattr(model.config, "n_labels", 0) else "/embed"}[kind]
             raise HTTPException(404, f"this server holds a {kind} model; it answers {other}, not this endpoint")
 
     async def result(future: Future) -> Any:
@@ -219,6 +224,16 @@ def build_app(cfg: ServeConfig) -> Any:
         serves("bert")
         check_texts(req)
         return {"embeddings": await result(worker.submit(req.texts))}
+
+    @app.post("/classify")
+    async def classify_texts(req: Texts) -> dict:
+        serves("bert")
+        if not model.config.n_labels:
+            raise HTTPException(404, "this BERT has no classification head; it answers /embed (a classifier: what "
+                                     "`finetune classify` writes)")
+        check_texts(req)
+        probabilities = await result(worker.submit(req.texts, "classify"))
+        return {"labels": [max(range(len(p)), key=p.__getitem__) for p in probabilities], "probabilities": probabilities}
 
     @app.post("/generate")
     async def generate_text(req: GenerateRequest) -> dict:

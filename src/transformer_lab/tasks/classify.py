@@ -5,7 +5,8 @@ build: the folder's encoder plus a fresh classification head on [CLS]'s pooled v
 trains, or, with an ``adapter`` (LoRA, QLoRA, prefix or prompt tuning), only the adapter and the head.
 loss: cross-entropy per sentence. validate: dev accuracy (the best checkpoint is the most accurate).
 The run scores --test once with the best checkpoint and exports OUT/model, a Hugging Face BERT folder
-(full fine-tuning), or OUT/adapter, a ``peft`` adapter folder for that BERT.
+(full fine-tuning), or OUT/adapter, a ``peft`` adapter folder for that BERT. ``load_classifier`` and
+``predict`` read any of them back (the ``classify`` command, ``serve``'s /classify).
 
 With ``qat`` (a ``QuantConfig``), quantization-aware training: every Linear computes with fake-quantized
 weights and activations (``compression.qat``; the dev accuracy that picks the best checkpoint is the
@@ -20,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,8 @@ from transformer_lab.config import check_positive
 from transformer_lab.data.batches import ClassBatch, ClassBatches
 from transformer_lab.data.classification import read_labelled_tsv
 from transformer_lab.models.bert import Bert
-from transformer_lab.models.hf import load_bert
-from transformer_lab.runs import BEST, LAST, find_checkpoint, load_model, save_checkpoint
+from transformer_lab.models.hf import load_bert, sentence_max_seq_length
+from transformer_lab.runs import BEST, LAST, find_checkpoint, is_ours, load_model, save_checkpoint
 from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run,
                                           save_adapter, task_adapter, task_settings, train, write_summary,
@@ -41,6 +42,7 @@ from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe
 from transformer_lab.tasks.embed import BERT_RECIPE, by_length, encode_texts, export
 from transformer_lab.tasks.quantize import copied, hf_tokenizer_files
 from transformer_lab.tokenizers.io import load_bert_tokenizer
+from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.loop import StepLoss, check_on_host
 
@@ -102,6 +104,31 @@ classification_loss.check_batch = lambda model, b: check_on_host(model, b.tokens
 def classify(model: Bert, ids: list[list[int]], batch_size: int = 64) -> torch.Tensor:
     """Predicted labels (N,)."""
     return by_length(model, ids, batch_size, lambda m, t, mask: m(t, attention_mask=mask).class_logits.argmax(-1))
+
+
+def load_classifier(folder: str | Path, device: str | torch.device = "cpu",
+                    split_special_tokens: bool | None = None) -> tuple[Bert, WordPieceTokenizer, int]:
+    """A sentence classifier as ``finetune classify`` leaves it: its run folder (the best checkpoint; a
+    ``--peft`` run's with its adapter), OUT/model (a Hugging Face ``BertForSequenceClassification``
+    folder) or OUT/quantized; with its tokenizer and truncation length, read as ``embed`` reads them."""
+    if is_ours(folder):
+        loaded = load_model(find_checkpoint(folder), map_location=device)
+        model, where = loaded.model, loaded.path
+    else:
+        model, where = load_bert(folder, pretraining_heads=False).to(device), Path(folder)
+    if not isinstance(model, Bert) or not model.config.n_labels:
+        what = "no classification head" if isinstance(model, Bert) else f"a {type(model).__name__} checkpoint"
+        raise ValueError(f"{where}: {what}; `finetune classify` trains a sentence classifier (its run folder, "
+                         "OUT/model or OUT/quantized)")
+    tok = load_bert_tokenizer(where, split_special_tokens)
+    return model.eval(), tok, sentence_max_seq_length(where, model.config.max_len)
+
+
+def predict(model: Bert, tok: WordPieceTokenizer, texts: Sequence[str], max_len: int, batch_size: int = 64) -> torch.Tensor:
+    """Each text's class probabilities (N, n_labels): the softmax of the head's logits; labels are the
+    training file's (0, 1, ...)."""
+    return by_length(model, encode_texts(tok, texts, max_len), batch_size,
+                     lambda m, t, mask: m(t, attention_mask=mask).class_logits.float().softmax(-1))
 
 
 def accuracy(model: Bert, ids: list[list[int]], labels: list[int]) -> float:
