@@ -165,3 +165,40 @@ def test_an_unknown_option_is_named_by_its_command(capsys):
     assert e.value.code == 2
     assert "usage: transformer-lab finetune classify" in err
     assert "transformer-lab finetune classify: error: unrecognized arguments: --bogus 1" in err
+
+
+def test_a_bare_command_prints_the_help(capsys):
+    """`transformer-lab` alone said "error: the following arguments are required: COMMAND"."""
+    assert main([]) == 0
+    assert "train" in capsys.readouterr().out
+
+
+def test_a_folder_or_a_pipe_as_a_data_file(tmp_path, capsys):
+    """A folder given as a text file said "no such file"; a pipe (`--text <(zcat a.gz)`) said the same,
+    as it is not a regular file. A folder is now named as one, and a pipe reads."""
+    import os
+    import threading
+
+    from transformer_lab.tokenizers.corpus import read_lines
+
+    assert main(["tokenizer", "train", "--algo", "bpe", "--merges", "5", "--out", str(tmp_path / "t"), str(tmp_path)]) == 2
+    assert "a folder, not a file" in capsys.readouterr().err
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("one line\ntwo lines\n"))
+    writer.start()
+    assert list(read_lines(fifo)) == ["one line", "two lines"]
+    writer.join()
+
+
+def test_threads_sets_torchs_threads(tmp_path):
+    """`--threads N` on a training command: torch computes with N threads (other work may share the cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--n-test", "10", "--no-progress",
+                     "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

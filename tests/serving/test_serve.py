@@ -115,6 +115,11 @@ def test_translate_and_generate_servers(served, shared_data, tmp_path):
         status, body = call(url, "/generate", raw=bad.encode())
         assert status == 422 and body["detail"][0]["loc"] == ["body", field], body
     assert call(url, "/generate", {"prompt": "abc", "temperature": 1e-45, "max_new_tokens": 3})[0] == 200
+    for bad, field in (({"prompt": "abc", "max_new_tokens": True}, "max_new_tokens"),
+                       ({"prompt": "abc", "max_new_tokens": 4.5}, "max_new_tokens"),
+                       ({"prompt": "abc", "temprature": 0.5}, "temprature")):  # a misspelt field
+        status, body = call(url, "/generate", bad)
+        assert status == 422 and body["detail"][0]["loc"] == ["body", field], body
 
 
 def test_a_busy_port_is_named_before_the_model_loads():

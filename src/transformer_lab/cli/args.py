@@ -9,6 +9,8 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
+import torch
+
 from transformer_lab.adapters import METHODS, AdapterConfig
 from transformer_lab.runs import LAST, find_checkpoint, run_folder_of
 from transformer_lab.runs.checkpoint import recorded_settings
@@ -69,6 +71,9 @@ def add_run_args(p: argparse.ArgumentParser, out_required: bool = False) -> None
     g.add_argument("--seed", type=seed, default=None,
                    help="initialisation, data order, dropout (default 0; with --resume, the run's)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for torch (default: torch's choice, one per core; fewer when other work shares "
+                        "the cores)")
     g.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model's weights, gradients and optimizer state over the processes "
                         "(FSDP2) instead of a copy in each (DDP)")
@@ -95,6 +100,8 @@ def run_options(args: argparse.Namespace, default_out: str | None = None) -> Run
                          "of its own needs --out: the folder the resumed run writes to)")
     if out is None:
         raise ValueError("--out: give the run folder (or --resume RUN to continue a run in its own folder)")
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     return RunOptions(out=Path(out), resume=Path(args.resume) if args.resume else None,
                       overwrite=args.overwrite, device=args.device, fsdp=getattr(args, "fsdp", False))
 

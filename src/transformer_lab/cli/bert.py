@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help='print {"embeddings": [[...], ...]}, one vector per TEXT')
     e.set_defaults(func=embed_cmd)
 
-    s = sub.add_parser("similarity", help="cosine similarity of two texts' embeddings")
+    s = sub.add_parser("similarity", help="cosine similarity of two texts' embeddings",
+                       description="The cosine similarity of A's and B's sentence embeddings (as `embed` makes them: "
+                                   "mean pooling, L2-normalised), from -1 to 1.")
     s.add_argument("a", metavar="A")
     s.add_argument("b", metavar="B")
     _model_args(s)

@@ -70,6 +70,9 @@ def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # a bare `transformer-lab`: what it can do
+        parser.print_help()
+        return 0
     args, extras = parser.parse_known_args(argv)
     if extras:  # named by the sub-command that was given them, with its usage (argparse: the top level's)
         chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from transformer_lab.tokenizers.corpus import readable_file
+
 
 def read_labelled_tsv(path: str | Path) -> tuple[list[str], list[int]]:
     """GLUE-style TSV with a header naming ``sentence`` and ``label`` columns; labels are integers >= 0."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = readable_file(path)
     try:
         with open(path, encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from transformer_lab.tokenizers.corpus import readable_file
+
 
 def locate(path: str | Path) -> Path:
     """``path``, or, when it is relative and not here, ``$TRANSFORMER_LAB_DATA/path`` if that exists (as
@@ -25,10 +27,13 @@ def locate(path: str | Path) -> Path:
 
 def read_text(path: str | Path) -> str:
     path = locate(path)
-    if not path.is_file():
+    if not path.exists():
         root = os.environ.get("TRANSFORMER_LAB_DATA")
-        where = f" (nor under $TRANSFORMER_LAB_DATA={root})" if root and not path.is_absolute() else ""
+        where = (f" (nor under $TRANSFORMER_LAB_DATA={root})" if root else
+                 " (a relative path is also looked for under $TRANSFORMER_LAB_DATA, which is not set)"
+                 ) if not path.is_absolute() else ""
         raise FileNotFoundError(f"{path}: no such text file{where}")
+    path = readable_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -136,20 +136,26 @@ def build_app(cfg: ServeConfig) -> Any:
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, ConfigDict, Field
+
+    # A field a request misspells is a 422 naming it, not ignored; whole numbers are JSON integers ("beam":
+    # true or 4.5 is a 422, not 1 or 4), as are yes/no values booleans.
+    strict = ConfigDict(extra="forbid")
 
     class Texts(BaseModel):
+        model_config = strict
         texts: list[str] = Field(min_length=1)
-        beam: int | None = Field(default=None, ge=1)  # None: the server's (cfg.beam)
+        beam: int | None = Field(default=None, ge=1, strict=True)  # None: the server's (cfg.beam)
 
     class GenerateRequest(BaseModel):
+        model_config = strict
         prompt: str
-        max_new_tokens: int = Field(default=64, ge=1)
+        max_new_tokens: int = Field(default=64, ge=1, strict=True)
         temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-        top_k: int | None = Field(default=None, ge=0)  # (0 or null: off, as the CLI's --top-k)
+        top_k: int | None = Field(default=None, ge=0, strict=True)  # (0 or null: off, as the CLI's --top-k)
         top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
-        greedy: bool = False
-        seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+        greedy: bool = Field(default=False, strict=True)
+        seed: int | None = Field(default=None, ge=0, le=2**32 - 1, strict=True)
 
     source = load_source(cfg.checkpoint)
     model = source.model.eval()

@@ -24,11 +24,20 @@ def decode_lines(stream: BinaryIO, name: str) -> Iterator[str]:
         yield line.rstrip("\r\n")
 
 
+def readable_file(path: str | Path) -> Path:
+    """``path`` as a file to read: FileNotFoundError naming it when there is none, IsADirectoryError for a
+    folder; a pipe reads too (``<(zcat a.gz)``, /dev/stdin)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder, not a file")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path
+
+
 def read_lines(path: str | Path) -> Iterator[str]:
     """Lines of a UTF-8 text file, plain or .gz (see ``decode_lines``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = readable_file(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         yield from decode_lines(f, str(path))
