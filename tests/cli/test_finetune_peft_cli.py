@@ -3,6 +3,7 @@ loads with Hugging Face ``peft`` onto ``transformers``' BERT and gives the run's
 merged folder gives them too, as a plain ``BertForSequenceClassification``."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -158,7 +159,7 @@ def test_finetune_lm_with_a_prefix_on_our_gpt_run(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["samples"][0]["tokens"] == 10
 
 
-def test_merging_a_lora_into_our_char_gpt_keeps_its_tokenizer(tmp_path, capsys):
+def test_merging_a_lora_into_our_char_gpt_keeps_its_tokenizer(tmp_path, capsys, caplog):
     """`peft merge` on our own checkpoint copied only tokenizer folders: a character-level GPT's
     char_tokenizer.json was left behind and nothing could load the merged model. Now the merged folder
     generates the adapted run's greedy tokens."""
@@ -169,8 +170,16 @@ def test_merging_a_lora_into_our_char_gpt_keeps_its_tokenizer(tmp_path, capsys):
                  "--eval-every", "0", "--no-progress"]) == 0
     assert main(["finetune", "lm", "--model", str(base), "--data", str(text), "--out", str(out), "--max-steps", "10",
                  "--context", "32", "--lr", "3e-3", "--peft", "lora", "--no-progress"]) == 0
-    assert main(["peft", "merge", "--model", str(base), "--adapter", str(out / "adapter"), "--out", str(merged)]) == 0
-    assert (merged / "char_tokenizer.json").is_file()
+    with caplog.at_level(logging.WARNING):
+        assert main(["peft", "merge", "--model", str(base), "--adapter", str(out / "adapter"), "--out", str(merged)]) == 0
+    assert (merged / "char_tokenizer.json").is_file() and "trained on" not in caplog.text
+    other = tmp_path / "other"  # another base of the same shapes: merged, with a warning naming both
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(text), "--out", str(other), "--max-steps", "1",
+                 "--eval-every", "0", "--no-progress"]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert main(["peft", "merge", "--model", str(other), "--adapter", str(out / "adapter"), "--out",
+                     str(tmp_path / "m2")]) == 0
+    assert f"trained on {base}" in caplog.text
     capsys.readouterr()
     tokens = []
     for folder in (out, merged):

@@ -97,6 +97,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
                                         progress=not args.no_progress)
     if args.out:
         Path(args.out).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        log.info("wrote %d translations to %s", len(hyps), args.out)
     if args.json:
         print(json.dumps(scores))
     else:

@@ -51,6 +51,15 @@ def load_base(base: Path, adapter_tensors: dict) -> tuple[nn.Module, str, Path]:
     return loaded.model, "ours", loaded.path
 
 
+def _same_folder(recorded: str, base: Path) -> bool:
+    """Whether the base an adapter recorded is ``base``: the same folder, or (moved, or a hub name) the same
+    last part of the path; a run folder and its checkpoints count as one."""
+    def root(p: Path) -> Path:
+        return p.parent.parent if p.parent.name == "checkpoints" else p
+    here, there = root(base.resolve()), root(Path(recorded).resolve())
+    return here == there or (not Path(recorded).exists() and Path(recorded).name == here.name)
+
+
 def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dict[str, Any]:
     """Base + LoRA adapter -> a plain model in ``out``. Returns what was written."""
     base, adapter, out = Path(base), Path(adapter), Path(out)
@@ -59,6 +68,11 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
         raise ValueError(f"{adapter}: a {config['peft_type']} adapter adds inputs, not weights: there is nothing to "
                          "merge (load it with the base model instead)")
     model, kind, files = load_base(base, tensors)
+    trained_on = config.get("base_model_name_or_path")
+    if isinstance(trained_on, str) and trained_on and not _same_folder(trained_on, base):
+        log.warning("%s: trained on %s (its adapter_config.json), merged into %s: the same weights? (an adapter "
+                    "added to another base of the same shapes gives wrong outputs, with no error)", adapter,
+                    trained_on, base)
     load_peft(model, adapter)
     adapted = parameter_counts(model).trainable
     model = merge_lora(model.eval())
