@@ -19,6 +19,12 @@ def check_writable(path: str | Path, what: str, folder: bool = False) -> None:
         raise OSError(f"{what} {path}: a folder; give a file name")
     if folder and path.exists() and not path.is_dir():
         raise OSError(f"{what} {path}: a file, not a folder")
+    if not folder and path.exists():  # a file to replace, or a pipe, /dev/stdout ...: opened to append, not cut
+        try:
+            open(path, "a").close()
+        except OSError as e:
+            raise OSError(f"{what} {path}: cannot write it ({e.strerror or e})") from None
+        return
     parent = next((p for p in path.absolute().parents if p.exists()), None) if folder else path.absolute().parent
     if parent is None or not parent.is_dir():
         raise OSError(f"{what} {path}: no folder {path.parent} to write it in")
@@ -33,17 +39,17 @@ def check_new_folder(path: str | Path, overwrite: bool = False, remedy: str | No
                      what: str = "output") -> None:
     """FileExistsError unless ``path`` is new or an empty folder (or ``overwrite``): an output never lands
     silently among other files. ``remedy``: how the caller may insist (None: it cannot). A command that
-    replaces its output whole names the folders it ``reads`` (the output may not be one of them, lie inside
-    one or hold one: it would delete what it reads) and how to know its own ``earlier`` output, the only
-    thing ``overwrite`` then replaces (``what``: its name in the message)."""
+    replaces its output whole names the folders it ``reads`` (the output may not be one of them or hold one:
+    it would delete what it reads; beside them, in a run folder say, it may) and how to know its own
+    ``earlier`` output, the only thing ``overwrite`` then replaces (``what``: its name in the message)."""
     path = Path(path)
     check_writable(path, "--out", folder=True)
     target = path.resolve()
     for source in map(Path, reads):
         s = source.resolve()
-        if target == s or s in target.parents or target in s.parents:
-            raise ValueError(f"{path}: the output would {'be' if target == s else 'lie inside' if s in target.parents else 'hold'} "
-                             f"{source}, which this command reads; choose a folder apart from it")
+        if target == s or target in s.parents:
+            raise ValueError(f"{path}: the output would {'be' if target == s else 'hold'} {source}, which this command "
+                             "reads; choose a folder apart from it")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     if overwrite and (earlier is None or (path.is_dir() and earlier(path))):
@@ -65,10 +71,10 @@ def umask_mode(path: str | Path) -> Path:
 
 
 def replace_folder(new: Path, path: Path) -> None:
-    """Put the finished folder ``new`` at ``path``; an earlier ``path`` is kept as ``path.old`` until the
-    new one is in place, then removed (a crash between leaves one whole copy)."""
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
+    """Put the finished folder ``new`` at ``path``; an earlier ``path`` is kept, under a hidden name of this
+    process's (never a name a user may have, such as ``path.old``), until the new one is in place, then
+    removed (a crash between leaves one whole copy)."""
+    old = path.with_name(f".{path.name}.replaced-{os.getpid()}")
     if path.exists():
         path.rename(old)
     new.rename(path)

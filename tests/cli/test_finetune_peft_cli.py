@@ -169,7 +169,10 @@ def test_merging_a_lora_into_our_char_gpt_keeps_its_tokenizer(tmp_path, capsys, 
     assert main(["train", "--preset", "shakespeare-char", "--data", str(text), "--out", str(base), "--max-steps", "20",
                  "--eval-every", "0", "--no-progress"]) == 0
     assert main(["finetune", "lm", "--model", str(base), "--data", str(text), "--out", str(out), "--max-steps", "10",
-                 "--context", "32", "--lr", "3e-3", "--peft", "lora", "--no-progress"]) == 0
+                 "--context", "32", "--lr", "3e-3", "--peft", "lora", "--seed", "5", "--no-progress"]) == 0
+    # resumed without --seed: the adapter's seed is the run's (it was 0, and the resume refused the adapter)
+    assert main(["finetune", "lm", "--model", str(base), "--data", str(text), "--out", str(out), "--resume", str(out),
+                 "--max-steps", "11", "--context", "32", "--peft", "lora", "--no-progress"]) == 0
     with caplog.at_level(logging.WARNING):
         assert main(["peft", "merge", "--model", str(base), "--adapter", str(out / "adapter"), "--out", str(merged)]) == 0
     assert (merged / "char_tokenizer.json").is_file() and "trained on" not in caplog.text

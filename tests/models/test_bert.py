@@ -141,6 +141,7 @@ def test_missing_or_mismatched_tensors_are_listed(tmp_path):
     ("layer_norm_eps", "x", 'layer_norm_eps must be a finite number, got "x"'),
     ("max_position_embeddings", None, "max_position_embeddings must be a whole number, got null"),
     ("num_attention_heads", True, "num_attention_heads must be a whole number, got true"),
+    ("layer_norm_eps", None, "layer_norm_eps must be a finite number, got null"),
 ])
 def test_a_hugging_face_config_of_wrong_types_is_named(tmp_path, key, value, message):
     """A config.json value of the wrong type was a TypeError deep in the model ("'<' not supported between

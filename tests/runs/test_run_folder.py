@@ -318,7 +318,7 @@ def test_a_resumed_run_keeps_its_own_recipe(tmp_path, caplog):
 
     out = tmp_path / "r"
     assert main(["train", "--out", str(out), "--max-steps", "4", "--log-every", "2", "--lr", "2", "--warmup", "10",
-                 "--seed", "3", "--n-test", "10", "--no-progress"]) == 0
+                 "--seed", "3", "--n-test", "10", "--position", "rotary", "--no-progress"]) == 0
     with caplog.at_level(logging.INFO):
         assert main(["train", "--resume", str(out), "--no-progress", "--time-budget", "0.1"]) == 0
     assert "recipe: 4 steps, noam x2, warm-up 10," in caplog.text

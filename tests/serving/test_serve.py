@@ -71,8 +71,34 @@ def test_bad_requests_get_4xx_and_the_server_goes_on(served):
     assert status == 200 and len(body["embeddings"][0]) == 384
 
 
-def test_translate_and_generate_servers(served, shared_data, tmp_path):
+def test_one_requests_bad_input_fails_only_that_request():
+    """The worker runs waiting requests as one model call; when that call failed (one request's text the
+    vocabulary cannot read: the demo's tokenizer refuses it), every request in it got the error, with the
+    other client's text in it. Now a failed shared call is run again request by request."""
+    from transformer_lab.serving.app import Worker
+
+    calls = []
+
+    def run_batch(texts, key):
+        calls.append(list(texts))
+        if "bad" in texts:
+            raise ValueError("bad: outside the vocabulary")
+        return [t.upper() for t in texts]
+
+    worker = Worker(run_batch, max_batch=3, max_wait_ms=2000)
+    good, bad, more = worker.submit(["good"]), worker.submit(["bad"]), worker.submit(["also good"])
+    assert good.result(timeout=10) == ["GOOD"] and more.result(timeout=10) == ["ALSO GOOD"]
+    with pytest.raises(ValueError, match="bad"):
+        bad.result(timeout=10)
+    assert calls[0] == ["good", "bad", "also good"]  # (the three shared one call first)
+
+
+def test_translate_and_generate_servers(served, shared_data, tmp_path, monkeypatch):
+    import transformer_lab.serving.app as app_module
     from transformer_lab.tasks.translation import load_translator, translate
+
+    beams = []  # the beam each model call of the server decodes with
+    monkeypatch.setattr(app_module, "translate", lambda *a, beam, **k: beams.append(beam) or translate(*a, beam=beam, **k))
 
     de = read_lines(shared_data / "multi30k" / "train.de.gz")[:100]
     en = read_lines(shared_data / "multi30k" / "train.en.gz")[:100]
@@ -89,9 +115,12 @@ def test_translate_and_generate_servers(served, shared_data, tmp_path):
     assert status == 200 and body["translations"] == translate(model, tok_src, tok_tgt, de[:3], beam=2)
     assert call(url, "/translate", {"texts": ["x"], "beam": 99})[0] == 422
     # no beam named: `transformer-lab translate`'s default (4), so the server and the command agree
+    beams.clear()
     assert call(url, "/translate", {"texts": de[:3]})[1]["translations"] == translate(model, tok_src, tok_tgt, de[:3])
-    with pytest.raises(ValueError, match="more than max_beam"):
+    assert beams == [4]
+    with pytest.raises(ValueError, match="expected 1..max_beam"):
         ServeConfig(str(run), beam=9)
+    assert ServeConfig(str(run), max_beam=2).default_beam == 2  # (a server of BERT or GPT need not name a beam)
 
     text = tmp_path / "text.txt"
     text.write_text("abcdefgh\n" * 300)

@@ -4,6 +4,7 @@ test_gpt_bert_cli); a quantized translation model translates and evaluates, a qu
 and evaluates; calibration data that is missing, empty or in another language is refused."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -141,15 +142,24 @@ def test_overwrite_replaces_only_an_earlier_output_and_never_what_is_read(tmp_pa
     theirs.mkdir()
     (theirs / "thesis.txt").write_text("precious")
     for cmd in (["quantize"], ["export", "onnx"]):
-        for checkpoint, out, message in ((best, run, "would hold"), (run, best, "would lie inside"),
-                                         (run, run, "would be"), (run, theirs, "other files than an earlier")):
+        for checkpoint, out, message in ((best, run, "would hold"), (run, best, "would be"),
+                                         (run, run, "would be"), (run, theirs, "other files than an earlier"),
+                                         (run, run / "checkpoints" / "last", "other files than an earlier")):
             assert main([*cmd, "--checkpoint", str(checkpoint), "--out", str(out), "--overwrite"]) == 2
             assert message in capsys.readouterr().err
         assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
         assert (theirs / "thesis.txt").read_text() == "precious"
+        inside = run / "-".join(cmd)  # beside the checkpoint in the run folder: allowed (as finetune --qat writes)
+        assert main([*cmd, "--checkpoint", str(run), "--out", str(inside)]) == 0
+        shutil.rmtree(inside)
         out = tmp_path / "-".join(cmd)
         assert main([*cmd, "--checkpoint", str(run), "--out", str(out)]) == 0
         first = {p.name for p in out.iterdir()}
         assert main([*cmd, "--checkpoint", str(run), "--out", str(out)]) == 2  # (exists: --overwrite to replace)
+        backup = out.with_name(out.name + ".old")  # a user's own copy beside an export (it was removed, once;
+        if cmd[0] == "export":                      # a checkpoint's OUT.old is its own crash copy: save_checkpoint)
+            backup.mkdir()
+            (backup / "mine.txt").write_text("mine")
         assert main([*cmd, "--checkpoint", str(run), "--out", str(out), "--overwrite"]) == 0
-        assert first == {p.name for p in out.iterdir()} and not out.with_name(out.name + ".old").exists()
+        assert cmd[0] != "export" or (backup / "mine.txt").read_text() == "mine"
+        assert first == {p.name for p in out.iterdir()} and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

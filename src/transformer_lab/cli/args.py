@@ -158,6 +158,16 @@ def resumed_settings(args: argparse.Namespace, kind: str) -> tuple[dict, dict]:
     return (train, task) if then == kind else ({}, {})
 
 
+def run_seed(args: argparse.Namespace) -> int:
+    """--seed, else a resumed run's own (its adapter was initialised with it: a resume compares them), else 0."""
+    if args.seed is not None:
+        return args.seed
+    if not args.resume:
+        return 0
+    _, train, _ = recorded_settings(find_checkpoint(args.resume, prefer=(LAST,)))
+    return int(train.get("seed", 0))
+
+
 def train_config(args: argparse.Namespace, recipe: TrainConfig, kind: str) -> TrainConfig:
     """The recipe with the options given on the command line (checked by TrainConfig). A resumed run's
     unset options keep the run's own values (its length, rate, schedule ...: it continues as it was
@@ -225,4 +235,4 @@ def adapter_config(args: argparse.Namespace) -> AdapterConfig | None:
         return None
     return AdapterConfig(method=args.peft, r=args.r, alpha=args.alpha, dropout=args.lora_dropout, targets=args.target,
                          prefix_len=args.prefix_len, prefix_hidden=args.prefix_hidden, prompt_len=args.prompt_len,
-                         seed=args.seed or 0)
+                         seed=run_seed(args))

@@ -103,7 +103,8 @@ def _train_config(args: argparse.Namespace, recipe: TrainConfig, default_steps: 
     cfg = train_config(args, recipe, "bert")
     steps = args.max_steps or (None if args.resume else default_steps)  # (resumed: the run's own)
     if steps is not None:  # a warm-up of 10% of the steps, unless given
-        cfg = replace(cfg, max_steps=steps, warmup=args.warmup if args.warmup is not None else max(1, steps // 10))
+        warmup = args.warmup if args.warmup is not None else cfg.warmup if args.resume else max(1, steps // 10)
+        cfg = replace(cfg, max_steps=steps, warmup=warmup)
     return cfg
 
 

@@ -42,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=positive_float, default=5.0, help="wait for more requests to join a batch")
     p.add_argument("--max-texts", type=positive_int, default=64, help="texts per request")
     p.add_argument("--max-chars", type=positive_int, default=2000, help="characters per text")
-    p.add_argument("--beam", type=positive_int, default=4,
-                   help="translation: the beam of a request that names none (4, as `translate`; 1: greedy)")
+    p.add_argument("--beam", type=positive_int, default=None,
+                   help="translation: the beam of a request that names none (default 4, as `translate`, at most "
+                        "--max-beam; 1: greedy)")
     p.add_argument("--max-beam", type=positive_int, default=8, help="translation: the largest beam a request may ask for")
     p.add_argument("--max-new-tokens", type=positive_int, default=1024,
                    help="GPT: the most tokens one /generate request may ask for (past the context the window slides)")

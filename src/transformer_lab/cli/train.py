@@ -92,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     opts = run_options(args, default_out=f"runs/{args.preset or task}")
     if task == "dates":
         _, then = resumed_settings(args, "transformer")
-        cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE, "transformer"), model=args.model or "tiny",
-                                position=args.position, batch_size=args.batch_size or then.get("batch_size", 64),
+        cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE, "transformer"),
+                                model=args.model or then.get("model", "tiny"), position=args.position or then.get("position"),
+                                batch_size=args.batch_size or then.get("batch_size", 64),
                                 n_test=args.n_test or then.get("n_test", 1000))
         return finish(dates.run(cfg), args.json)
     if task == "lm":

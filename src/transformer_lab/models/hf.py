@@ -109,27 +109,26 @@ _OURS = "transformer_lab."  # the prefix of tensors a Hugging Face BERT has no n
 
 
 def check_types(hf: dict[str, Any], where: str, ints: tuple[str, ...], floats: tuple[str, ...],
-                required: tuple[str, ...]) -> None:
+                nullable: tuple[str, ...] = ()) -> None:
     """A Hugging Face config's numbers as numbers ("hidden_size": "384" was a TypeError deep in the model):
-    ValueError naming the key. ``ints``: whole numbers; null is allowed except for the ``required`` (the
-    reader has a default for the others; a missing required key is the reader's own error)."""
-    for key in ints:
-        v = hf.get(key)
-        if (v is None and key in hf and key in required) or (
-                v is not None and (isinstance(v, bool) or not isinstance(v, int))):
-            raise ValueError(f"{where}: {key} must be a whole number, got {json.dumps(v)}")
-    for key in floats:
-        v = hf.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-            raise ValueError(f"{where}: {key} must be a finite number, got {json.dumps(v)}")
+    ValueError naming the key. ``ints``: whole numbers; null only for the ``nullable`` (where the reader
+    takes null as its default); a missing key is the reader's to default or to name."""
+    for key in (*ints, *floats):
+        if key not in hf:
+            continue
+        v = hf[key]
+        if v is None and key in nullable:
+            continue
+        whole = key in ints
+        if v is None or isinstance(v, bool) or not isinstance(v, int if whole else (int, float)) or (
+                not whole and not math.isfinite(v)):
+            raise ValueError(f"{where}: {key} must be a {'whole' if whole else 'finite'} number, got {json.dumps(v)}")
 
 
 def bert_config_from_hf(hf: dict[str, Any], where: str = "config.json", **overrides) -> BertConfig:
     check_types(hf, where, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                             "max_position_embeddings", "type_vocab_size", "pad_token_id"),
-                ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps"),
-                required=("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                          "max_position_embeddings"))
+                ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps"), nullable=("pad_token_id",))
     if hf.get("model_type", "bert") not in BERT_TYPES:
         raise ValueError(f"{where}: model_type {hf.get('model_type')!r} is not a BERT")
     if hf.get("model_type") == OUR_BERT:
@@ -320,8 +319,7 @@ def save_bert(model: Bert, folder: str | Path, vocab_file: str | Path | None = N
 # --- GPT-2 ----------------------------------------------------------------------------------------
 def gpt_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> GPTConfig:
     check_types(hf, where, ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer", "n_inner", "eos_token_id"),
-                ("resid_pdrop", "attn_pdrop", "layer_norm_epsilon"),
-                required=("vocab_size", "n_positions", "n_embd", "n_head", "n_layer"))
+                ("resid_pdrop", "attn_pdrop", "layer_norm_epsilon"), nullable=("n_inner", "eos_token_id"))
     if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx", False):
         raise ValueError(f"{where}: scale_attn_weights=False / scale_attn_by_inverse_layer_idx=True change the "
                          "attention scaling; only GPT-2's standard 1/sqrt(d_head) is supported")

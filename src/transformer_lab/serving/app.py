@@ -53,16 +53,20 @@ class ServeConfig:
     max_chars: int = 2000  # characters per text
     max_body: int = 1 << 20  # bytes per request body
     max_beam: int = 8
-    beam: int = 4  # /translate's beam when a request names none (`transformer-lab translate`'s default too)
+    beam: int | None = None  # /translate's beam when a request names none (None: 4, as `translate`, at most max_beam)
     max_new_tokens: int = 1024  # GPT: tokens per /generate request (past the context, the window slides)
     compile: bool = False  # BERT: torch.compile the encoder, compiled before the server listens
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_texts", "max_chars", "max_body", "max_beam", "max_new_tokens", "beam"):
+        for name in ("max_batch", "max_texts", "max_chars", "max_body", "max_beam", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        if self.beam > self.max_beam:
-            raise ValueError(f"beam: {self.beam} is more than max_beam ({self.max_beam})")
+        if self.beam is not None and not 1 <= self.beam <= self.max_beam:
+            raise ValueError(f"beam: expected 1..max_beam ({self.max_beam}), got {self.beam}")
+
+    @property
+    def default_beam(self) -> int:
+        return self.beam if self.beam is not None else min(4, self.max_beam)
 
 
 @dataclass
@@ -126,9 +130,20 @@ class Worker:
                     j.future.set_result(out[start:start + len(j.texts)])
                     start += len(j.texts)
             except Exception as e:  # the callers get the error; the worker keeps serving
+                if len(jobs) > 1:  # one request's input may have failed the shared call: each alone, so only it fails
+                    for j in jobs:
+                        self._alone(j)
+                    continue
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(e)
+
+    def _alone(self, job: _Job) -> None:
+        try:
+            job.future.set_result(self.run_batch(job.texts, job.key))
+            self.batches, self.requests = self.batches + 1, self.requests + 1
+        except Exception as e:
+            job.future.set_exception(e)
 
 
 def build_app(cfg: ServeConfig) -> Any:
@@ -175,7 +190,8 @@ def build_app(cfg: ServeConfig) -> Any:
                 return translate(model, source.tokenizer, source.target_tokenizer, texts, beam=key,
                                  batch_size=cfg.max_batch)
             if key == "classify":
-                return classify_task.predict(model, source.tokenizer, texts, max_len, cfg.max_batch).tolist()
+                return classify_task.predict(model, source.tokenizer, texts, classify_task.cut_length(source.folder, model),
+                                             cfg.max_batch).tolist()
             return embed_task.embed(model, source.tokenizer, texts, max_len, cfg.max_batch).tolist()
 
     worker = Worker(run_batch, cfg.max_batch, cfg.max_wait_ms)
@@ -220,7 +236,7 @@ def build_app(cfg: ServeConfig) -> Any:
     async def translate_texts(req: Texts) -> dict:
         serves("translation")
         check_texts(req)
-        beam = cfg.beam if req.beam is None else req.beam
+        beam = cfg.default_beam if req.beam is None else req.beam
         if beam > cfg.max_beam:
             raise HTTPException(422, f"beam: {beam}, the limit is {cfg.max_beam}")
         return {"translations": await result(worker.submit(req.texts, beam))}

@@ -35,6 +35,7 @@ from transformer_lab.data.classification import read_labelled_tsv
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.hf import load_bert, sentence_max_seq_length
 from transformer_lab.runs import BEST, LAST, find_checkpoint, is_ours, load_model, save_checkpoint
+from transformer_lab.runs.checkpoint import recorded_settings
 from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run,
                                           save_adapter, task_adapter, task_settings, train, write_summary,
@@ -110,7 +111,9 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu",
                     split_special_tokens: bool | None = None) -> tuple[Bert, WordPieceTokenizer, int]:
     """A sentence classifier as ``finetune classify`` leaves it: its run folder (the best checkpoint; a
     ``--peft`` run's with its adapter), OUT/model (a Hugging Face ``BertForSequenceClassification``
-    folder) or OUT/quantized; with its tokenizer and truncation length, read as ``embed`` reads them."""
+    folder) or OUT/quantized; with its tokenizer, read as ``embed`` reads it, and the length texts are cut
+    to: the run's own ``--max-len`` where its checkpoint recorded it (a text scores as it did in training),
+    else the folder's, within the positions a prompt or prefix leaves."""
     if is_ours(folder):
         loaded = load_model(find_checkpoint(folder), map_location=device)
         model, where = loaded.model, loaded.path
@@ -120,8 +123,16 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu",
         what = "no classification head" if isinstance(model, Bert) else f"a {type(model).__name__} checkpoint"
         raise ValueError(f"{where}: {what}; `finetune classify` trains a sentence classifier (its run folder, "
                          "OUT/model or OUT/quantized)")
-    tok = load_bert_tokenizer(where, split_special_tokens)
-    return model.eval(), tok, sentence_max_seq_length(where, model.config.max_len)
+    return model.eval(), load_bert_tokenizer(where, split_special_tokens), cut_length(where, model)
+
+
+def cut_length(folder: Path, model: Bert) -> int:
+    """The pieces a text keeps ([CLS] and [SEP] included) for ``model`` read from ``folder``: the run's
+    --max-len where its checkpoint recorded it, else the folder's, within the positions a prompt or prefix
+    leaves."""
+    room = model.config.max_len - model.n_virtual
+    recorded = recorded_settings(folder)[2].get("max_len") if is_ours(folder) else None
+    return min(recorded if isinstance(recorded, int) else sentence_max_seq_length(folder, room), room)
 
 
 def predict(model: Bert, tok: WordPieceTokenizer, texts: Sequence[str], max_len: int, batch_size: int = 64) -> torch.Tensor:
@@ -180,10 +191,12 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         max_len = min(cfg.max_len, model.config.max_len)
         train_ids, dev_ids = encode_texts(tok, train_x, max_len), encode_texts(tok, dev_x, max_len)
         source = ClassBatches(train_ids, train_y, cfg.batch_size, model.config.pad_id, cfg.train.seed)
-        steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(source)))
-        warmup = cfg.warmup if cfg.warmup is not None else steps // 10
-        train_cfg = replace(cfg.train, max_steps=steps, warmup=max(1, warmup),
-                            eval_every=max(1, steps // 4) if cfg.eval_every is None else cfg.eval_every)
+        # (a resumed run keeps its own length, warm-up and validations unless given: cfg.train holds them)
+        resumed = cfg.run.resume is not None
+        steps = cfg.steps or (cfg.train.max_steps if resumed else max(1, math.ceil(cfg.epochs * len(source))))
+        warmup = cfg.warmup if cfg.warmup is not None else cfg.train.warmup if resumed else max(1, steps // 10)
+        every = cfg.eval_every if cfg.eval_every is not None else cfg.train.eval_every if resumed else max(1, steps // 4)
+        train_cfg = replace(cfg.train, max_steps=steps, warmup=warmup, eval_every=every)
         log.info("fine-tuning %s: %d training sentences, %d dev, %d labels; %d steps of %d", base, len(train_x),
                  len(dev_x), n_labels, steps, cfg.batch_size)
 

@@ -167,7 +167,7 @@ def agreement(source: Source, fp32: nn.Module, quantized: nn.Module, texts: list
 def run(cfg: QuantizeConfig) -> dict[str, Any]:
     """Quantize ``cfg.checkpoint`` into ``cfg.out``; returns the summary (also in OUT/meta.json)."""
     out = Path(cfg.out)
-    check_new_folder(out, cfg.overwrite, reads=[cfg.checkpoint], earlier=is_quantized_checkpoint,
+    check_new_folder(out, cfg.overwrite, reads=read_folders(cfg.checkpoint), earlier=is_quantized_checkpoint,
                      what="quantized checkpoint")
     source = load_source(cfg.checkpoint)
     model = source.model.eval()
@@ -194,6 +194,18 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
     save_checkpoint(out, model, summary, extra=copied(source.tokenizer_files))  # (an earlier one: replaced atomically)
     summary["file_bytes"] = {"fp32": _weights_file_bytes(source.folder), "quantized": (out / "model.safetensors").stat().st_size}
     return summary
+
+
+def read_folders(checkpoint: str | Path) -> list[Path]:
+    """What a command reading ``checkpoint`` reads: that folder and, for one of our run folders, the
+    checkpoint in it that it resolves to (``find_checkpoint``: the best, else the last)."""
+    folders = [Path(checkpoint)]
+    if is_ours(checkpoint):
+        try:
+            folders.append(find_checkpoint(checkpoint))
+        except (FileNotFoundError, ValueError):
+            pass  # (loading says what is wrong with it)
+    return folders
 
 
 def is_quantized_checkpoint(folder: Path) -> bool:

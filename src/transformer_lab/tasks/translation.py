@@ -474,7 +474,10 @@ def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> 
     """Fine-tune a trained translation model (all weights, or an adapter) on new parallel text; report
     validation loss and BLEU before and after, and export OUT/adapter when an adapter trained."""
     runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
-    find_checkpoint(cfg.model)  # a wrong model path fails before any data work
+    if (find_checkpoint(cfg.model) / VOCAB_FILE).is_file():  # (a wrong model path also fails before any data work)
+        raise ValueError(f"{cfg.model}: the dates demo's model reads a fixed symbol vocabulary (characters and "
+                         "number words), not text of another language; fine-tune a model trained on text "
+                         "(train --preset multi30k-de-en, or --train-src ...)")
     train_files, valid_files = cfg.files()
     with open_run(cfg.run, runtime) as folder:
         model, tok_src, tok_tgt = load_translator(cfg.model, runtime.device)
