@@ -317,4 +317,6 @@ def test_resume_reads_the_text_with_the_runs_own_tokenizer(tmp_path, capsys):
     assert main(["train", "--preset", "lm", "--data", str(other), "--resume", str(out), "--max-steps", "3", *short]) == 2
     err = capsys.readouterr().err
     assert "characters outside the vocabulary" in err and "'#'" in err
+    line = TEXT[:TEXT.index("z")].count("\n") + 1  # the file and where in it (it was the characters alone)
+    assert f"{other}: text:" in err and f"(the first at line {line}, column" in err
     assert main(["train", "--preset", "lm", "--data", str(first), "--resume", str(out), "--max-steps", "3", *short]) == 0

@@ -250,3 +250,11 @@ def test_reads_hf_tokenizer_json_of_the_real_model(vocab_path, ours, shared_data
     assert isinstance(from_json, WordPieceTokenizer) and from_json.lowercase
     lines = read_lines(shared_data / "multi30k" / "val.de.gz")
     assert [from_json.encode(t) for t in lines] == [ours.encode(t) for t in lines]
+
+
+def test_a_vocabulary_no_larger_than_its_specials_is_refused_by_its_size():
+    """`tokenizer train --algo wordpiece --vocab-size 5` said "(size 0)": the size left after the five
+    specials, not the one given."""
+    with pytest.raises(ValueError, match=r"vocab_size: 5 leaves no room after the 5 special tokens"):
+        WordPieceTokenizer.train(["hello world"], 5)
+    assert WordPieceTokenizer.train(["ab"], 8).vocab_size == 8  # (a, ##b and their merge ab)

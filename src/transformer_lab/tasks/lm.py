@@ -148,8 +148,16 @@ def prepare_lm_data(path: str | Path, tokenizer: str = "char", vocab_size: int =
     cut = int(len(text) * (1 - val_fraction))
     # char: nanoGPT builds the vocabulary from the whole file; a subword vocabulary sees train only
     tok = trained or build_tokenizer(tokenizer, text if tokenizer == "char" else text[:cut], vocab_size)
-    train_ids, valid_ids = split_tokens(tok.encode(text), val_fraction, context, str(path))
+    train_ids, valid_ids = split_tokens(encode_file(tok, text, path), val_fraction, context, str(path))
     return LMData(train_ids, valid_ids, tok)
+
+
+def encode_file(tok: Any, text: str, path: str | Path) -> list[int]:
+    """``tok.encode(text)``, a refusal (characters a character vocabulary lacks) naming the file."""
+    try:
+        return tok.encode(text)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 # --- loss, validation, evaluation -----------------------------------------------------------------
@@ -290,7 +298,7 @@ def evaluate_file(model: GPT, tok: Any, path: str | Path, context: int | None = 
     if context < 1 or (context > model.context and not unbounded):
         raise ValueError(f"context: expected 1..{model.context} (the model's max_len, less any prefix or prompt; "
                          f"its {model.config.position} positions hold no more), got {context}")
-    ids = torch.tensor(tok.encode(read_text(path)), dtype=torch.long)
+    ids = torch.tensor(encode_file(tok, read_text(path), path), dtype=torch.long)
     if memory is not None:  # segments of ``context`` with a Transformer-XL memory of ``memory`` positions
         if band is not None:
             raise ValueError("band: not with --memory (every segment sees a memory; bands are for one window)")
@@ -441,7 +449,8 @@ def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResul
         if context > model.context:
             raise ValueError(f"context: {context} tokens, but the model sees {model.context} at once"
                              f"{' (its prefix or prompt takes the rest)' if model.n_virtual else ''}")
-        train_ids, valid_ids = split_tokens(tok.encode(read_text(cfg.data)), cfg.val_fraction, context, str(cfg.data))
+        train_ids, valid_ids = split_tokens(encode_file(tok, read_text(cfg.data), cfg.data), cfg.val_fraction, context,
+                                            str(cfg.data))
         log.info("fine-tuning %s on %s: %s training tokens, %s validation; %s%s", cfg.model, cfg.data,
                  f"{len(train_ids):,}", f"{len(valid_ids):,}", counts,
                  f" ({cfg.adapter.method})" if cfg.adapter else " (every weight)")

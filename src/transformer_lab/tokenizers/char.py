@@ -28,7 +28,11 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         unknown = sorted({c for c in text if c not in self.stoi})
         if unknown:
-            raise ValueError(f"text: characters outside the vocabulary of {self.vocab_size}: {unknown[:20]}")
+            first = min(text.index(c) for c in unknown)
+            line = text.count("\n", 0, first) + 1
+            column = first - (text.rfind("\n", 0, first) + 1) + 1
+            where = f" (the first at line {line}, column {column})" if "\n" in text else ""
+            raise ValueError(f"text: characters outside the vocabulary of {self.vocab_size}: {unknown[:20]}{where}")
         return [self.stoi[c] for c in text]
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:

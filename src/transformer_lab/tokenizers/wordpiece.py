@@ -227,6 +227,9 @@ class WordPieceTokenizer(Tokenizer):
         """Learn a vocabulary by merges of the largest likelihood gain (see the module docstring). The
         alphabet is every character of the text; a merge needs its pair seen ``min_frequency`` times
         (as Hugging Face's trainers count it). ``score="pmi"``: the often-quoted score instead."""
+        if vocab_size <= len(specials):
+            raise ValueError(f"vocab_size: {vocab_size} leaves no room after the {len(specials)} special tokens "
+                             f"({', '.join(specials)}); expected more than {len(specials)}")
         probe = cls({t: i for i, t in enumerate(specials)}, lowercase=lowercase, specials=specials,
                     unk_token=specials[1] if len(specials) > 1 else specials[0])
         words = Counter(w for line in lines for w in probe.basic_tokenize(line))
