@@ -95,6 +95,8 @@ def test_a_fine_tuned_classifier_labels_texts(tmp_path, capsys, sst):
 
     model, tokenizer, max_len = load_classifier(lora)
     assert model.adapter_config is not None and model.config.n_labels == 2
+    # texts are cut where training cut them (--max-len 128), also read from OUT/model's tokenizer_config.json
+    assert max_len == load_classifier(out)[2] == load_classifier(out / "model")[2] == 128
     capsys.readouterr()
     assert main(["classify", "--model", str(lora), "--json", *texts]) == 0
     got = [p["probabilities"] for p in json.loads(capsys.readouterr().out)["predictions"]]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_counts
 from transformer_lab.compression import QuantConfig, quantize_model
 from transformer_lab.compression.qat import prepare_qat
-from transformer_lab.config import check_positive
+from transformer_lab.config import check_positive, read_json_object
 from transformer_lab.data.batches import ClassBatch, ClassBatches
 from transformer_lab.data.classification import read_labelled_tsv
 from transformer_lab.models.bert import Bert
@@ -128,10 +128,14 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu",
 
 def cut_length(folder: Path, model: Bert) -> int:
     """The pieces a text keeps ([CLS] and [SEP] included) for ``model`` read from ``folder``: the run's
-    --max-len where its checkpoint recorded it, else the folder's, within the positions a prompt or prefix
-    leaves."""
+    --max-len where its checkpoint recorded it (OUT/model: as its tokenizer's ``model_max_length``), else
+    the folder's, within the positions a prompt or prefix leaves."""
     room = model.config.max_len - model.n_virtual
-    recorded = recorded_settings(folder)[2].get("max_len") if is_ours(folder) else None
+    if is_ours(folder):
+        recorded = recorded_settings(folder)[2].get("max_len")
+    else:
+        config = Path(folder) / "tokenizer_config.json"
+        recorded = read_json_object(config).get("model_max_length") if config.is_file() else None
     return min(recorded if isinstance(recorded, int) else sentence_max_seq_length(folder, room), room)
 
 
@@ -215,7 +219,7 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         if runtime.is_main and cfg.adapter is not None:
             summary["adapter"] = str(write_uncut(result, lambda: save_adapter(best, folder.export("adapter"), base)))
         elif runtime.is_main:
-            summary["model"] = str(write_uncut(result, lambda: export(best, tok, folder.export())))
+            summary["model"] = str(write_uncut(result, lambda: export(best, tok, folder.export(), max_len)))
         quantized = None
         if cfg.qat is not None:  # the fp32 weights QAT trained, quantized the way it simulated
             calib = train_ids[:256]

@@ -89,11 +89,12 @@ def similarity(model: Bert, tok: WordPieceTokenizer, a: str, b: str, max_len: in
     return float(va @ vb)
 
 
-def export(model: Bert, tok: WordPieceTokenizer, folder: Path) -> Path:
-    """A Hugging Face BERT folder (config.json, model.safetensors, vocab.txt, tokenizer_config.json),
-    written beside and then swapped in, so a reader never sees half of one."""
+def export(model: Bert, tok: WordPieceTokenizer, folder: Path, max_length: int | None = None) -> Path:
+    """A Hugging Face BERT folder (config.json, model.safetensors, vocab.txt, tokenizer_config.json, with
+    ``max_length`` as its ``model_max_length``), written beside and then swapped in, so a reader never sees
+    half of one."""
     def write(tmp: Path) -> None:
         save_bert(model, tmp)
-        write_bert_tokenizer(tok, tmp)
+        write_bert_tokenizer(tok, tmp, max_length)
 
     return swap_in_folder(folder, write)

@@ -141,13 +141,15 @@ def load_bert_tokenizer(folder: str | Path, split_special_tokens: bool | None = 
     return tok
 
 
-def write_bert_tokenizer(tok: WordPieceTokenizer, folder: str | Path) -> None:
-    """vocab.txt and the tokenizer_config.json keys BertTokenizer reads (lowercasing, specials)."""
+def write_bert_tokenizer(tok: WordPieceTokenizer, folder: str | Path, max_length: int | None = None) -> None:
+    """vocab.txt and the tokenizer_config.json keys BertTokenizer reads (lowercasing, specials; with
+    ``max_length``, ``model_max_length``: where its truncation cuts, the length a model was trained at)."""
     folder = Path(folder)
     (folder / BERT_VOCAB).write_text("".join(t + "\n" for t in tok.id_to_token), encoding="utf-8")
     config = {"do_lower_case": tok.lowercase, "strip_accents": tok.strip_accents, "tokenizer_class": "BertTokenizer",
               "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-              "mask_token": "[MASK]", "split_special_tokens": tok.split_special_tokens}
+              "mask_token": "[MASK]", "split_special_tokens": tok.split_special_tokens,
+              **({"model_max_length": max_length} if max_length else {})}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
