@@ -36,12 +36,13 @@ def check_writable(path: str | Path, what: str, folder: bool = False) -> None:
 
 def check_new_folder(path: str | Path, overwrite: bool = False, remedy: str | None = "--overwrite to replace it",
                      reads: Sequence[str | Path] = (), earlier: Callable[[Path], bool] | None = None,
-                     what: str = "output") -> None:
+                     what: str = "output", sealed: Sequence[str | Path] = ()) -> None:
     """FileExistsError unless ``path`` is new or an empty folder (or ``overwrite``): an output never lands
     silently among other files. ``remedy``: how the caller may insist (None: it cannot). A command that
     replaces its output whole names the folders it ``reads`` (the output may not be one of them or hold one:
     it would delete what it reads; beside them, in a run folder say, it may) and how to know its own
-    ``earlier`` output, the only thing ``overwrite`` then replaces (``what``: its name in the message)."""
+    ``earlier`` output, the only thing ``overwrite`` then replaces (``what``: its name in the message). Nor
+    may it lie inside a ``sealed`` folder (a checkpoint, which its next save replaces whole)."""
     path = Path(path)
     check_writable(path, "--out", folder=True)
     target = path.resolve()
@@ -50,6 +51,10 @@ def check_new_folder(path: str | Path, overwrite: bool = False, remedy: str | No
         if target == s or target in s.parents:
             raise ValueError(f"{path}: the output would {'be' if target == s else 'hold'} {source}, which this command "
                              "reads; choose a folder apart from it")
+    for folder in map(Path, sealed):
+        if folder.resolve() in target.parents:
+            raise ValueError(f"{path}: inside the checkpoint {folder}, which a save replaces whole (and a copy of it "
+                             "would copy the output); choose a folder beside it")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     if overwrite and (earlier is None or (path.is_dir() and earlier(path))):

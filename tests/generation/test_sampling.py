@@ -89,7 +89,7 @@ def test_a_tiny_temperature_is_argmax_and_a_huge_one_uniform():
     are now shifted to a maximum of 0 first: the same distribution, and no overflow at either end."""
     logits = torch.tensor([[4.0, 3.0, 9.0, 1.0], [0.5, 0.2, 0.1, 7.0]])
     g = torch.Generator().manual_seed(0)
-    for t in (1e-39, 1e-45):
+    for t in (1e-39, 1e-46, 1e-300):  # (1e-46 is 0 in float32)
         picks = {tuple(next_token(logits, SamplingConfig(temperature=t), g).tolist()) for _ in range(50)}
         assert picks == {(2, 3)}
     draws = torch.stack([next_token(logits, SamplingConfig(temperature=1e30), g) for _ in range(4000)])

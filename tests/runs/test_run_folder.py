@@ -366,3 +366,25 @@ def test_a_beam_wider_than_the_vocabulary_is_refused(finished_run, capsys):
     assert main(["translate", "--checkpoint", str(finished_run), "--beam", "1000000", "1987-03-21"]) == 2
     assert "more than the target vocabulary's 103 entries" in capsys.readouterr().err
     assert main(["translate", "--checkpoint", str(finished_run), "--beam", "103", "--no-cache", "1987-03-21"]) == 0
+
+
+def test_a_language_models_resume_keeps_its_task_settings_and_names_what_it_needs(tmp_path, capsys, caplog):
+    """`train --resume RUN` of a GPT run, with no --preset, tried the dates task ("holds a GPT model, this run
+    trains a Transformer"): it now says to name the task and data. Named, the run keeps its own context and
+    batch size (they went back to the preset's, with a warning). The dates task has no validation: its
+    --eval-every and --patience were ignored, and are now refused."""
+    import logging
+
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be, that is the question\n" * 200)
+    run = tmp_path / "lm"
+    lm = ["--preset", "shakespeare-char", "--data", str(text), "--eval-every", "0", "--no-progress"]
+    assert main(["train", *lm, "--out", str(run), "--max-steps", "2", "--context", "16", "--batch-size", "4"]) == 0
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "a gpt run; resume it with the options that name its task and data" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO):
+        assert main(["train", *lm, "--resume", str(run), "--max-steps", "3"]) == 0
+    assert "context 16" in caplog.text and "batch_size" not in caplog.text and "'context'" not in caplog.text
+    for flag in ("--eval-every", "--patience"):
+        assert main(["train", "--out", str(tmp_path / "d"), flag, "5", "--no-progress"]) == 2
+        assert "the dates task has no validation set" in capsys.readouterr().err

@@ -149,8 +149,13 @@ def test_overwrite_replaces_only_an_earlier_output_and_never_what_is_read(tmp_pa
             assert message in capsys.readouterr().err
         assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
         assert (theirs / "thesis.txt").read_text() == "precious"
+        assert main([*cmd, "--checkpoint", str(run), "--out", str(best / "out")]) == 2  # inside what a save replaces
+        assert "inside the checkpoint" in capsys.readouterr().err
+        (best / "notes.txt").write_text("mine")  # not the model's: not copied into an output
         inside = run / "-".join(cmd)  # beside the checkpoint in the run folder: allowed (as finetune --qat writes)
         assert main([*cmd, "--checkpoint", str(run), "--out", str(inside)]) == 0
+        assert not (inside / "notes.txt").exists() and (inside / "char_tokenizer.json").is_file()
+        (best / "notes.txt").unlink()
         shutil.rmtree(inside)
         out = tmp_path / "-".join(cmd)
         assert main([*cmd, "--checkpoint", str(run), "--out", str(out)]) == 0
@@ -161,5 +166,8 @@ def test_overwrite_replaces_only_an_earlier_output_and_never_what_is_read(tmp_pa
             backup.mkdir()
             (backup / "mine.txt").write_text("mine")
         assert main([*cmd, "--checkpoint", str(run), "--out", str(out), "--overwrite"]) == 0
+        if cmd[0] == "export":  # an export given where a checkpoint goes: named as one
+            assert main(["generate", "--checkpoint", str(out), "--prompt", "First"]) == 2
+            assert "an ONNX export (export.json), not a checkpoint" in capsys.readouterr().err
         assert cmd[0] != "export" or (backup / "mine.txt").read_text() == "mine"
         assert first == {p.name for p in out.iterdir()} and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

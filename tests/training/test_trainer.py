@@ -86,8 +86,24 @@ def test_resume_without_the_runs_adapter_is_a_clear_error(tmp_path):
 
     first = trainer(tmp_path / "a", 2, m=apply_adapter(model(), AdapterConfig(method="lora")))
     first.fit()
-    with pytest.raises(ValueError, match="trained with adapter AdapterConfig.*this run with None"):
+    with pytest.raises(ValueError, match=r"checkpoint's adapter differs from this run's: \{'': \(AdapterConfig.*, None\)"):
         trainer(tmp_path / "b", 4).resume(tmp_path / "a")
+    # another seed only: the message names that field, not two whole configurations
+    with pytest.raises(ValueError, match=r"differs from this run's: \{'seed': \(0, 6\)\}"):
+        trainer(tmp_path / "c", 4, m=apply_adapter(model(), AdapterConfig(method="lora", seed=6))).resume(tmp_path / "a")
+
+
+def test_a_decaying_schedule_resumed_longer_takes_the_new_schedules_rate_at_once(tmp_path):
+    """A linear schedule of 10 steps resumed to 20: the first resumed step trained at the old schedule's end
+    rate (0), not the new one's; the rate of every step now follows the schedule of the run's length."""
+    first = trainer(tmp_path / "a", 10, schedule="linear", lr=1e-3)
+    first.fit()
+    second = trainer(tmp_path / "a", 20, schedule="linear", lr=1e-3)
+    second.resume(tmp_path / "a")
+    second.fit()
+    rates = {r["step"]: r["lr"] for r in second.state.history if "lr" in r}
+    for step in (11, 12, 20):
+        assert rates[step] == pytest.approx(warmup_linear_lr(step, 1e-3, 5, 20)), step
 
 
 def test_resume_warns_of_changed_settings(tmp_path, caplog):

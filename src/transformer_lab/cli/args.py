@@ -158,6 +158,11 @@ def resumed_settings(args: argparse.Namespace, kind: str) -> tuple[dict, dict]:
     return (train, task) if then == kind else ({}, {})
 
 
+def recorded_kind(resume: str) -> str:
+    """The model kind (transformer, gpt, bert) of the checkpoint ``--resume`` names."""
+    return recorded_settings(find_checkpoint(resume, prefer=(LAST,)))[0]
+
+
 def run_seed(args: argparse.Namespace) -> int:
     """--seed, else a resumed run's own (its adapter was initialised with it: a resume compares them), else 0."""
     if args.seed is not None:

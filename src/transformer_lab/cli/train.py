@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from transformer_lab.cli.args import (add_json_summary, add_run_args, add_train_args, finish, non_negative_int, positive_int,
-                                      resumed_settings, run_options, train_config)
+                                      recorded_kind, resumed_settings, run_options, train_config)
 from transformer_lab.data.text import locate
 from transformer_lab.models.presets import GPT_PRESETS, PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
@@ -90,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
     if args.attention is not None and task == "dates":
         raise ValueError("--attention: for a language model or a translation model, not the dates task")
     opts = run_options(args, default_out=f"runs/{args.preset or task}")
+    if args.resume and task == "dates" and (kind := recorded_kind(args.resume)) != "transformer":
+        raise ValueError(f"--resume {args.resume}: a {kind} run; resume it with the options that name its task and "
+                         "data (e.g. --preset shakespeare-char --data FILE), the others keep the run's own values")
+    if task == "dates" and (args.eval_every is not None or args.patience is not None):
+        raise ValueError("--eval-every/--patience: the dates task has no validation set to evaluate or stop on (its "
+                         "score is the exact match on --n-test held-out dates at the end)")
     if task == "dates":
         _, then = resumed_settings(args, "transformer")
         cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE, "transformer"),
@@ -100,10 +106,11 @@ def run(args: argparse.Namespace) -> int:
     if task == "lm":
         if not args.data:
             raise ValueError(f"--data: --preset {args.preset} needs a text file (e.g. --data tinyshakespeare/input.txt)")
-        overrides = {k: v for k, v in dict(model=args.model, position=args.position, attention=args.attention,
-                                            memory=args.memory, tokenizer=args.tokenizer,
-                                            vocab_size=args.vocab_size, context=args.context,
-                                            batch_size=args.batch_size).items() if v is not None}
+        given = dict(model=args.model, position=args.position, attention=args.attention, memory=args.memory,
+                     tokenizer=args.tokenizer, vocab_size=args.vocab_size, context=args.context, batch_size=args.batch_size)
+        _, then = resumed_settings(args, "gpt")  # (a resumed run: the settings left out are its own)
+        overrides = {k: v if v is not None else then.get(k) for k, v in given.items()}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
         cfg = lm.LMConfig.preset(args.preset, opts, locate(args.data), **overrides)
         cfg = replace(cfg, train=train_config(args, cfg.train, "gpt"))  # (checked again: a label smoothing is refused)
         return finish(lm.run(cfg), args.json)

@@ -82,8 +82,9 @@ def next_token(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator |
     """Shapes: logits (B, V) -> (B,) token ids."""
     if cfg.greedy:
         return logits.argmax(-1)
-    # (shifted so the largest is 0 first: a tiny temperature then sends the others to -inf, not inf - inf = NaN)
-    logits = logits.float()
+    # (shifted so the largest is 0 first: a tiny temperature then sends the others to -inf, not inf - inf = NaN;
+    # in float64, where a temperature of 1e-46 is not 0 as it is in float32)
+    logits = logits.double()
     logits = filter_logits((logits - logits.amax(-1, keepdim=True)) / cfg.temperature, cfg.top_k, cfg.top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 

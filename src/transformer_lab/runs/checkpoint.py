@@ -98,10 +98,18 @@ def clean_stale_temporaries(parent: str | Path, any_writer: bool = False) -> lis
     return removed
 
 
+# What a checkpoint may hold besides its model and training state: the tokenizers and vocabularies our tasks
+# write (char_tokenizer.json, tokenizer/, tokenizer_src/, tokenizer_tgt/, the demo's vocab.json) and a
+# Hugging Face tokenizer's files.
+COMPANIONS = ("char_tokenizer.json", "tokenizer", "tokenizer_src", "tokenizer_tgt", "vocab.json", "vocab.txt",
+              "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "merges.txt", "added_tokens.json",
+              "sentence_bert_config.json")
+
+
 def companion_files(directory: str | Path) -> list[Path]:
-    """What a checkpoint folder holds besides its model and training state: its tokenizers or vocabulary
-    (``char_tokenizer.json``, ``tokenizer/``, ``vocab.json`` ...), which a model made from it needs too."""
-    return [p for p in sorted(Path(directory).iterdir()) if p.name not in (*REQUIRED, TRAIN_STATE)]
+    """The tokenizer and vocabulary files of a checkpoint folder (``COMPANIONS``), which a model made from it
+    needs too; anything else put there (notes, an output written inside it) is not the model's."""
+    return [Path(directory) / n for n in COMPANIONS if (Path(directory) / n).exists()]
 
 
 def save_checkpoint(
@@ -166,6 +174,9 @@ def resolve_checkpoint(directory: str | Path) -> Path:
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no checkpoint folder here (expected {', '.join(REQUIRED)})")
     missing = [n for n in REQUIRED if not (directory / n).is_file()]
+    if missing and (directory / "export.json").is_file():
+        raise ValueError(f"{directory}: an ONNX export (export.json), not a checkpoint; onnxruntime runs it (in Python: "
+                         "export.OnnxSeq2SeqStep, export.onnx_session); the commands take the checkpoint it was made from")
     if missing:
         raise FileNotFoundError(f"{directory}: not a complete checkpoint, missing {missing}")
     return directory

@@ -22,7 +22,7 @@ from transformer_lab.files import check_new_folder
 from transformer_lab.models.hf import BERT_TYPES, gpt_from_hf, load_bert, save_bert, save_gpt
 from transformer_lab.runs import find_checkpoint, load_model, save_checkpoint
 from transformer_lab.runs.checkpoint import companion_files
-from transformer_lab.tasks.quantize import copied, read_folders
+from transformer_lab.tasks.quantize import checkpoint_folders, copied, read_folders
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
     model = merge_lora(model.eval())
     for p in model.parameters():
         p.requires_grad_(True)
-    check_new_folder(out, remedy=None, reads=[*read_folders(base), adapter])
+    check_new_folder(out, remedy=None, reads=[*read_folders(base), adapter], sealed=checkpoint_folders(base))
     if kind in BERT_TYPES:
         save_bert(model, out)
     elif kind == "gpt2":

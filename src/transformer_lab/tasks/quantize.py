@@ -168,6 +168,7 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
     """Quantize ``cfg.checkpoint`` into ``cfg.out``; returns the summary (also in OUT/meta.json)."""
     out = Path(cfg.out)
     check_new_folder(out, cfg.overwrite, reads=read_folders(cfg.checkpoint), earlier=is_quantized_checkpoint,
+                     sealed=checkpoint_folders(cfg.checkpoint),
                      what="quantized checkpoint")
     source = load_source(cfg.checkpoint)
     model = source.model.eval()
@@ -199,13 +200,17 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
 def read_folders(checkpoint: str | Path) -> list[Path]:
     """What a command reading ``checkpoint`` reads: that folder and, for one of our run folders, the
     checkpoint in it that it resolves to (``find_checkpoint``: the best, else the last)."""
-    folders = [Path(checkpoint)]
+    return [Path(checkpoint), *checkpoint_folders(checkpoint)]
+
+
+def checkpoint_folders(checkpoint: str | Path) -> list[Path]:
+    """The checkpoint folder ``checkpoint`` resolves to, when it is one of ours (an output may not go inside)."""
     if is_ours(checkpoint):
         try:
-            folders.append(find_checkpoint(checkpoint))
+            return [find_checkpoint(checkpoint)]
         except (FileNotFoundError, ValueError):
             pass  # (loading says what is wrong with it)
-    return folders
+    return []
 
 
 def is_quantized_checkpoint(folder: Path) -> bool:

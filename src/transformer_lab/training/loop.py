@@ -220,8 +220,10 @@ class Trainer:
         for kind in ("adapter_config", "quant_config"):  # LoRA, prefix ...; QAT's fake-quantized layers
             then, now = getattr(loaded.model, kind, None), getattr(model, kind, None)
             if then != now:
-                raise ValueError(f"{directory}: the checkpoint was trained with {kind.split('_')[0]} {then}, this run "
-                                 f"with {now}: resume with the run's own --peft / --qat options")
+                diff = ({k: (v, getattr(now, k)) for k, v in asdict(then).items() if getattr(now, k) != v}
+                        if then is not None and now is not None and type(then) is type(now) else {"": (then, now)})
+                raise ValueError(f"{directory}: the checkpoint's {kind.split('_')[0]} differs from this run's: {diff} "
+                                 "(checkpoint, now); resume with the run's own --peft / --qat options and --seed")
         if loaded.model.config != model.config:
             diff = {k: (v, getattr(model.config, k)) for k, v in asdict(loaded.model.config).items()
                     if getattr(model.config, k) != v}
@@ -244,6 +246,11 @@ class Trainer:
         try:
             self.runtime.load_full_optimizer(self.model, self.optimizer, state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            # the rate of the next step under this run's schedule: the saved one was computed for the old length
+            # (a decaying schedule resumed with a larger --max-steps took one step at the old end's rate, 0)
+            for group, rate, base in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, self.scheduler.base_lrs):
+                group["lr"] = base * rate(self.scheduler.last_epoch)
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
             self.scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])  # the main process's streams
             if self.runtime.rank:  # the others draw their own dropout masks, as they did from the start
@@ -404,7 +411,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         if self.runtime.is_main:
             log.info("recipe: %s", cfg.describe())
-            if st.step == 0 and cfg.warmup >= cfg.max_steps:
+            if st.step < cfg.max_steps <= cfg.warmup:
                 log.warning("the warm-up (%d steps) is as long as the run (%d): the learning rate never reaches its "
                             "peak (--warmup)", cfg.warmup, cfg.max_steps)
         if st.step == 0:
