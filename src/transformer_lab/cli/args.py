@@ -176,10 +176,10 @@ def run_seed(args: argparse.Namespace) -> int:
 def train_config(args: argparse.Namespace, recipe: TrainConfig, kind: str) -> TrainConfig:
     """The recipe with the options given on the command line (checked by TrainConfig). A resumed run's
     unset options keep the run's own values (its length, rate, schedule ...: it continues as it was
-    going), not the task's recipe; a time budget is the new command's alone. ``kind``: the model the
-    command trains (``resumed_settings``)."""
+    going), not the task's recipe; a time budget and --compile (how, not what, it trains: a flag cannot be
+    turned off) are the new command's alone. ``kind``: the model the command trains (``resumed_settings``)."""
     then, _ = resumed_settings(args, kind)
-    names = {f.name for f in fields(TrainConfig)} - {"time_budget_s", "progress"}
+    names = {f.name for f in fields(TrainConfig)} - {"time_budget_s", "progress", "compile"}
     recipe = replace(recipe, **{k: v for k, v in then.items() if k in names})
     given = dict(max_steps=args.max_steps, schedule=args.schedule, lr=args.lr, warmup=args.warmup,
                  label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, beta2=args.beta2,

@@ -259,7 +259,8 @@ class Trainer:
             if hasattr(self.loss_fn, "load_state_dict"):
                 self.loss_fn.load_state_dict(state.get("loss", {}))
             # (the run's length is free to change, but a decaying schedule is stretched over the new one)
-            free = ("time_budget_s", "progress") + (("max_steps",) if self.cfg.schedule in ("noam", "constant") else ())
+            free = ("time_budget_s", "progress", "compile") + (
+                ("max_steps",) if self.cfg.schedule in ("noam", "constant") else ())
             changed = {k: (v, getattr(self.cfg, k)) for k, v in state["train_config"].items()
                        if k not in free and getattr(self.cfg, k, v) != v}
             saved = state.get("task_settings", {})
