@@ -148,29 +148,23 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "e.g. to compare runs exactly)")
 
 
+def resumed(args: argparse.Namespace) -> tuple[str, dict, dict]:
+    """With --resume: the model kind (``model_type``: transformer, gpt, bert), the recipe and the task
+    settings its last checkpoint recorded; else ("", {}, {})."""
+    return recorded_settings(find_checkpoint(args.resume, prefer=(LAST,))) if args.resume else ("", {}, {})
+
+
 def resumed_settings(args: argparse.Namespace, kind: str) -> tuple[dict, dict]:
-    """With --resume of a ``kind`` model (``model_type``: transformer, gpt, bert): the recipe and task
-    settings the run was trained with (its last checkpoint's), which the options left unset keep; else
-    (and for a checkpoint of another kind, which the resume itself then refuses by name) empty."""
-    if not args.resume:
-        return {}, {}
-    then, train, task = recorded_settings(find_checkpoint(args.resume, prefer=(LAST,)))
+    """The recipe and task settings a resumed run of a ``kind`` model was trained with, which the options
+    left unset keep; empty without --resume and for a checkpoint of another kind (which the resume itself
+    then refuses by name)."""
+    then, train, task = resumed(args)
     return (train, task) if then == kind else ({}, {})
-
-
-def recorded_kind(resume: str) -> str:
-    """The model kind (transformer, gpt, bert) of the checkpoint ``--resume`` names."""
-    return recorded_settings(find_checkpoint(resume, prefer=(LAST,)))[0]
 
 
 def run_seed(args: argparse.Namespace) -> int:
     """--seed, else a resumed run's own (its adapter was initialised with it: a resume compares them), else 0."""
-    if args.seed is not None:
-        return args.seed
-    if not args.resume:
-        return 0
-    _, train, _ = recorded_settings(find_checkpoint(args.resume, prefer=(LAST,)))
-    return int(train.get("seed", 0))
+    return args.seed if args.seed is not None else int(resumed(args)[1].get("seed", 0))
 
 
 def train_config(args: argparse.Namespace, recipe: TrainConfig, kind: str) -> TrainConfig:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from transformer_lab.cli.args import (add_json_summary, add_run_args, add_train_args, finish, non_negative_int, positive_int,
-                                      recorded_kind, resumed_settings, run_options, train_config)
+                                      resumed, resumed_settings, run_options, train_config)
 from transformer_lab.data.text import locate
 from transformer_lab.models.presets import GPT_PRESETS, PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.attention is not None and task == "dates":
         raise ValueError("--attention: for a language model or a translation model, not the dates task")
     opts = run_options(args, default_out=f"runs/{args.preset or task}")
-    if args.resume and task == "dates" and (kind := recorded_kind(args.resume)) != "transformer":
+    if args.resume and task == "dates" and (kind := resumed(args)[0]) != "transformer":
         raise ValueError(f"--resume {args.resume}: a {kind} run; resume it with the options that name its task and "
                          "data (e.g. --preset shakespeare-char --data FILE), the others keep the run's own values")
     if task == "dates" and (args.eval_every is not None or args.patience is not None):

@@ -98,12 +98,12 @@ def clean_stale_temporaries(parent: str | Path, any_writer: bool = False) -> lis
     return removed
 
 
+# The files of a Hugging Face folder that belong to its tokenizer (copied beside a model made from it).
+HF_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                      "sentence_bert_config.json", "vocab.json", "merges.txt", "added_tokens.json")
 # What a checkpoint may hold besides its model and training state: the tokenizers and vocabularies our tasks
-# write (char_tokenizer.json, tokenizer/, tokenizer_src/, tokenizer_tgt/, the demo's vocab.json) and a
-# Hugging Face tokenizer's files.
-COMPANIONS = ("char_tokenizer.json", "tokenizer", "tokenizer_src", "tokenizer_tgt", "vocab.json", "vocab.txt",
-              "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "merges.txt", "added_tokens.json",
-              "sentence_bert_config.json")
+# write (char_tokenizer.json, tokenizer/, tokenizer_src/, tokenizer_tgt/, the demo's vocab.json) and those.
+COMPANIONS = ("char_tokenizer.json", "tokenizer", "tokenizer_src", "tokenizer_tgt", *HF_TOKENIZER_FILES)
 
 
 def companion_files(directory: str | Path) -> list[Path]:

@@ -184,14 +184,15 @@ def build_app(cfg: ServeConfig) -> Any:
         for warm in (["warm-up"], ["warm-up", "a second, longer warm-up text"]):  # batch 1 is specialised apart
             embed_task.embed(model, source.tokenizer, warm, max_len)
 
+    classify_len = classify_task.cut_length(source.folder, model) if kind == "bert" and model.config.n_labels else None
+
     def run_batch(texts: list[str], key: Any) -> list[Any]:
         with torch.no_grad():
             if kind == "translation":
                 return translate(model, source.tokenizer, source.target_tokenizer, texts, beam=key,
                                  batch_size=cfg.max_batch)
             if key == "classify":
-                return classify_task.predict(model, source.tokenizer, texts, classify_task.cut_length(source.folder, model),
-                                             cfg.max_batch).tolist()
+                return classify_task.predict(model, source.tokenizer, texts, classify_len, cfg.max_batch).tolist()
             return embed_task.embed(model, source.tokenizer, texts, max_len, cfg.max_batch).tolist()
 
     worker = Worker(run_batch, cfg.max_batch, cfg.max_wait_ms)

@@ -18,16 +18,13 @@ from torch import nn
 from transformer_lab.adapters import merge_lora, parameter_counts
 from transformer_lab.adapters.peft_format import load_peft, read_peft
 from transformer_lab.config import read_json_object
-from transformer_lab.files import check_new_folder
 from transformer_lab.models.hf import BERT_TYPES, gpt_from_hf, load_bert, save_bert, save_gpt
 from transformer_lab.runs import find_checkpoint, load_model, save_checkpoint
 from transformer_lab.runs.checkpoint import companion_files
-from transformer_lab.tasks.quantize import checkpoint_folders, copied, read_folders
+from transformer_lab.tasks.quantize import check_output, copied, hf_tokenizer_files
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "sentence_bert_config.json")
 
 
 def _head_size(tensors: dict) -> int:
@@ -78,7 +75,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
     model = merge_lora(model.eval())
     for p in model.parameters():
         p.requires_grad_(True)
-    check_new_folder(out, remedy=None, reads=[*read_folders(base), adapter], sealed=checkpoint_folders(base))
+    check_output(out, base, also_reads=[adapter])
     if kind in BERT_TYPES:
         save_bert(model, out)
     elif kind == "gpt2":
@@ -88,9 +85,8 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
         save_checkpoint(out, model, {"merged_from": {"base": str(base), "adapter": str(adapter)}},
                         extra=copied(companion_files(files)))
     if kind != "ours":
-        for name in TOKENIZER_FILES:
-            if (files / name).is_file():
-                shutil.copyfile(files / name, out / name)
+        for path in hf_tokenizer_files(files):
+            shutil.copyfile(path, out / path.name)
     log.info("merged %s (%s adapter parameters) into %s; wrote %s", adapter, f"{adapted:,}", base, out)
     return {"model": str(out), "format": {"bert": "hf-bert", "gpt2": "hf-gpt2", "ours": "checkpoint"}[kind],
             "adapter_parameters": adapted}

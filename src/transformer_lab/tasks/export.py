@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from transformer_lab.export import MAX_OPSET, MIN_OPSET, OnnxSeq2SeqStep, bert_inputs, export_model, gpt_inputs, onnx_session
-from transformer_lab.files import check_new_folder, replace_folder
+from transformer_lab.files import replace_folder
 from transformer_lab.generation.search import Seq2SeqStep
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.transformer import Transformer
-from transformer_lab.tasks.quantize import checkpoint_folders, load_source, read_folders
+from transformer_lab.tasks.quantize import check_output, load_source
 
 TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted on the check inputs
 
@@ -114,8 +114,7 @@ def _describe(model: nn.Module) -> dict[str, Any]:
 
 def run(cfg: ExportConfig) -> dict[str, Any]:
     out = Path(cfg.out)
-    check_new_folder(out, cfg.overwrite, reads=read_folders(cfg.checkpoint), sealed=checkpoint_folders(cfg.checkpoint),
-                     earlier=lambda p: (p / "export.json").is_file(), what="export")
+    check_output(out, cfg.checkpoint, cfg.overwrite, earlier=lambda p: (p / "export.json").is_file(), what="export")
     source = load_source(cfg.checkpoint)
     model = source.model.eval()
     tmp = out.with_name(f".{out.name}.tmp")

@@ -20,7 +20,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from transformer_lab.models.gpt import GPT
 from transformer_lab.models.hf import gpt_from_hf, hf_folder, load_bert
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, is_ours, load_model, save_checkpoint
-from transformer_lab.runs.checkpoint import QUANTIZATION, REQUIRED, companion_files
+from transformer_lab.runs.checkpoint import HF_TOKENIZER_FILES, QUANTIZATION, REQUIRED, companion_files
 from transformer_lab.tasks.embed import by_length, encode_texts
 from transformer_lab.tasks.translation import load_tokenizers, translate
 from transformer_lab.tokenizers.char import CharTokenizer
@@ -43,9 +43,6 @@ from transformer_lab.tokenizers.io import checkpoint_tokenizer, load_bert_tokeni
 
 log = logging.getLogger(__name__)
 
-# Files of a Hugging Face folder that belong to its tokenizer (copied next to the quantized weights).
-HF_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                      "sentence_bert_config.json", "vocab.json", "merges.txt", "added_tokens.json")
 # Subword tokenizers cut text in their own language into 1.1-1.4 pieces per word (measured: Multi30k's
 # joint de-en BPE on de 1.35 / en 1.19; all-MiniLM-L6-v2's WordPiece on English 1.13-1.24) and text in
 # another language into about 2 (French under the de-en BPE 2.34, German under MiniLM's 2.11). Small
@@ -167,9 +164,7 @@ def agreement(source: Source, fp32: nn.Module, quantized: nn.Module, texts: list
 def run(cfg: QuantizeConfig) -> dict[str, Any]:
     """Quantize ``cfg.checkpoint`` into ``cfg.out``; returns the summary (also in OUT/meta.json)."""
     out = Path(cfg.out)
-    check_new_folder(out, cfg.overwrite, reads=read_folders(cfg.checkpoint), earlier=is_quantized_checkpoint,
-                     sealed=checkpoint_folders(cfg.checkpoint),
-                     what="quantized checkpoint")
+    check_output(out, cfg.checkpoint, cfg.overwrite, earlier=is_quantized_checkpoint, what="quantized checkpoint")
     source = load_source(cfg.checkpoint)
     model = source.model.eval()
     if getattr(model, "quant_config", None) is not None:
@@ -197,20 +192,21 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
     return summary
 
 
-def read_folders(checkpoint: str | Path) -> list[Path]:
-    """What a command reading ``checkpoint`` reads: that folder and, for one of our run folders, the
-    checkpoint in it that it resolves to (``find_checkpoint``: the best, else the last)."""
-    return [Path(checkpoint), *checkpoint_folders(checkpoint)]
-
-
-def checkpoint_folders(checkpoint: str | Path) -> list[Path]:
-    """The checkpoint folder ``checkpoint`` resolves to, when it is one of ours (an output may not go inside)."""
+def check_output(out: Path, checkpoint: str | Path, overwrite: bool = False,
+                 earlier: Callable[[Path], bool] | None = None, what: str = "output",
+                 also_reads: Sequence[Path] = ()) -> None:
+    """``files.check_new_folder`` for a command that writes a model made from ``checkpoint`` (quantize,
+    export, peft merge): the output may not be or hold ``checkpoint``, nor be, hold or lie inside the
+    checkpoint folder it resolves to (``find_checkpoint``: a run's best, else its last), which a save
+    replaces whole."""
+    resolved = []
     if is_ours(checkpoint):
         try:
-            return [find_checkpoint(checkpoint)]
+            resolved = [find_checkpoint(checkpoint)]
         except (FileNotFoundError, ValueError):
             pass  # (loading says what is wrong with it)
-    return []
+    check_new_folder(out, overwrite, remedy="--overwrite to replace it" if earlier else None,
+                     reads=[Path(checkpoint), *resolved, *also_reads], earlier=earlier, what=what, sealed=resolved)
 
 
 def is_quantized_checkpoint(folder: Path) -> bool:
