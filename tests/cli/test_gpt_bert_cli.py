@@ -4,6 +4,7 @@ embed and similarity against sentence-transformers; pretrain bert; finetune clas
 import csv
 import io
 import json
+import logging
 import sys
 
 import pytest
@@ -172,7 +173,7 @@ def small_documents(path):
     return path
 
 
-def test_pretrain_bert_small_run(tmp_path, capsys):
+def test_pretrain_bert_small_run(tmp_path, capsys, caplog):
     data = small_documents(tmp_path / "docs.txt")
     out = tmp_path / "bert"
     rc = main(["pretrain", "bert", "--data", str(data), "--out", str(out), "--vocab-size", "60", "--max-steps", "30",
@@ -198,9 +199,15 @@ def test_pretrain_bert_small_run(tmp_path, capsys):
     rows.write_text("sentence\tlabel\n" + "".join(f"text number {i}\t{i % 2}\n" for i in range(16)))
     assert main(["finetune", "classify", "--model", str(out), "--train", str(rows), "--dev", str(rows), "--out",
                  str(tmp_path / "ft"), "--max-steps", "2", "--batch-size", "8", "--no-progress"]) == 0
-    # --resume RUN without --out continues in the run's folder (the parser required --out)
-    assert main(["finetune", "classify", "--model", str(out), "--train", str(rows), "--dev", str(rows), "--resume",
-                 str(tmp_path / "ft"), "--max-steps", "3", "--batch-size", "8", "--no-progress"]) == 0
+    # --resume RUN without --out continues in the run's folder (the parser required --out); the head is the
+    # run's own (the log said "initialised fresh"), and the new length is one change, the trainer's (it was
+    # also reported as a change of the data's settings)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["finetune", "classify", "--model", str(out), "--train", str(rows), "--dev", str(rows), "--resume",
+                     str(tmp_path / "ft"), "--max-steps", "3", "--batch-size", "8", "--no-progress"]) == 0
+    assert "initialised fresh" not in caplog.text and "task settings" not in caplog.text
+    assert "changed training settings (checkpoint, now): {'max_steps': (2, 3)}" in caplog.text
     assert json.loads((tmp_path / "ft" / "summary.json").read_text())["steps"] == 3
 
 
@@ -240,6 +247,7 @@ def test_finetune_classify_small_run(tmp_path, capsys):
     rc = main(["finetune", "classify", "--model", MINILM, "--train", str(train), "--dev", str(train), "--test", str(train),
                "--out", str(out), "--max-steps", "12", "--batch-size", "8", "--lr", "1e-4", "--no-progress"])
     assert rc == 0
+    assert capsys.readouterr().out == ""  # the summary goes to stdout only with --json, as train's does
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dev_acc"] >= 0.9 and summary["test_acc"] == summary["dev_acc"]
     # the logged val_loss is the dev cross-entropy (was 1 - accuracy); the best checkpoint, the most accurate

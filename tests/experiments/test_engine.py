@@ -145,3 +145,28 @@ def test_a_stop_signal_during_training_stops_the_experiment_and_writes_no_result
     code = main(["explain", "--all", "--budget", "smoke", "--out", str(tmp_path), "--no-progress"])
     assert code == 128 + signal.SIGTERM
     assert not list(tmp_path.rglob("result.json"))  # the first training experiment stopped everything
+
+
+def test_a_stop_signal_in_an_experiments_training_says_nothing_is_saved(monkeypatch, caplog):
+    """A real SIGTERM in an experiment's training run ends the experiment (``Interrupted``), and the log
+    says so: it said "the current step finishes and is saved", a training command's words, while an
+    experiment's runs live in a temporary folder and its result is not written."""
+    import logging
+    import os
+    import signal
+
+    from transformer_lab.experiments.training import train_dates
+    from transformer_lab.runtime.signals import Interrupted
+    from transformer_lab.training.loop import Trainer
+
+    real_backward = Trainer.backward
+
+    def backward(self, batches, weights=None):
+        if self.state.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_backward(self, batches, weights)
+
+    monkeypatch.setattr(Trainer, "backward", backward)
+    with caplog.at_level(logging.WARNING), pytest.raises(Interrupted):
+        train_dates(seed=0, steps=4, n_test=8)
+    assert "writes no result" in caplog.text and "is saved" not in caplog.text

@@ -223,7 +223,7 @@ def test_finetune_translate_with_an_adapter_then_translate_and_merge(tiny_run, t
     args = ["finetune", "translate", "--model", str(run), "--train-src", str(files[0]), "--train-tgt", str(files[1]),
             "--valid-src", str(files[2]), "--valid-tgt", str(files[3]), "--max-steps", "30", "--warmup", "5",
             "--eval-every", "0", "--max-tokens", "800", "--bleu-sample", "10", "--out", str(out),
-            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--peft", method]
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--json", "--peft", method]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["method"] == method and 0 < summary["trainable_parameters"] < 0.05 * summary["total_parameters"]

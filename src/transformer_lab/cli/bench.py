@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import textwrap
 
 from tqdm import tqdm
 
@@ -47,7 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--cache-dir", default=None, help="encoded-data cache (default: ~/.cache/transformer_lab)")
     tr.set_defaults(run=lambda a: translation.bench_translation(a.model, a.steps, a.rounds, a.max_tokens, a.cache_dir))
 
-    dec = _parser(bsub, "decode", "decoding speed with and without the KV cache", translation.__doc__)
+    dec = _parser(bsub, "decode", "decoding speed with and without the KV cache",
+                  textwrap.fill("Sentences/s translating Multi30k de-en validation sentences, greedy and beam: ours with the KV "
+                  "cache against the same model without one (the decoder re-run over the whole prefix each step); "
+                  "with --static-cache / --compile, our static cache (compiled) against the growing cache it "
+                  "replaces (a first untimed pass compiles).", 100))
     dec.add_argument("--checkpoint", default=None, help="a trained translation run or checkpoint (default: untrained multi30k model)")
     dec.add_argument("--sentences", type=positive_int, default=100)
     dec.add_argument("--beams", default="1,4", help="comma-separated beam sizes")

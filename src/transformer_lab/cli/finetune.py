@@ -14,8 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from transformer_lab.cli.args import (adapter_config, add_peft_args, add_run_args, add_split_special_tokens,
-                                      add_train_args, finish, positive_float, positive_int, run_options, train_config)
+from transformer_lab.cli.args import (adapter_config, add_json_summary, add_peft_args, add_run_args,
+                                      add_split_special_tokens, add_train_args, finish, positive_float, positive_int, run_options, train_config)
 from transformer_lab.cli.train import add_translation_data_args, translation_data
 from transformer_lab.compression import OBSERVERS, QuantConfig
 from transformer_lab.compression.linear import SCHEMES
@@ -83,16 +83,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_train_peft_args(p: argparse.ArgumentParser, func) -> None:
     """What every fine-tuning command takes besides its data: the run, the optimisation, the adapter."""
     add_run_args(p, out_required=True)
-    p.add_argument("--json", action="store_true",
-                   help="the run's summary as one JSON line on stdout (fine-tuning prints it with or without)")
+    add_json_summary(p)
     add_train_args(p)
     add_peft_args(p)
     p.set_defaults(func=func)
-
-
-def _summary(result) -> int:
-    """A fine-tuning run's summary as one JSON line (always, as before train's --json); its exit code."""
-    return finish(result, print_json=True)
 
 
 def classify_cmd(args: argparse.Namespace) -> int:
@@ -103,7 +97,7 @@ def classify_cmd(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, max_len=args.max_len, batch_size=args.batch_size,
         split_special_tokens=args.split_special_tokens, adapter=adapter, prompt_text=args.prompt_text,
         qat=QuantConfig(scheme=args.qat, bits=args.qat_bits, calibrate=args.qat_calibrate) if args.qat else None)
-    return _summary(classify.run(cfg))
+    return finish(classify.run(cfg), args.json)
 
 
 def lm_cmd(args: argparse.Namespace) -> int:
@@ -111,7 +105,7 @@ def lm_cmd(args: argparse.Namespace) -> int:
     cfg = lm.LMFinetuneConfig(run_options(args), Path(args.model), locate(args.data),
                               train_config(args, lm.finetune_recipe(adapter), "gpt"), context=args.context,
                               batch_size=args.batch_size, adapter=adapter, prompt_text=args.prompt_text)
-    return _summary(lm.finetune(cfg))
+    return finish(lm.finetune(cfg), args.json)
 
 
 def translate_cmd(args: argparse.Namespace) -> int:
@@ -120,7 +114,7 @@ def translate_cmd(args: argparse.Namespace) -> int:
         run_options(args), Path(args.model), train_config(args, translation.finetune_recipe(adapter), "transformer"),
         **translation_data(args), max_len=args.max_len, max_tokens=args.max_tokens, bleu_sample=args.bleu_sample,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, adapter=adapter, prompt_text=args.prompt_text)
-    return _summary(translation.finetune(cfg))
+    return finish(translation.finetune(cfg), args.json)
 
 
 def merge_cmd(args: argparse.Namespace) -> int:

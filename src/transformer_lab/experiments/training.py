@@ -47,6 +47,7 @@ class DatesRun:
 def fit(trainer: Trainer) -> TrainResult:
     """``trainer.fit()`` for an experiment: a stop signal (Ctrl-C, SIGTERM) ends the Trainer's run cleanly,
     and then the whole experiment (Interrupted), so no result is written from half-trained models."""
+    trainer.on_signal = "the current step finishes; the experiment stops and writes no result"
     result = trainer.fit()
     if result.signum is not None:
         raise Interrupted(result.signum)

@@ -170,6 +170,12 @@ def dev_scores(model: Bert, ids: list[list[int]], labels: list[int], batch_size:
     return {"val_loss": float(F.cross_entropy(logits, y)), "dev_acc": acc, "dev_error": 1.0 - acc}
 
 
+def _settings(cfg: ClassifyConfig) -> dict[str, Any]:
+    """The task's settings a resume compares, less the length, warm-up and validations: they become the
+    trainer's own (``TrainConfig``), which it compares itself."""
+    return {k: v for k, v in task_settings(cfg).items() if k not in ("steps", "warmup", "eval_every")}
+
+
 def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
     runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     train_x, train_y = read_labelled_tsv(cfg.train_file)
@@ -181,10 +187,11 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
     if (base / "checkpoints").is_dir() and (base / "model" / "config.json").is_file():
         base = base / "model"  # a `pretrain bert` run folder: the Hugging Face folder it exported
         log.info("model: %s (the run's exported BERT)", base)
+    resumed = cfg.run.resume is not None
     with open_run(cfg.run, runtime) as folder:
         tok = load_bert_tokenizer(base, cfg.split_special_tokens)
-        torch.manual_seed(cfg.train.seed)  # the fresh head's initial weights
-        model = load_bert(base, n_labels=n_labels, pretraining_heads=False)
+        torch.manual_seed(cfg.train.seed)  # the fresh head's initial weights (a resumed run reads its own)
+        model = load_bert(base, announce_fresh=not resumed, n_labels=n_labels, pretraining_heads=False)
         if cfg.adapter is not None:  # the fresh head trains in full beside the adapter
             apply_adapter(model, task_adapter(cfg.adapter, tok, cfg.prompt_text, train="classifier"))
         if cfg.qat is not None:
@@ -196,7 +203,6 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         train_ids, dev_ids = encode_texts(tok, train_x, max_len), encode_texts(tok, dev_x, max_len)
         source = ClassBatches(train_ids, train_y, cfg.batch_size, model.config.pad_id, cfg.train.seed)
         # (a resumed run keeps its own length, warm-up and validations unless given: cfg.train holds them)
-        resumed = cfg.run.resume is not None
         steps = cfg.steps or (cfg.train.max_steps if resumed else max(1, math.ceil(cfg.epochs * len(source))))
         warmup = cfg.warmup if cfg.warmup is not None else cfg.train.warmup if resumed else max(1, steps // 10)
         every = cfg.eval_every if cfg.eval_every is not None else cfg.train.eval_every if resumed else max(1, steps // 4)
@@ -211,7 +217,7 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
 
         # (the tokenizer in every checkpoint: the run folder is then a model for embed, quantize, export, serve)
         trainer, result = train(folder, cfg.run, runtime, model, source, train_cfg, classification_loss, validate,
-                                {"tokenizer": tok.save}, settings=task_settings(cfg))
+                                {"tokenizer": tok.save}, settings=_settings(cfg))
         summary: dict[str, Any] = {"steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1),
                                    "stopped_by": result.stopped_by, "method": cfg.adapter.method if cfg.adapter else "qat" if cfg.qat else "full",
                                    "trainable_parameters": counts.trainable, "total_parameters": counts.total}

@@ -115,6 +115,8 @@ class Trainer:
     task's own (data, batching), recorded and compared on resume: a change is a warning, except for those
     named in ``fixed`` (what chooses the held-out items), where it is an error."""
 
+    on_signal = "the current step finishes and is saved"  # what the log says when a stop signal arrives
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -417,7 +419,7 @@ class Trainer:
                             "peak (--warmup)", cfg.warmup, cfg.max_steps)
         if st.step == 0:
             torch.manual_seed(cfg.seed + self.runtime.rank)  # dropout's stream; a resumed run restores it instead
-        stop = StopRequest("the current step finishes and is saved")
+        stop = StopRequest(self.on_signal)
         bar = tqdm(total=cfg.max_steps, initial=st.step, desc="train", unit="step",
                    disable=not (cfg.progress and self.runtime.is_main), dynamic_ncols=True)
         start, window_tokens, window_start = time.perf_counter() - st.elapsed_s, 0, time.perf_counter()
