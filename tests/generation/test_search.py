@@ -91,3 +91,22 @@ def test_per_sentence_max_length(model):
     assert [len(t) for t in res.tokens] == [2, 5, 3]
     res = beam_search(Seq2SeqStep(model, src), 3, 2, BOS, 999, torch.tensor([2, 5, 3]))
     assert [len(t) for t in res.tokens] == [2, 5, 3]
+
+
+@torch.no_grad()
+def test_recorded_cross_attention_follows_reordered_rows(model):
+    """A reorder moves each row's recorded cross-attention with it (it stayed in place, so a beam's record
+    was spliced from other beams): after steps with reorders between them, each row's record equals the
+    last decoder layer's cross-attention of its own prefix, teacher-forced in one pass."""
+    src = padded_batch(2, 6, 23)
+    step = Seq2SeqStep(model, src, record_cross_attention=True)
+    step.expand(2)  # rows: sentence 0, 0, 1, 1
+    prefixes = torch.full((4, 1), BOS)
+    for index, token in ((torch.tensor([1, 0, 3, 2]), [5, 6, 7, 8]), (torch.tensor([0, 0, 2, 3]), [9, 10, 11, 12])):
+        step(prefixes)
+        step.reorder(index)
+        prefixes = torch.cat([prefixes.index_select(0, index), torch.tensor(token)[:, None]], 1)
+    step(prefixes)
+    recorded = torch.cat(step.cross_attention, dim=2)  # (N, H, T, S)
+    model.decode(model.encode(step.src), step.src, prefixes, record_cross_attention=True)
+    assert torch.allclose(recorded, model.decoder.layers[-1].cross_weights, atol=1e-6)

@@ -71,8 +71,10 @@ class Seq2SeqStep:
     def reorder(self, index: Tensor) -> None:
         """Row i continues row ``index[i]``. When every row keeps decoding the same sentence (beam
         search's reorders only shuffle a sentence's beams), the encoder's side (memory, source,
-        cross-attention K/V) is already right and is not copied: only the decoder's own K/V."""
+        cross-attention K/V) is already right and is not copied: only the decoder's own K/V. Recorded
+        cross-attention follows its rows, so each row's record is its own hypothesis's."""
         sentence = self.sentence.index_select(0, index)
+        self.cross_attention = [w.index_select(0, index) for w in self.cross_attention]
         if torch.equal(sentence, self.sentence):
             if self.cache is not None:
                 for c in self.cache.self_attn:

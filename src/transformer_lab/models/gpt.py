@@ -1,11 +1,13 @@
-"""GPT: a decoder-only Transformer language model (Radford et al. 2018, 2019: GPT, GPT-2).
+"""GPT: a decoder-only Transformer language model, GPT-2's design (Radford et al. 2019; GPT, 2018, was
+post-LN).
 
     x_0 = W_e[tokens] + W_p[positions]                (learned positions, no √d scaling)
     x_l = Block_l(x_{l-1})  under a causal mask        (pre-LN: x + Attn(LN(x)), x + FFN(LN(x)))
     logits = LN_f(x_L) W_eᵀ                           (LM head tied to the token embeddings)
 
 ``position`` selects the encoding: "learned" (GPT-2, the default), "sinusoidal" (the paper's, added
-to the embeddings) or "rotary" (inside self-attention, no table and no added vector).
+to the embeddings), or one inside self-attention with no table added to the embeddings: "rotary",
+"alibi", "t5" or "shaw" (``nn.positions``).
 
 A GPT block is the encoder layer of ``nn.layers`` with ``norm_first=True`` and GELU (tanh form, as
 GPT-2): self-attention plus FFN, no cross-attention; the causal mask is what makes it a decoder.

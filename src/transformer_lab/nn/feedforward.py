@@ -5,7 +5,9 @@ paper's; GELU (BERT: exact, with erf; GPT-2: its tanh approximation, "gelu_tanh"
 FFN(x) = (Swish(x W_1) ⊙ x W_3) W_2, a third matrix of the same size) are options.
 
 At equal cost: SwiGLU's three matrices at width ``gated_width(d_ff)`` = 2/3 · d_ff hold the parameters
-of ReLU's two at d_ff (Shazeer 2020, §2, reduces d_ff the same way).
+of ReLU's two at d_ff (Shazeer 2020, §2, reduces d_ff the same way). Deviation: every variant here keeps
+the paper's biases b_1, b_2 (and b_3 for the gate); Shazeer omits biases in all of them, so SwiGLU at
+``gated_width`` is off equal by its d_ff/3 more bias terms.
 
 Shapes: x (B, T, D) -> (B, T, D); hidden width d_ff.
 """

@@ -15,7 +15,7 @@ class TrainConfig:
     lr: float = 1.0  # noam: a factor on the paper's formula; others: the peak rate
     warmup: int = 4000
     label_smoothing: float = 0.1
-    clip_norm: float | None = 1.0  # None: no clipping
+    clip_norm: float | None = 1.0  # None: no clipping (deviation: the paper and tensor2tensor's base clip nothing)
     accumulate: int = 1  # micro-batches per optimizer step
     eval_every: int = 0  # steps between validations (0: only at the end)
     patience: int | None = None  # stop after this many validations without a better one (val loss, or validate.select)

@@ -3,6 +3,10 @@
 The target distribution puts 1 - ε on the reference token and spreads ε uniformly over all V
 tokens: q = (1 - ε)·onehot(y) + ε/V. Then CE(q, p) = (1 - ε)·(-log p_y) + ε·mean_v(-log p_v),
 the definition F.cross_entropy(label_smoothing=ε) also uses. Padding positions are ignored.
+Deviation: the paper gives only ε; the references spread ε differently: over the V - 1 other tokens
+(tensor2tensor, fairseq), or over V - 2 with the pad column zero (the Annotated Transformer). Here
+<pad> gets ε/V too (decoding never emits it: ``search.without_padding``), so loss values differ
+slightly from those implementations' logs.
 It "hurts perplexity, as the model learns to be more unsure, but improves accuracy and BLEU".
 """
 
