@@ -90,7 +90,7 @@ def tok():
 def test_dynamic_masks_change_between_epochs_static_do_not(tok):
     docs = [[tok.encode("the cat sat on the mat"), tok.encode("a dog ran in the park")] * 3,
             [tok.encode("unbelievable stories are true")] * 4]
-    pairs = make_pairs(docs, random.Random(0))
+    pairs = make_pairs(docs, random.Random(0), max_len=32)
     for dynamic in (True, False):
         src = PretrainBatches(pairs, tok, max_len=32, batch_size=64, dynamic=dynamic, prob=0.5)
         e0 = src.make(sorted(src.epoch(0)[0]))  # the same examples, in epochs 0 and 1
@@ -107,7 +107,7 @@ def test_an_examples_masks_do_not_depend_on_its_batch(tok):
     selection, the same 80/10/10 outcome, the same random replacements."""
     docs = [[tok.encode("the cat sat"), tok.encode("a dog ran in the park the cat sat on the mat")] * 4,
             [tok.encode("unbelievable stories are true")] * 4]
-    pairs = make_pairs(docs, random.Random(0))
+    pairs = make_pairs(docs, random.Random(0), max_len=64)
     src = PretrainBatches(pairs, tok, max_len=64, batch_size=8, prob=0.5)
     lengths = [len(p.a) + len(p.b) for p in pairs]
     short, long = lengths.index(min(lengths)), lengths.index(max(lengths))

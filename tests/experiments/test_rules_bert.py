@@ -11,6 +11,7 @@ from transformer_lab.data.batches import PretrainBatches
 from transformer_lab.data.mlm import IGNORE
 from transformer_lab.experiments.questions._bert_small import (
     AttentionVariant,
+    PAIR_LEN,
     Corrupted,
     pairs_from_documents,
     small_config,
@@ -239,7 +240,7 @@ def test_pairs_from_documents_match_tasks_pretrain_bert_prepare(tmp_path):
     text.write_text("\n\n".join("\n".join(d) for d in docs) + "\n")
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    ref = prepare(PretrainConfig(RunOptions(tmp_path / "run"), text, vocab=vocab))
+    ref = prepare(PretrainConfig(RunOptions(tmp_path / "run"), text, vocab=vocab, max_len=PAIR_LEN))
     tok = WordPieceTokenizer.from_vocab_file(vocab)
     ours = pairs_from_documents([[tok.encode(s) for s in d] for d in docs], tok)
     assert ours.n_documents == ref.n_documents and ref.held_pairs

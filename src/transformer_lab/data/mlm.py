@@ -1,17 +1,34 @@
-"""BERT's pretraining data: sentence pairs for next-sentence prediction, and masked tokens.
+"""BERT's pretraining data: segment pairs for next-sentence prediction, and masked tokens, as BERT's
+reference code builds them (google-research/bert, ``create_pretraining_data.py``).
 
 Input format (BERT's): one sentence per line, documents separated by blank lines.
 
-NSP (Devlin et al. 2019, §3.1 Task #2): for sentence A, B is the sentence that follows it in the
-same document half of the time (IsNext, label 0) and a random sentence from a *different* document
-otherwise (NotNext, label 1; labels as HF's BertForPreTraining).
+NSP (Devlin et al. 2019, §3.1 Task #2, A.2): a "sentence" is a span of contiguous text, not a
+linguistic sentence. Each document is cut into chunks of whole sentences of about ``max_len - 3``
+tokens (10% of the documents aim shorter, a random length from 2: ``short_seq_prob``); each chunk splits
+at a random sentence boundary into A and B. Half of the time B is the rest of the chunk (IsNext, label 0);
+otherwise, and always when the chunk holds one sentence, B is text from a random sentence of a
+*different* document onward, as long as the rest of the chunk (NotNext, label 1; labels as HF's
+BertForPreTraining), and the chunk's unused sentences start the next chunk. A and B are cut to fit by
+removing tokens from the longer one, at its front or its back at random. So NotNext pairs are a little
+more than half (one-sentence chunks: long sentences, a document's last one). Without NSP (RoBERTa's
+DOC-SENTENCES), a chunk is one segment.
 
-MLM (Task #1): 15% of the tokens are selected (never [CLS], [SEP] or padding); of those, 80% become
-[MASK], 10% a random token, 10% stay unchanged; the model predicts the original at every selected
-position. The random 10% keeps the model from learning that only [MASK] positions matter; the
-unchanged 10% biases the representation toward the observed word. Whole-word masking selects words
-(a piece and its ## continuations) instead of pieces. Dynamic masking (RoBERTa) redraws the
-selection every epoch; static masking keeps one draw per example.
+MLM (Task #1): 15% of each sequence's tokens, ``max(1, round(0.15 · length))`` counted over the whole
+sequence with [CLS] and [SEP], are chosen at random among the others (never [CLS], [SEP], any bracketed
+special such as [UNK] or [MASK], nor padding); each chosen one becomes [MASK] 80% of the time, a random
+token 10%, and stays unchanged 10%; the model predicts the original at every chosen position. The random
+10% keeps the model from learning that only [MASK] positions matter; the unchanged 10% biases the
+representation toward the observed word. Whole-word masking chooses words (a piece and its ##
+continuations), skipping a word that would overshoot the count, and decides [MASK] / random / unchanged
+for each piece, as the reference does. Dynamic masking (RoBERTa) redraws the choice every epoch; static
+masking keeps one draw per example.
+
+Deviations from the reference: random replacements come from the non-special tokens (the reference
+draws any vocabulary entry); a NotNext B always comes from another document (the reference tries ten
+draws); the pairs are built once (the reference repeats the whole pass ``dupe_factor`` = 10 times, each
+with its own masks: dynamic masking does this per epoch); there is no ``max_predictions_per_seq`` cap
+(it only sized the reference's fixed arrays: 20 for 128 tokens, where 15% is 19).
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ from torch import Tensor
 from transformer_lab.tokenizers.corpus import read_lines
 
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
+SHORT_SEQ_PROB = 0.1  # the reference's share of documents whose chunks aim at a random shorter length
 
 
 @dataclass
@@ -54,10 +72,15 @@ def read_documents(path: str | Path) -> list[list[str]]:
 
 
 def make_pairs(docs: Sequence[Sequence[list[int]]], rng: random.Random, nsp: bool = True,
-               only: Sequence[int] | None = None, pool: Sequence[int] | None = None) -> list[PairExample]:
-    """One example per sentence that has a successor in its document (of the documents ``only``,
-    default all); NotNext sentences come from another document of ``pool`` (default all). With
-    ``nsp`` off, every example is a single segment (B empty), as RoBERTa trains."""
+               only: Sequence[int] | None = None, pool: Sequence[int] | None = None, *, max_len: int,
+               short_seq_prob: float = SHORT_SEQ_PROB) -> list[PairExample]:
+    """The examples of the documents ``only`` (default all), each sequence ``max_len`` tokens at most with
+    its [CLS] and [SEP]s (module docstring; ``create_instances_from_document``); NotNext text comes from
+    another document of ``pool`` (default all). With ``nsp`` off, every example is one segment (B empty)."""
+    budget = max_len - (3 if nsp else 2)
+    if budget < 2:
+        raise ValueError(f"max_len: {max_len} leaves no room for text after [CLS]/[SEP]")
+    docs = [[list(s) for s in d if len(s)] for d in docs]
     others = [i for i in (range(len(docs)) if pool is None else pool) if docs[i]]
     if nsp and len(others) < 2:
         raise ValueError("NSP needs at least two documents (NotNext sentences come from another document); "
@@ -65,19 +88,54 @@ def make_pairs(docs: Sequence[Sequence[list[int]]], rng: random.Random, nsp: boo
     out = []
     for di in (range(len(docs)) if only is None else only):
         doc = docs[di]
-        for si in range(len(doc) - 1 if nsp else len(doc)):
-            if not nsp:
-                out.append(PairExample(list(doc[si]), [], 0))
-            elif rng.random() < 0.5:
-                out.append(PairExample(list(doc[si]), list(doc[si + 1]), 0))
-            else:
-                dj = di
-                while dj == di:
-                    dj = rng.choice(others)
-                out.append(PairExample(list(doc[si]), list(rng.choice(docs[dj])), 1))
+        target = rng.randint(2, budget) if rng.random() < short_seq_prob else budget
+        chunk: list[list[int]] = []
+        i = 0
+        while i < len(doc):
+            chunk.append(doc[i])
+            if i == len(doc) - 1 or sum(map(len, chunk)) >= target:
+                if not nsp:
+                    out.append(PairExample(_truncated(_joined(chunk), budget, rng), [], 0))
+                else:
+                    a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+                    a = _joined(chunk[:a_end])
+                    if len(chunk) == 1 or rng.random() < 0.5:
+                        dj = di
+                        while dj == di:
+                            dj = rng.choice(others)
+                        b = []
+                        for s in docs[dj][rng.randint(0, len(docs[dj]) - 1):]:
+                            b += s
+                            if len(b) >= target - len(a):
+                                break
+                        i -= len(chunk) - a_end  # the chunk's unused sentences go back to the document
+                        not_next = 1
+                    else:
+                        b, not_next = _joined(chunk[a_end:]), 0
+                    _truncate_pair(a, b, budget, rng)
+                    out.append(PairExample(a, b, not_next))
+                chunk = []
+            i += 1
     if not out:
-        raise ValueError("no training pairs: every document has a single sentence")
+        raise ValueError("no training examples: the documents hold no tokens")
     return out
+
+
+def _joined(sentences: Sequence[list[int]]) -> list[int]:
+    return [t for s in sentences for t in s]
+
+
+def _truncate_pair(a: list[int], b: list[int], budget: int, rng: random.Random) -> None:
+    """The reference's pretraining ``truncate_seq_pair``: a token off the longer side (B on a tie), from
+    its front or its back at random, until both fit in ``budget``. In place."""
+    while len(a) + len(b) > budget:
+        side = a if len(a) > len(b) else b
+        del side[0 if rng.random() < 0.5 else -1]
+
+
+def _truncated(a: list[int], budget: int, rng: random.Random) -> list[int]:
+    _truncate_pair(a, [], budget, rng)
+    return a
 
 
 def held_out_documents(n_docs: int, every: int = 20, minimum: int = 40) -> set[int]:
@@ -87,17 +145,24 @@ def held_out_documents(n_docs: int, every: int = 20, minimum: int = 40) -> set[i
 
 
 def pack_pair(a: list[int], b: list[int], cls_id: int, sep_id: int, max_len: int) -> tuple[list[int], list[int]]:
-    """[CLS] A [SEP] B [SEP] (or [CLS] A [SEP] when B is empty), truncating the longer side first
-    (BERT's truncate_seq_pair). Returns ids and segment ids (0 for A, 1 for B)."""
+    """[CLS] A [SEP] B [SEP] (or [CLS] A [SEP] when B is empty), truncating the longer side's end first,
+    B on a tie (the reference's fine-tuning ``truncate_seq_pair``; ``make_pairs`` already fits its
+    examples). Returns ids and segment ids (0 for A, 1 for B)."""
     budget = max_len - (3 if b else 2)
     if budget < 2:
         raise ValueError(f"max_len: {max_len} leaves no room for text after [CLS]/[SEP]")
     a, b = list(a), list(b)
     while len(a) + len(b) > budget:
-        (a if len(a) >= len(b) else b).pop()
+        (a if len(a) > len(b) else b).pop()
     ids = [cls_id] + a + [sep_id] + (b + [sep_id] if b else [])
     segments = [0] * (len(a) + 2) + [1] * (len(b) + 1 if b else 0)
     return ids, segments
+
+
+def n_predictions(length: int, prob: float = 0.15) -> int:
+    """How many tokens of a ``length``-token sequence ([CLS] and [SEP]s counted) MLM chooses: the
+    reference's ``max(1, round(length · prob))`` (fewer only when fewer tokens can be chosen)."""
+    return max(1, round(length * prob))
 
 
 def mask_tokens(
@@ -109,22 +174,37 @@ def mask_tokens(
     prob: float = 0.15,
     word_ids: Tensor | None = None,
     random_low: int = 0,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Select and corrupt tokens for MLM. ``special`` (bool, like tokens) marks [CLS]/[SEP]/padding,
-    never selected. ``word_ids`` (same shape, -1 for specials): whole-word masking, every piece of a
-    word shares its word's draws. Random replacements are drawn from ids >= ``random_low`` (past
-    the special tokens). Returns (corrupted tokens, labels: the original id where selected, else
-    IGNORE). Shapes: (B, S) -> (B, S), (B, S)."""
+    """Choose and corrupt tokens for MLM (module docstring). ``special`` (bool, like tokens) marks
+    [CLS]/[SEP]/padding and other specials, never chosen; ``lengths`` (B,): each row's length without
+    padding, which the count ``n_predictions`` is taken of (default: the row's width). ``word_ids``
+    (like tokens, -1 for specials): whole-word masking. Random replacements are drawn from ids >=
+    ``random_low`` (past the special tokens). Returns (corrupted tokens, labels: the original id where
+    chosen, else IGNORE). Shapes: (B, S) -> (B, S), (B, S)."""
+    rows, width = tokens.shape
+    lengths = torch.full((rows,), width) if lengths is None else lengths
+    k = torch.tensor([n_predictions(int(n), prob) for n in lengths])
     if word_ids is None:
-        u = torch.rand(tokens.shape, generator=generator)  # selection
-        r = torch.rand(tokens.shape, generator=generator)  # 80/10/10
+        # a random order of each row's candidates (specials last); the first k are chosen
+        score = torch.rand(tokens.shape, generator=generator).masked_fill(special, 2.0)
+        rank = score.argsort(dim=1).argsort(dim=1)
+        selected = (rank < k[:, None]) & ~special
     else:
-        n_words = int(word_ids.max()) + 1 if word_ids.numel() else 0
-        wu = torch.rand(tokens.size(0), max(n_words, 1), generator=generator)
-        wr = torch.rand(tokens.size(0), max(n_words, 1), generator=generator)
-        w = word_ids.clamp(min=0)
-        u, r = wu.gather(1, w), wr.gather(1, w)
-    selected = (u < prob) & ~special
+        selected = torch.zeros_like(special)
+        for row in range(rows):
+            words = torch.where(special[row], -1, word_ids[row])
+            sizes = torch.bincount(words[words >= 0], minlength=int(words.max()) + 1 if len(words) else 0)
+            chosen, total = [], 0
+            for w in torch.randperm(len(sizes), generator=generator).tolist():
+                if total >= k[row]:
+                    break
+                if sizes[w] == 0 or total + sizes[w] > k[row]:
+                    continue  # (the reference skips a word that would overshoot the count)
+                chosen.append(w)
+                total += int(sizes[w])
+            selected[row] = torch.isin(words, torch.tensor(chosen, dtype=words.dtype)) & (words >= 0)
+    r = torch.rand(tokens.shape, generator=generator)  # 80/10/10, for each token (each piece of a word)
     labels = torch.where(selected, tokens, torch.full_like(tokens, IGNORE))
     to_mask = selected & (r < 0.8)
     to_random = selected & (r >= 0.8) & (r < 0.9)

@@ -64,7 +64,8 @@ from transformer_lab.training.config import TrainConfig
 from transformer_lab.experiments.training import fit
 from transformer_lab.training.loop import StepLoss, Trainer
 
-MAX_LEN = 64  # tokens per pair, [CLS] and [SEP] included (a pair of verse lines is ~21, never over 64)
+MAX_LEN = 64  # the model's positions
+PAIR_LEN = 32  # tokens per pretraining pair, [CLS] and [SEP] included: chunks of whole verse lines (~10 each)
 SMALL = dict(n_layers=2, d_model=128, n_heads=4, d_ff=512, position="rotary")  # on the bert-mini preset
 BATCH = 32
 PRETRAIN_LR = 3e-3  # a few hundred steps: BERT's 1e-4 would barely move a model this small (6e-3 stalls)
@@ -83,14 +84,15 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SST2_MAX = (8000, 2000)  # the most SST-2 training / dev sentences a budget uses
 
 
-def pairs_from_documents(encoded: list[list[list[int]]], tok: WordPieceTokenizer, seed: int = 0) -> PretrainData:
+def pairs_from_documents(encoded: list[list[list[int]]], tok: WordPieceTokenizer, seed: int = 0,
+                         max_len: int = PAIR_LEN) -> PretrainData:
     """tasks/pretrain_bert.prepare's steps after encoding (every 20th document held out; NSP pairs,
-    the NotNext sentences of held-out pairs from held-out documents), for documents already encoded."""
+    the NotNext text of held-out pairs from held-out documents), for documents already encoded."""
     held = held_out_documents(len(encoded))
     train_docs = [i for i in range(len(encoded)) if i not in held]
     rng = random.Random(seed)
-    train_pairs = make_pairs(encoded, rng, True, only=train_docs, pool=train_docs)
-    held_pairs = make_pairs(encoded, rng, True, only=sorted(held), pool=sorted(held)) if held else []
+    train_pairs = make_pairs(encoded, rng, True, only=train_docs, pool=train_docs, max_len=max_len)
+    held_pairs = make_pairs(encoded, rng, True, only=sorted(held), pool=sorted(held), max_len=max_len) if held else []
     return PretrainData(tok, len(encoded), train_pairs, held_pairs)
 
 
@@ -115,9 +117,14 @@ def sst2_subset(n_train: int, n_dev: int) -> tuple[list[str], list[int], list[st
 
 @functools.lru_cache(maxsize=1)
 def corpus() -> PretrainData:
-    """tiny-shakespeare as tasks/pretrain_bert prepares it (speeches as documents; training and held-out
-    NSP pairs, half NotNext: BERT's recipe; a fixed draw, seed 0, whatever the run's seed), in BERT's
-    uncased vocabulary (all-MiniLM-L6-v2's) cut to the special tokens and the pieces these sentences and
+    """The training and held-out NSP pairs of ``encoded_corpus`` as tasks/pretrain_bert builds them
+    (BERT's reference recipe, ``PAIR_LEN`` tokens; a fixed draw, seed 0, whatever the run's seed)."""
+    return pairs_from_documents(*encoded_corpus())
+
+
+@functools.lru_cache(maxsize=1)
+def encoded_corpus() -> tuple[list[list[list[int]]], WordPieceTokenizer]:
+    """tiny-shakespeare's documents (speeches) and sentences (lines), encoded in BERT's uncased vocabulary (all-MiniLM-L6-v2's) cut to the special tokens and the pieces these sentences and
     the SST-2 sentences fine-tuning may use: ~13,000 rows of embedding and output layer instead of
     30,522. WordPiece's greedy longest match splits these texts exactly as the whole vocabulary does
     (every piece it picks is kept; no longer match was there to begin with). The sentences are encoded
@@ -132,7 +139,7 @@ def corpus() -> PretrainData:
     new_id = {full.token_to_id(t): k for k, t in enumerate(pieces)}
     shakespeare = iter(flat[:len(sentences)])
     encoded = [[[new_id[i] for i in next(shakespeare)] for _ in d] for d in docs]
-    return pairs_from_documents(encoded, WordPieceTokenizer({t: k for k, t in enumerate(pieces)}, lowercase=True))
+    return encoded, WordPieceTokenizer({t: k for k, t in enumerate(pieces)}, lowercase=True)
 
 
 class Corrupted:
@@ -221,9 +228,9 @@ def pretrain_source(seed: int, corruption: str = "80/10/10", held: bool = False)
     """Training batches (shuffled and masked by ``seed``) or the held-out batches (a fixed draw)."""
     data = corpus()
     if held:
-        source = PretrainBatches(data.held_pairs, data.tokenizer, MAX_LEN, 64, seed=10_000)
+        source = PretrainBatches(data.held_pairs, data.tokenizer, PAIR_LEN, 64, seed=10_000)
     else:
-        source = PretrainBatches(data.train_pairs, data.tokenizer, MAX_LEN, BATCH, seed=seed)
+        source = PretrainBatches(data.train_pairs, data.tokenizer, PAIR_LEN, BATCH, seed=seed)
     return Corrupted(source, "mask") if corruption == "mask only" else source
 
 

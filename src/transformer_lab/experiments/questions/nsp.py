@@ -4,8 +4,9 @@ BERT's NSP pairs sentence A with its successor half of the time (IsNext) and wit
 another document otherwise (NotNext), §3.1 and Appendix A.2. Measured on the small BERT and
 tiny-shakespeare, built as tasks/pretrain_bert builds them:
 
-- the share of NotNext pairs our ``make_pairs`` produces (the canon says negatives "may far
-  outnumber" positives);
+- the share of NotNext pairs ``make_pairs`` produces, BERT's reference recipe (the canon says negatives
+  "may far outnumber" positives): half of the chunks of several sentences and every chunk of one, so
+  more than half on a corpus of short documents; at the pairs' length here and at BERT's 128 and 512;
 - pre-training on the same pairs for the same steps with the NSP loss and without it (MLM alone,
   the inputs unchanged, so the loss is the only difference), then the same SST-2 fine-tuning from
   each: dev accuracy over seeds;
@@ -16,6 +17,7 @@ tiny-shakespeare, built as tasks/pretrain_bert builds them:
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from pathlib import Path
@@ -26,17 +28,21 @@ import torch
 from transformer_lab.experiments.base import Context, Experiment, Verdict
 from transformer_lab.experiments.plots import figure
 from transformer_lab.experiments.questions._bert_small import (
+    PAIR_LEN,
     corpus,
+    encoded_corpus,
     finetune_pretrained,
     majority_share,
     pretrain,
     pretrain_source,
     pretrained_model,
 )
+from transformer_lab.data.mlm import held_out_documents, make_pairs
 from transformer_lab.experiments.stats import differs, fmt, learned, mean_spread
 from transformer_lab.tasks.pretrain_bert import pretrain_loss
 
 VARIANTS = {"with NSP": True, "without NSP": False}
+BERT_LENGTHS = (128, 512)  # BERT's two pre-training phases' sequence lengths
 FAR_OUTNUMBER = 2 / 3  # "far outnumber": at least two NotNext pairs per IsNext pair
 COSTLY = 1.05  # "adds cost": a training step at least 5% slower
 
@@ -90,6 +96,12 @@ class NSP(Experiment):
     def run(self, s: dict[str, Any], ctx: Context) -> dict[str, Any]:
         data = corpus()
         negative = sum(p.not_next for p in data.train_pairs) / len(data.train_pairs)
+        encoded, _ = encoded_corpus()
+        train_docs = sorted(set(range(len(encoded))) - held_out_documents(len(encoded)))
+        at_length = {}
+        for n in BERT_LENGTHS:  # the same documents cut for BERT's own lengths
+            pairs = make_pairs(encoded, random.Random(0), only=train_docs, pool=train_docs, max_len=n)
+            at_length[str(n)] = sum(p.not_next for p in pairs) / len(pairs)
         device = str(ctx.device)
         bar = ctx.bar(len(VARIANTS) * s["seeds"] + 1, self.id)
         runs: dict[str, list[dict]] = {}
@@ -108,7 +120,8 @@ class NSP(Experiment):
         seconds = step_seconds(model, [source.make(ix) for ix in source.epoch(1)[:s["timing_batches"]]], ctx.device)
         bar.update(1)
         bar.close()
-        return {"steps": s["steps"], "negative_share": negative, "pairs": len(data.train_pairs), "runs": runs,
+        return {"steps": s["steps"], "negative_share": negative, "pairs": len(data.train_pairs), "pair_len": PAIR_LEN,
+                "negative_share_at": at_length, "runs": runs,
                 "finetune": {"sentences": s["ft_train"], "dev_sentences": s["ft_dev"], "steps": s["ft_steps"],
                              "majority_share": majority_share(s["ft_dev"])},
                 "step_seconds": seconds}
@@ -124,7 +137,12 @@ class NSP(Experiment):
         compared = learned(without, majority, n_dev) and learned(with_nsp, majority, n_dev)  # (else a side learned nothing)
         parts = {"negatives far outnumber positives": share >= FAR_OUTNUMBER, "NSP adds cost": ratio >= COSTLY,
                  "NSP can be dropped": d >= 0 if compared else None}
-        because = (f"{share:.1%} of our {m['pairs']:,} training pairs are NotNext (BERT's 50%); a training step with "
+        at = m.get("negative_share_at", {})  # (results measured before the reference's pairs have neither)
+        lengths = "".join(f", {v:.1%} at {n}" for n, v in at.items())
+        because = (f"{share:.1%} of our {m['pairs']:,} training pairs are NotNext"
+                   + (f" at {m['pair_len']} tokens{lengths} (BERT's recipe: half of the chunks of several "
+                      "sentences, every chunk of one)" if "pair_len" in m else " (BERT's 50%)")
+                   + "; a training step with "
                    f"the NSP loss takes {ratio:.3f}× the time of one without; SST-2 dev accuracy after the same "
                    f"fine-tuning is {fmt(*mean_spread(without))} pre-trained without NSP against "
                    f"{fmt(*mean_spread(with_nsp))} with it (majority label {m['finetune']['majority_share']:.3g}; "
@@ -148,7 +166,9 @@ class NSP(Experiment):
             share = m["negative_share"]
             a1.bar_label(a1.bar(["IsNext", "NotNext"], [100 * (1 - share), 100 * share]), fmt="%.1f", padding=6)
             a1.set_ylabel("share of training pairs (%)")
-            a1.set_title(f"NSP pairs as make_pairs builds them ({m['pairs']:,})", fontsize=9)
+            a1.set_title(f"NSP pairs as make_pairs builds them ({m['pairs']:,})"
+                         + "".join(f"\nNotNext at {n} tokens: {100 * v:.1f}%" for n, v in m.get("negative_share_at", {}).items()),
+                         fontsize=9)
             for ax, key, label in ((a2, "finetune_acc", "SST-2 dev accuracy after fine-tuning (%)"),
                                    (a3, "held_mlm_acc", "held-out MLM accuracy after pre-training (%)")):
                 stats = [mean_spread([100 * r[key] for r in m["runs"][n]]) for n in names]
