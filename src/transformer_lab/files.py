@@ -84,3 +84,11 @@ def replace_folder(new: Path, path: Path) -> None:
         path.rename(old)
     new.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def refuse_onnx_export(folder: str | Path) -> None:
+    """ValueError for an ONNX export folder (``export.json``) given where a model folder is read: its
+    graph runs under onnxruntime, and the commands take the checkpoint or folder it was made from."""
+    if (Path(folder) / "export.json").is_file() and not (Path(folder) / "model.safetensors").is_file():
+        raise ValueError(f"{folder}: an ONNX export (export.json), not a checkpoint; onnxruntime runs it (in Python: "
+                         "export.OnnxSeq2SeqStep, export.onnx_session); the commands take the checkpoint it was made from")

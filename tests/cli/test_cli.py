@@ -192,13 +192,17 @@ def test_a_folder_or_a_pipe_as_a_data_file(tmp_path, capsys):
 
 
 def test_threads_sets_torchs_threads(tmp_path):
-    """`--threads N` on a training command: torch computes with N threads (other work may share the cores)."""
+    """`--threads N` on a training command, and on the commands that run a model (generate, translate,
+    evaluate, serve, embed ... had none): torch computes with N threads (other work may share the cores)."""
     import torch
 
     before = torch.get_num_threads()
     try:
         assert main(["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--n-test", "10", "--no-progress",
                      "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert main(["translate", "--checkpoint", str(tmp_path / "r"), "--threads", "1", "1987-03-21"]) == 0
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -97,6 +97,10 @@ def test_a_fine_tuned_classifier_labels_texts(tmp_path, capsys, sst):
     assert model.adapter_config is not None and model.config.n_labels == 2
     # texts are cut where training cut them (--max-len 128), also read from OUT/model's tokenizer_config.json
     assert max_len == load_classifier(out)[2] == load_classifier(out / "model")[2] == 128
+    for source in (out, out / "model"):  # a quantized classifier keeps the run's length (it took the model's 512)
+        quantized = tmp_path / f"int8-{source.name}"
+        assert main(["quantize", "--checkpoint", str(source), "--out", str(quantized)]) == 0
+        assert load_classifier(quantized)[2] == 128
     capsys.readouterr()
     assert main(["classify", "--model", str(lora), "--json", *texts]) == 0
     got = [p["probabilities"] for p in json.loads(capsys.readouterr().out)["predictions"]]
@@ -147,6 +151,10 @@ def test_finetune_lm_with_a_prefix_on_our_gpt_run(tmp_path, capsys):
                  "--eval-every", "0", "--no-progress"]) == 0
     other = tmp_path / "other.txt"
     other.write_text("Speak, speak. All speak. " * 300)
+    for place in (base, tmp_path):  # --overwrite would remove the base it then read (it did: each run from the last)
+        assert main(["finetune", "lm", "--model", str(base), "--data", str(other), "--out", str(place), "--overwrite",
+                     "--max-steps", "1", "--no-progress"]) == 2
+    assert "the model the run starts from" in capsys.readouterr().err and (base / "checkpoints" / "last").is_dir()
     out = tmp_path / "ft"
     assert main(["finetune", "lm", "--model", str(base), "--data", str(other), "--out", str(out), "--max-steps", "30",
                  "--context", "32", "--peft", "prefix", "--prefix-len", "4", "--prefix-hidden", "16",
@@ -244,3 +252,20 @@ def test_peft_options_of_another_method_are_refused(tmp_path, capsys, args, matc
     assert main(["finetune", "classify", "--model", MINILM, "--train", str(rows), "--dev", str(rows),
                  "--out", str(tmp_path / "o"), *args]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_a_prompt_leaves_room_for_its_positions_in_training_and_embedding(tmp_path, capsys, sst):
+    """A prompt's virtual positions count against the model's 512: a dev sentence longer than the room
+    stopped `finetune classify --peft prompt --max-len 512` at its first evaluation, and `embed` on the
+    run refused a long text ("truncate the input"), where both cut texts to what fits."""
+    dev = tmp_path / "dev.tsv"
+    dev.write_text(sst.read_text() + " ".join(["a long , long sentence"] * 150) + "\t1\n")
+    out = tmp_path / "prompt"
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(sst), "--dev", str(dev), "--out", str(out),
+                 "--max-steps", "1", "--max-len", "512", "--peft", "prompt", "--prompt-len", "20", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["embed", "--model", str(out), "--json", " ".join(["word"] * 3000)]) == 0
+    assert len(json.loads(capsys.readouterr().out)["embeddings"][0]) == 384
+    from transformer_lab.tasks.embed import load_encoder
+
+    assert load_encoder(out)[2] == 512 - 20

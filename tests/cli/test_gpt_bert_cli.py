@@ -205,10 +205,51 @@ def test_pretrain_bert_small_run(tmp_path, capsys, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert main(["finetune", "classify", "--model", str(out), "--train", str(rows), "--dev", str(rows), "--resume",
-                     str(tmp_path / "ft"), "--max-steps", "3", "--batch-size", "8", "--no-progress"]) == 0
+                     str(tmp_path / "ft"), "--max-steps", "3", "--no-progress"]) == 0  # (its batch size kept: 8, not 32)
     assert "initialised fresh" not in caplog.text and "task settings" not in caplog.text
     assert "changed training settings (checkpoint, now): {'max_steps': (2, 3)}" in caplog.text
     assert json.loads((tmp_path / "ft" / "summary.json").read_text())["steps"] == 3
+    # a LoRA fine-tuned from the run merges into the run (it took the run for a checkpoint without a head,
+    # and warned they might differ); a checkpoint is refused by name where a Hugging Face folder is needed
+    lora = tmp_path / "lora"
+    assert main(["finetune", "classify", "--model", str(out), "--train", str(rows), "--dev", str(rows), "--out",
+                 str(lora), "--max-steps", "2", "--batch-size", "8", "--peft", "lora", "--no-progress"]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["peft", "merge", "--model", str(out), "--adapter", str(lora / "adapter"), "--out",
+                     str(tmp_path / "merged")]) == 0
+    assert "the same weights?" not in caplog.text
+    capsys.readouterr()
+    for folder in (out / "checkpoints" / "last", lora):
+        assert main(["finetune", "classify", "--model", str(folder), "--train", str(rows), "--dev", str(rows), "--out",
+                     str(tmp_path / "again"), "--max-steps", "1", "--no-progress"]) == 2
+        assert "one of our checkpoints" in capsys.readouterr().err
+    assert main(["peft", "merge", "--model", str(out / "checkpoints" / "last"), "--adapter", str(lora / "adapter"),
+                 "--out", str(tmp_path / "m2")]) == 2
+    assert "without a classification head" in capsys.readouterr().err
+
+
+def test_a_resumed_pretraining_keeps_its_vocabulary_and_its_settings(tmp_path, caplog):
+    """`pretrain bert --resume` trained a new WordPiece vocabulary on --data (same size, other ids: the
+    embedding rows meant other words, silently), and the settings left out took the defaults (a --no-nsp,
+    whole-word run went on with NSP and ordinary masking, at batch 32, or was refused for its length)."""
+    from transformer_lab.runs.checkpoint import recorded_settings
+
+    data = small_documents(tmp_path / "docs.txt")
+    out = tmp_path / "bert"
+    assert main(["pretrain", "bert", "--data", str(data), "--out", str(out), "--vocab-size", "60", "--max-steps", "2",
+                 "--max-len", "24", "--batch-size", "4", "--no-nsp", "--whole-word", "--no-progress"]) == 0
+    vocab = (out / "checkpoints" / "last" / "tokenizer" / "vocab.txt").read_text()
+    more = tmp_path / "more.txt"  # more text: its own vocabulary would differ
+    more.write_text(data.read_text() + "\n\n" + "zebras quickly jumped over lazy foxes\n" * 50)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["pretrain", "bert", "--data", str(more), "--resume", str(out), "--max-steps", "3",
+                     "--no-progress"]) == 0
+    assert (out / "checkpoints" / "last" / "tokenizer" / "vocab.txt").read_text() == vocab
+    settings = recorded_settings(out / "checkpoints" / "last")[2]
+    assert (settings["nsp"], settings["whole_word"], settings["batch_size"], settings["max_len"]) == (False, True, 4, 24)
+    assert "changed data or task settings" in caplog.text and "'nsp'" not in caplog.text  # (the data only)
 
 
 def test_pretrain_bert_with_alibi_and_a_window(tmp_path, capsys):
@@ -276,7 +317,19 @@ def test_finetune_bad_tsv(tmp_path, capsys):
     bad.write_text("text\tlabel\nfoo\t1\n")
     assert main(["finetune", "classify", "--model", MINILM, "--train", str(bad), "--dev", str(bad),
                  "--out", str(tmp_path / "o")]) == 2
-    assert "lacks 'sentence'" in capsys.readouterr().err
+    assert "lacks the 'sentence' column" in capsys.readouterr().err
+    bad.write_text("sentence\nfoo\n")  # the column missing is the one named (it said both lacked)
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(bad), "--dev", str(bad),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "['sentence'] lacks the 'label' column" in capsys.readouterr().err
+    bad.write_text("sentence\tlabel\ngood\t100\nbad\t1000000000000\n")  # codes, not 0..K-1: a 10^12-way head
+    assert main(["finetune", "classify", "--model", MINILM, "--train", str(bad), "--dev", str(bad),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "expected 0..K-1" in capsys.readouterr().err
+    from transformer_lab.data.classification import read_labelled_tsv
+
+    bad.write_bytes(b"\xef\xbb\xbfsentence\tlabel\ngood\t1\n")  # a byte-order mark, as spreadsheets save UTF-8
+    assert read_labelled_tsv(bad) == (["good"], [1])
     other = tmp_path / "other.tsv"
     other.write_text("sentence\tlabel\nfoo\t5\n")
     assert main(["finetune", "classify", "--model", MINILM, "--train", str(train_tsv(tmp_path)), "--dev", str(other),
@@ -286,3 +339,21 @@ def test_finetune_bad_tsv(tmp_path, capsys):
     assert main(["finetune", "classify", "--model", MINILM, "--train", str(bad), "--dev", str(bad),
                  "--out", str(tmp_path / "o")]) == 2
     assert "not an integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", [["classify", "--model", "{F}", "text"], ["embed", "--model", "{F}", "text"],
+                                 ["similarity", "--model", "{F}", "a", "b"], ["model", "summary", "--model", "{F}"],
+                                 ["quantize", "--checkpoint", "{F}", "--out", "{O}"],
+                                 ["finetune", "classify", "--model", "{F}", "--train", "{T}", "--dev", "{T}", "--out", "{O}"]],
+                         ids=lambda c: " ".join(c[:2]))
+def test_an_onnx_export_is_named_as_one_by_every_command_that_reads_a_model(tmp_path, capsys, cmd):
+    """The BERT commands said "config.json: not found" or "neither one of our run/checkpoint folders nor a
+    Hugging Face model folder" for an `export onnx` folder; translate and generate named it."""
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    (folder / "export.json").write_text('{"kind": "bert"}')
+    (folder / "model.onnx").write_bytes(b"")
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ntext\n")
+    args = [a.format(F=folder, O=tmp_path / "out", T=train_tsv(tmp_path)) for a in cmd]
+    assert main(args) == 2
+    assert "an ONNX export (export.json), not a checkpoint" in capsys.readouterr().err

@@ -134,6 +134,7 @@ def test_translate_and_generate_servers(served, shared_data, tmp_path, monkeypat
     # past the model's context (64) the window slides, as `generate` does (it was a 422); the server's cap holds
     status, body = call(url, "/generate", {"prompt": "abc", "max_new_tokens": 100, "greedy": True})
     assert status == 200 and body["tokens"] == 100
+    assert call(url, "/health")[1]["requests"] == 3  # /generate requests are counted too (it said 0)
     assert call(url, "/generate", {"prompt": "abc", "max_new_tokens": 2000})[0] == 422
     status, body = call(url, "/generate", {"prompt": "xyz"})  # characters the model never saw
     assert status == 400 and "vocabulary" in body["detail"]

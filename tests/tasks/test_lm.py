@@ -219,6 +219,10 @@ def test_alibi_lm_evaluates_past_its_training_length_by_band(tmp_path, capsys):
     limit = lm.load_lm(learned)[0].config.max_len
     assert main(["evaluate", "--checkpoint", str(learned), "--text", str(path), "--context", str(limit + 1)]) == 2
     assert "learned positions hold no more" in capsys.readouterr().err
+    # a translation's options on a language model were ignored (--out wrote nothing, with exit 0)
+    assert main(["evaluate", "--checkpoint", str(learned), "--text", str(path), "--out", str(tmp_path / "h.txt"),
+                 "--beam", "2"]) == 2
+    assert "--out, --beam: not for a language model's --text" in capsys.readouterr().err
 
 
 def test_windowed_lm_trains_and_resumes_its_pattern(tmp_path, capsys):
@@ -304,7 +308,7 @@ def test_cli_refuses_label_smoothing_and_finds_data_under_the_data_root(tmp_path
     assert "nor under $TRANSFORMER_LAB_DATA" in capsys.readouterr().err
 
 
-def test_resume_reads_the_text_with_the_runs_own_tokenizer(tmp_path, capsys):
+def test_resume_reads_the_text_with_the_runs_own_tokenizer(tmp_path, capsys, caplog):
     """A resumed LM run built its tokenizer anew from --data: another text with as many characters
     renumbered every id under the trained weights, silently. It now reads the text with the checkpoint's
     tokenizer: the same text resumes, a character the run never saw is an error naming it."""
@@ -320,3 +324,40 @@ def test_resume_reads_the_text_with_the_runs_own_tokenizer(tmp_path, capsys):
     line = TEXT[:TEXT.index("z")].count("\n") + 1  # the file and where in it (it was the characters alone)
     assert f"{other}: text:" in err and f"(the first at line {line}, column" in err
     assert main(["train", "--preset", "lm", "--data", str(first), "--resume", str(out), "--max-steps", "3", *short]) == 0
+    # a new --tokenizer on resume is ignored (the checkpoint's reads the text): the log says which, and the
+    # checkpoint records the one used (it recorded the ignored one, which the next resume compared against)
+    with caplog.at_level("WARNING"):
+        assert main(["train", "--preset", "lm", "--data", str(first), "--resume", str(out), "--max-steps", "4", *short,
+                     "--tokenizer", "bytelevel", "--vocab-size", "300"]) == 0
+    assert "ignored (checkpoint, given)" in caplog.text
+    from transformer_lab.runs.checkpoint import recorded_settings
+
+    settings = recorded_settings(out / "checkpoints" / "last")[2]
+    assert settings["tokenizer"] == "char" and settings["vocab_size"] == 8000
+    # the model holds the positions it trained (16, not the preset's 128, which evaluate and generate read)
+    assert lm.load_lm(out)[0].config.max_len == 16
+
+
+def test_training_options_fit_the_run(tmp_path):
+    """--memory with an attention pattern failed after the data and the model were built, with an internal
+    mask message; the periodic validation read 240 windows whatever the split (at context 2048, 25 times
+    a 20,000-token split, at every validation)."""
+    from transformer_lab.tasks.common import RunOptions
+
+    with pytest.raises(ValueError, match="not with --attention window:8"):
+        lm.LMConfig.preset("lm", RunOptions(tmp_path), tmp_path / "t.txt", position="alibi", memory=64,
+                           attention="window:8")
+    small = lm.LMData(torch.zeros(1000, dtype=torch.long), torch.zeros(20_000, dtype=torch.long), None)
+    assert lm.run_windows(small, 2048) == 10 and lm.run_windows(small, 16) == 240 and lm.run_windows(small, 10**6) == 8
+
+
+def test_text_a_tokenizer_cannot_spell_is_named(tmp_path, caplog):
+    """A BPE tokenizer trained on lines has no newline: `train --tokenizer PATH` turned every line break
+    into <unk>, silently, and the model could never write one."""
+    from transformer_lab.tokenizers.bpe import BPETokenizer
+
+    tok = BPETokenizer.train(TEXT.splitlines(), 50)
+    with caplog.at_level("WARNING"):
+        ids = lm.encode_file(tok, TEXT, tmp_path / "t.txt")
+    assert f"{sum(i == tok.unk_id for i in ids):,} of {len(ids):,} tokens are the tokenizer's unknown token" in caplog.text
+    assert "newlines among it" in caplog.text

@@ -508,3 +508,19 @@ def test_the_recipe_is_logged_and_kept_readable_with_the_checkpoint(tmp_path, ca
                     "label smoothing 0.1, dropout 0, 2 micro-batches per step")
     meta = json.loads((tmp_path / "a" / "checkpoints" / "last" / "meta.json").read_text())
     assert meta["train_config"]["weight_decay"] == 0.1 and meta["train_config"]["max_steps"] == 2
+
+
+def test_resuming_a_finished_run_adds_no_second_validation(tmp_path):
+    """A resume with no step left to take validated again: each no-op resume appended the same row to
+    metrics.csv, and counted one more validation without improvement toward --patience."""
+    def validation(m):
+        return {"val_loss": 1.0}
+
+    cfg = TrainConfig(max_steps=4, warmup=2, log_every=1, progress=False, eval_every=2, patience=3)
+    for _ in range(3):
+        t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, seq2seq_loss(0.1), validation)
+        if (tmp_path / "checkpoints").is_dir():
+            t.resume(tmp_path)
+        t.fit()
+    assert [r["step"] for r in t.state.history if r.get("val_loss") is not None] == [2, 4]
+    assert t.state.bad_evals == 1

@@ -8,8 +8,7 @@ import json
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from transformer_lab.adapters import METHODS, AdapterConfig
 from transformer_lab.runs import LAST, find_checkpoint, run_folder_of
@@ -67,16 +66,26 @@ def add_run_args(p: argparse.ArgumentParser, out_required: bool = False) -> None
                    help="continue this run (its checkpoints/last) or checkpoint folder exactly where it stopped")
     g.add_argument("--overwrite", action="store_true",
                    help="start over in a run folder that holds an earlier run (removes its checkpoints, metrics, plots)")
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_device(g)
     g.add_argument("--seed", type=seed, default=None,
                    help="initialisation, data order, dropout (default 0; with --resume, the run's)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads for torch (default: torch's choice, one per core; fewer when other work shares "
-                        "the cores)")
     g.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model's weights, gradients and optimizer state over the processes "
                         "(FSDP2) instead of a copy in each (DDP)")
+
+
+def add_device(p) -> None:
+    """--device and --threads."""
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_threads(p)
+
+
+def add_threads(p) -> None:
+    """--threads (``cli.main`` sets torch's threads before the command runs)."""
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for torch (default: torch's choice, one per core; fewer when other work shares "
+                        "the cores: a decode on 2 busy cores ran 13-18x faster at 1)")
 
 
 def add_json_summary(p: argparse.ArgumentParser) -> None:
@@ -100,8 +109,6 @@ def run_options(args: argparse.Namespace, default_out: str | None = None) -> Run
                          "of its own needs --out: the folder the resumed run writes to)")
     if out is None:
         raise ValueError("--out: give the run folder (or --resume RUN to continue a run in its own folder)")
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
     return RunOptions(out=Path(out), resume=Path(args.resume) if args.resume else None,
                       overwrite=args.overwrite, device=args.device, fsdp=getattr(args, "fsdp", False))
 
@@ -160,6 +167,15 @@ def resumed_settings(args: argparse.Namespace, kind: str) -> tuple[dict, dict]:
     then refuses by name)."""
     then, train, task = resumed(args)
     return (train, task) if then == kind else ({}, {})
+
+
+def kept(args: argparse.Namespace, kind: str, **given: Any) -> dict[str, Any]:
+    """The task settings ``given`` (None: not on the command line), each unset one a resumed run's recorded
+    value; those neither given nor recorded are left out (the task config's default applies). A resumed
+    run so continues as it was going: its batch size, length, vocabulary ... (``kind``: ``resumed_settings``)."""
+    _, then = resumed_settings(args, kind)
+    out = {k: v if v is not None else then.get(k) for k, v in given.items()}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def run_seed(args: argparse.Namespace) -> int:

@@ -13,8 +13,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from transformer_lab.cli.args import (add_json_summary, add_run_args, add_split_special_tokens, add_train_args, finish,
-                                      positive_float, positive_int, run_options, texts_or_stdin, train_config)
+from transformer_lab.cli.args import (add_device, add_json_summary, add_run_args, add_split_special_tokens, add_train_args,
+                                      finish,
+                                      kept, positive_float, positive_int, run_options, texts_or_stdin, train_config)
 from transformer_lab.data.text import locate
 from transformer_lab.models.presets import BERT_PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
@@ -56,26 +57,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain a model from scratch (bert: MLM + NSP)")
     psub = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     pb = psub.add_parser("bert", help="BERT: masked language modelling + next-sentence prediction on a text file",
-                         description="Text: one sentence per line, blank lines between documents. 15% of tokens "
-                                     "selected (80% [MASK], 10% random, 10% kept); NSP pairs 50/50. Reports MLM "
-                                     "and NSP accuracy on held-out documents; writes OUT/model (a HF BERT folder).")
+                         description="Text: one sentence per line, blank lines between documents. Pairs of "
+                                     "segments of whole sentences, packed to --max-len as BERT's reference code "
+                                     "does; B the continuation or another document's text (NSP); 15% of each "
+                                     "sequence's tokens chosen (80% [MASK], 10% random, 10% kept). Reports MLM "
+                                     "and NSP accuracy on held-out documents; writes OUT/model (a HF BERT folder). "
+                                     "A resumed run keeps the settings left out, and reads with its own vocabulary.")
     pb.add_argument("--data", required=True, help="text file (plain or .gz)")
-    pb.add_argument("--vocab", default=None, help="a vocab.txt to use (default: train WordPiece on --data)")
-    pb.add_argument("--vocab-size", type=positive_int, default=8000, help="WordPiece vocabulary size when training one")
-    pb.add_argument("--cased", action="store_true", help="do not lowercase")
-    pb.add_argument("--model", default="bert-mini", choices=sorted(BERT_PRESETS), help="size preset")
-    pb.add_argument("--max-len", type=positive_int, default=128, help="tokens per pair, [CLS]/[SEP] included")
-    pb.add_argument("--position", default="learned", choices=sorted(POSITION_ENCODINGS),
+    pb.add_argument("--vocab", default=None,
+                    help="a vocab.txt, or a folder holding one, to use (default: train WordPiece on --data)")
+    pb.add_argument("--vocab-size", type=positive_int, default=None,
+                    help="WordPiece vocabulary size when training one (default 8000)")
+    pb.add_argument("--cased", action="store_true", default=None, help="do not lowercase")
+    pb.add_argument("--model", default=None, choices=sorted(BERT_PRESETS), help="size preset (default bert-mini)")
+    pb.add_argument("--max-len", type=positive_int, default=None,
+                    help="tokens per pair, [CLS]/[SEP] included (default 128)")
+    pb.add_argument("--position", default=None, choices=sorted(POSITION_ENCODINGS),
                     help="position encoding (default learned, BERT's; any other writes a transformer-lab-bert folder, "
                          "which this project's commands read and transformers refuses by name)")
-    pb.add_argument("--attention", default="full", metavar="PATTERN",
+    pb.add_argument("--attention", default=None, metavar="PATTERN",
                     help="self-attention pattern for long inputs: window:W[,global:G] (Longformer), "
                          "block:B[,random:R][,global:G] (BigBird), chunked:C; default full")
-    pb.add_argument("--no-nsp", action="store_true", help="MLM only (single segments, as RoBERTa)")
-    pb.add_argument("--whole-word", action="store_true", help="whole-word masking")
-    pb.add_argument("--static-masking", action="store_true", help="one mask per example (default: redrawn every epoch)")
-    pb.add_argument("--mask-prob", type=positive_float, default=0.15)
-    pb.add_argument("--batch-size", type=positive_int, default=32)
+    pb.add_argument("--no-nsp", action="store_true", default=None,
+                    help="MLM only (single segments of whole sentences, as RoBERTa's DOC-SENTENCES)")
+    pb.add_argument("--whole-word", action="store_true", default=None, help="whole-word masking")
+    pb.add_argument("--static-masking", action="store_true", default=None,
+                    help="one mask per example (default: redrawn every epoch)")
+    pb.add_argument("--mask-prob", type=positive_float, default=None, help="default 0.15")
+    pb.add_argument("--batch-size", type=positive_int, default=None, help="default 32")
     _train_args(pb)
     pb.set_defaults(func=pretrain_bert_cmd)
 
@@ -84,7 +93,7 @@ def _model_args(p: argparse.ArgumentParser,
                 what: str = "a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt)") -> None:
     p.add_argument("--model", required=True, help=what)
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_device(p)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the encoder (the first batch compiles, 25-30 s; then up to 1.3x for a "
                         "per-token INT8 model from `quantize`, about 1x for fp32: pays on large inputs)")
@@ -147,10 +156,11 @@ def classify_cmd(args: argparse.Namespace) -> int:
 
 
 def pretrain_bert_cmd(args: argparse.Namespace) -> int:
+    settings = kept(args, "bert", vocab_size=args.vocab_size, cased=args.cased, model=args.model, max_len=args.max_len,
+                    position=args.position, attention=args.attention, nsp=False if args.no_nsp else None,
+                    whole_word=args.whole_word, static_masking=args.static_masking, mask_prob=args.mask_prob,
+                    batch_size=args.batch_size)  # (a resumed run: the settings left out are its own)
     cfg = pretrain_bert.PretrainConfig(
         run_options(args), locate(args.data), _train_config(args, pretrain_bert.RECIPE, pretrain_bert.RECIPE.max_steps),
-        vocab=Path(args.vocab) if args.vocab else None, vocab_size=args.vocab_size, cased=args.cased, model=args.model,
-        max_len=args.max_len, position=args.position, attention=args.attention, nsp=not args.no_nsp,
-        whole_word=args.whole_word, static_masking=args.static_masking, mask_prob=args.mask_prob,
-        batch_size=args.batch_size)
+        vocab=Path(args.vocab) if args.vocab else None, **settings)
     return finish(pretrain_bert.run(cfg), args.json)

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from transformer_lab.cli.args import (adapter_config, add_json_summary, add_peft_args, add_run_args,
-                                      add_split_special_tokens, add_train_args, finish, positive_float, positive_int, run_options, train_config)
+                                      add_split_special_tokens, add_train_args, finish, kept, positive_float, positive_int, run_options, train_config)
 from transformer_lab.cli.train import add_translation_data_args, translation_data
 from transformer_lab.compression import OBSERVERS, QuantConfig
 from transformer_lab.compression.linear import SCHEMES
@@ -38,9 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     fc.add_argument("--dev", required=True, metavar="TSV",
                     help="validation sentences (same format); the best checkpoint is the most accurate on them")
     fc.add_argument("--test", default=None, metavar="TSV", help="scored once at the end with the best dev checkpoint")
-    fc.add_argument("--epochs", type=positive_float, default=1.0)
-    fc.add_argument("--max-len", type=positive_int, default=128)
-    fc.add_argument("--batch-size", type=positive_int, default=32)
+    fc.add_argument("--epochs", type=positive_float, default=None, help="default 1 (unless --max-steps)")
+    fc.add_argument("--max-len", type=positive_int, default=None,
+                    help="tokens per sentence, [CLS]/[SEP] included; longer ones are cut (default 128)")
+    fc.add_argument("--batch-size", type=positive_int, default=None, help="default 32")
     fc.add_argument("--qat", default=None, choices=SCHEMES,
                     help="quantization-aware training for this quantization scheme (straight-through estimator); "
                          "also writes OUT/quantized")
@@ -57,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fl.add_argument("--model", required=True, help="a Hugging Face GPT-2 folder, or one of our GPT runs / checkpoints")
     fl.add_argument("--data", required=True, help="a UTF-8 text file")
     fl.add_argument("--context", type=positive_int, default=None, help="training window (default: min(model's, 256))")
-    fl.add_argument("--batch-size", type=positive_int, default=8)
+    fl.add_argument("--batch-size", type=positive_int, default=None, help="default 8")
     _run_train_peft_args(fl, lm_cmd)
 
     ft = fsub.add_parser("translate", help="continue training one of our translation runs on new parallel text",
@@ -91,10 +92,11 @@ def _run_train_peft_args(p: argparse.ArgumentParser, func) -> None:
 
 def classify_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
+    settings = kept(args, "bert", epochs=args.epochs, max_len=args.max_len, batch_size=args.batch_size)
     cfg = classify.ClassifyConfig(
         run_options(args), Path(args.model), locate(args.train), locate(args.dev), locate(args.test) if args.test else None,
-        train_config(args, classify.recipe(adapter), "bert"), epochs=args.epochs, steps=args.max_steps, warmup=args.warmup,
-        eval_every=args.eval_every, max_len=args.max_len, batch_size=args.batch_size,
+        train_config(args, classify.recipe(adapter), "bert"), steps=args.max_steps, warmup=args.warmup,
+        eval_every=args.eval_every, **settings,
         split_special_tokens=args.split_special_tokens, adapter=adapter, prompt_text=args.prompt_text,
         qat=QuantConfig(scheme=args.qat, bits=args.qat_bits, calibrate=args.qat_calibrate) if args.qat else None)
     return finish(classify.run(cfg), args.json)
@@ -103,8 +105,9 @@ def classify_cmd(args: argparse.Namespace) -> int:
 def lm_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
     cfg = lm.LMFinetuneConfig(run_options(args), Path(args.model), locate(args.data),
-                              train_config(args, lm.finetune_recipe(adapter), "gpt"), context=args.context,
-                              batch_size=args.batch_size, adapter=adapter, prompt_text=args.prompt_text)
+                              train_config(args, lm.finetune_recipe(adapter), "gpt"), adapter=adapter,
+                              prompt_text=args.prompt_text, **kept(args, "gpt", context=args.context,
+                                                                   batch_size=args.batch_size))
     return finish(lm.finetune(cfg), args.json)
 
 

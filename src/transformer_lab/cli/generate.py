@@ -11,7 +11,7 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from transformer_lab.cli.args import (add_split_special_tokens, non_negative_int, positive_float, positive_int, seed,
+from transformer_lab.cli.args import (add_device, add_split_special_tokens, non_negative_int, positive_float, positive_int, seed,
                                       texts_or_stdin)
 from transformer_lab.generation.sampling import SamplingConfig
 from transformer_lab.runs import exit_code
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_split_special_tokens(g)
     g.add_argument("--json", action="store_true", help='print {"samples": [{"prompt", "text", "tokens"}, ...]}')
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_device(g)
     g.set_defaults(func=generate_cmd)
 
 

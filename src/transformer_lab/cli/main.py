@@ -10,6 +10,8 @@ import argparse
 import logging
 import sys
 
+import torch
+
 from transformer_lab import __version__
 from transformer_lab.cli import (bench, bert, explain, export, finetune, generate, model, quantize, serve, tokenizer,
                                  train, translate)
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extras = parser.parse_known_args(argv)
     if extras:  # named by the sub-command that was given them, with its usage (argparse: the top level's)
         chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
+    if getattr(args, "threads", None):  # (--threads: the training commands, and those that run a model)
+        torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, EOFError, ArithmeticError) as e:  # bad input, files, NaN loss

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from transformer_lab.cli.args import positive_float, positive_int
+from transformer_lab.cli.args import add_threads, positive_float, positive_int
 from transformer_lab.serving.app import ServeConfig, serve
 
 
@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=port, default=8000, help="1-65535")
     p.add_argument("--max-batch", type=positive_int, default=32, help="texts per model call")
     p.add_argument("--max-wait-ms", type=positive_float, default=5.0, help="wait for more requests to join a batch")
+    add_threads(p)
     p.add_argument("--max-texts", type=positive_int, default=64, help="texts per request")
     p.add_argument("--max-chars", type=positive_int, default=2000, help="characters per text")
     p.add_argument("--beam", type=positive_int, default=None,

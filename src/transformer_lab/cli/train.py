@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from transformer_lab.cli.args import (add_json_summary, add_run_args, add_train_args, finish, non_negative_int, positive_int,
-                                      resumed, resumed_settings, run_options, train_config)
+                                      kept, resumed, resumed_settings, run_options, train_config)
 from transformer_lab.data.text import locate
 from transformer_lab.models.presets import GPT_PRESETS, PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
@@ -106,11 +106,9 @@ def run(args: argparse.Namespace) -> int:
     if task == "lm":
         if not args.data:
             raise ValueError(f"--data: --preset {args.preset} needs a text file (e.g. --data tinyshakespeare/input.txt)")
-        given = dict(model=args.model, position=args.position, attention=args.attention, memory=args.memory,
-                     tokenizer=args.tokenizer, vocab_size=args.vocab_size, context=args.context, batch_size=args.batch_size)
-        _, then = resumed_settings(args, "gpt")  # (a resumed run: the settings left out are its own)
-        overrides = {k: v if v is not None else then.get(k) for k, v in given.items()}
-        overrides = {k: v for k, v in overrides.items() if v is not None}
+        overrides = kept(args, "gpt", model=args.model, position=args.position, attention=args.attention,
+                         memory=args.memory, tokenizer=args.tokenizer, vocab_size=args.vocab_size, context=args.context,
+                         batch_size=args.batch_size)  # (a resumed run: the settings left out are its own)
         cfg = lm.LMConfig.preset(args.preset, opts, locate(args.data), **overrides)
         cfg = replace(cfg, train=train_config(args, cfg.train, "gpt"))  # (checked again: a label smoothing is refused)
         return finish(lm.run(cfg), args.json)

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from transformer_lab.cli.args import add_split_special_tokens, non_negative_float, positive_int, texts_or_stdin
+from transformer_lab.cli.args import add_device, add_split_special_tokens, non_negative_float, positive_int, texts_or_stdin
 from transformer_lab.files import check_writable
 from transformer_lab.runtime import choose_device
 from transformer_lab.tasks import lm, translation
@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (uses checkpoints/best, else last)")
-    p.add_argument("--beam", type=positive_int, default=4, help="beam size (1: greedy)")
-    p.add_argument("--alpha", type=non_negative_float, default=0.6, help="length penalty α")
+    p.add_argument("--beam", type=positive_int, default=None, help="beam size (1: greedy; default 4)")
+    p.add_argument("--alpha", type=non_negative_float, default=None, help="length penalty α (default 0.6)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--no-cache", action="store_true", help="decode without the KV cache (slower; for comparison)")
     p.add_argument("--static-cache", action="store_true",
@@ -56,7 +56,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="the decoding step under torch.compile, with the static cache (CUDA graphs on a GPU); "
                         "the first steps compile (tens of seconds)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_device(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal)")
 
 
@@ -70,7 +70,7 @@ def translate_cmd(args: argparse.Namespace) -> int:
         check_writable(args.plot_attention, "--plot-attention")
     sentences = texts_or_stdin(args.text, "translate")
     model, tok_src, tok_tgt = translation.load_translator(args.checkpoint, choose_device(args.device))
-    outputs = translation.translate(model, tok_src, tok_tgt, sentences, beam=args.beam, alpha=args.alpha,
+    outputs = translation.translate(model, tok_src, tok_tgt, sentences, **_search(args),
                                     batch_size=args.batch_size, use_cache=not args.no_cache,
                                     static_cache=args.static_cache, compile=args.compile,
                                     progress=not args.no_progress)
@@ -88,10 +88,12 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         return _evaluate_lm(args, device)
     if not (args.src and args.ref):
         raise ValueError("--src/--ref: a translation checkpoint needs both (a language model: --text FILE)")
+    _refuse(args, "a translation's BLEU: they read a language model's --text", context=args.context, band=args.band,
+            memory=args.memory)
     if args.out:
         check_writable(args.out, "--out")
     model, tok_src, tok_tgt = translation.load_translator(args.checkpoint, device)
-    scores, hyps = translation.evaluate(model, tok_src, tok_tgt, args.src, args.ref, beam=args.beam, alpha=args.alpha,
+    scores, hyps = translation.evaluate(model, tok_src, tok_tgt, args.src, args.ref, **_search(args),
                                         batch_size=args.batch_size, use_cache=not args.no_cache,
                                         static_cache=args.static_cache, compile=args.compile,
                                         progress=not args.no_progress)
@@ -108,10 +110,24 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> dict:
+    """The beam search's settings: the options given, else the defaults (beam 4, α 0.6)."""
+    return {"beam": 4 if args.beam is None else args.beam, "alpha": 0.6 if args.alpha is None else args.alpha}
+
+
+def _refuse(args: argparse.Namespace, why: str, **given) -> None:
+    """ValueError naming the options ``given`` (not None/False) that this reading of the command would ignore."""
+    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v not in (None, False)]
+    if named:
+        raise ValueError(f"{', '.join(named)}: not for {why}")
+
+
 def _evaluate_lm(args: argparse.Namespace, device) -> int:
     if args.static_cache or args.compile:
         raise ValueError("--static-cache/--compile: for translation; a language model's loss reads whole windows "
                          "(no decoding; `generate` has them)")
+    _refuse(args, "a language model's --text (they are a translation's)", src=args.src, ref=args.ref, out=args.out,
+            beam=args.beam, alpha=args.alpha, no_cache=args.no_cache)
     model, tok = lm.load_lm(args.checkpoint, device, args.split_special_tokens)
     res = lm.evaluate_file(model, tok, args.text, args.context, args.batch_size, args.band, args.memory,
                            progress=not args.no_progress)

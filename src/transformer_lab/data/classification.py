@@ -12,15 +12,17 @@ def read_labelled_tsv(path: str | Path) -> tuple[list[str], list[int]]:
     """GLUE-style TSV with a header naming ``sentence`` and ``label`` columns; labels are integers >= 0."""
     path = readable_file(path)
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # (a byte-order mark, as spreadsheets write, dropped)
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if not rows:
         raise ValueError(f"{path}: empty file; expected a header 'sentence<TAB>label' and rows")
     header = rows[0]
-    if "sentence" not in header or "label" not in header:
-        raise ValueError(f"{path}: header {header} lacks 'sentence' and 'label' columns")
+    missing = [c for c in ("sentence", "label") if c not in header]
+    if missing:
+        raise ValueError(f"{path}: header {header} lacks the {' and '.join(repr(c) for c in missing)} "
+                         f"column{'s' * (len(missing) > 1)} (expected 'sentence<TAB>label')")
     si, li = header.index("sentence"), header.index("label")
     texts, labels = [], []
     for n, row in enumerate(rows[1:], start=2):

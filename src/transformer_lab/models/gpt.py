@@ -147,6 +147,9 @@ class GPT(nn.Module):
         with two learned biases) is not built: these take its place. Equals full causal attention over
         [previous segment; segment] when mem_len covers the previous segment (tested)."""
         check_tokens(tokens, self.config.vocab_size)
+        if self.config.attention != "full":
+            raise ValueError(f"memory: a segment attends to all of [memory; segment] under a causal mask; not with "
+                             f"this model's attention pattern {self.config.attention!r}")
         if self.embed.position.max_len is not None:
             raise ValueError(f"memory: segment recurrence needs a relative position encoding (rotary, alibi, t5, shaw); "
                              f"this model's is {self.config.position!r}, whose positions would not carry across segments")

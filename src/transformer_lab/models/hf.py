@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from transformer_lab.config import read_json_object
-from transformer_lab.files import umask_mode
+from transformer_lab.files import refuse_onnx_export, umask_mode
 from transformer_lab.models.bert import Bert, BertConfig
 from transformer_lab.models.gpt import GPT, GPTConfig
 
@@ -80,6 +80,7 @@ def hf_folder(folder: str | Path, reader: str) -> tuple[str, dict[str, Any]]:
     """A Hugging Face model folder's kind, "bert" or "gpt2", and its config.json; a clear error for a
     folder without one, or of another model type (``reader``: the command, for the message)."""
     config = Path(folder) / "config.json"
+    refuse_onnx_export(folder)
     if not config.is_file():
         raise FileNotFoundError(f"{folder}: neither one of our run/checkpoint folders nor a Hugging Face model folder "
                                 "(no config.json)")
@@ -269,6 +270,7 @@ def load_bert(folder: str | Path, announce_fresh: bool = True, **overrides) -> B
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder (expected config.json, model.safetensors, vocab.txt)")
+    refuse_onnx_export(folder)
     config = bert_config_from_hf(_read_json(folder / "config.json"), str(folder / "config.json"), **overrides)
     model = Bert(config)
     state, unused = bert_state_from_hf(_read_weights(folder), config.n_layers)

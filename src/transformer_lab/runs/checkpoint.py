@@ -38,7 +38,7 @@ from torch import nn
 from transformer_lab.adapters import AdapterConfig, apply_adapter
 from transformer_lab.compression import QuantConfig, quantized_shell
 from transformer_lab.config import from_dict, read_json_object, to_dict
-from transformer_lab.files import umask_mode
+from transformer_lab.files import refuse_onnx_export, umask_mode
 from transformer_lab.models.registry import LEGACY_KIND, build_from_config, config_dict
 from transformer_lab.runtime import unwrap
 
@@ -174,10 +174,8 @@ def resolve_checkpoint(directory: str | Path) -> Path:
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no checkpoint folder here (expected {', '.join(REQUIRED)})")
     missing = [n for n in REQUIRED if not (directory / n).is_file()]
-    if missing and (directory / "export.json").is_file():
-        raise ValueError(f"{directory}: an ONNX export (export.json), not a checkpoint; onnxruntime runs it (in Python: "
-                         "export.OnnxSeq2SeqStep, export.onnx_session); the commands take the checkpoint it was made from")
     if missing:
+        refuse_onnx_export(directory)
         raise FileNotFoundError(f"{directory}: not a complete checkpoint, missing {missing}")
     return directory
 

@@ -249,6 +249,13 @@ def is_ours(path: str | Path) -> bool:
     return any((p / "meta.json").is_file() and (p / "config.json").is_file() for p in (path, path.with_name(path.name + ".old")))
 
 
+def exported_model(path: str | Path) -> Path | None:
+    """The Hugging Face folder a run exported (RUN/model: `pretrain bert`, `finetune classify`), which the
+    commands that fine-tune or merge into a BERT read in place of the run; None for anything else."""
+    path = Path(path)
+    return path / "model" if (path / CHECKPOINTS).is_dir() and (path / "model" / "config.json").is_file() else None
+
+
 def exit_code(signum: int | None) -> int:
     """0, or 128 + the signal number after a run stopped by a signal (as shells report it)."""
     return 0 if signum is None else 128 + int(signum)

@@ -19,7 +19,8 @@ from transformer_lab.adapters import merge_lora, parameter_counts
 from transformer_lab.adapters.peft_format import load_peft, read_peft
 from transformer_lab.config import read_json_object
 from transformer_lab.models.hf import BERT_TYPES, gpt_from_hf, load_bert, save_bert, save_gpt
-from transformer_lab.runs import find_checkpoint, load_model, save_checkpoint
+from transformer_lab.models.bert import Bert
+from transformer_lab.runs import exported_model, find_checkpoint, is_ours, load_model, save_checkpoint
 from transformer_lab.runs.checkpoint import companion_files
 from transformer_lab.tasks.quantize import check_output, copied, hf_tokenizer_files
 
@@ -36,23 +37,28 @@ def _head_size(tensors: dict) -> int:
 
 def load_base(base: Path, adapter_tensors: dict) -> tuple[nn.Module, str, Path]:
     """The base model, its kind: "bert" / "gpt2" (a Hugging Face folder) or "ours" (a checkpoint), and
-    the folder its tokenizer files are in."""
+    the folder its tokenizer files are in. A `pretrain bert` run: the Hugging Face folder it exported,
+    which `finetune classify` fine-tuned from."""
+    base = exported_model(base) or base
     cfg = base / "config.json"
-    kind = read_json_object(cfg).get("model_type") if cfg.is_file() else None
+    kind = read_json_object(cfg).get("model_type") if cfg.is_file() and not is_ours(base) else None
     if kind in BERT_TYPES:
         n_labels = _head_size(adapter_tensors)  # (the adapter brings that head's trained weights)
         return load_bert(base, announce_fresh=not n_labels, n_labels=n_labels), "bert", base
     if kind == "gpt2":
         return gpt_from_hf(base), "gpt2", base
     loaded = load_model(find_checkpoint(base))
+    if _head_size(adapter_tensors) and isinstance(loaded.model, Bert) and not loaded.model.config.n_labels:
+        raise ValueError(f"{base}: a BERT checkpoint without a classification head, and the adapter brings one; "
+                         "merge into the folder it was fine-tuned from (for a `pretrain bert` run: RUN or RUN/model)")
     return loaded.model, "ours", loaded.path
 
 
 def _same_folder(recorded: str, base: Path) -> bool:
     """Whether the base an adapter recorded is ``base``: the same folder, or (moved, or a hub name) the same
     last part of the path; a run folder and its checkpoints count as one."""
-    def root(p: Path) -> Path:
-        return p.parent.parent if p.parent.name == "checkpoints" else p
+    def root(p: Path) -> Path:  # (RUN/checkpoints/NAME and RUN/model are the run RUN)
+        return p.parent.parent if p.parent.name == "checkpoints" else p.parent if exported_model(p.parent) == p else p
     here, there = root(base.resolve()), root(Path(recorded).resolve())
     return here == there or (not Path(recorded).exists() and Path(recorded).name == here.name)
 

@@ -17,6 +17,7 @@ quantized model's), and the run also writes OUT/quantized, the quantized checkpo
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -29,18 +30,17 @@ import torch.nn.functional as F
 from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_counts
 from transformer_lab.compression import QuantConfig, quantize_model
 from transformer_lab.compression.qat import prepare_qat
-from transformer_lab.config import check_positive, read_json_object
+from transformer_lab.config import check_positive
 from transformer_lab.data.batches import ClassBatch, ClassBatches
 from transformer_lab.data.classification import read_labelled_tsv
 from transformer_lab.models.bert import Bert
-from transformer_lab.models.hf import load_bert, sentence_max_seq_length
-from transformer_lab.runs import BEST, LAST, find_checkpoint, is_ours, load_model, save_checkpoint
-from transformer_lab.runs.checkpoint import recorded_settings
+from transformer_lab.models.hf import load_bert
+from transformer_lab.runs import BEST, LAST, exported_model, find_checkpoint, is_ours, load_model, save_checkpoint
 from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run,
                                           save_adapter, task_adapter, task_settings, train, write_summary,
                                           write_uncut)
-from transformer_lab.tasks.embed import BERT_RECIPE, by_length, encode_texts, export
+from transformer_lab.tasks.embed import BERT_RECIPE, by_length, cut_length, encode_texts, export
 from transformer_lab.tasks.quantize import copied, hf_tokenizer_files
 from transformer_lab.tokenizers.io import load_bert_tokenizer
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
@@ -126,19 +126,6 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu",
     return model.eval(), load_bert_tokenizer(where, split_special_tokens), cut_length(where, model)
 
 
-def cut_length(folder: Path, model: Bert) -> int:
-    """The pieces a text keeps ([CLS] and [SEP] included) for ``model`` read from ``folder``: the run's
-    --max-len where its checkpoint recorded it (OUT/model: as its tokenizer's ``model_max_length``), else
-    the folder's, within the positions a prompt or prefix leaves."""
-    room = model.config.max_len - model.n_virtual
-    if is_ours(folder):
-        recorded = recorded_settings(folder)[2].get("max_len")
-    else:
-        config = Path(folder) / "tokenizer_config.json"
-        recorded = read_json_object(config).get("model_max_length") if config.is_file() else None
-    return min(recorded if isinstance(recorded, int) else sentence_max_seq_length(folder, room), room)
-
-
 def predict(model: Bert, tok: WordPieceTokenizer, texts: Sequence[str], max_len: int, batch_size: int = 64) -> torch.Tensor:
     """Each text's class probabilities (N, n_labels): the softmax of the head's logits; labels are the
     training file's (0, 1, ...)."""
@@ -151,9 +138,17 @@ def accuracy(model: Bert, ids: list[list[int]], labels: list[int]) -> float:
 
 
 def check_labels(train: list[int], others: list[tuple[Any, list[int]]]) -> None:
-    """ValueError when a dev or test file has a label the training file never has: the head would learn
-    nothing for it (dev), or could not predict it (test)."""
+    """ValueError when the training labels are not 0..K-1, each with examples (the head has one output per
+    number up to the largest: labels 100 and 200 made a 201-way head), or when a dev or test file has a
+    label the training file never has: the head would learn nothing for it (dev), or could not predict it
+    (test)."""
     seen = set(train)
+    n_absent = max(seen) + 1 - len(seen)
+    if n_absent:
+        absent = list(itertools.islice((i for i in itertools.count() if i not in seen), 5))
+        shown = ", ".join(map(str, absent)) + (f" ... ({n_absent:,} in all)" if n_absent > 5 else "")
+        raise ValueError(f"labels: expected 0..K-1, each in the training file; it has {len(seen)} labels up to "
+                         f"{max(seen)}, without {shown} (number the classes 0..{len(seen) - 1})")
     for path, labels in others:
         unseen = sorted(set(labels) - seen)
         if unseen:
@@ -183,12 +178,15 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
     test = read_labelled_tsv(cfg.test_file) if cfg.test_file else None
     n_labels = max(train_y + dev_y) + 1
     check_labels(train_y, [(cfg.dev_file, dev_y), *([(cfg.test_file, test[1])] if test else [])])
-    base = Path(cfg.model)
-    if (base / "checkpoints").is_dir() and (base / "model" / "config.json").is_file():
-        base = base / "model"  # a `pretrain bert` run folder: the Hugging Face folder it exported
+    base = exported_model(cfg.model) or Path(cfg.model)
+    if base != Path(cfg.model):  # a `pretrain bert` run folder: the Hugging Face folder it exported
         log.info("model: %s (the run's exported BERT)", base)
+    elif is_ours(base):
+        raise ValueError(f"--model {cfg.model}: one of our checkpoints (a quantized model, a --peft run ...), not a "
+                         "Hugging Face BERT folder; fine-tune the fp32 folder a run exported (`pretrain bert` and "
+                         "`finetune classify` write RUN/model; give RUN or RUN/model) or the base a --peft run adapted")
     resumed = cfg.run.resume is not None
-    with open_run(cfg.run, runtime) as folder:
+    with open_run(cfg.run, runtime, reads=cfg.model) as folder:
         tok = load_bert_tokenizer(base, cfg.split_special_tokens)
         torch.manual_seed(cfg.train.seed)  # the fresh head's initial weights (a resumed run reads its own)
         model = load_bert(base, announce_fresh=not resumed, n_labels=n_labels, pretraining_heads=False)
@@ -199,7 +197,10 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         counts = parameter_counts(model)
         log.info("%s%s", counts, f" ({cfg.adapter.method})" if cfg.adapter else
                  f" (quantization-aware: {cfg.qat.scheme} {cfg.qat.bits}-bit)" if cfg.qat else " (full fine-tuning)")
-        max_len = min(cfg.max_len, model.config.max_len)
+        max_len = min(cfg.max_len, model.config.max_len - model.n_virtual)  # (a prompt or prefix takes positions)
+        if max_len < 3:
+            raise ValueError(f"--max-len {cfg.max_len}: {model.n_virtual} prefix or prompt positions leave {max_len} "
+                             f"of the model's {model.config.max_len} for [CLS], text and [SEP]")
         train_ids, dev_ids = encode_texts(tok, train_x, max_len), encode_texts(tok, dev_x, max_len)
         source = ClassBatches(train_ids, train_y, cfg.batch_size, model.config.pad_id, cfg.train.seed)
         # (a resumed run keeps its own length, warm-up and validations unless given: cfg.train holds them)
@@ -234,7 +235,7 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
             if runtime.is_main:
                 path = folder.export("quantized")
                 summary["quantized"] = str(write_uncut(result, lambda: save_checkpoint(
-                    path, quantized, {"qat": True}, extra=copied(hf_tokenizer_files(base)))))
+                    path, quantized, {"qat": True, "task_settings": {"max_len": max_len}}, extra=copied(hf_tokenizer_files(base)))))
 
         def score() -> dict:
             out = {"dev_acc": round(accuracy(best, dev_ids, dev_y), 4)}

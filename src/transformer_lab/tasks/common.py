@@ -20,6 +20,7 @@ from transformer_lab.adapters.peft_format import save_peft
 from transformer_lab.runs import LAST, RunFolder, exit_code, find_checkpoint
 from transformer_lab.runtime import Runtime
 from transformer_lab.runtime.signals import Interrupted, deferred_signals, interruptible_section
+from transformer_lab.tokenizers.io import checkpoint_tokenizer
 from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.loop import LossFn, Trainer, TrainResult
 
@@ -61,10 +62,16 @@ class TaskResult:
 
 
 @contextmanager
-def open_run(opts: RunOptions, runtime: Runtime) -> Iterator[RunFolder]:
+def open_run(opts: RunOptions, runtime: Runtime, reads: str | Path | None = None) -> Iterator[RunFolder]:
     """The run folder, locked by the main process for the whole run (``runs.RunFolder.open``);
-    other processes of a distributed run only read it."""
+    other processes of a distributed run only read it. ``reads``: the model a fine-tuning starts from,
+    which a new run's folder may not be or hold (--overwrite would remove it before it is read)."""
     opts.check_resume()
+    if reads is not None and opts.resume is None:
+        out, model = Path(opts.out).resolve(), Path(reads).resolve()
+        if out == model or out in model.parents:
+            raise ValueError(f"--out {opts.out}: {'is' if out == model else 'holds'} the model the run starts from "
+                             f"(--model {reads}); write the run to a folder of its own")
     folder = RunFolder(opts.out)
     if runtime.is_main:
         folder.open(resume_from=opts.resume, overwrite=opts.overwrite)
@@ -89,6 +96,16 @@ def task_settings(task_cfg: Any) -> dict[str, Any]:
             return value
         return repr(value)
     return {f.name: plain(getattr(task_cfg, f.name)) for f in fields(task_cfg) if f.name not in ("run", "train")}
+
+
+def resumed_tokenizer(resume: Path) -> Any:
+    """The tokenizer of the checkpoint a run resumes (a resumed run reads its data with the tokenizer its
+    weights were trained with, not one built anew); None if it has none (then the trainer says what the
+    checkpoint holds)."""
+    try:
+        return checkpoint_tokenizer(find_checkpoint(resume, prefer=(LAST,)))
+    except FileNotFoundError:
+        return None
 
 
 def fingerprint(path: Path, chunk: int = 1 << 20) -> str:

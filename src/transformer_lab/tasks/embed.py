@@ -11,11 +11,12 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from transformer_lab.config import check_positive
+from transformer_lab.config import check_positive, read_json_object
 from transformer_lab.data.batches import padding_and_mask
 from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.models.hf import load_bert, save_bert, sentence_max_seq_length
 from transformer_lab.runs import find_checkpoint, is_ours, load_model
+from transformer_lab.runs.checkpoint import recorded_settings
 from transformer_lab.runtime import compile_for_inference
 from transformer_lab.tasks.common import swap_in_folder
 from transformer_lab.tokenizers.io import load_bert_tokenizer, write_bert_tokenizer
@@ -40,8 +41,22 @@ def load_encoder(folder: str | Path, device: str | torch.device = "cpu", split_s
         folder, model = loaded.path, loaded.model.eval()
     else:
         model = load_bert(folder, pretraining_heads=False, n_labels=0).to(device).eval()
-    tok, max_len = load_bert_tokenizer(folder, split_special_tokens), sentence_max_seq_length(folder, model.config.max_len)
+    room = model.config.max_len - model.n_virtual  # (a prompt or prefix takes positions too)
+    tok, max_len = load_bert_tokenizer(folder, split_special_tokens), min(sentence_max_seq_length(folder, room), room)
     return (compile_for_inference(model) if compile else model), tok, max_len
+
+
+def cut_length(folder: Path, model: Bert) -> int:
+    """The pieces a text keeps ([CLS] and [SEP] included) for ``model`` read from ``folder``: the run's
+    --max-len where its checkpoint recorded it (OUT/model: as its tokenizer's ``model_max_length``), else
+    the folder's, within the positions a prompt or prefix leaves."""
+    room = model.config.max_len - model.n_virtual
+    if is_ours(folder):
+        recorded = recorded_settings(folder)[2].get("max_len")
+    else:
+        config = Path(folder) / "tokenizer_config.json"
+        recorded = read_json_object(config).get("model_max_length") if config.is_file() else None
+    return min(recorded if isinstance(recorded, int) else sentence_max_seq_length(folder, room), room)
 
 
 def special_id(tok: WordPieceTokenizer, name: str) -> int:

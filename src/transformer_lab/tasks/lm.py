@@ -10,6 +10,7 @@ nanoGPT), the whole validation split at the end (``evaluate_lm``). decode: ``gen
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,11 +33,12 @@ from transformer_lab.models.summary import parameter_summary
 from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.nn.sparse import parse_pattern
 from transformer_lab.runs import LAST, find_checkpoint, load_model
+from transformer_lab.runs.checkpoint import recorded_settings
 from transformer_lab.runtime import Runtime, runtime_for, unwrap
 from transformer_lab.runtime.signals import Interrupted, interruptible_section
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run,
-                                          save_adapter, task_adapter, task_settings, train, write_summary,
-                                          write_uncut)
+                                          resumed_tokenizer, save_adapter, task_adapter, task_settings, train,
+                                          write_summary, write_uncut)
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.char import CharTokenizer
 from transformer_lab.tokenizers.io import checkpoint_tokenizer, load_tokenizer, save_into_checkpoint
@@ -105,6 +107,9 @@ class LMConfig:
         if self.memory is not None and not relative:
             raise ValueError(f"memory: segment recurrence needs a relative position encoding (--position rotary, alibi, "
                              f"t5 or shaw); got {self.position or 'the preset default (learned)'}")
+        if self.memory is not None and self.attention not in (None, "full"):
+            raise ValueError(f"memory: a segment attends to all of [memory; segment] under a causal mask; not with "
+                             f"--attention {self.attention} (a pattern replaces that mask)")
 
     @classmethod
     def preset(cls, name: str, run: RunOptions, data: Path, **overrides) -> "LMConfig":
@@ -131,15 +136,6 @@ def build_tokenizer(kind: str, train_text: str, vocab_size: int):
     return load_tokenizer(kind)  # a path
 
 
-def resumed_tokenizer(resume: Path) -> Any:
-    """The tokenizer of the checkpoint a run resumes; None if it has none (not a language model's: the
-    trainer then says what it holds)."""
-    try:
-        return checkpoint_tokenizer(find_checkpoint(resume, prefer=(LAST,)))
-    except FileNotFoundError:
-        return None
-
-
 def prepare_lm_data(path: str | Path, tokenizer: str = "char", vocab_size: int = 8000, val_fraction: float = 0.1,
                     context: int = 64, trained: Any = None) -> LMData:
     """The text split 90/10 and encoded; ``trained``: a tokenizer to use as it is (a resumed run's own)
@@ -153,11 +149,21 @@ def prepare_lm_data(path: str | Path, tokenizer: str = "char", vocab_size: int =
 
 
 def encode_file(tok: Any, text: str, path: str | Path) -> list[int]:
-    """``tok.encode(text)``, a refusal (characters a character vocabulary lacks) naming the file."""
+    """``tok.encode(text)``, a refusal (characters a character vocabulary lacks) naming the file, and a
+    warning when text becomes the unknown token (a subword tokenizer trained on lines has no newline:
+    the model would never see or write one)."""
     try:
-        return tok.encode(text)
+        ids = tok.encode(text)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    unk = getattr(tok, "unk_id", None)
+    lost = 0 if unk is None else sum(i == unk for i in ids)
+    if lost:
+        lines = sum(1 for i in tok.encode("a\nb") if i == unk)
+        log.warning("%s: %s of %s tokens are the tokenizer's unknown token %r: that text is lost to the model%s; "
+                    "--tokenizer bytelevel spells every character", path, f"{lost:,}", f"{len(ids):,}", tok.unk_token,
+                    " (newlines among it: this tokenizer has none)" if lines else "")
+    return ids
 
 
 # --- loss, validation, evaluation -----------------------------------------------------------------
@@ -316,7 +322,7 @@ def evaluate_file(model: GPT, tok: Any, path: str | Path, context: int | None = 
 def make_validate(data: LMData, context: int, windows: int = 240, seed: int = 0) -> Callable[[GPT], dict]:
     """Periodic validation on a fixed sample of ``windows`` random windows of the validation split
     (nanoGPT's CPU run estimates from 20 batches of 12 = 240 windows); the run's final figure is
-    ``evaluate_lm`` over the whole split."""
+    ``evaluate_lm`` over the whole split. The training commands take ``run_windows``."""
     g = torch.Generator().manual_seed(seed)
     offsets = torch.randint(len(data.valid) - context, (windows,), generator=g)
     sample = data.valid[offsets[:, None] + torch.arange(context + 1)]  # (W, T+1)
@@ -326,6 +332,12 @@ def make_validate(data: LMData, context: int, windows: int = 240, seed: int = 0)
         return {"val_loss": loss, "val_ppl": perplexity(loss)}
 
     return validate
+
+
+def run_windows(data: LMData, context: int, most: int = 240) -> int:
+    """A training run's validation windows: ``most``, but never more than the split holds end to end (at
+    least 8): at a long context 240 windows read many times a small split, at every validation."""
+    return min(most, max(8, math.ceil(len(data.valid) / context)))
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -358,6 +370,13 @@ def encode_prompt(tok, text: str, eos_id: int | None) -> list[int]:
 
 
 # --- run ------------------------------------------------------------------------------------------
+def recorded_max_len(resume: Path, default: int) -> int:
+    """The positions the model of the checkpoint a run resumes holds (a run before models held their
+    context had the preset's), else ``default``."""
+    value = read_json_object(find_checkpoint(resume, prefer=(LAST,)) / "config.json").get("max_len")
+    return value if isinstance(value, int) else default
+
+
 def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
     runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     base = gpt_preset(cfg.model)
@@ -365,11 +384,24 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
     with open_run(cfg.run, runtime) as folder:
         # a resumed run reads the text with the tokenizer its weights were trained with, not one built anew
         trained = resumed_tokenizer(cfg.run.resume) if cfg.run.resume else None
+        if trained is not None:  # (so the log and the recorded settings name the tokenizer actually used)
+            then = recorded_settings(find_checkpoint(cfg.run.resume, prefer=(LAST,)))[2]
+            other = {k: (then[k], getattr(cfg, k)) for k in ("tokenizer", "vocab_size")
+                     if k in then and then[k] != getattr(cfg, k)}
+            if other:
+                log.warning("a resumed run reads with its checkpoint's tokenizer; ignored (checkpoint, given): %s", other)
+                cfg = replace(cfg, **{k: v[0] for k, v in other.items()})
         data = prepare_lm_data(cfg.data, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, context=context,
                                trained=trained)
         overrides = {"attention": cfg.attention, **({} if cfg.position is None else {"position": cfg.position})}
+        if base.eos_id is not None:  # (gpt2's 50256 names a token of its own vocabulary: this one's, if it has one)
+            find = getattr(data.tokenizer, "token_to_id", None)
+            overrides["eos_id"] = find("<|endoftext|>") if find else None
         torch.manual_seed(cfg.train.seed)  # the initial weights
-        model = GPT(gpt_preset(cfg.model, vocab_size=data.tokenizer.vocab_size, max_len=max(base.max_len, context),
+        # the model holds the positions it trains (nanoGPT's block_size): `evaluate` and `generate` read windows
+        # of max_len, and positions never trained would be read too (a checkpoint keeps its own: a resume)
+        max_len = context if trained is None else recorded_max_len(cfg.run.resume, context)
+        model = GPT(gpt_preset(cfg.model, vocab_size=data.tokenizer.vocab_size, max_len=max_len,
                                **overrides))
         log.info("data: %s training tokens, %s validation (90/10 split); vocabulary %d (%s)", f"{len(data.train):,}",
                  f"{len(data.valid):,}", data.tokenizer.vocab_size, cfg.tokenizer)
@@ -385,7 +417,8 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
             log.info("Transformer-XL recurrence: %d streams, segments of %d, memory of %d positions", cfg.batch_size,
                      context, cfg.memory)
         trainer, result = train(folder, cfg.run, runtime, model, source, cfg.train, loss_fn,
-                                make_validate(data, context), save_into_checkpoint(data.tokenizer), task_settings(cfg))
+                                make_validate(data, context, run_windows(data, context)),
+                                save_into_checkpoint(data.tokenizer), task_settings(cfg))
         summary: dict[str, Any] = {
             "task": cfg.name, "steps": result.state.step, "stopped_by": result.stopped_by,
             "train_seconds": round(result.state.elapsed_s, 1), "tokens_per_s": round(result.tokens_per_s, 1),
@@ -440,7 +473,7 @@ def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResul
     """Fine-tune a pretrained GPT on a text file (all weights, or an adapter); report the validation loss
     before and after, and export OUT/adapter (a peft adapter folder) when an adapter trained."""
     runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
-    with open_run(cfg.run, runtime) as folder:
+    with open_run(cfg.run, runtime, reads=cfg.model) as folder:
         model, tok = load_lm(cfg.model, runtime.device)
         if cfg.adapter is not None:
             apply_adapter(model, task_adapter(cfg.adapter, tok, cfg.prompt_text))
@@ -458,7 +491,7 @@ def finetune(cfg: LMFinetuneConfig, runtime: Runtime | None = None) -> TaskResul
         data = LMData(train_ids, valid_ids, tok)
         source = RandomWindows(train_ids, cfg.batch_size, context, cfg.train.seed)
         trainer, result = train(folder, cfg.run, runtime, model, source, cfg.train, lm_loss,
-                                make_validate(data, context), save_into_checkpoint(tok), task_settings(cfg))
+                                make_validate(data, context, run_windows(data, context)), save_into_checkpoint(tok), task_settings(cfg))
         summary: dict[str, Any] = {
             "task": "finetune-lm", "method": cfg.adapter.method if cfg.adapter else "full", "steps": result.state.step,
             "stopped_by": result.stopped_by, "train_seconds": round(result.state.elapsed_s, 1),

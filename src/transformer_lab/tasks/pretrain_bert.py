@@ -27,8 +27,8 @@ from transformer_lab.models.presets import BERT_PRESETS, bert_preset
 from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.nn.sparse import parse_pattern
 from transformer_lab.runtime import Runtime, runtime_for
-from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, task_settings, train,
-                                          write_summary, write_uncut)
+from transformer_lab.tasks.common import (RunOptions, TaskResult, after_training, open_run, resumed_tokenizer,
+                                          task_settings, train, write_summary, write_uncut)
 from transformer_lab.tasks.embed import BERT_RECIPE, export
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
 from transformer_lab.training.config import TrainConfig
@@ -85,17 +85,27 @@ def prepare(cfg: PretrainConfig) -> PretrainData:
     docs = read_documents(cfg.data)
     held = held_out_documents(len(docs))
     train_docs = [i for i in range(len(docs)) if i not in held]
-    if cfg.vocab is not None:
-        tok = WordPieceTokenizer.from_vocab_file(cfg.vocab, lowercase=not cfg.cased)
+    trained = resumed_tokenizer(cfg.run.resume) if cfg.run.resume else None
+    if trained is not None:  # a resumed run reads with the vocabulary its weights were trained with
+        if not isinstance(trained, WordPieceTokenizer):
+            raise ValueError(f"--resume {cfg.run.resume}: its tokenizer is a {type(trained).__name__}, not BERT's "
+                             "WordPiece: not a `pretrain bert` run")
+        tok = trained
+    elif cfg.vocab is not None:
+        vocab = cfg.vocab / "vocab.txt" if cfg.vocab.is_dir() else cfg.vocab
+        if not vocab.is_file():
+            raise FileNotFoundError(f"--vocab {cfg.vocab}: {'no vocab.txt in this folder' if cfg.vocab.is_dir() else 'no such file'}")
+        tok = WordPieceTokenizer.from_vocab_file(vocab, lowercase=not cfg.cased)
     else:
         tok = WordPieceTokenizer.train([s for i in train_docs for s in docs[i]], cfg.vocab_size, lowercase=not cfg.cased)
     encoded = [[tok.encode(s) for s in d] for d in docs]
     rng = random.Random(cfg.train.seed)
-    train_pairs = make_pairs(encoded, rng, cfg.nsp, only=train_docs, pool=train_docs)
+    train_pairs = make_pairs(encoded, rng, cfg.nsp, only=train_docs, pool=train_docs, max_len=cfg.max_len)
     held_pairs: list[PairExample] = []
     if held:  # NotNext sentences of held-out pairs come from held-out documents too: nothing seen in training
         try:
-            held_pairs = make_pairs(encoded, rng, cfg.nsp, only=sorted(held), pool=sorted(held))
+            held_pairs = make_pairs(encoded, rng, cfg.nsp, only=sorted(held), pool=sorted(held),
+                                    max_len=cfg.max_len)
         except ValueError as e:
             log.warning("no held-out evaluation (%s); accuracies are reported on training pairs", e)
     return PretrainData(tok, len(docs), train_pairs, held_pairs)

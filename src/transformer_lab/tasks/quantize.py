@@ -36,7 +36,7 @@ from transformer_lab.models.hf import gpt_from_hf, hf_folder, load_bert
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import find_checkpoint, is_ours, load_model, save_checkpoint
 from transformer_lab.runs.checkpoint import HF_TOKENIZER_FILES, QUANTIZATION, REQUIRED, companion_files
-from transformer_lab.tasks.embed import by_length, encode_texts
+from transformer_lab.tasks.embed import by_length, cut_length, encode_texts
 from transformer_lab.tasks.translation import load_tokenizers, translate
 from transformer_lab.tokenizers.char import CharTokenizer
 from transformer_lab.tokenizers.io import checkpoint_tokenizer, load_bert_tokenizer
@@ -185,6 +185,8 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
                "calibration_samples": len(texts), "calibration_pieces_per_word": pieces,
                "linear_weight_bytes": {"fp32": fp32_bytes, "quantized": linear_weight_bytes(model)}}
     summary["linear_weights_smaller"] = round(fp32_bytes / summary["linear_weight_bytes"]["quantized"], 2)
+    if isinstance(model, Bert) and model.config.n_labels:  # a classifier keeps the length its texts are cut to
+        summary["task_settings"] = {"max_len": cut_length(source.folder, fp32)}
     if texts:
         summary["agreement_with_fp32"] = agreement(source, fp32, model, texts, cfg.batch_size)
     save_checkpoint(out, model, summary, extra=copied(source.tokenizer_files))  # (an earlier one: replaced atomically)

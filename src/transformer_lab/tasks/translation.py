@@ -479,7 +479,7 @@ def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> 
                          "number words), not text of another language; fine-tune a model trained on text "
                          "(train --preset multi30k-de-en, or --train-src ...)")
     train_files, valid_files = cfg.files()
-    with open_run(cfg.run, runtime) as folder:
+    with open_run(cfg.run, runtime, reads=cfg.model) as folder:
         model, tok_src, tok_tgt = load_translator(cfg.model, runtime.device)
         if getattr(model, "adapter_config", None) is not None:
             raise ValueError(f"{cfg.model}: the model carries a {model.adapter_config.method} adapter; merge it "

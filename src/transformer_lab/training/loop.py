@@ -475,7 +475,9 @@ class Trainer:
             bar.close()
             if stopped_by not in ("early_stopping", "signal") and self._agree(stop.signum, False)[0]:
                 stopped_by = "signal"  # a signal after the loop's last agreement, seen by some process
-            if self.validate and stopped_by not in ("early_stopping", "signal"):
+            # (a resumed run with no step left to take was validated at this step already: no second row)
+            validated = any(r.get("step") == st.step and r.get("val_loss") is not None for r in st.history)
+            if self.validate and stopped_by not in ("early_stopping", "signal") and not validated:
                 self._evaluate(stop)
             if stop.signum is None and stopped_by == "signal":  # another process was signalled: stop as it does
                 stop.signum = self._peer_signal
