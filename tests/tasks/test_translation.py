@@ -268,3 +268,27 @@ def test_translate_shows_progress_on_a_terminal(tiny_run, monkeypatch, capsys):
         assert main(["translate", "--checkpoint", str(run), "--beam", "1", *extra, *read_lines(files[2])[:5]]) == 0
         assert ("translate:" in err.getvalue() and "/5 " in err.getvalue()) == shown, err.getvalue()
         assert len(capsys.readouterr().out.strip().splitlines()) == 5
+
+
+def test_a_resumed_translation_run_keeps_its_settings(tiny_run, tmp_path, caplog, capsys):
+    """A translation run resumed with its data alone took the defaults for the rest: the multi30k model
+    (refused: another shape), an 8,000-token vocabulary, 4,000 tokens a batch, BLEU on 200 sentences."""
+    import shutil
+
+    from transformer_lab.runs.checkpoint import recorded_settings
+
+    run, files = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    data = ["--train-src", str(files[0]), "--train-tgt", str(files[1]), "--valid-src", str(files[2]),
+            "--valid-tgt", str(files[3])]
+    with caplog.at_level("WARNING"):
+        assert main(["train", *data, "--resume", str(copy), "--max-steps", "162", "--no-progress",
+                     "--cache-dir", str(run.parent / "cache")]) == 0
+    settings = recorded_settings(copy / "checkpoints" / "last")[2]
+    assert (settings["model"], settings["vocab_size"], settings["max_tokens"], settings["bleu_sample"]) == ("tiny", 500, 800, 40)
+    assert "task settings" not in caplog.text
+    # a language model is told which options are a translation's (they were ignored)
+    assert main(["train", "--preset", "lm", "--data", str(files[0]), "--max-tokens", "800", "--n-test", "5",
+                 "--out", str(tmp_path / "lm")]) == 2
+    assert "--max-tokens, --n-test: not for a language model" in capsys.readouterr().err

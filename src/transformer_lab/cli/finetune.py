@@ -115,7 +115,8 @@ def translate_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
     cfg = translation.TranslationFinetuneConfig(
         run_options(args), Path(args.model), train_config(args, translation.finetune_recipe(adapter), "transformer"),
-        **translation_data(args), max_len=args.max_len, max_tokens=args.max_tokens, bleu_sample=args.bleu_sample,
+        **translation_data(args), **kept(args, "transformer", max_len=args.max_len, max_tokens=args.max_tokens,
+                                         bleu_sample=args.bleu_sample),
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, adapter=adapter, prompt_text=args.prompt_text)
     return finish(translation.finetune(cfg), args.json)
 

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "language model: a text file")
     d.add_argument("--vocab-size", type=positive_int, default=None, help="subword vocabulary (byte-level BPE; "
                                                                          "default 8000)")
-    d.add_argument("--separate-vocab", action="store_true", help="one vocabulary per language (no tying)")
+    d.add_argument("--separate-vocab", action="store_true", default=None, help="one vocabulary per language (no tying)")
     g = p.add_argument_group("data (language model: --preset shakespeare-char or lm)")
     g.add_argument("--tokenizer", default=None, help="char, bytelevel (trained on the training split) or a tokenizer path")
     g.add_argument("--context", type=positive_int, default=None, help="training window (default: the model's max_len)")
@@ -67,9 +67,11 @@ def add_translation_data_args(p: argparse.ArgumentParser, data_help: str) -> arg
     d.add_argument("--tgt", default=None, help="target language of a named set")
     for name in ("train-src", "train-tgt", "valid-src", "valid-tgt"):
         d.add_argument(f"--{name}", default=None, metavar="FILE", help="aligned text file (plain or .gz)")
-    d.add_argument("--max-len", type=positive_int, default=100, help="skip training pairs longer than this (counted)")
-    d.add_argument("--max-tokens", type=positive_int, default=4000, help="padded tokens per batch")
-    d.add_argument("--bleu-sample", type=non_negative_int, default=200, help="validation sentences scored with BLEU")
+    d.add_argument("--max-len", type=positive_int, default=None,
+                   help="skip training pairs longer than this (counted; default 100)")
+    d.add_argument("--max-tokens", type=positive_int, default=None, help="padded tokens per batch (default 4000)")
+    d.add_argument("--bleu-sample", type=non_negative_int, default=None,
+                   help="validation sentences scored with BLEU (default 200)")
     d.add_argument("--cache-dir", default=None, help="tokenizer and encoded-data cache (default: ~/.cache/transformer_lab)")
     return d
 
@@ -89,6 +91,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--memory: for a language model (--preset lm or shakespeare-char), not the {task} task")
     if args.attention is not None and task == "dates":
         raise ValueError("--attention: for a language model or a translation model, not the dates task")
+    if task == "lm":  # (a translation's options, which the language model would ignore)
+        given = [f"--{n.replace('_', '-')}" for n in ("train_src", "train_tgt", "valid_src", "valid_tgt", "src", "tgt",
+                                                       "max_len", "max_tokens", "bleu_sample", "separate_vocab",
+                                                       "cache_dir", "n_test") if getattr(args, n) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not for a language model (a translation's or the dates demo's "
+                             "options); its text is --data, its length --context")
     opts = run_options(args, default_out=f"runs/{args.preset or task}")
     if args.resume and task == "dates" and (kind := resumed(args)[0]) != "transformer":
         raise ValueError(f"--resume {args.resume}: a {kind} run; resume it with the options that name its task and "
@@ -133,9 +142,10 @@ def translation_data(args: argparse.Namespace, preset: str | None = None) -> dic
 
 
 def _translation_config(args: argparse.Namespace, opts) -> translation.TranslationConfig:
+    # (a resumed run: the settings left out are its own; else TranslationConfig's defaults)
+    settings = kept(args, "transformer", model=args.model, position=args.position, attention=args.attention,
+                    vocab_size=args.vocab_size, joint=False if args.separate_vocab else None, max_len=args.max_len,
+                    max_tokens=args.max_tokens, bleu_sample=args.bleu_sample)
     return translation.TranslationConfig(
-        opts, train_config(args, translation.RECIPE, "transformer"), **translation_data(args, args.preset),
-        model=args.model or "multi30k", position=args.position, attention=args.attention or "full",
-        vocab_size=args.vocab_size or 8000,
-        joint=not args.separate_vocab, max_len=args.max_len, max_tokens=args.max_tokens, bleu_sample=args.bleu_sample,
+        opts, train_config(args, translation.RECIPE, "transformer"), **translation_data(args, args.preset), **settings,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, name=args.preset or "translation")
