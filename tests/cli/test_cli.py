@@ -206,3 +206,14 @@ def test_threads_sets_torchs_threads(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_os_errors_read_without_pythons_errno_prefix(tmp_path, capsys):
+    """"[Errno 20] afile: a file, not a run folder": an OS error is printed as its message (and its file)."""
+    (tmp_path / "afile").write_text("")
+    assert main(["train", "--out", str(tmp_path / "afile"), "--max-steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "a file, not a run folder" in err and "Errno" not in err
+    from transformer_lab.cli.main import message
+
+    assert message(FileNotFoundError(2, "No such file or directory", "/x/y")) == "/x/y: No such file or directory"

@@ -155,6 +155,8 @@ def test_generate_errors(tmp_path, capsys):
     assert "max_len=64" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(out), "--prompt", ""]) == 2  # nothing to start from
     assert "no tokens" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", MINILM, "--prompt", "a"]) == 2  # (it said "missing ['meta.json']")
+    assert "a Hugging Face bert folder, not a GPT language model" in capsys.readouterr().err
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert main(["train", "--preset", "shakespeare-char", "--data", str(empty), "--out", str(tmp_path / "e")]) == 2
@@ -250,6 +252,20 @@ def test_a_resumed_pretraining_keeps_its_vocabulary_and_its_settings(tmp_path, c
     settings = recorded_settings(out / "checkpoints" / "last")[2]
     assert (settings["nsp"], settings["whole_word"], settings["batch_size"], settings["max_len"]) == (False, True, 4, 24)
     assert "changed data or task settings" in caplog.text and "'nsp'" not in caplog.text  # (the data only)
+
+
+def test_pretraining_on_long_lines_warns_of_its_notnext_share(tmp_path, caplog):
+    """Lines longer than the pair: every chunk is one sentence, so (BERT's recipe) every pair is NotNext and
+    NSP accuracy means nothing; the run says so, and its summary holds the shares to read it against."""
+    text = tmp_path / "paragraphs.txt"
+    words = "the cat dog sat ran on in a park mat house tree big small red blue".split()
+    text.write_text("\n\n".join("\n".join(" ".join(words * 3) for _ in range(3)) for _ in range(40)) + "\n")
+    out = tmp_path / "bert"
+    with caplog.at_level(logging.INFO):
+        assert main(["pretrain", "bert", "--data", str(text), "--out", str(out), "--vocab-size", "60", "--max-steps",
+                     "1", "--max-len", "24", "--batch-size", "4", "--no-progress"]) == 0
+    assert "100% of the training pairs are NotNext" in caplog.text
+    assert json.loads((out / "summary.json").read_text())["not_next_share"]["train"] == 1.0
 
 
 def test_pretrain_bert_with_alibi_and_a_window(tmp_path, capsys):

@@ -43,7 +43,7 @@ def test_masking_statistics_on_a_large_sample():
     assert share.min() > 0.07 and share.max() < 0.25
 
 
-def test_every_sequence_has_a_target_even_a_short_one():
+def test_every_sequence_has_a_target_even_a_short_one_token_by_token():
     """Bernoulli selection left 23% of 12-token pairs with nothing to predict; the reference chooses
     max(1, round(0.15 n)) tokens."""
     g = torch.Generator().manual_seed(0)
@@ -164,3 +164,13 @@ def test_not_next_text_comes_from_the_pool():
             assert _owner(p.a) in train and _owner(p.b) in train
         for p in make_pairs(docs, random.Random(seed), only=held, pool=held, max_len=15):
             assert _owner(p.a) in held and _owner(p.b) in held
+
+
+def test_truncation_takes_tokens_from_either_end():
+    """The reference cuts the longer side at its front or its back at random ("to add more randomness and
+    avoid biases"); always the back would keep every document's first tokens."""
+    docs = [[list(range(d * 100 + 1, d * 100 + 41))] for d in range(30)]  # one 40-token sentence each
+    pairs = [p for s in range(5) for p in make_pairs(docs, random.Random(s), max_len=23, short_seq_prob=0.0)]
+    assert all(len(p.a) + len(p.b) <= 20 for p in pairs)
+    starts, ends = {p.a[0] % 100 for p in pairs}, {p.a[-1] % 100 for p in pairs}
+    assert max(starts) > 1 and min(ends) < 40  # cut at the front, and at the back

@@ -334,8 +334,13 @@ def test_resume_reads_the_text_with_the_runs_own_tokenizer(tmp_path, capsys, cap
 
     settings = recorded_settings(out / "checkpoints" / "last")[2]
     assert settings["tokenizer"] == "char" and settings["vocab_size"] == 8000
-    # the model holds the positions it trained (16, not the preset's 128, which evaluate and generate read)
+    # the model holds the positions it trained (16, not the preset's 128, which evaluate and generate read);
+    # a resume at a longer context is refused up front (it failed in its first step, "shorten the input")
     assert lm.load_lm(out)[0].config.max_len == 16
+    capsys.readouterr()
+    assert main(["train", "--preset", "lm", "--data", str(first), "--resume", str(out), "--max-steps", "5",
+                 "--context", "32", "--eval-every", "0", "--no-progress"]) == 2
+    assert "the run's model holds 16 positions" in capsys.readouterr().err
 
 
 def test_training_options_fit_the_run(tmp_path):
@@ -361,3 +366,19 @@ def test_text_a_tokenizer_cannot_spell_is_named(tmp_path, caplog):
         ids = lm.encode_file(tok, TEXT, tmp_path / "t.txt")
     assert f"{sum(i == tok.unk_id for i in ids):,} of {len(ids):,} tokens are the tokenizer's unknown token" in caplog.text
     assert "newlines among it" in caplog.text
+
+
+def test_a_gzipped_text_reads_as_the_plain_one(tmp_path):
+    """`evaluate --text file.gz` said "not UTF-8 text (byte 1)", while the other commands read .gz files."""
+    import gzip
+
+    from transformer_lab.data.text import read_text
+
+    plain, packed = tmp_path / "t.txt", tmp_path / "t.txt.gz"
+    plain.write_text(TEXT)
+    with gzip.open(packed, "wt", encoding="utf-8") as f:
+        f.write(TEXT)
+    assert read_text(packed) == read_text(plain) == TEXT
+    (tmp_path / "bad.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="not a gzip file"):
+        read_text(tmp_path / "bad.gz")

@@ -110,10 +110,10 @@ def test_resume_warns_of_changed_settings(tmp_path, caplog):
     """RELIABILITY 17: changed hyper-parameters on resume are a warning listing them: the task's own
     settings (recorded by the task: its data and batching) and, for a schedule that decays over the
     run, a new length (the rest of the schedule is stretched over it)."""
-    def cosine_run(steps: int, n_test: int) -> Trainer:
+    def cosine_run(n: int, n_test: int, **more) -> Trainer:
         return Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1),
-                       TrainConfig(max_steps=steps, warmup=2, schedule="cosine", lr=1e-3, log_every=1, progress=False),
-                       tmp_path / "a", seq2seq_loss(0.0), settings={"n_test": n_test, "data": "100:abc"})
+                       TrainConfig(max_steps=n, warmup=2, schedule="cosine", lr=1e-3, log_every=1, progress=False),
+                       tmp_path / "a", seq2seq_loss(0.0), settings={"n_test": n_test, "data": "100:abc", **more})
 
     cosine_run(4, 10).fit()
     with caplog.at_level("WARNING", logger="transformer_lab.training.loop"):
@@ -125,6 +125,16 @@ def test_resume_warns_of_changed_settings(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="transformer_lab.training.loop"):
         cosine_run(4, 10).resume(tmp_path / "a")
     assert "changed" not in caplog.text
+    # a setting the checkpoint has and the task no longer records is no change (an older run's "steps"); one
+    # the task records now and the checkpoint lacks is (a form of data that did not exist then)
+    cosine_run(4, 10, steps=4).fit()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="transformer_lab.training.loop"):
+        cosine_run(4, 10).resume(tmp_path / "a")
+    assert "changed" not in caplog.text
+    with caplog.at_level("WARNING", logger="transformer_lab.training.loop"):
+        cosine_run(4, 10, pairs="segments").resume(tmp_path / "a")
+    assert "'pairs': (None, 'segments')" in caplog.text
 
 
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):

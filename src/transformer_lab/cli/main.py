@@ -69,6 +69,14 @@ def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser = subs[0].choices[name]
 
 
+def message(e: BaseException) -> str:
+    """An error as one line for the user: an OS error without Python's "[Errno N]" prefix (its file named
+    first, when it has one)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename is not None else e.strerror
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
@@ -83,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, EOFError, ArithmeticError) as e:  # bad input, files, NaN loss
-        print(f"transformer-lab {args.command}: error: {e}", file=sys.stderr)
+        print(f"transformer-lab {args.command}: error: {message(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:  # a signal in work that had no more specific way to stop
         print(f"transformer-lab {args.command}: stopped by signal {e.signum}", file=sys.stderr)

@@ -117,7 +117,7 @@ def _search(args: argparse.Namespace) -> dict:
 
 def _refuse(args: argparse.Namespace, why: str, **given) -> None:
     """ValueError naming the options ``given`` (not None/False) that this reading of the command would ignore."""
-    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v not in (None, False)]
+    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and v is not False]
     if named:
         raise ValueError(f"{', '.join(named)}: not for {why}")
 

@@ -8,11 +8,12 @@ linguistic sentence. Each document is cut into chunks of whole sentences of abou
 tokens (10% of the documents aim shorter, a random length from 2: ``short_seq_prob``); each chunk splits
 at a random sentence boundary into A and B. Half of the time B is the rest of the chunk (IsNext, label 0);
 otherwise, and always when the chunk holds one sentence, B is text from a random sentence of a
-*different* document onward, as long as the rest of the chunk (NotNext, label 1; labels as HF's
+*different* document onward, filling the chunk's target length (NotNext, label 1; labels as HF's
 BertForPreTraining), and the chunk's unused sentences start the next chunk. A and B are cut to fit by
-removing tokens from the longer one, at its front or its back at random. So NotNext pairs are a little
-more than half (one-sentence chunks: long sentences, a document's last one). Without NSP (RoBERTa's
-DOC-SENTENCES), a chunk is one segment.
+removing tokens from the longer one, at its front or its back at random. So NotNext pairs are more than
+half, by as much as chunks of one sentence are common: a document's last sentence alone, sentences as
+long as the chunk (one paragraph per line: nearly all NotNext; `pretrain bert` warns). Without NSP
+(RoBERTa's DOC-SENTENCES), a chunk is one segment.
 
 MLM (Task #1): 15% of each sequence's tokens, ``max(1, round(0.15 · length))`` counted over the whole
 sequence with [CLS] and [SEP], are chosen at random among the others (never [CLS], [SEP], any bracketed
@@ -161,7 +162,8 @@ def pack_pair(a: list[int], b: list[int], cls_id: int, sep_id: int, max_len: int
 
 def n_predictions(length: int, prob: float = 0.15) -> int:
     """How many tokens of a ``length``-token sequence ([CLS] and [SEP]s counted) MLM chooses: the
-    reference's ``max(1, round(length · prob))`` (fewer only when fewer tokens can be chosen)."""
+    reference's ``max(1, round(length · prob))``; fewer when fewer tokens can be chosen, and under
+    whole-word masking when a word would overshoot (a row of words longer than the count gets none)."""
     return max(1, round(length * prob))
 
 

@@ -6,6 +6,7 @@ validate (batches: ``batches.RandomWindows``).
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -35,9 +36,15 @@ def read_text(path: str | Path) -> str:
         raise FileNotFoundError(f"{path}: no such text file{where}")
     path = readable_file(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".gz":  # (as every other command reads text: plain or gzipped)
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except (gzip.BadGzipFile, EOFError) as e:
+        raise ValueError(f"{path}: not a gzip file, or a truncated one ({e})") from None
     if not text.strip():
         raise ValueError(f"{path}: the file is empty (a language model's text)")
     return text

@@ -119,8 +119,9 @@ class Worker:
             jobs = self._take()
             try:
                 if isinstance(jobs[0].key, tuple) and jobs[0].key[0] == "call":  # (/generate: one request alone)
-                    jobs[0].future.set_result(jobs[0].key[1]())
+                    result = jobs[0].key[1]()
                     self.batches, self.requests, self.largest = self.batches + 1, self.requests + 1, max(self.largest, 1)
+                    jobs[0].future.set_result(result)  # (counted first: a /health right after sees it)
                     continue
                 texts = [t for j in jobs for t in j.texts]
                 out = self.run_batch(texts, jobs[0].key)

@@ -186,7 +186,7 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
                          "Hugging Face BERT folder; fine-tune the fp32 folder a run exported (`pretrain bert` and "
                          "`finetune classify` write RUN/model; give RUN or RUN/model) or the base a --peft run adapted")
     resumed = cfg.run.resume is not None
-    with open_run(cfg.run, runtime, reads=cfg.model) as folder:
+    with open_run(cfg.run, runtime, reads=base) as folder:
         tok = load_bert_tokenizer(base, cfg.split_special_tokens)
         torch.manual_seed(cfg.train.seed)  # the fresh head's initial weights (a resumed run reads its own)
         model = load_bert(base, announce_fresh=not resumed, n_labels=n_labels, pretraining_heads=False)

@@ -32,7 +32,8 @@ from transformer_lab.models.presets import GPT_PRESETS, gpt_preset
 from transformer_lab.models.summary import parameter_summary
 from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.nn.sparse import parse_pattern
-from transformer_lab.runs import LAST, find_checkpoint, load_model
+from transformer_lab.files import refuse_onnx_export
+from transformer_lab.runs import LAST, find_checkpoint, is_ours, load_model
 from transformer_lab.runs.checkpoint import recorded_settings
 from transformer_lab.runtime import Runtime, runtime_for, unwrap
 from transformer_lab.runtime.signals import Interrupted, interruptible_section
@@ -159,7 +160,8 @@ def encode_file(tok: Any, text: str, path: str | Path) -> list[int]:
     unk = getattr(tok, "unk_id", None)
     lost = 0 if unk is None else sum(i == unk for i in ids)
     if lost:
-        lines = sum(1 for i in tok.encode("a\nb") if i == unk)
+        spelt = next((c for c in text[:10_000] if not c.isspace() and unk not in tok.encode(c)), None)
+        lines = "\n" in text and spelt is not None and unk in tok.encode(f"{spelt}\n{spelt}")
         log.warning("%s: %s of %s tokens are the tokenizer's unknown token %r: that text is lost to the model%s; "
                     "--tokenizer bytelevel spells every character", path, f"{lost:,}", f"{len(ids):,}", tok.unk_token,
                     " (newlines among it: this tokenizer has none)" if lines else "")
@@ -347,8 +349,13 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu", split_special_
     tokenizer.json)."""
     path = Path(path)
     cfg_file = path / "config.json"
-    if cfg_file.is_file() and read_json_object(cfg_file).get("model_type") == "gpt2":
+    refuse_onnx_export(path)
+    kind = read_json_object(cfg_file).get("model_type") if cfg_file.is_file() and not is_ours(path) else None
+    if kind == "gpt2":
         model, folder = gpt_from_hf(path), path
+    elif kind is not None:  # (it said "not a complete checkpoint, missing ['meta.json']")
+        raise ValueError(f"{path}: a Hugging Face {kind} folder, not a GPT language model (our GPT runs and "
+                         "checkpoints, or a GPT-2 folder)")
     else:
         loaded = load_model(find_checkpoint(path), map_location=device)
         if not isinstance(loaded.model, GPT):
@@ -401,6 +408,11 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
         # the model holds the positions it trains (nanoGPT's block_size): `evaluate` and `generate` read windows
         # of max_len, and positions never trained would be read too (a checkpoint keeps its own: a resume)
         max_len = context if trained is None else recorded_max_len(cfg.run.resume, context)
+        bounded = not POSITION_ENCODINGS[cfg.position or base.position].acts_in_attention  # (a table: learned, sinusoids)
+        if context > max_len and bounded:
+            raise ValueError(f"--context {context}: the run's model holds {max_len} positions (its training context, "
+                             f"{cfg.position or base.position} positions); resume with --context <= {max_len}, or "
+                             "start a new run")
         model = GPT(gpt_preset(cfg.model, vocab_size=data.tokenizer.vocab_size, max_len=max_len,
                                **overrides))
         log.info("data: %s training tokens, %s validation (90/10 split); vocabulary %d (%s)", f"{len(data.train):,}",

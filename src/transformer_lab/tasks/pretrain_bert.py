@@ -52,6 +52,9 @@ class PretrainConfig:
     position: str = "learned"  # BERT's; another (alibi, t5, ...) exports a transformer-lab-bert folder
     attention: str = "full"  # self-attention's pattern (window:W[,global:G], block:B, chunked:C)
     nsp: bool = True
+    # the pairs' form, recorded with the settings: a run from before BERT's segment pairs (one sentence and the
+    # next) resumes with a warning that its data changed, not silently on other pairs
+    pairs: str = "segments"
     whole_word: bool = False
     static_masking: bool = False
     mask_prob: float = 0.15
@@ -62,6 +65,8 @@ class PretrainConfig:
             raise ValueError(f"label_smoothing: the MLM/NSP loss here is plain cross-entropy; got "
                              f"{self.train.label_smoothing}, expected 0")
         self.data = Path(self.data)
+        if self.pairs != "segments":
+            raise ValueError(f"pairs: 'segments' (BERT's segment pairs) is the one form built, got {self.pairs!r}")
         for name in ("vocab_size", "max_len", "batch_size"):
             check_positive(name, getattr(self, name))
         if not 0.0 < self.mask_prob < 1.0:
@@ -183,6 +188,15 @@ def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
         log.info("data: %d documents, %d training pairs, %d held-out pairs; vocabulary %d; model %s (%s parameters)",
                  data.n_documents, len(data.train_pairs), len(data.held_pairs), data.tokenizer.vocab_size, cfg.model,
                  f"{sum(p.numel() for p in model.parameters()):,}")
+        shares = {name: round(sum(p.not_next for p in pairs) / len(pairs), 4)
+                  for name, pairs in (("train", data.train_pairs), ("held_out", data.held_pairs)) if pairs and cfg.nsp}
+        if shares:  # (a one-sentence chunk is always NotNext: long lines, or short documents, tip the balance)
+            log.info("NotNext share: %s", ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+            if shares["train"] > 0.75:
+                log.warning("%.0f%% of the training pairs are NotNext (BERT's recipe gives about half on documents of "
+                            "many short sentences): many chunks hold one sentence, as lines longer than --max-len %d "
+                            "or documents of one line make them; NSP accuracy is then to be read against that share "
+                            "(expected: one sentence per line)", 100 * shares["train"], cfg.max_len)
 
         def validate(m: Bert) -> dict:
             res = evaluate_pretraining(m, held, cfg.nsp)
@@ -192,7 +206,8 @@ def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
                                 validate if held else None, {"tokenizer": data.tokenizer.save}, task_settings(cfg))
         summary: dict[str, Any] = {
             "steps": result.state.step, "train_seconds": round(result.state.elapsed_s, 1), "stopped_by": result.stopped_by,
-            "evaluated_on": "held-out documents" if held else "training pairs (too few documents to hold out)"}
+            "evaluated_on": "held-out documents" if held else "training pairs (too few documents to hold out)",
+            **({"not_next_share": shares} if shares else {})}
         if runtime.is_main:  # the weights as trained so far, as a Hugging Face folder
             summary["model"] = str(write_uncut(result, lambda: export(trainer.final_model, data.tokenizer,
                                                                       folder.export())))

@@ -266,8 +266,9 @@ class Trainer:
             changed = {k: (v, getattr(self.cfg, k)) for k, v in state["train_config"].items()
                        if k not in free and getattr(self.cfg, k, v) != v}
             saved = state.get("task_settings", {})
-            changed_task = {k: (saved.get(k), self.settings.get(k)) for k in sorted(set(saved) | set(self.settings))
-                            if saved and saved.get(k) != self.settings.get(k)}
+            # (a setting the task no longer records, which an older checkpoint has, is no change)
+            changed_task = {k: (saved.get(k), self.settings[k]) for k in sorted(self.settings)
+                            if saved and saved.get(k) != self.settings[k]}
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             raise unfit(e) from None
         held = {k: changed_task.pop(k) for k in self.fixed if k in saved and k in changed_task}
