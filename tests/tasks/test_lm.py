@@ -352,6 +352,9 @@ def test_training_options_fit_the_run(tmp_path):
     with pytest.raises(ValueError, match="not with --attention window:8"):
         lm.LMConfig.preset("lm", RunOptions(tmp_path), tmp_path / "t.txt", position="alibi", memory=64,
                            attention="window:8")
+    (tmp_path / "t.txt").write_text(TEXT)
+    assert main(["train", "--preset", "shakespeare-char", "--data", str(tmp_path / "t.txt"), "--vocab-size", "100",
+                 "--out", str(tmp_path / "r")]) == 2  # (ignored before: the characters are the vocabulary)
     small = lm.LMData(torch.zeros(1000, dtype=torch.long), torch.zeros(20_000, dtype=torch.long), None)
     assert lm.run_windows(small, 2048) == 10 and lm.run_windows(small, 16) == 240 and lm.run_windows(small, 10**6) == 8
 
@@ -379,6 +382,8 @@ def test_a_gzipped_text_reads_as_the_plain_one(tmp_path):
     with gzip.open(packed, "wt", encoding="utf-8") as f:
         f.write(TEXT)
     assert read_text(packed) == read_text(plain) == TEXT
+    plain.write_bytes(b"\xef\xbb\xbf" + TEXT.encode())  # a byte-order mark: dropped (it was a character)
+    assert read_text(plain) == TEXT
     (tmp_path / "bad.gz").write_bytes(b"not gzip")
     with pytest.raises(ValueError, match="not a gzip file"):
         read_text(tmp_path / "bad.gz")

@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size)  # (a resumed run: the settings left out are its own)
         cfg = lm.LMConfig.preset(args.preset, opts, locate(args.data), **overrides)
         cfg = replace(cfg, train=train_config(args, cfg.train, "gpt"))  # (checked again: a label smoothing is refused)
+        if args.vocab_size is not None and cfg.tokenizer == "char":
+            raise ValueError("--vocab-size: the char tokenizer's vocabulary is the text's characters (a subword one, "
+                             "--tokenizer bytelevel, takes a size)")
         return finish(lm.run(cfg), args.json)
     return finish(translation.run(_translation_config(args, opts)), args.json)
 

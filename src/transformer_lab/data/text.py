@@ -37,10 +37,10 @@ def read_text(path: str | Path) -> str:
     path = readable_file(path)
     try:
         if path.suffix == ".gz":  # (as every other command reads text: plain or gzipped)
-            with gzip.open(path, "rt", encoding="utf-8") as f:
+            with gzip.open(path, "rt", encoding="utf-8-sig") as f:
                 text = f.read()
         else:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark, as some editors write, dropped)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except (gzip.BadGzipFile, EOFError) as e:
