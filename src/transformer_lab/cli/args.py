@@ -178,6 +178,14 @@ def kept(args: argparse.Namespace, kind: str, **given: Any) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def refuse_unused(why: str, **given: Any) -> None:
+    """ValueError naming the options ``given`` (set: not None, not False) that this reading of the command
+    would ignore: ``why`` says which reading, after "not for"."""
+    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and v is not False]
+    if named:
+        raise ValueError(f"{', '.join(named)}: not for {why}")
+
+
 def run_seed(args: argparse.Namespace) -> int:
     """--seed, else a resumed run's own (its adapter was initialised with it: a resume compares them), else 0."""
     return args.seed if args.seed is not None else int(resumed(args)[1].get("seed", 0))

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from transformer_lab.cli.args import (add_json_summary, add_run_args, add_train_args, finish, non_negative_int, positive_int,
-                                      kept, resumed, resumed_settings, run_options, train_config)
+                                      kept, refuse_unused, resumed, run_options, train_config)
 from transformer_lab.data.text import locate
 from transformer_lab.models.presets import GPT_PRESETS, PRESETS
 from transformer_lab.nn.positions import POSITION_ENCODINGS
@@ -92,12 +92,10 @@ def run(args: argparse.Namespace) -> int:
     if args.attention is not None and task == "dates":
         raise ValueError("--attention: for a language model or a translation model, not the dates task")
     if task == "lm":  # (a translation's options, which the language model would ignore)
-        given = [f"--{n.replace('_', '-')}" for n in ("train_src", "train_tgt", "valid_src", "valid_tgt", "src", "tgt",
-                                                       "max_len", "max_tokens", "bleu_sample", "separate_vocab",
-                                                       "cache_dir", "n_test") if getattr(args, n) is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)}: not for a language model (a translation's or the dates demo's "
-                             "options); its text is --data, its length --context")
+        refuse_unused("a language model (a translation's or the dates demo's options; its text is --data, its "
+                      "length --context)", **{n: getattr(args, n) for n in (
+                          "train_src", "train_tgt", "valid_src", "valid_tgt", "src", "tgt", "max_len", "max_tokens",
+                          "bleu_sample", "separate_vocab", "cache_dir", "n_test")})
     opts = run_options(args, default_out=f"runs/{args.preset or task}")
     if args.resume and task == "dates" and (kind := resumed(args)[0]) != "transformer":
         raise ValueError(f"--resume {args.resume}: a {kind} run; resume it with the options that name its task and "
@@ -106,11 +104,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--eval-every/--patience: the dates task has no validation set to evaluate or stop on (its "
                          "score is the exact match on --n-test held-out dates at the end)")
     if task == "dates":
-        _, then = resumed_settings(args, "transformer")
         cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE, "transformer"),
-                                model=args.model or then.get("model", "tiny"), position=args.position or then.get("position"),
-                                batch_size=args.batch_size or then.get("batch_size", 64),
-                                n_test=args.n_test or then.get("n_test", 1000))
+                                **kept(args, "transformer", model=args.model, position=args.position,
+                                       batch_size=args.batch_size, n_test=args.n_test))
         return finish(dates.run(cfg), args.json)
     if task == "lm":
         if not args.data:

@@ -7,7 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from transformer_lab.cli.args import add_device, add_split_special_tokens, non_negative_float, positive_int, texts_or_stdin
+from transformer_lab.cli.args import (add_device, add_split_special_tokens, non_negative_float, positive_int,
+                                      refuse_unused, texts_or_stdin)
 from transformer_lab.files import check_writable
 from transformer_lab.runtime import choose_device
 from transformer_lab.tasks import lm, translation
@@ -88,7 +89,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         return _evaluate_lm(args, device)
     if not (args.src and args.ref):
         raise ValueError("--src/--ref: a translation checkpoint needs both (a language model: --text FILE)")
-    _refuse(args, "a translation's BLEU: they read a language model's --text", context=args.context, band=args.band,
+    refuse_unused("a translation's BLEU: they read a language model's --text", context=args.context, band=args.band,
             memory=args.memory)
     if args.out:
         check_writable(args.out, "--out")
@@ -115,18 +116,11 @@ def _search(args: argparse.Namespace) -> dict:
     return {"beam": 4 if args.beam is None else args.beam, "alpha": 0.6 if args.alpha is None else args.alpha}
 
 
-def _refuse(args: argparse.Namespace, why: str, **given) -> None:
-    """ValueError naming the options ``given`` (not None/False) that this reading of the command would ignore."""
-    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and v is not False]
-    if named:
-        raise ValueError(f"{', '.join(named)}: not for {why}")
-
-
 def _evaluate_lm(args: argparse.Namespace, device) -> int:
     if args.static_cache or args.compile:
         raise ValueError("--static-cache/--compile: for translation; a language model's loss reads whole windows "
                          "(no decoding; `generate` has them)")
-    _refuse(args, "a language model's --text (they are a translation's)", src=args.src, ref=args.ref, out=args.out,
+    refuse_unused("a language model's --text (they are a translation's)", src=args.src, ref=args.ref, out=args.out,
             beam=args.beam, alpha=args.alpha, no_cache=args.no_cache)
     model, tok = lm.load_lm(args.checkpoint, device, args.split_special_tokens)
     res = lm.evaluate_file(model, tok, args.text, args.context, args.batch_size, args.band, args.memory,

@@ -91,12 +91,15 @@ def make_pairs(docs: Sequence[Sequence[list[int]]], rng: random.Random, nsp: boo
         doc = docs[di]
         target = rng.randint(2, budget) if rng.random() < short_seq_prob else budget
         chunk: list[list[int]] = []
-        i = 0
+        length, i = 0, 0
         while i < len(doc):
             chunk.append(doc[i])
-            if i == len(doc) - 1 or sum(map(len, chunk)) >= target:
+            length += len(doc[i])
+            if i == len(doc) - 1 or length >= target:
                 if not nsp:
-                    out.append(PairExample(_truncated(_joined(chunk), budget, rng), [], 0))
+                    a = _joined(chunk)
+                    _truncate_pair(a, [], budget, rng)
+                    out.append(PairExample(a, [], 0))
                 else:
                     a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
                     a = _joined(chunk[:a_end])
@@ -115,7 +118,7 @@ def make_pairs(docs: Sequence[Sequence[list[int]]], rng: random.Random, nsp: boo
                         b, not_next = _joined(chunk[a_end:]), 0
                     _truncate_pair(a, b, budget, rng)
                     out.append(PairExample(a, b, not_next))
-                chunk = []
+                chunk, length = [], 0
             i += 1
     if not out:
         raise ValueError("no training examples: the documents hold no tokens")
@@ -132,11 +135,6 @@ def _truncate_pair(a: list[int], b: list[int], budget: int, rng: random.Random) 
     while len(a) + len(b) > budget:
         side = a if len(a) > len(b) else b
         del side[0 if rng.random() < 0.5 else -1]
-
-
-def _truncated(a: list[int], budget: int, rng: random.Random) -> list[int]:
-    _truncate_pair(a, [], budget, rng)
-    return a
 
 
 def held_out_documents(n_docs: int, every: int = 20, minimum: int = 40) -> set[int]:

@@ -158,7 +158,7 @@ def encode_file(tok: Any, text: str, path: str | Path) -> list[int]:
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     unk = getattr(tok, "unk_id", None)
-    lost = 0 if unk is None else sum(i == unk for i in ids)
+    lost = 0 if unk is None else ids.count(unk)
     if lost:
         spelt = next((c for c in text[:10_000] if not c.isspace() and unk not in tok.encode(c)), None)
         lines = "\n" in text and spelt is not None and unk in tok.encode(f"{spelt}\n{spelt}")
