@@ -142,7 +142,7 @@ def test_generate_bad_arguments(tmp_path, capsys, args):
     assert e.value.code == 2 and f"argument {args[0]}: expected" in capsys.readouterr().err
 
 
-def test_generate_errors(tmp_path, capsys):
+def test_generate_errors(tmp_path, capsys, monkeypatch):
     text = tmp_path / "t.txt"
     text.write_text("abcdefgh\n" * 300)
     out = tmp_path / "run"
@@ -155,6 +155,10 @@ def test_generate_errors(tmp_path, capsys):
     assert "max_len=64" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(out), "--prompt", ""]) == 2  # nothing to start from
     assert "no tokens" in capsys.readouterr().err
+    # prompts on stdin: the one that fails is named (a trailing blank line failed the batch, unnamed)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"abc\nbca\n\n")))
+    assert main(["generate", "--checkpoint", str(out), "--max-new-tokens", "2"]) == 2
+    assert "prompt 3 of 3: the prompt encodes to no tokens" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", MINILM, "--prompt", "a"]) == 2  # (it said "missing ['meta.json']")
     assert "a Hugging Face bert folder, not a GPT language model" in capsys.readouterr().err
     empty = tmp_path / "empty.txt"
@@ -252,6 +256,31 @@ def test_a_resumed_pretraining_keeps_its_vocabulary_and_its_settings(tmp_path, c
     settings = recorded_settings(out / "checkpoints" / "last")[2]
     assert (settings["nsp"], settings["whole_word"], settings["batch_size"], settings["max_len"]) == (False, True, 4, 24)
     assert "changed data or task settings" in caplog.text and "'nsp'" not in caplog.text  # (the data only)
+
+
+def test_a_pretraining_without_nsp_exports_a_masked_lm(tmp_path):
+    """`--no-nsp` trains no NSP head and no pooler (only NSP reads it): OUT/model is a BertForMaskedLM
+    (it was a BertForPreTraining holding both untrained). Oracle: transformers' BertForMaskedLM loads it with
+    no weight left over or missing, and its logits are the checkpoint's."""
+    import transformers
+
+    from transformer_lab.models.hf import load_bert
+    from transformer_lab.runs import load_model
+
+    out = tmp_path / "bert"
+    assert main(["pretrain", "bert", "--data", str(small_documents(tmp_path / "docs.txt")), "--out", str(out),
+                 "--vocab-size", "60", "--max-steps", "2", "--max-len", "24", "--batch-size", "4", "--no-nsp",
+                 "--no-progress"]) == 0
+    assert json.loads((out / "model" / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    hf, info = transformers.BertForMaskedLM.from_pretrained(out / "model", output_loading_info=True)
+    assert not any(info.values()), info  # nothing missing, unexpected or mismatched
+    trained = load_model(out / "checkpoints" / "last").model.eval()
+    ours = load_bert(out / "model")
+    assert ours.nsp is None and ours.config.pretraining_heads
+    x = torch.randint(5, 60, (2, 12))
+    with torch.no_grad():
+        assert (hf.eval()(input_ids=x).logits - trained(x).mlm_logits).abs().max() <= 1e-5
+        assert torch.equal(ours(x).mlm_logits, trained(x).mlm_logits) and ours(x).nsp_logits is None
 
 
 def test_pretraining_on_long_lines_warns_of_its_notnext_share(tmp_path, caplog):

@@ -179,17 +179,21 @@ def test_bad_input(ours):
 
 def test_a_masked_lm_folder_loads_with_its_head(tmp_path):
     """A folder written by transformers' BertForMaskedLM (no pooler, no NSP head): our MLM logits
-    equal HF's; the missing pooler and NSP head start fresh instead of failing."""
+    equal HF's; it has no NSP head, and the missing pooler starts fresh instead of failing; saved again, it is a
+    BertForMaskedLM folder again."""
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=40)
     hf = transformers.BertForMaskedLM(cfg).eval()
     hf.save_pretrained(tmp_path / "mlm")
     ours = load_bert(tmp_path / "mlm").eval()
-    assert ours.config.pretraining_heads
+    assert ours.config.pretraining_heads and ours.nsp is None
     x = torch.randint(1, 90, (2, 11))
     with torch.no_grad():
         assert (hf(input_ids=x).logits - ours(x).mlm_logits).abs().max() <= 1e-5
+    save_bert(ours, tmp_path / "again")
+    _, info = transformers.BertForMaskedLM.from_pretrained(tmp_path / "again", output_loading_info=True)
+    assert not any(info.values()), info
 
 
 @pytest.mark.parametrize("position,attention", [("t5", "full"), ("shaw", "full"), ("alibi", "window:4,global:1"),

@@ -104,8 +104,23 @@ def test_find_checkpoint_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint or run folder"):
         find_checkpoint(tmp_path / "nowhere")
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="a run folder without a checkpoint"):
+    with pytest.raises(FileNotFoundError, match="a run folder without a checkpoint.*stopped before its first save"):
         find_checkpoint(tmp_path / "run", prefer=(BEST, LAST))
+
+
+def test_resuming_a_run_before_its_first_save_names_its_writer(tmp_path):
+    """A run still before its first checkpoint (its lock and no checkpoints/ yet): --resume said "not a
+    complete checkpoint, missing [...]"; it names the process writing it, or says the run stopped early."""
+    folder = RunFolder(tmp_path / "run").lock()
+    try:
+        with pytest.raises(FileNotFoundError, match=f"process {os.getpid()} is writing it; wait for its first save"):
+            find_checkpoint(tmp_path / "run", prefer=(LAST,))
+    finally:
+        folder.unlock()  # (and removes what it created: nothing was written)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    (tmp_path / "run" / ".lock").touch()  # a killed run's folder: the lock file, held by nobody
+    with pytest.raises(FileNotFoundError, match="stopped before its first save"):
+        find_checkpoint(tmp_path / "run", prefer=(LAST,))
 
 
 def test_resume_of_a_missing_checkpoint_fails_before_any_work(tmp_path, capsys):

@@ -43,6 +43,29 @@ def test_encode_bert_vocab_txt_from_stdin():
     assert tokens.stdout.decode() == "hello , world !\n"
 
 
+def test_a_vocab_txt_read_alone_says_when_its_folder_sets_otherwise(tmp_path, caplog):
+    """DIR/vocab.txt is read as transformers' BertTokenizer(vocab_file) reads it, with BERT's defaults; a
+    tokenizer_config.json beside it that sets others (a cased model; special-token text as text) was
+    ignored in silence: now a warning names them and the folder to give. MiniLM's own folder agrees."""
+    import logging
+    import shutil
+
+    from transformers import BertTokenizerFast
+
+    shutil.copyfile(minilm_vocab(), tmp_path / "vocab.txt")
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false, "split_special_tokens": true}')
+    with caplog.at_level(logging.WARNING):
+        alone = load_tokenizer(tmp_path / "vocab.txt")
+        assert "lowercase=True, split_special_tokens=False" in caplog.text and str(tmp_path) in caplog.text
+        caplog.clear()
+        folder = load_tokenizer(tmp_path)
+        load_tokenizer(minilm_vocab())
+    assert not caplog.text
+    hf = BertTokenizerFast.from_pretrained(tmp_path)  # the folder's reading is transformers' (oracle)
+    for tok in ((alone, BertTokenizerFast(minilm_vocab())), (folder, hf)):
+        assert tok[0].encode("Big [SEP] Dog") == tok[1]("Big [SEP] Dog", add_special_tokens=False)["input_ids"]
+
+
 def test_encode_reports_invalid_utf8_with_line_and_offset():
     res = run_cli(["tokenizer", "encode", "--tokenizer", minilm_vocab()], b"fine\nbad \xff here\n")
     assert res.returncode == 2

@@ -47,6 +47,7 @@ class BertConfig:
     eps: float = 1e-12
     pad_id: int = 0
     pretraining_heads: bool = False  # MLM + NSP heads
+    nsp_head: bool = True  # with pretraining_heads: False = the MLM head alone (HF BertForMaskedLM; no NSP)
     n_labels: int = 0  # > 0: a sequence-classification head with this many classes
     attention_impl: str = "sdpa"
     position: str = "learned"  # "learned" (BERT), "sinusoidal"; inside self-attention "rotary", "alibi", "t5", "shaw"
@@ -139,7 +140,7 @@ class Bert(nn.Module):
         self.encoder = Encoder([EncoderLayer(c.block(), inner) for _ in range(c.n_layers)], c.d_model, norm_first=False)
         self.pooler = nn.Linear(c.d_model, c.d_model)
         self.mlm = MLMHead(c, self.embed.token.weight) if c.pretraining_heads else None
-        self.nsp = nn.Linear(c.d_model, 2) if c.pretraining_heads else None
+        self.nsp = nn.Linear(c.d_model, 2) if c.pretraining_heads and c.nsp_head else None
         self.classifier = nn.Sequential(Dropout(c.dropout), nn.Linear(c.d_model, c.n_labels)) if c.n_labels else None
         # Parameter-efficient tuning slots (``adapters`` fills them): a prefix, whose keys and values every
         # layer attends to first, or a soft prompt, vectors before the token embeddings. Either takes the
@@ -220,6 +221,7 @@ class Bert(nn.Module):
         out = BertOutput(hidden, pooled)
         if self.mlm is not None:
             out.mlm_logits = self.mlm(_select(hidden, mlm_positions))
+        if self.nsp is not None:
             out.nsp_logits = self.nsp(pooled)
         if self.classifier is not None:
             out.class_logits = self.classifier(pooled)

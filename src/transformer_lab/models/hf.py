@@ -152,6 +152,7 @@ def bert_config_from_hf(hf: dict[str, Any], where: str = "config.json", **overri
             eps=hf.get("layer_norm_eps", 1e-12), pad_id=hf.get("pad_token_id", 0) or 0,
             n_labels=len(hf["id2label"]) if "BertForSequenceClassification" in hf.get("architectures", []) else 0,
             pretraining_heads=bool({"BertForPreTraining", "BertForMaskedLM"} & set(hf.get("architectures") or [])),
+            nsp_head="BertForMaskedLM" not in (hf.get("architectures") or []),
         )
     except KeyError as e:
         raise ValueError(f"{where}: missing key {e.args[0]!r} of a BERT config") from None
@@ -165,7 +166,8 @@ def is_hf_bert(c: BertConfig) -> bool:
 
 
 def bert_config_to_hf(c: BertConfig) -> dict[str, Any]:
-    arch = "BertForSequenceClassification" if c.n_labels else "BertForPreTraining" if c.pretraining_heads else "BertModel"
+    arch = ("BertForSequenceClassification" if c.n_labels else "BertModel" if not c.pretraining_heads
+            else "BertForPreTraining" if c.nsp_head else "BertForMaskedLM")
     hf = {
         "architectures": [arch], "model_type": "bert", "vocab_size": c.vocab_size, "hidden_size": c.d_model,
         "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "intermediate_size": c.d_ff,
@@ -224,10 +226,12 @@ def bert_state_to_hf(model: Bert) -> dict[str, Tensor]:
     encoder is stored without the prefix, as BertModel does."""
     reverse = [(o, h) for h, o in bert_name_pairs(model.config.n_layers)]
     aliases = _aliases(model)
+    masked_lm = model.config.pretraining_heads and not model.config.nsp_head
     out = {}
     for name, t in model.state_dict().items():
-        if name in aliases:
-            continue  # stored under its first name (HF re-ties cls.predictions.decoder on load)
+        if name in aliases or masked_lm and name.startswith("pooler."):
+            continue  # stored under its first name (HF re-ties cls.predictions.decoder on load); BertForMaskedLM
+            # has no pooler (only NSP trains it)
         hf = _rename(name, reverse)
         if hf is None and not is_hf_bert(model.config):
             out[_OURS + name] = t.detach().contiguous()

@@ -212,18 +212,37 @@ def _read_pid(fd: int) -> str:
     return "unknown"
 
 
+def writer_of(path: Path) -> str | None:
+    """The pid of the process writing the run folder ``path`` (holding its lock), or None."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path / ".lock", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # (closing the descriptor releases it)
+    except OSError:
+        return _read_pid(fd)
+    finally:
+        os.close(fd)
+
+
 def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = (BEST, LAST)) -> Path:
     """The checkpoint folder a user means by ``path``: a checkpoint folder itself (or the ``.old``
     copy an interrupted save left), or a run folder, whose checkpoints are tried in ``prefer`` order
     (``translate`` and ``evaluate`` prefer the best; ``--resume`` the last)."""
     path = Path(path)
     checkpoints = path / CHECKPOINTS
-    if checkpoints.is_dir():
+    if checkpoints.is_dir() or (path / ".lock").exists() and not (path / "meta.json").exists():
         for name in prefer:
             candidate = checkpoints / name
             if candidate.exists() or candidate.with_name(name + ".old").exists():
                 return resolve_checkpoint(candidate)
-        raise FileNotFoundError(f"{path}: a run folder without a checkpoint ({' or '.join(prefer)}) in {checkpoints}")
+        holder = writer_of(path)
+        raise FileNotFoundError(f"{path}: a run folder without a checkpoint ({' or '.join(prefer)}) yet: " + (
+            f"process {holder} is writing it; wait for its first save" if holder else "it stopped before its first save"))
     if not path.exists() and not path.with_name(path.name + ".old").exists():
         raise FileNotFoundError(f"{path}: no such checkpoint or run folder")
     return resolve_checkpoint(path)

@@ -538,7 +538,13 @@ def sample(model: GPT, tok: Any, prompts: list[str], cfg: SamplingConfig, genera
     step (progress: at most ``cfg.max_new_tokens`` calls in all). A SIGINT/SIGTERM stops generation and
     keeps what was generated."""
     check_positive("num_samples", num_samples)
-    ids = [encode_prompt(tok, p, model.config.eos_id) for p in prompts]
+    ids = []
+    for n, p in enumerate(prompts, 1):
+        try:
+            ids.append(encode_prompt(tok, p, model.config.eos_id))
+        except ValueError as e:  # which of the prompts (lines of stdin, most often: a trailing blank one)
+            raise ValueError(f"prompt {n} of {len(prompts)}: {str(e).removeprefix('prompt: ')}" if len(prompts) > 1
+                             else str(e)) from None
     rows = [i for i in ids for _ in range(num_samples)]
     decoder = IncrementalDecoder(tok)
     steps: list[Tensor] = []

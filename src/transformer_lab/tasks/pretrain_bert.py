@@ -5,7 +5,8 @@ a WordPiece vocabulary trained on the training documents (or a given vocab.txt);
 NotNext sentences of held-out pairs drawn from held-out documents only. build: a BERT preset with
 the MLM and NSP heads. loss: mean MLM cross-entropy over the selected tokens + mean NSP
 cross-entropy. validate: MLM and NSP accuracy on the held-out pairs. The run exports OUT/model, a
-Hugging Face BERT folder.
+Hugging Face BERT folder (BertForPreTraining; with --no-nsp BertForMaskedLM, without the NSP head and the
+pooler, which only NSP trains).
 """
 
 from __future__ import annotations
@@ -121,6 +122,16 @@ def build(cfg: PretrainConfig, tok: WordPieceTokenizer) -> Bert:
                             pad_id=tok.token_to_id("[PAD]"), position=cfg.position, attention=cfg.attention))
 
 
+def exported(model: Bert, nsp: bool) -> Bert:
+    """The model OUT/model holds: a --no-nsp run's without the NSP head it never trained. (Training keeps
+    the head, unused, so a checkpoint of any earlier run resumes.)"""
+    if nsp:
+        return model
+    mlm = Bert(replace(model.config, nsp_head=False))
+    mlm.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("nsp.")})
+    return mlm
+
+
 def pretrain_loss(nsp: bool):
     def loss_fn(model: Bert, b: PretrainBatch, device: torch.device) -> StepLoss:
         # (the selected positions come as flat indices, found on the host: PretrainBatch.mlm_positions)
@@ -209,8 +220,8 @@ def run(cfg: PretrainConfig, runtime: Runtime | None = None) -> TaskResult:
             "evaluated_on": "held-out documents" if held else "training pairs (too few documents to hold out)",
             **({"not_next_share": shares} if shares else {})}
         if runtime.is_main:  # the weights as trained so far, as a Hugging Face folder
-            summary["model"] = str(write_uncut(result, lambda: export(trainer.final_model, data.tokenizer,
-                                                                      folder.export())))
+            summary["model"] = str(write_uncut(result, lambda: export(exported(trainer.final_model, cfg.nsp),
+                                                                      data.tokenizer, folder.export())))
         final = after_training(result, lambda: evaluate_pretraining(trainer.final_model, held or source, cfg.nsp))
         if final is not None:
             summary.update({k: round(v, 4) for k, v in final.items()})

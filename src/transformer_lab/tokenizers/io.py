@@ -14,6 +14,7 @@ Our own folders keep the setting they were saved with (default: such text is ord
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from transformer_lab.tokenizers.bpe import BPETokenizer
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.char import CharTokenizer
 from transformer_lab.tokenizers.wordpiece import WordPieceTokenizer
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "tokenizer_config.json"
 HF_FILE = "tokenizer.json"
@@ -109,7 +112,8 @@ def load_tokenizer(path: str | Path, cased: bool | None = None, split_special_to
     elif path.suffix == ".json":
         tok = load_hf_json(path)
     elif path.suffix == ".txt":
-        tok = load_bert_vocab(path, cased=cased)
+        tok = load_bert_vocab(path, cased=cased)  # (as transformers' BertTokenizer(vocab_file): its defaults)
+        _warn_of_settings_beside(path, tok, cased)
     elif not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     else:
@@ -117,6 +121,22 @@ def load_tokenizer(path: str | Path, cased: bool | None = None, split_special_to
     if split_special_tokens is not None:
         tok.split_special_tokens = split_special_tokens
     return tok
+
+
+def _warn_of_settings_beside(vocab: Path, tok: WordPieceTokenizer, cased: bool | None) -> None:
+    """A vocab.txt read alone takes BERT's defaults; say so when its folder's tokenizer_config.json sets others."""
+    beside = vocab.parent / CONFIG_FILE
+    if vocab.name != BERT_VOCAB or not beside.is_file():
+        return
+    try:
+        there = load_bert_vocab(vocab, read_json_object(beside), str(beside), cased)
+    except ValueError:
+        return  # (not a BERT tokenizer_config.json: nothing to compare)
+    differ = [k for k in ("lowercase", "strip_accents", "split_special_tokens") if getattr(tok, k) != getattr(there, k)]
+    if differ:
+        log.warning("%s is read alone, with BERT's defaults (%s); the %s beside it sets %s: give the folder %s to "
+                    "read it as its model does", vocab, ", ".join(f"{k}={getattr(tok, k)}" for k in differ), CONFIG_FILE,
+                    ", ".join(f"{k}={getattr(there, k)}" for k in differ), vocab.parent)
 
 
 def _class_for(algorithm: Any, where: Path):
