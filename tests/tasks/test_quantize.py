@@ -121,6 +121,8 @@ def test_finetune_classify_with_qat_writes_a_quantized_model(shared_data, tmp_pa
     config = json.loads((out / "quantized" / "config.json").read_text())
     assert config["quantization"]["scheme"] == "static" and config["n_labels"] == 2
     assert main(["embed", "--model", str(out / "quantized"), "a fine film"]) == 0
+    from transformer_lab.tasks.classify import load_classifier  # texts are cut at the run's length, not MiniLM's 256
+    assert [load_classifier(out / name)[2] for name in ("quantized", "model", "")] == [32, 32, 32]
     assert main(["finetune", "classify", "--model", MINILM, "--train", str(train), "--dev", str(dev), "--max-steps", "2",
                  "--qat", "dynamic", "--peft", "lora", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "does not combine with --peft" in capsys.readouterr().err
