@@ -62,6 +62,8 @@ def test_lora_classifier_adapter_loads_in_peft_and_merges(tmp_path, capsys, sst)
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-4, rtol=0)
     assert (tmp_path / "m" / "vocab.txt").is_file()
+    from transformer_lab.tasks.classify import load_classifier  # long texts are cut where the run cut them (128),
+    assert load_classifier(tmp_path / "m")[2] == load_classifier(out)[2] == 128  # not at MiniLM's 512 or 256
 
 
 def test_a_fine_tuned_classifier_labels_texts(tmp_path, capsys, sst):
@@ -102,7 +104,12 @@ def test_a_fine_tuned_classifier_labels_texts(tmp_path, capsys, sst):
         quantized = tmp_path / f"int8-{source.name}"
         assert main(["quantize", "--checkpoint", str(source), "--out", str(quantized)]) == 0
         assert load_classifier(quantized)[2] == 128
-    capsys.readouterr()
+    capsys.readouterr()  # the run is named, with the merge to make first ("model: carries an adapter"; merge
+    for cmd in (["quantize", "--checkpoint"], ["export", "onnx", "--checkpoint"]):  # took it for the base)
+        assert main([*cmd, str(lora), "--out", str(tmp_path / "x")]) == 2
+        assert f"{lora}: a --peft lora run" in capsys.readouterr().err
+    assert main(["peft", "merge", "--model", str(lora), "--adapter", str(lora / "adapter"), "--out", str(tmp_path / "x")]) == 2
+    assert f"give the base it was tuned from ({MINILM})" in capsys.readouterr().err
     assert main(["classify", "--model", str(lora), "--json", *texts]) == 0
     got = [p["probabilities"] for p in json.loads(capsys.readouterr().out)["predictions"]]
     torch.testing.assert_close(torch.tensor(got), predict(model, tokenizer, texts, max_len), atol=1e-6, rtol=0)
@@ -134,6 +141,12 @@ def test_prompt_adapter_has_nothing_to_merge(tmp_path, capsys, sst):
 
 @pytest.mark.parametrize("args, match", [(["--r", "0"], "argument --r: expected an integer >= 1"),
                                          (["--peft", "lora", "--target", "attn_q"], "matches no Linear layer"),
+                                         (["--peft", "lora", "--target", "attn_q"], "named classifier.1, "),
+                                         # (it trained, then failed at the save: no LoRA layer)
+                                         (["--peft", "lora", "--target", "1"], "in the head that trains in full"),
+                                         (["--peft", "prompt", "--prompt-text", ""], "encodes to no tokens"),
+                                         (["--qat-bits", "4"], "--qat-bits: not for a fine-tuning without --qat"),
+                                         (["--qat", "dynamic", "--qat-calibrate", "kl"], "--qat-calibrate: not for --qat dynamic"),
                                          (["--peft", "ia3"], "invalid choice")])
 def test_bad_peft_arguments(tmp_path, capsys, sst, args, match):
     try:

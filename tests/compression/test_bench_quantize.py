@@ -9,9 +9,10 @@ from transformer_lab.cli.main import main
 def test_bench_quantize_json_rows(shared_data, capsys):
     assert main(["bench", "quantize", "--task", "embed", "--data", str(shared_data / "sst2"), "--limit", "24",
                  "--variants", "dynamic,static-kl,dynamic-emb", "--batch", "2", "--length", "16", "--steps", "1",
-                 "--rounds", "1", "--calib-samples", "16", "--json"]) == 0
+                 "--rounds", "1", "--calib-samples", "16", "--threads", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert {"ours", "peer", "ratio"} <= set(r) and r["peer_name"] in ("torch.ao", "ort-int8")
+    assert r["threads"] == 1  # (--threads: figures on cores other work shares swung 60x)
     rows = r["rows"]
     assert set(rows) == {"fp32", "dynamic", "static-kl", "dynamic-emb", "torch.ao", "ort-fp32", "ort-int8"}
     assert rows["fp32"]["min_cosine_to_fp32"] == 1.0 and rows["ort-fp32"]["min_cosine_to_fp32"] > 0.9999

@@ -42,6 +42,24 @@ def test_every_linear_converts_but_the_skipped_and_the_tied_projection():
     assert float((got.exp() - want.exp()).abs().max()) < 0.05
 
 
+def test_skip_takes_a_name_or_its_end_and_records_the_paths_it_kept(tmp_path):
+    """``skip="w_q"`` kept nothing in fp32 (only a full path matched, and a name matching nothing was
+    silently ignored); it now names every layer's w_q, as an adapter's target does, the checkpoint records
+    the paths, and a name that keeps nothing is an error."""
+    model = quantize_model(_translation_model(), QuantConfig(skip="self_attn.w_q,ffn"))
+    fp32 = sorted(n for n, m in model.named_modules() if type(m) is torch.nn.Linear and n != "generator.proj")
+    assert fp32 == sorted([f"{s}.layers.0.self_attn.w_q" for s in ("encoder", "decoder")]
+                          + [f"{s}.layers.0.ffn.w_{i}" for s in ("encoder", "decoder") for i in (1, 2)])
+    assert model.quant_config.skip == ",".join(["encoder.layers.0.self_attn.w_q", "decoder.layers.0.self_attn.w_q",
+                                                "encoder.layers.0.ffn", "decoder.layers.0.ffn"])
+    save_checkpoint(tmp_path / "q", model, {"step": 0})
+    assert sum(isinstance(m, QuantLinear) for m in load_model(tmp_path / "q").model.modules()) == 16 - 6
+    for bad, match in (("foo", "'foo' matches no module"), ("bert.pooler.dense", "matches no module.*named w_1, w_2, w_k"),
+                       ("norm", "no Linear layer or embedding table")):
+        with pytest.raises(ValueError, match=match):
+            quantize_model(_translation_model(), QuantConfig(skip=bad))
+
+
 @pytest.mark.parametrize("cfg", [QuantConfig(), QuantConfig(scheme="static", calibrate="kl"),
                                  QuantConfig(scheme="static", calibrate="percentile", smooth=0.5),
                                  QuantConfig(scheme="weight-only", bits=4, granularity="group", group_size=16),
@@ -76,6 +94,8 @@ def test_calibration_is_required_and_a_quantized_model_is_refused():
         QuantConfig(scheme="weight-only", smooth=0.5)
     with pytest.raises(ValueError, match="calibrate"):
         QuantConfig(calibrate="entropy")
+    with pytest.raises(ValueError, match="weight_calibrate: expected one of"):  # (an activation method: it took
+        quantize_model(_translation_model(), QuantConfig(weight_calibrate="kl"))  # half an hour on MiniLM)
 
 
 def test_a_gpt_quantizes_with_its_tied_head_in_fp32():

@@ -58,6 +58,14 @@ def test_bad_calibration_data_is_refused(tmp_path, capsys):
     assert not (tmp_path / "q").exists()  # nothing written by a refused run
     assert main(["quantize", "--checkpoint", MINILM, "--out", out, "--scheme", "weight-only", "--smooth", "0.5"]) == 2
     assert "nothing to smooth" in capsys.readouterr().err
+    # options this quantization would not read: refused (they were ignored, and config.json recorded them)
+    for args, message in ((["--calibrate", "kl"], "--calibrate: not for --scheme dynamic"),
+                          (["--scheme", "weight-only", "--group-size", "64"], "--group-size: not for --granularity channel"),
+                          (["--scheme", "static", "--activations", "tensor"], "--activations: not for --scheme static"),
+                          (["--tied"], "no output layer tied to an embedding table")):
+        assert main(["quantize", "--checkpoint", MINILM, "--out", out, *args]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
 
 
 def test_a_quantized_translation_model_translates_and_evaluates(shared_data, tmp_path, capsys):

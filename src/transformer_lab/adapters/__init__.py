@@ -139,12 +139,17 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig) -> nn.Module:
                 for name, m in list(model.named_modules()):
                     if type(m) is nn.Linear and name and not _in_trained(name, trained) and id(m.weight) not in tables:
                         set_module(model, name, NF4Linear(m, cfg.block, cfg.double_quant))
-            for name in find_linears(model, parse_targets(cfg.targets), (nn.Linear, NF4Linear)):
+            found = find_linears(model, parse_targets(cfg.targets), (nn.Linear, NF4Linear))
+            for name in found:
                 if id(getattr(model.get_submodule(name), "weight", None)) in tables:
                     raise ValueError(f"target: {name}'s weight is the token-embedding table (tied); a LoRA there "
                                      "could not be merged without changing the embeddings; choose other layers")
-                if not _in_trained(name, trained):
-                    set_module(model, name, LoRALinear(model.get_submodule(name), cfg.r, cfg.alpha, cfg.dropout))
+            adapted = [name for name in found if not _in_trained(name, trained)]
+            if not adapted:  # (it trained, then failed to save: "the model has no LoRA layers")
+                raise ValueError(f"target: {cfg.targets!r} matches only {', '.join(found)}, in the head that trains in "
+                                 "full; choose layers of the model, such as w_q,w_v")
+            for name in adapted:
+                set_module(model, name, LoRALinear(model.get_submodule(name), cfg.r, cfg.alpha, cfg.dropout))
         elif cfg.method == "prefix":
             n_layers, n_heads, d_head = attention_shape(model, "prefix")
             model.prefix = PrefixTuning(n_layers, n_heads, d_head, cfg.prefix_len, cfg.prefix_hidden or None)

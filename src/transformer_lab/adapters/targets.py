@@ -40,11 +40,18 @@ def find_linears(model: nn.Module, patterns: tuple[str, ...], kinds: tuple[type,
     found = [name for name in layers if any(matches(name, p) for p in patterns)]
     unmatched = [p for p in patterns if not any(matches(name, p) for name in layers)]
     if unmatched:
-        short = sorted({name.rsplit(".", 1)[-1] for name in layers})
+        short = sorted({_short(name) for name in layers})
         raise ValueError(f"target: {', '.join(map(repr, unmatched))} matches no Linear layer of this "
                          f"{type(model).__name__}; its Linear layers are named {', '.join(short)} "
                          f"(e.g. {layers[0] if layers else 'none'})")
     return found
+
+
+def _short(name: str) -> str:
+    """A layer's name as a pattern names it: its last part, or its last two where the last is an index
+    (``classifier.1``, a Linear inside an nn.Sequential; "1" alone reads as no layer)."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:

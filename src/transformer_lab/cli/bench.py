@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from transformer_lab.bench import attention, bert, ddp, gpt, int8, model, peft, quantize, tokenizer, translation
 from transformer_lab.bench.harness import BenchResult
-from transformer_lab.cli.args import non_negative_int, positive_float, positive_int, seed
+from transformer_lab.cli.args import add_threads, non_negative_int, positive_float, positive_int, seed
 from transformer_lab.models.presets import PRESETS
 
 log = logging.getLogger("transformer_lab")
@@ -87,6 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         b.add_argument("--rounds", type=positive_int, default=5)
         if name == "int8":
             b.add_argument("--compile", action="store_true", help="ours (and an fp32 reference) under torch.compile")
+        add_threads(b)
         b.set_defaults(run=run)
 
     g = _parser(bsub, "gpt", "GPT generation (cache / no cache) and training: ours vs HF GPT-2", gpt.__doc__)
@@ -131,6 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--finetune-steps", type=positive_int, default=300)
     q.add_argument("--beam", type=positive_int, default=4, help="translate: beam size for BLEU")
     q.add_argument("--compile", action="store_true", help="BERT tasks: fp32 and each variant also under torch.compile")
+    add_threads(q)  # (onnxruntime's sessions take as many)
     q.set_defaults(run=_quantize)
 
     at = _parser(bsub, "attention", "long-sequence attention: time and peak memory vs n (full, chunked, window, "

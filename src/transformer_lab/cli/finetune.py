@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from transformer_lab.cli.args import (adapter_config, add_json_summary, add_peft_args, add_run_args,
-                                      add_split_special_tokens, add_train_args, finish, kept, positive_float, positive_int, run_options, train_config)
+                                      add_split_special_tokens, add_train_args, finish, kept, positive_float, positive_int,
+                                      refuse_unused, run_options, train_config)
 from transformer_lab.cli.train import add_translation_data_args, translation_data
 from transformer_lab.compression import OBSERVERS, QuantConfig
 from transformer_lab.compression.linear import SCHEMES
@@ -45,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     fc.add_argument("--qat", default=None, choices=SCHEMES,
                     help="quantization-aware training for this quantization scheme (straight-through estimator); "
                          "also writes OUT/quantized")
-    fc.add_argument("--qat-bits", type=int, default=8, choices=(8, 4), help="weight bits with --qat")
-    fc.add_argument("--qat-calibrate", default="minmax", choices=sorted(OBSERVERS),
+    fc.add_argument("--qat-bits", type=int, default=None, choices=(8, 4), help="weight bits with --qat (default 8)")
+    fc.add_argument("--qat-calibrate", default=None, choices=sorted(OBSERVERS),
                     help="the static scheme's activation range when the QAT model is quantized")
     add_split_special_tokens(fc)
     _run_train_peft_args(fc, classify_cmd)
@@ -93,12 +94,18 @@ def _run_train_peft_args(p: argparse.ArgumentParser, func) -> None:
 def classify_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
     settings = kept(args, "bert", epochs=args.epochs, max_len=args.max_len, batch_size=args.batch_size)
+    if args.qat != "static":  # (they were ignored)
+        refuse_unused("a fine-tuning without --qat static" if args.qat is None else f"--qat {args.qat} (it calibrates "
+                      "no activation range)", qat_calibrate=args.qat_calibrate)
+    if args.qat is None:
+        refuse_unused("a fine-tuning without --qat", qat_bits=args.qat_bits)
+    qat = {k: v for k, v in (("bits", args.qat_bits), ("calibrate", args.qat_calibrate)) if v is not None}
     cfg = classify.ClassifyConfig(
         run_options(args), Path(args.model), locate(args.train), locate(args.dev), locate(args.test) if args.test else None,
         train_config(args, classify.recipe(adapter), "bert"), steps=args.max_steps, warmup=args.warmup,
         eval_every=args.eval_every, **settings,
         split_special_tokens=args.split_special_tokens, adapter=adapter, prompt_text=args.prompt_text,
-        qat=QuantConfig(scheme=args.qat, bits=args.qat_bits, calibrate=args.qat_calibrate) if args.qat else None)
+        qat=QuantConfig(scheme=args.qat, **qat) if args.qat else None)
     return finish(classify.run(cfg), args.json)
 
 

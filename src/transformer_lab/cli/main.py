@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extras = parser.parse_known_args(argv)
     if extras:  # named by the sub-command that was given them, with its usage (argparse: the top level's)
         chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
+    threads = torch.get_num_threads()
     if getattr(args, "threads", None):  # (--threads: the training commands, and those that run a model)
         torch.set_num_threads(args.threads)
     try:
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)  # (main called in-process, as tests and notebooks do, leaves them as found)
 
 
 if __name__ == "__main__":

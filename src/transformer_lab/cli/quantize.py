@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from transformer_lab.cli.args import positive_float, positive_int
+from transformer_lab.cli.args import positive_float, positive_int, refuse_unused
 from transformer_lab.compression import OBSERVERS, QuantConfig
 from transformer_lab.compression.linear import GRANULARITIES, SCHEMES
+from transformer_lab.compression.model import WEIGHT_OBSERVERS
 from transformer_lab.tasks import quantize
 
 
@@ -35,19 +36,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", default="channel", choices=GRANULARITIES,
                    help="one weight scale per tensor, per output channel, or per group of --group-size inputs "
                         "(weight-only)")
-    p.add_argument("--group-size", type=positive_int, default=32)
-    p.add_argument("--calibrate", default="minmax", choices=sorted(OBSERVERS),
+    p.add_argument("--group-size", type=positive_int, default=None, help="with --granularity group (default 32)")
+    p.add_argument("--calibrate", default=None, choices=sorted(OBSERVERS),
                    help="the static scheme's activation range: min-max, percentile (99.99), MSE-optimal, KL (entropy)")
-    p.add_argument("--weight-calibrate", default="minmax", choices=sorted(OBSERVERS), help="the weight range")
+    p.add_argument("--weight-calibrate", default="minmax", choices=sorted(WEIGHT_OBSERVERS),
+                   help="each output channel's weight range (kl is for activations: --calibrate)")
     p.add_argument("--smooth", type=positive_float, default=None, metavar="ALPHA",
                    help="SmoothQuant: move activation outliers into the weights with strength ALPHA (0.5 typical)")
-    p.add_argument("--activations", default="token", choices=("token", "tensor"),
+    p.add_argument("--activations", default=None, choices=("token", "tensor"),
                    help="dynamic scheme: a grid per token (default), or one per call (fbgemm's kernel: faster decoding)")
     p.add_argument("--tied", action="store_true",
                    help="also quantize an output layer tied to the embedding table (an int8 copy; the table stays fp32)")
     p.add_argument("--embeddings", action="store_true",
                    help="also store embedding tables in int8, one scale per row (those not tied to an output layer)")
-    p.add_argument("--skip", default="", help="comma-separated module names to keep in fp32")
+    p.add_argument("--skip", default="", help="comma-separated modules to keep in fp32, by name or the end of one (w_q: "
+                                              "every layer's; ffn; encoder.layers.0); a name that matches none is an error")
     p.add_argument("--calib-data", default=None, metavar="FILE",
                    help="calibration text, one sample per line (plain or .gz), like the model's inputs")
     p.add_argument("--calib-samples", type=positive_int, default=256, metavar="N", help="lines of FILE used")
@@ -60,10 +63,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def quantize_cmd(args: argparse.Namespace) -> int:
-    qcfg = QuantConfig(scheme=args.scheme, bits=args.bits, granularity=args.granularity, group_size=args.group_size,
-                       weight_calibrate=args.weight_calibrate, calibrate=args.calibrate, smooth=args.smooth,
-                       skip=args.skip, embeddings=args.embeddings,
-                       activations=args.activations, tied=args.tied)
+    # an option this quantization would not read is refused (they were ignored, and config.json recorded them)
+    if args.granularity != "group":
+        refuse_unused(f"--granularity {args.granularity} (groups are --granularity group's)", group_size=args.group_size)
+    if args.scheme != "static":
+        refuse_unused(f"--scheme {args.scheme}: it calibrates no activation range (--scheme static does)",
+                      calibrate=args.calibrate)
+    if args.scheme != "dynamic":
+        refuse_unused(f"--scheme {args.scheme}: it is the dynamic scheme's choice of activation grid",
+                      activations=args.activations)
+    given = {k: v for k, v in (("group_size", args.group_size), ("calibrate", args.calibrate),
+                               ("activations", args.activations)) if v is not None}
+    qcfg = QuantConfig(scheme=args.scheme, bits=args.bits, granularity=args.granularity,
+                       weight_calibrate=args.weight_calibrate, smooth=args.smooth, skip=args.skip,
+                       embeddings=args.embeddings, tied=args.tied, **given)
     summary = quantize.run(quantize.QuantizeConfig(
         args.checkpoint, args.out, qcfg, args.calib_data, args.calib_samples, args.batch_size, args.overwrite,
         args.any_text))

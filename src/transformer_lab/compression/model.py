@@ -3,7 +3,8 @@
     cfg = QuantConfig(scheme="static", calibrate="kl")
     quantize_model(model, cfg, calibrate=lambda m: [m(batch) for batch in calibration_batches])
 
-Every ``nn.Linear`` becomes a ``QuantLinear`` except the layers named in ``skip`` (or inside them) and
+Every ``nn.Linear`` becomes a ``QuantLinear`` except the layers ``skip`` names (or inside them: a name,
+or the end of one at a dot, ``w_q`` being every layer's; recorded as the full paths it matched) and
 a projection tied to an embedding table (embeddings stay fp32: a table lookup has no matmul to
 speed up). The static scheme and SmoothQuant watch the layers' inputs while ``calibrate(model)`` runs
 the fp32 model over sample inputs: each Linear is wrapped for the run, showing its input to an observer.
@@ -14,7 +15,7 @@ on load, ``quantized_shell`` rebuilds the same layers empty before the weights a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -22,6 +23,10 @@ from torch import Tensor, nn
 
 from transformer_lab.compression.linear import ACTIVATIONS, GRANULARITIES, IMPLS, SCHEMES, QuantEmbedding, QuantLinear
 from transformer_lab.compression.observers import OBSERVERS, Observer
+
+# KL (TensorRT's entropy calibration) is for activations: one weight channel's few hundred values make a
+# sparse 2048-bin histogram, and the search took about 0.1 s a channel (half an hour for MiniLM).
+WEIGHT_OBSERVERS = tuple(k for k in OBSERVERS if k != "kl")
 
 # An observer keeps at most this many activation values per layer (a seeded sample beyond): enough for
 # a 2048-bin histogram's tails, bounded memory for 100 layers.
@@ -96,6 +101,29 @@ PRESETS = {
     "fast-emb": QuantConfig(activations="tensor", tied=True, embeddings=True),
     "fast-smooth": QuantConfig(activations="tensor", tied=True, smooth=0.8),
 }
+
+
+def resolve_skip(model: nn.Module, skip: tuple[str, ...]) -> tuple[str, ...]:
+    """The full paths of the modules ``skip`` names (a name, or the end of one at a dot: ``w_q`` is every
+    layer's). A name that matches no module, or only modules with no Linear layer or table to keep, is an
+    error: it would keep nothing in fp32, silently."""
+    modules = [name for name, _ in model.named_modules() if name]
+    out: list[str] = []
+    for s in skip:
+        hits = [n for n in modules if n == s or n.endswith("." + s)]
+        if not hits or not set(target_linears(model) + target_embeddings(model)) - set(
+                target_linears(model, tuple(hits)) + target_embeddings(model, tuple(hits))):
+            short = sorted({n.rsplit(".", 1)[-1] for n in target_linears(model) if not n.rsplit(".", 1)[-1].isdigit()})
+            what = "matches no module" if not hits else "names modules with no Linear layer or embedding table in them"
+            raise ValueError(f"skip: {s!r} {what} (a {type(model).__name__}); its Linear layers are named "
+                             f"{', '.join(short)} (e.g. {target_linears(model)[0]}); a path names one of them")
+        out += [n for n in hits if n not in out]
+    return tuple(out)
+
+
+def tied_output_layers(model: nn.Module) -> list[str]:
+    """The Linear layers whose weight is an embedding table (left fp32 unless ``tied``)."""
+    return list(_tied_outputs(model, target_linears(model, tied=True)))
 
 
 def target_linears(model: nn.Module, skip: tuple[str, ...] = (), tied: bool = False) -> list[str]:
@@ -236,6 +264,11 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calibrate: Callable[[nn.M
     if cfg.needs_calibration and calibrate is None:
         raise ValueError(f"{'the static scheme' if cfg.scheme == 'static' else 'smooth'}: needs calibration data "
                          "(sample inputs the model reads)")
+    if cfg.weight_calibrate not in WEIGHT_OBSERVERS:  # (a checkpoint that recorded one still loads)
+        raise ValueError(f"weight_calibrate: expected one of {list(WEIGHT_OBSERVERS)}, got {cfg.weight_calibrate!r} "
+                         "(an activation method: --calibrate)")
+    if cfg.skipped:
+        cfg = replace(cfg, skip=",".join(resolve_skip(model, cfg.skipped)))
     names = target_linears(model, cfg.skipped, cfg.tied)
     tied = _tied_outputs(model, names)
     if not names:

@@ -8,6 +8,7 @@ Prefix and prompt adapters add inputs, not weights: there is nothing to merge.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -21,7 +22,8 @@ from transformer_lab.config import read_json_object
 from transformer_lab.models.hf import BERT_TYPES, gpt_from_hf, load_bert, save_bert, save_gpt
 from transformer_lab.models.bert import Bert
 from transformer_lab.runs import exported_model, find_checkpoint, is_ours, load_model, save_checkpoint
-from transformer_lab.runs.checkpoint import companion_files
+from transformer_lab.runs.checkpoint import companion_files, recorded_settings
+from transformer_lab.runs.folder import run_folder_of
 from transformer_lab.tasks.quantize import check_output, copied, hf_tokenizer_files
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ def load_base(base: Path, adapter_tensors: dict) -> tuple[nn.Module, str, Path]:
     if kind == "gpt2":
         return gpt_from_hf(base), "gpt2", base
     loaded = load_model(find_checkpoint(base))
+    if getattr(loaded.model, "adapter_config", None) is not None:  # (it failed in load_peft: "already has an adapter")
+        recorded = recorded_settings(loaded.path)[2].get("model")
+        raise ValueError(f"{base}: a --peft run, its base with an adapter; give the base it was tuned from"
+                         + (f" ({recorded})" if recorded else ""))
     if _head_size(adapter_tensors) and isinstance(loaded.model, Bert) and not loaded.model.config.n_labels:
         raise ValueError(f"{base}: a BERT checkpoint without a classification head, and the adapter brings one; "
                          "merge into the folder it was fine-tuned from (for a `pretrain bert` run: RUN or RUN/model)")
@@ -61,6 +67,15 @@ def _same_folder(recorded: str, base: Path) -> bool:
         return p.parent.parent if p.parent.name == "checkpoints" else p.parent if exported_model(p.parent) == p else p
     here, there = root(base.resolve()), root(Path(recorded).resolve())
     return here == there or (not Path(recorded).exists() and Path(recorded).name == here.name)
+
+
+def _run_settings(adapter: Path) -> dict[str, Any]:
+    """The task settings of the run an adapter folder lies in (RUN/adapter), {} for an adapter on its own."""
+    run = run_folder_of(adapter.parent)
+    try:
+        return recorded_settings(find_checkpoint(run))[2] if run is not None else {}
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dict[str, Any]:
@@ -78,6 +93,10 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
                     trained_on, base)
     load_peft(model, adapter)
     adapted = parameter_counts(model).trainable
+    run = _run_settings(adapter)
+    if isinstance(run.get("adapter"), dict) and run["adapter"].get("method") == "qlora":
+        log.warning("%s: trained as QLoRA, on the base's 4-bit (NF4) weights; merged into the fp32 base, as is usual, "
+                    "its outputs differ a little from the run's (and from the accuracy it reported)", adapter)
     model = merge_lora(model.eval())
     for p in model.parameters():
         p.requires_grad_(True)
@@ -93,6 +112,10 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
     if kind != "ours":
         for path in hf_tokenizer_files(files):
             shutil.copyfile(path, out / path.name)
+    if kind in BERT_TYPES and isinstance(run.get("max_len"), int):  # texts cut where the run cut them, as its
+        config = out / "tokenizer_config.json"                       # OUT/model records it (tasks.embed.cut_length)
+        settings = read_json_object(config) if config.is_file() else {}
+        config.write_text(json.dumps({**settings, "model_max_length": run["max_len"]}, indent=2) + "\n")
     log.info("merged %s (%s adapter parameters) into %s; wrote %s", adapter, f"{adapted:,}", base, out)
     return {"model": str(out), "format": {"bert": "hf-bert", "gpt2": "hf-gpt2", "ours": "checkpoint"}[kind],
             "adapter_parameters": adapted}

@@ -176,7 +176,7 @@ def adapter_recipe(recipe: TrainConfig, adapter: AdapterConfig | None) -> TrainC
 def task_adapter(adapter: AdapterConfig, tok: Any, prompt_text: str | None, train: str = "") -> AdapterConfig:
     """The adapter a task applies: a soft prompt initialised from ``prompt_text`` (in the task's
     tokenizer) and the task's fresh modules (a classification head) trained in full."""
-    if prompt_text:
+    if prompt_text is not None:
         ids = tok.encode(prompt_text)
         if not ids:
             raise ValueError(f"prompt text: {prompt_text!r} encodes to no tokens")

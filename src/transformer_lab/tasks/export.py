@@ -27,7 +27,7 @@ from transformer_lab.generation.search import Seq2SeqStep
 from transformer_lab.models.bert import Bert
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.transformer import Transformer
-from transformer_lab.tasks.quantize import check_output, load_source
+from transformer_lab.tasks.quantize import check_output, load_source, refuse_peft_run
 
 TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted on the check inputs
 
@@ -116,6 +116,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     check_output(out, cfg.checkpoint, cfg.overwrite, earlier=lambda p: (p / "export.json").is_file(), what="export")
     source = load_source(cfg.checkpoint)
+    refuse_peft_run(source, "export")
     model = source.model.eval()
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

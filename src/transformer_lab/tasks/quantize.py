@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer_lab.compression import QuantConfig, QuantLinear, linear_weight_bytes, quantize_model
+from transformer_lab.compression.model import tied_output_layers
 from transformer_lab.config import check_positive, read_json_object, to_dict
 from transformer_lab.files import check_new_folder
 from transformer_lab.tokenizers.corpus import read_lines
@@ -34,8 +35,8 @@ from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.models.gpt import GPT
 from transformer_lab.models.hf import gpt_from_hf, hf_folder, load_bert
 from transformer_lab.models.transformer import Transformer
-from transformer_lab.runs import find_checkpoint, is_ours, load_model, save_checkpoint
-from transformer_lab.runs.checkpoint import HF_TOKENIZER_FILES, QUANTIZATION, REQUIRED, companion_files
+from transformer_lab.runs import find_checkpoint, is_ours, load_model, run_folder_of, save_checkpoint
+from transformer_lab.runs.checkpoint import HF_TOKENIZER_FILES, QUANTIZATION, REQUIRED, companion_files, recorded_settings
 from transformer_lab.tasks.embed import by_length, cut_length, encode_texts
 from transformer_lab.tasks.translation import load_tokenizers, translate
 from transformer_lab.tokenizers.char import CharTokenizer
@@ -93,6 +94,21 @@ def load_source(path: str | Path) -> Source:
     if kind == "bert":
         return Source(load_bert(path), path, files, load_bert_tokenizer(path))
     return Source(gpt_from_hf(path), path, files, checkpoint_tokenizer(path))
+
+
+def refuse_peft_run(source: Source, then: str) -> None:
+    """A `--peft` run's model is its base with the adapter: name the run, and the merge that makes a plain
+    model of it (``then``: what to do with that, "quantize", "export")."""
+    adapter = getattr(source.model, "adapter_config", None)
+    if adapter is None:
+        return
+    run = run_folder_of(source.folder) or source.folder
+    base = recorded_settings(source.folder)[2].get("model") or "BASE"
+    if adapter.method not in ("lora", "qlora"):
+        raise ValueError(f"{run}: a --peft {adapter.method} run; a {adapter.method} adapter adds inputs, not weights, "
+                         f"and does not merge into a plain model to {then}")
+    raise ValueError(f"{run}: a --peft {adapter.method} run (its base with the adapter); merge them first, then {then} "
+                     f"the merged model: transformer-lab peft merge --model {base} --adapter {run / 'adapter'} --out MERGED")
 
 
 def calibration_texts(path: str | Path, samples: int) -> list[str]:
@@ -166,6 +182,7 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     check_output(out, cfg.checkpoint, cfg.overwrite, earlier=is_quantized_checkpoint, what="quantized checkpoint")
     source = load_source(cfg.checkpoint)
+    refuse_peft_run(source, "quantize")
     model = source.model.eval()
     if getattr(model, "quant_config", None) is not None:
         raise ValueError(f"{cfg.checkpoint}: already quantized ({model.quant_config.scheme}, {model.quant_config.bits}-bit); "
@@ -174,13 +191,16 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
     if cfg.quant.needs_calibration and not texts:
         raise ValueError("calib_data: the static scheme and --smooth calibrate on sample inputs; give --calib-data "
                          "FILE (text like the model's inputs, one sample per line)")
+    if cfg.quant.tied and not tied_output_layers(model):
+        raise ValueError(f"--tied: this {type(model).__name__} has no output layer tied to an embedding table; there "
+                         "is nothing more for it to quantize")
     pieces = None
     if texts and not cfg.any_text:
         pieces = check_language(source.tokenizer, texts, str(cfg.calib_data))
     fp32 = copy.deepcopy(model)
     fp32_bytes = linear_weight_bytes(model)
     quantize_model(model, cfg.quant, calibrate=calibrator(source, texts, cfg.batch_size) if texts else None)
-    summary = {"source": str(source.folder), "model_type": type(model).__name__, **to_dict(cfg.quant),
+    summary = {"source": str(source.folder), "model_type": type(model).__name__, **to_dict(model.quant_config),
                "layers_quantized": sum(isinstance(m, QuantLinear) for m in model.modules()),
                "calibration_samples": len(texts), "calibration_pieces_per_word": pieces,
                "linear_weight_bytes": {"fp32": fp32_bytes, "quantized": linear_weight_bytes(model)}}
