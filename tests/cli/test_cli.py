@@ -191,21 +191,18 @@ def test_a_folder_or_a_pipe_as_a_data_file(tmp_path, capsys):
     writer.join()
 
 
-def test_threads_sets_torchs_threads(tmp_path):
+def test_threads_sets_torchs_threads(tmp_path, monkeypatch):
     """`--threads N` on a training command, and on the commands that run a model (generate, translate,
-    evaluate, serve, embed ... had none): torch computes with N threads (other work may share the cores)."""
+    evaluate, serve, embed ... had none): torch computes with N threads (other work may share the cores),
+    and main() called in-process leaves torch's count as it found it."""
     import torch
 
-    before = torch.get_num_threads()
-    try:
-        assert main(["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--n-test", "10", "--no-progress",
-                     "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1
-        torch.set_num_threads(2)
-        assert main(["translate", "--checkpoint", str(tmp_path / "r"), "--threads", "1", "1987-03-21"]) == 0
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    before, real, seen = torch.get_num_threads(), torch.set_num_threads, []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append((n, torch.get_num_threads())), real(n)))
+    assert main(["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--n-test", "10", "--no-progress",
+                 "--threads", "1"]) == 0
+    assert main(["translate", "--checkpoint", str(tmp_path / "r"), "--threads", "1", "1987-03-21"]) == 0
+    assert seen == [(1, before), (before, 1)] * 2 and torch.get_num_threads() == before
 
 
 def test_os_errors_read_without_pythons_errno_prefix(tmp_path, capsys):

@@ -107,9 +107,35 @@ def test_translate_and_evaluate_commands(tiny_run, capsys, tmp_path):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0]
     assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["translate", "--checkpoint", str(run), "--plot-attention", str(png), "", "Zwei Hunde."]) == 2
+    assert "the first sentence, whose attention it draws, is blank" in capsys.readouterr().err  # (before any work)
+    assert main(["translate", "--checkpoint", str(run), "--beam", "1", "--alpha", "1", "x"]) == 2  # (ignored)
+    assert "--alpha: not for --beam 1" in capsys.readouterr().err
     with gzip.open(tmp_path / "x.gz", "wt") as f:
         f.write("a\n")
     assert main(["evaluate", "--checkpoint", str(run), "--src", str(files[2]), "--ref", str(tmp_path / "x.gz")]) == 2
+
+
+def test_the_attention_drawn_is_the_printed_translations(tiny_run):
+    """--plot-attention drew a greedy decoding's attention under a beam search's printed output, with a
+    </s> the search never produced. Now: the output is translate's (beam 3 here), and the weights equal
+    those the decoder computes step by step (recorded one step at a time, the oracle)."""
+    from transformer_lab.generation.search import Seq2SeqStep
+    from transformer_lab.tasks.translation import BOS_ID, cross_attention, load_translator, translate
+
+    run, files = tiny_run
+    model, tok_src, tok_tgt = load_translator(run)
+    for sentence in read_lines(files[2])[:4]:
+        for beam in (1, 3):
+            src_ids, out_ids, weights = cross_attention(model, tok_src, sentence, beam)
+            assert tok_tgt.decode(out_ids) == translate(model, tok_src, tok_tgt, [sentence], beam)[0]
+            assert weights.shape == (model.config.n_heads, len(out_ids), len(src_ids))
+            assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-5)
+        step = Seq2SeqStep(model, torch.tensor([src_ids]), record_cross_attention=True)
+        with torch.no_grad():  # the beam's output fed one step at a time, each step's weights recorded
+            for t in range(len(out_ids)):
+                step(torch.tensor([[BOS_ID] + out_ids[:t]]))
+        torch.testing.assert_close(torch.cat(step.cross_attention, dim=2)[0], weights, atol=1e-5, rtol=0)
 
 
 def test_static_cache_translates_and_evaluates_as_the_growing_cache(tiny_run, capsys):
@@ -270,6 +296,34 @@ def test_translate_shows_progress_on_a_terminal(tiny_run, monkeypatch, capsys):
         assert len(capsys.readouterr().out.strip().splitlines()) == 5
 
 
+def test_a_translation_run_resumes_as_its_preset_with_its_own_tokenizer(shared_data, tmp_path, monkeypatch, capsys):
+    """`train --resume RUN` alone was taken for the dates demo (refused, naming vocabulary sizes); resumed
+    with other data (--preset multi30k-fr-en) it trained a new vocabulary of the same size under the weights,
+    whose rows then meant other pieces (1,733 of 2,000 ids, in the walk that found it). Now a run resumes as
+    its preset, and reads any data with the tokenizer its weights were trained with."""
+    from transformer_lab.runs.checkpoint import recorded_settings
+
+    monkeypatch.setenv("TRANSFORMER_LAB_DATA", str(shared_data))
+    run, cache = tmp_path / "run", str(tmp_path / "cache")
+    assert main(["train", "--preset", "multi30k-de-en", "--model", "tiny", "--vocab-size", "500", "--max-tokens", "600",
+                 "--eval-every", "0", "--bleu-sample", "0", "--max-steps", "1", "--cache-dir", cache, "--out", str(run),
+                 "--no-progress"]) == 0
+    tokenizer = run / "checkpoints" / "last" / "tokenizer"
+    files = {p.name: p.read_bytes() for p in tokenizer.iterdir()}
+    assert main(["train", "--resume", str(run), "--max-steps", "2", "--cache-dir", cache, "--no-progress"]) == 0
+    assert recorded_settings(run / "checkpoints" / "last")[2]["name"] == "multi30k-de-en"
+    assert main(["train", "--preset", "multi30k-fr-en", "--resume", str(run), "--max-steps", "3", "--cache-dir", cache,
+                 "--no-progress"]) == 0
+    assert {p.name: p.read_bytes() for p in tokenizer.iterdir()} == files
+    # options a translation does not read are refused (they were ignored: --src fr trained German to English)
+    capsys.readouterr()
+    for args, message in ((["--src", "fr"], "--preset multi30k-de-en translates de to en; for fr to en: --preset "
+                                             "multi30k-fr-en"),
+                          (["--batch-size", "2", "--n-test", "3"], "--batch-size, --n-test: not for a translation model")):
+        assert main(["train", "--preset", "multi30k-de-en", *args, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_a_resumed_translation_run_keeps_its_settings(tiny_run, tmp_path, caplog, capsys):
     """A translation run resumed with its data alone took the defaults for the rest: the multi30k model
     (refused: another shape), an 8,000-token vocabulary, 4,000 tokens a batch, BLEU on 200 sentences."""
@@ -288,6 +342,10 @@ def test_a_resumed_translation_run_keeps_its_settings(tiny_run, tmp_path, caplog
     settings = recorded_settings(copy / "checkpoints" / "last")[2]
     assert (settings["model"], settings["vocab_size"], settings["max_tokens"], settings["bleu_sample"]) == ("tiny", 500, 800, 40)
     assert "task settings" not in caplog.text
+    assert main(["train", "--resume", str(copy), "--max-steps", "163"]) == 2  # (it was taken for the dates demo)
+    assert "a translation run on its own files; resume it with them" in capsys.readouterr().err
+    assert main(["train", *data, "--src", "de", "--out", str(tmp_path / "x")]) == 2
+    assert "--src: not for the --train-src/... files" in capsys.readouterr().err
     # a language model is told which options are a translation's (they were ignored)
     assert main(["train", "--preset", "lm", "--data", str(files[0]), "--max-tokens", "800", "--n-test", "5",
                  "--out", str(tmp_path / "lm")]) == 2

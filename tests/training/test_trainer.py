@@ -534,3 +534,25 @@ def test_resuming_a_finished_run_adds_no_second_validation(tmp_path):
         t.fit()
     assert [r["step"] for r in t.state.history if r.get("val_loss") is not None] == [2, 4]
     assert t.state.bad_evals == 1
+
+
+def test_the_training_rate_leaves_out_validations_and_saves(tmp_path):
+    """tokens/s (summary.json's, and each metrics.csv row's) counted the validations inside its window: the
+    row after one showed half the rate. They are now kept out, as fairseq's wps does; elapsed_s stays the
+    wall clock the time budget reads."""
+    import statistics
+    import time
+
+    def slow_validation(model):
+        time.sleep(0.5)
+        return {"val_loss": 1.0}
+
+    cfg = TrainConfig(max_steps=7, warmup=5, log_every=1, progress=False, eval_every=2, save_every=100)
+    t = Trainer(model(), ShuffledBatches(PAIRS, VOCAB, 32, seed=1), cfg, tmp_path, seq2seq_loss(0.1), slow_validation)
+    result = t.fit()
+    st = result.state
+    assert st.paused_s >= 1.5 and st.elapsed_s > st.paused_s  # validations at steps 2, 4 and 6, in the loop
+    assert result.tokens_per_s == pytest.approx(st.tokens / (st.elapsed_s - st.paused_s))
+    rates = {r["step"]: r["tokens_per_s"] for r in st.history if r.get("tokens_per_s") is not None}
+    after = [rates[s] for s in (3, 5, 7)]  # each window holds a 0.5 s validation (a step takes milliseconds)
+    assert min(after) > 0.2 * statistics.median(rates[s] for s in (1, 2, 4, 6))

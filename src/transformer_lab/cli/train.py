@@ -87,6 +87,19 @@ def _task(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     task = _task(args)
+    if args.resume and task == "dates":  # nothing names a task: a translation run resumes as what it was
+        kind, _, then = resumed(args)
+        if kind == "transformer" and then.get("train_files"):
+            raise ValueError(f"--resume {args.resume}: a translation run on its own files; resume it with them "
+                             "(--train-src/--train-tgt/--valid-src/--valid-tgt), the other options keep the run's values")
+        if kind == "transformer" and then.get("data"):  # a named set: its preset, or its name and languages
+            if then.get("name") in translation.TASKS:
+                args.preset = then["name"]
+            else:
+                args.data, args.src, args.tgt = then["data"], then.get("src"), then.get("tgt")
+            task = "translation"
+            log.info("resuming a translation run: %s", f"--preset {args.preset}" if args.preset else
+                     f"--data {args.data} --src {args.src} --tgt {args.tgt}")
     if args.memory is not None and task != "lm":
         raise ValueError(f"--memory: for a language model (--preset lm or shakespeare-char), not the {task} task")
     if args.attention is not None and task == "dates":
@@ -120,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--vocab-size: the char tokenizer's vocabulary is the text's characters (a subword one, "
                              "--tokenizer bytelevel, takes a size)")
         return finish(lm.run(cfg), args.json)
+    refuse_unused("a translation model (the dates demo's or a language model's options; its batches are --max-tokens)",
+                  **{n: getattr(args, n) for n in ("batch_size", "n_test", "context", "tokenizer")})
     return finish(translation.run(_translation_config(args, opts)), args.json)
 
 
@@ -130,10 +145,18 @@ def translation_data(args: argparse.Namespace, preset: str | None = None) -> dic
         missing = [n for n, f in zip(("train-src", "train-tgt", "valid-src", "valid-tgt"), files) if not f]
         if missing:
             raise ValueError(f"--{missing[0]}: give all four of --train-src/--train-tgt/--valid-src/--valid-tgt")
+        refuse_unused("the --train-src/... files (they are the data)", src=args.src, tgt=args.tgt, data=args.data)
         paths = [Path(f) for f in files]
         return dict(train_files=(paths[0], paths[1]), valid_files=(paths[2], paths[3]))
     if preset in translation.TASKS:
-        return dict(data=args.data or "multi30k", **translation.TASKS[preset])
+        languages = translation.TASKS[preset]
+        other = {k: v for k, v in (("src", args.src), ("tgt", args.tgt)) if v is not None and v != languages[k]}
+        if other:  # (--preset multi30k-de-en --src fr trained German to English)
+            raise ValueError(f"--src/--tgt: --preset {preset} translates {languages['src']} to {languages['tgt']}; for "
+                             f"{other.get('src', languages['src'])} to {other.get('tgt', languages['tgt'])}: --preset "
+                             f"multi30k-{other.get('src', languages['src'])}-{other.get('tgt', languages['tgt'])}, or "
+                             "--src and --tgt without a preset")
+        return dict(data=args.data or "multi30k", **languages)
     if not (args.src and args.tgt):
         raise ValueError("--src/--tgt: a named data set (--data multi30k) needs both languages; or give the files "
                          "(--train-src/--train-tgt/--valid-src/--valid-tgt)")

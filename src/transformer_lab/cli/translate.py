@@ -70,15 +70,18 @@ def translate_cmd(args: argparse.Namespace) -> int:
                              f"{', '.join('.' + k for k in sorted(kinds))}")
         check_writable(args.plot_attention, "--plot-attention")
     sentences = texts_or_stdin(args.text, "translate")
+    if args.plot_attention and not sentences[0].strip():  # (it failed after translating everything)
+        raise ValueError("--plot-attention: the first sentence, whose attention it draws, is blank")
+    search = _search(args)
     model, tok_src, tok_tgt = translation.load_translator(args.checkpoint, choose_device(args.device))
-    outputs = translation.translate(model, tok_src, tok_tgt, sentences, **_search(args),
+    outputs = translation.translate(model, tok_src, tok_tgt, sentences, **search,
                                     batch_size=args.batch_size, use_cache=not args.no_cache,
                                     static_cache=args.static_cache, compile=args.compile,
                                     progress=not args.no_progress)
     for line in outputs:
         print(line)
     if args.plot_attention:
-        translation.plot_attention(model, tok_src, tok_tgt, sentences[0], args.plot_attention)
+        translation.plot_attention(model, tok_src, tok_tgt, sentences[0], args.plot_attention, **search)
         log.info("wrote %s", args.plot_attention)
     return 0
 
@@ -113,6 +116,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> dict:
     """The beam search's settings: the options given, else the defaults (beam 4, α 0.6)."""
+    if args.beam == 1:  # greedy search ranks no hypotheses (--alpha was ignored)
+        refuse_unused("--beam 1 (greedy: no hypotheses to rank by length)", alpha=args.alpha)
     return {"beam": 4 if args.beam is None else args.beam, "alpha": 0.6 if args.alpha is None else args.alpha}
 
 

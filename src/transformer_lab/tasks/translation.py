@@ -33,7 +33,7 @@ from transformer_lab.generation.static_decoding import StaticSeq2Seq
 from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.summary import parameter_summary
 from transformer_lab.models.transformer import Transformer
-from transformer_lab.runs import clean_stale_temporaries, find_checkpoint, load_model
+from transformer_lab.runs import LAST, clean_stale_temporaries, find_checkpoint, load_model
 from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, open_run, save_adapter,
                                           task_adapter, task_settings, train, write_summary, write_uncut)
@@ -398,6 +398,17 @@ def load_tokenizers(checkpoint: Path) -> tuple[Tokenizer, Tokenizer]:
     raise FileNotFoundError(f"{checkpoint}: no tokenizer folder; is this a translation checkpoint?")
 
 
+def resumed_tokenizers(resume: Path) -> tuple[Tokenizer, Tokenizer]:
+    """The source and target tokenizers of the translation checkpoint a run resumes."""
+    checkpoint = find_checkpoint(resume, prefer=(LAST,))
+    if (checkpoint / VOCAB_FILE).is_file():
+        raise ValueError(f"--resume {resume}: a run of the dates demo (its symbols), not a translation run")
+    tok_src, tok_tgt = load_tokenizers(checkpoint)
+    log.info("resuming: the data read with the run's own tokenizer%s (%s tokens)", "" if tok_src is tok_tgt else "s",
+             tok_src.vocab_size if tok_src is tok_tgt else f"{tok_src.vocab_size} and {tok_tgt.vocab_size}")
+    return tok_src, tok_tgt
+
+
 def load_translator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer, Tokenizer]:
     """A trained model and its tokenizers from a run folder (its best checkpoint, else the last) or a
     checkpoint folder."""
@@ -413,8 +424,12 @@ def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
     runtime = runtime or runtime_for(cfg.run.device, cfg.run.fsdp)
     train_files, valid_files = cfg.files()
     with open_run(cfg.run, runtime) as folder:
-        data = prepare_data(train_files, valid_files, cfg.vocab_size, cfg.joint, cfg.max_len,
-                            Path(cfg.cache_dir) if cfg.cache_dir else None)
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else None
+        if cfg.run.resume:  # the tokenizers the weights were trained with (new ones, trained on other data of the
+            tok_src, tok_tgt = resumed_tokenizers(cfg.run.resume)  # same size, gave the rows other pieces)
+            data = encode_data(tok_src, tok_tgt, train_files, valid_files, cfg.max_len, cache)
+        else:
+            data = prepare_data(train_files, valid_files, cfg.vocab_size, cfg.joint, cfg.max_len, cache)
         overrides = {"attention": cfg.attention, **({} if cfg.position is None else {"position": cfg.position})}
         torch.manual_seed(cfg.train.seed)  # the initial weights
         model = build_model(data, cfg.model, max_len=cfg.max_len, **overrides)
@@ -514,23 +529,37 @@ def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> 
 
 
 # --- attention --------------------------------------------------------------------------------------
-def plot_attention(model: Transformer, tok_src: Tokenizer, tok_tgt: Tokenizer, sentence: str, path: str | Path) -> None:
-    """Greedy-decode one sentence while recording the last layer's cross-attention, then draw each
-    head: output tokens down, source tokens across."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def cross_attention(model: Transformer, tok_src: Tokenizer, sentence: str, beam: int = 4,
+                    alpha: float = 0.6) -> tuple[list[int], list[int], torch.Tensor]:
+    """One sentence translated as ``translate`` does (beam search, or greedy with ``beam`` 1), and the last
+    decoder layer's cross-attention over that translation: (source ids, output ids with </s> when one came,
+    weights (H, T_out, S)). The weights come from one teacher-forced pass over the output, the weights each
+    step of the search computed (the decoder is causal)."""
     if not sentence.strip():
         raise ValueError("sentence: blank; nothing to draw the attention of")
     device = next(model.parameters()).device
     src_ids = tok_src.encode(sentence)[: model.config.max_len - 2 - model.n_virtual] + [EOS_ID]
     src = torch.tensor([src_ids], device=device)
-    step = Seq2SeqStep(model, src, use_cache=True, record_cross_attention=True)
-    res = greedy_search(step, 1, BOS_ID, EOS_ID, min(len(src_ids) + 50, model.config.max_len - 1 - model.n_virtual))
-    out_ids = res.tokens[0] + [EOS_ID]
-    weights = torch.cat(step.cross_attention[: len(out_ids)], dim=2)[0].float().cpu()  # (H, T_out, S)
+    limit = min(len(src_ids) + 50, model.config.max_len - 1 - model.n_virtual)
+    with torch.no_grad():
+        step = Seq2SeqStep(model.eval(), src)
+        res = (beam_search(step, 1, beam, BOS_ID, EOS_ID, limit, alpha) if beam > 1 else
+               greedy_search(step, 1, BOS_ID, EOS_ID, limit))
+        out_ids = res.tokens[0] + ([EOS_ID] if len(res.tokens[0]) < limit else [])  # (a </s> only if one came)
+        model.decode(model.encode(src), src, torch.tensor([[BOS_ID] + out_ids[:-1]], device=device),
+                     record_cross_attention=True)  # (the search's step holds its beams' rows)
+    return src_ids, out_ids, model.decoder.layers[-1].cross_weights[0].float().cpu()
+
+
+def plot_attention(model: Transformer, tok_src: Tokenizer, tok_tgt: Tokenizer, sentence: str, path: str | Path,
+                   beam: int = 4, alpha: float = 0.6) -> None:
+    """Draw ``cross_attention``'s weights, each head: output tokens down, source tokens across."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    src_ids, out_ids, weights = cross_attention(model, tok_src, sentence, beam, alpha)
     src_labels, out_labels = _labels(tok_src, src_ids), _labels(tok_tgt, out_ids)
     if model.prompt is not None:  # the memory's soft-prompt positions come first
         src_labels = [f"<p{i}>" for i in range(model.prompt.length)] + src_labels
@@ -546,7 +575,8 @@ def plot_attention(model: Transformer, tok_src: Tokenizer, tok_tgt: Tokenizer, s
         ax.set_title(f"head {k + 1}", fontsize=9)
         ax.set_xticks(range(len(src_labels)), src_labels, rotation=90, fontsize=7)
         ax.set_yticks(range(len(out_labels)), out_labels if k % cols == 0 else [""] * len(out_labels), fontsize=7)
-    fig.suptitle(f"cross-attention, last decoder layer\n{sentence}", fontsize=9)
+    search = f"beam {beam}, alpha {alpha}" if beam > 1 else "greedy"
+    fig.suptitle(f"cross-attention, last decoder layer ({search})\n{sentence}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -103,7 +103,8 @@ class TrainResult:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.state.tokens / max(self.state.elapsed_s, 1e-9)
+        """Tokens per second of training: validations and checkpoint saves left out (fairseq's wps)."""
+        return self.state.tokens / max(self.state.elapsed_s - self.state.paused_s, 1e-9)
 
 
 class Trainer:
@@ -424,29 +425,41 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=st.step, desc="train", unit="step",
                    disable=not (cfg.progress and self.runtime.is_main), dynamic_ncols=True)
         start, window_tokens, window_start = time.perf_counter() - st.elapsed_s, 0, time.perf_counter()
+        window_paused = pending = 0.0  # seconds of validations and saves: in this log window; not yet in elapsed_s
         stopped_by = "max_steps"
         unlogged: dict | None = None  # the last step's row, until a log row takes it
 
         def log_row(row: dict) -> None:
-            nonlocal window_tokens, window_start, unlogged
+            nonlocal window_tokens, window_start, window_paused, unlogged
             now = time.perf_counter()
+            rate = window_tokens / max(now - window_start - window_paused, 1e-9)
             record = {"step": st.step, "epoch": st.epoch, "loss": float(row["loss"]), "nll": float(row["nll"]),
-                      "lr": row["lr"], "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
-                      "elapsed_s": round(st.elapsed_s, 2),
+                      "lr": row["lr"], "tokens_per_s": round(rate, 1), "elapsed_s": round(st.elapsed_s, 2),
                       **{k: float(v) for k, v in row.items() if k not in ("loss", "nll", "lr", "tokens")}}
-            window_tokens, window_start, unlogged = 0, now, None
+            window_tokens, window_start, window_paused, unlogged = 0, now, 0.0, None
             self._log(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
 
+        def paused(work: Callable[[], Any]) -> Any:
+            """``work`` (a validation, a save), its time kept out of the training rate."""
+            nonlocal window_paused, pending
+            t0 = time.perf_counter()
+            try:
+                return work()
+            finally:
+                window_paused += time.perf_counter() - t0
+                pending += time.perf_counter() - t0
+
         with stop.installed():
             if st.pending_eval and self.validate and st.step < cfg.max_steps:  # (the end's runs anyway)
-                self._evaluate(stop)
+                paused(lambda: self._evaluate(stop))
             while st.step < cfg.max_steps:
                 row = unlogged = self.train_step(*self._next_batches())
                 st.step += 1
                 st.tokens += row["tokens"]
                 window_tokens += row["tokens"]
                 st.elapsed_s = time.perf_counter() - start
+                st.paused_s, pending = st.paused_s + pending, 0.0
                 bar.update(1)
                 due_log = st.step % cfg.log_every == 0 or st.step == cfg.max_steps
                 due_eval = self.validate and cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.max_steps
@@ -457,11 +470,11 @@ class Trainer:
                 if due_log:
                     log_row(row)
                 if due_eval:
-                    if self._evaluate(stop):
+                    if paused(lambda: self._evaluate(stop)):
                         stopped_by = "early_stopping"
                         break
                 if due_save:
-                    self.save()
+                    paused(self.save)
                 signalled, out_of_time = self._agree(stop.signum,
                                                      cfg.time_budget_s is not None and st.elapsed_s >= cfg.time_budget_s)
                 if signalled:

@@ -18,7 +18,8 @@ class TrainState:
     position: int = 0  # next batch within the epoch
     best_val_loss: float = math.inf
     bad_evals: int = 0
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # wall clock at the last step (the time budget's)
+    paused_s: float = 0.0  # of elapsed_s, in validations and checkpoint saves: not training, not in tokens/s
     tokens: int = 0
     pending_eval: bool = False  # a validation a signal abandoned: a resumed run does it first
     history: list[dict] = field(default_factory=list)  # metrics rows; stored in metrics.csv, not the checkpoint
