@@ -91,7 +91,7 @@ def quantize_cmd(args: argparse.Namespace) -> int:
     if f["fp32"]:
         print(f"model.safetensors: {f['fp32'] / 2**20:.1f} MiB -> {f['quantized'] / 2**20:.1f} MiB")
     if "agreement_with_fp32" in summary:
-        print("agreement with fp32 on the calibration text: "
+        print(f"agreement with fp32 on {summary['agreement_lines']} lines of the calibration text: "
               + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary["agreement_with_fp32"].items()))
     print(f"wrote {args.out}")
     return 0

@@ -156,9 +156,12 @@ def calibrator(source: Source, texts: list[str], batch_size: int) -> Callable[[n
     return lambda m: by_length(m, ids, batch_size, lambda mm, t, mask: mm(t, attention_mask=mask).hidden[:, 0])
 
 
+AGREEMENT_LINES = 64  # calibration lines the agreement with fp32 is measured on
+
+
 def agreement(source: Source, fp32: nn.Module, quantized: nn.Module, texts: list[str], batch_size: int) -> dict:
-    """How close the quantized model stays to the fp32 one on (up to 64 of) the calibration texts."""
-    texts = texts[:64]
+    """How close the quantized model stays to the fp32 one on (up to AGREEMENT_LINES of) the calibration texts."""
+    texts = texts[:AGREEMENT_LINES]
     model = source.model
     if isinstance(model, Transformer):
         a, b = (translate(m, source.tokenizer, source.target_tokenizer, texts, beam=1, batch_size=batch_size)
@@ -209,6 +212,7 @@ def run(cfg: QuantizeConfig) -> dict[str, Any]:
         summary["task_settings"] = {"max_len": cut_length(source.folder, fp32)}
     if texts:
         summary["agreement_with_fp32"] = agreement(source, fp32, model, texts, cfg.batch_size)
+        summary["agreement_lines"] = min(len(texts), AGREEMENT_LINES)
     save_checkpoint(out, model, summary, extra=copied(source.tokenizer_files))  # (an earlier one: replaced atomically)
     summary["file_bytes"] = {"fp32": _weights_file_bytes(source.folder), "quantized": (out / "model.safetensors").stat().st_size}
     return summary
