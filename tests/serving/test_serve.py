@@ -95,10 +95,11 @@ def test_one_requests_bad_input_fails_only_that_request():
 
 def test_translate_and_generate_servers(served, shared_data, tmp_path, monkeypatch):
     import transformer_lab.serving.app as app_module
-    from transformer_lab.tasks.translation import load_translator, translate
+    from transformer_lab.tasks.translation import load_translator, translate, translate_detailed
 
     beams = []  # the beam each model call of the server decodes with
-    monkeypatch.setattr(app_module, "translate", lambda *a, beam, **k: beams.append(beam) or translate(*a, beam=beam, **k))
+    monkeypatch.setattr(app_module, "translate_detailed",
+                        lambda *a, beam, **k: beams.append(beam) or translate_detailed(*a, beam=beam, **k))
 
     de = read_lines(shared_data / "multi30k" / "train.de.gz")[:100]
     en = read_lines(shared_data / "multi30k" / "train.en.gz")[:100]
@@ -114,6 +115,8 @@ def test_translate_and_generate_servers(served, shared_data, tmp_path, monkeypat
     model, tok_src, tok_tgt = load_translator(run)
     assert status == 200 and body["translations"] == translate(model, tok_src, tok_tgt, de[:3], beam=2)
     assert call(url, "/translate", {"texts": ["x"], "beam": 99})[0] == 422
+    status, body = call(url, "/translate", {"texts": ["Ein Hund.", " ".join(de[:8])]})  # the client is told of a cut
+    assert status == 200 and body["truncated"] == [1] and len(body["translations"]) == 2
     # no beam named: `transformer-lab translate`'s default (4), so the server and the command agree
     beams.clear()
     assert call(url, "/translate", {"texts": de[:3]})[1]["translations"] == translate(model, tok_src, tok_tgt, de[:3])

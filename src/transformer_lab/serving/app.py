@@ -1,7 +1,7 @@
 """`transformer-lab serve`: one model behind HTTP, with request batching.
 
     GET  /health      {"status": "ok", "model": "translation" | "gpt" | "bert", "quantized": ..., batching figures}
-    POST /translate   {"texts": [...], "beam": 4}                  -> {"translations": [...]}
+    POST /translate   {"texts": [...], "beam": 4}                  -> {"translations": [...], "truncated": [i, ...]}
     POST /embed       {"texts": [...]}                             -> {"embeddings": [[...], ...]}
     POST /classify    {"texts": [...]} (a BERT with a classifier)  -> {"labels": [...], "probabilities": [[...], ...]}
     POST /generate    {"prompt": "...", "max_new_tokens": 64, "temperature": 1.0, "top_k": null,
@@ -41,7 +41,7 @@ from transformer_lab.tasks import classify as classify_task
 from transformer_lab.tasks import embed as embed_task
 from transformer_lab.tasks import lm
 from transformer_lab.tasks.quantize import load_source
-from transformer_lab.tasks.translation import translate
+from transformer_lab.tasks.translation import translate_detailed
 
 
 @dataclass(frozen=True)
@@ -190,9 +190,11 @@ def build_app(cfg: ServeConfig) -> Any:
 
     def run_batch(texts: list[str], key: Any) -> list[Any]:
         with torch.no_grad():
-            if kind == "translation":
-                return translate(model, source.tokenizer, source.target_tokenizer, texts, beam=key,
-                                 batch_size=cfg.max_batch)
+            if kind == "translation":  # (each text, and whether it was cut to the model's length)
+                res = translate_detailed(model, source.tokenizer, source.target_tokenizer, texts, beam=key,
+                                         batch_size=cfg.max_batch)
+                cut = set(res.truncated)
+                return [(text, i in cut) for i, text in enumerate(res.texts)]
             if key == "classify":
                 return classify_task.predict(model, source.tokenizer, texts, classify_len, cfg.max_batch).tolist()
             return embed_task.embed(model, source.tokenizer, texts, max_len, cfg.max_batch).tolist()
@@ -242,7 +244,9 @@ def build_app(cfg: ServeConfig) -> Any:
         beam = cfg.default_beam if req.beam is None else req.beam
         if beam > cfg.max_beam:
             raise HTTPException(422, f"beam: {beam}, the limit is {cfg.max_beam}")
-        return {"translations": await result(worker.submit(req.texts, beam))}
+        rows = await result(worker.submit(req.texts, beam))  # the inputs cut to the model's length, by index (the
+        return {"translations": [text for text, _ in rows],     # CLI warns of them; a client was told nothing)
+                "truncated": [i for i, (_, cut) in enumerate(rows) if cut]}
 
     @app.post("/embed")
     async def embed_texts(req: Texts) -> dict:
