@@ -144,6 +144,9 @@ def train_tokenizer(lines: list[str], vocab_size: int, paths: Sequence[Path], ca
     if (folder / "tokenizer_config.json").is_file():
         return load_tokenizer(folder)
     tok = ByteLevelBPETokenizer.train(lines, vocab_size, specials=SEQ2SEQ_SPECIALS)
+    if tok.vocab_size < vocab_size:
+        log.info("the vocabulary has %d tokens, not the %d asked for: the training text has no more pairs to merge",
+                 tok.vocab_size, vocab_size)
     clean_stale_temporaries(folder.parent)  # what killed runs left
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     tok.save(tmp)
