@@ -214,3 +214,12 @@ def test_os_errors_read_without_pythons_errno_prefix(tmp_path, capsys):
     from transformer_lab.cli.main import message
 
     assert message(FileNotFoundError(2, "No such file or directory", "/x/y")) == "/x/y: No such file or directory"
+
+
+@pytest.mark.parametrize("args", [["--src", "fr", "--tgt", "en"], ["--max-tokens", "800"], ["--vocab-size", "300"],
+                                  ["--context", "16"], ["--bleu-sample", "5"]])
+def test_the_demo_refuses_the_options_of_other_tasks(tmp_path, capsys, args):
+    """`train --src fr --tgt en` (no --data) trained the dates demo, ignoring both; so did every translation or
+    language-model option given to it."""
+    assert main(["train", *args, "--out", str(tmp_path / "r"), "--max-steps", "1", "--no-progress"]) == 2
+    assert f"{args[0]}" in capsys.readouterr().err and not (tmp_path / "r").exists()

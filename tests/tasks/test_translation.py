@@ -313,8 +313,10 @@ def test_a_translation_run_resumes_as_its_preset_with_its_own_tokenizer(shared_d
     assert main(["train", "--resume", str(run), "--max-steps", "2", "--cache-dir", cache, "--no-progress"]) == 0
     assert recorded_settings(run / "checkpoints" / "last")[2]["name"] == "multi30k-de-en"
     assert main(["train", "--preset", "multi30k-fr-en", "--resume", str(run), "--max-steps", "3", "--cache-dir", cache,
-                 "--no-progress"]) == 0
+                 "--no-progress", "--vocab-size", "300", "--separate-vocab"]) == 0  # (ignored, and said so)
     assert {p.name: p.read_bytes() for p in tokenizer.iterdir()} == files
+    settings = recorded_settings(run / "checkpoints" / "last")[2]
+    assert (settings["vocab_size"], settings["joint"], settings["src"]) == (500, True, "fr")  # what was used
     # options a translation does not read are refused (they were ignored: --src fr trained German to English)
     capsys.readouterr()
     for args, message in ((["--src", "fr"], "--preset multi30k-de-en translates de to en; for fr to en: --preset "

@@ -60,6 +60,7 @@ def test_a_vocab_txt_read_alone_says_when_its_folder_sets_otherwise(tmp_path, ca
         caplog.clear()
         folder = load_tokenizer(tmp_path)
         load_tokenizer(minilm_vocab())
+        load_tokenizer(tmp_path / "vocab.txt", cased=True, split_special_tokens=True)  # (set by the caller: as there)
     assert not caplog.text
     hf = BertTokenizerFast.from_pretrained(tmp_path)  # the folder's reading is transformers' (oracle)
     for tok in ((alone, BertTokenizerFast(minilm_vocab())), (folder, hf)):

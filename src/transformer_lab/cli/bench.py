@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--rounds", type=positive_int, default=3)
     tr.add_argument("--max-tokens", type=positive_int, default=4000)
     tr.add_argument("--cache-dir", default=None, help="encoded-data cache (default: ~/.cache/transformer_lab)")
+    add_threads(tr)
     tr.set_defaults(run=lambda a: translation.bench_translation(a.model, a.steps, a.rounds, a.max_tokens, a.cache_dir))
 
     dec = _parser(bsub, "decode", "decoding speed with and without the KV cache",
@@ -62,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                             "a GPU); a first untimed pass compiles")
     dec.add_argument("--device", default="cpu")
     dec.add_argument("--batch-size", type=positive_int, default=64, help="sentences a batch (translate's --batch-size)")
+    add_threads(dec)
     dec.set_defaults(run=lambda a: translation.bench_decode(a.checkpoint, a.sentences, _ints(a.beams, "--beams"),
                                                             a.cache_dir, a.static_cache, a.compile, a.device,
                                                             a.batch_size))
@@ -71,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", default=None, help="corpus file (default: $TRANSFORMER_LAB_DATA/multi30k/train.en.gz)")
     t.add_argument("--vocab-size", type=positive_int, default=8000, help="bytelevel and wordpiece vocabulary")
     t.add_argument("--merges", type=positive_int, default=8000, help="bpe merges")
+    add_threads(t)
     t.set_defaults(run=lambda a: tokenizer.bench_tokenizer(a.algo, a.data, a.vocab_size, a.merges))
 
     for name, help, doc, run, batch in (
@@ -106,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(then the headline row)")
     g.add_argument("--peak-tflops", type=positive_float, default=None,
                    help="the device's peak for MFU (default: a known GPU's dense bf16 peak; none on a CPU)")
+    add_threads(g)
     g.set_defaults(run=lambda a: gpt.bench_gpt(a.n_layers, _ints(a.batches, "--batches"), a.prompt_len, a.new_tokens,
                                                a.train_batch, a.train_len, a.rounds, a.train_rounds, a.device,
                                                a.precision, a.compile, a.peak_tflops))

@@ -87,7 +87,8 @@ def _task(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     task = _task(args)
-    if args.resume and task == "dates":  # nothing names a task: a translation run resumes as what it was
+    # --resume RUN with nothing naming a task: a translation run resumes as what it was (not as the demo)
+    if args.resume and task == "dates" and args.preset is None:
         kind, _, then = resumed(args)
         if kind == "transformer" and then.get("train_files"):
             raise ValueError(f"--resume {args.resume}: a translation run on its own files; resume it with them "
@@ -95,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
         if kind == "transformer" and then.get("data"):  # a named set: its preset, or its name and languages
             if then.get("name") in translation.TASKS:
                 args.preset = then["name"]
-            else:
-                args.data, args.src, args.tgt = then["data"], then.get("src"), then.get("tgt")
+            else:  # (--src/--tgt given alone: theirs, and a change the resume reports)
+                args.data, args.src, args.tgt = then["data"], args.src or then.get("src"), args.tgt or then.get("tgt")
             task = "translation"
             log.info("resuming a translation run: %s", f"--preset {args.preset}" if args.preset else
                      f"--data {args.data} --src {args.src} --tgt {args.tgt}")
@@ -116,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
     if task == "dates" and (args.eval_every is not None or args.patience is not None):
         raise ValueError("--eval-every/--patience: the dates task has no validation set to evaluate or stop on (its "
                          "score is the exact match on --n-test held-out dates at the end)")
-    if task == "dates":
+    if task == "dates":  # (a translation's or a language model's options, which the demo ignored)
+        refuse_unused("the dates demo (a translation needs --preset multi30k-de-en or --data; a language model "
+                      "--preset shakespeare-char --data FILE)", **{n: getattr(args, n) for n in (
+                          "src", "tgt", "max_len", "max_tokens", "bleu_sample", "vocab_size", "separate_vocab",
+                          "cache_dir", "tokenizer", "context")})
         cfg = dates.DatesConfig(opts, train_config(args, dates.RECIPE, "transformer"),
                                 **kept(args, "transformer", model=args.model, position=args.position,
                                        batch_size=args.batch_size, n_test=args.n_test))

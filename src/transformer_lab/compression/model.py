@@ -103,18 +103,21 @@ PRESETS = {
 }
 
 
-def resolve_skip(model: nn.Module, skip: tuple[str, ...]) -> tuple[str, ...]:
+def resolve_skip(model: nn.Module, skip: tuple[str, ...], tied: bool = False, embeddings: bool = False) -> tuple[str, ...]:
     """The full paths of the modules ``skip`` names (a name, or the end of one at a dot: ``w_q`` is every
-    layer's). A name that matches no module, or only modules with no Linear layer or table to keep, is an
-    error: it would keep nothing in fp32, silently."""
+    layer's). A name that matches no module, or only modules with nothing the quantization would touch (a
+    Linear layer; with ``tied`` one tied to a table; with ``embeddings`` a table), is an error: it would keep
+    nothing in fp32, silently."""
+    def touched(kept: tuple[str, ...]) -> set[str]:
+        return set(target_linears(model, kept, tied) + (target_embeddings(model, kept) if embeddings else []))
+
     modules = [name for name, _ in model.named_modules() if name]
     out: list[str] = []
     for s in skip:
         hits = [n for n in modules if n == s or n.endswith("." + s)]
-        if not hits or not set(target_linears(model) + target_embeddings(model)) - set(
-                target_linears(model, tuple(hits)) + target_embeddings(model, tuple(hits))):
+        if not hits or not touched(()) - touched(tuple(hits)):
             short = sorted({n.rsplit(".", 1)[-1] for n in target_linears(model) if not n.rsplit(".", 1)[-1].isdigit()})
-            what = "matches no module" if not hits else "names modules with no Linear layer or embedding table in them"
+            what = "matches no module" if not hits else "names modules with nothing in them this quantization changes"
             raise ValueError(f"skip: {s!r} {what} (a {type(model).__name__}); its Linear layers are named "
                              f"{', '.join(short)} (e.g. {target_linears(model)[0]}); a path names one of them")
         out += [n for n in hits if n not in out]
@@ -268,7 +271,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calibrate: Callable[[nn.M
         raise ValueError(f"weight_calibrate: expected one of {list(WEIGHT_OBSERVERS)}, got {cfg.weight_calibrate!r} "
                          "(an activation method: --calibrate)")
     if cfg.skipped:
-        cfg = replace(cfg, skip=",".join(resolve_skip(model, cfg.skipped)))
+        cfg = replace(cfg, skip=",".join(resolve_skip(model, cfg.skipped, cfg.tied, cfg.embeddings)))
     names = target_linears(model, cfg.skipped, cfg.tied)
     tied = _tied_outputs(model, names)
     if not names:

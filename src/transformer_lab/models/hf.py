@@ -287,7 +287,8 @@ def load_bert(folder: str | Path, announce_fresh: bool = True, **overrides) -> B
         raise ValueError(f"{folder / 'model.safetensors'}: {len(stray)} tensors have no place in this model "
                          f"(position {config.position!r}, attention {config.attention!r}): {stray[:12]}")
     fresh = load_state_checked(model, state, str(folder / "model.safetensors"), optional=is_head)
-    fresh = [k for k in fresh if k != "mlm.decoder.weight"]
+    fresh = [k for k in fresh if k != "mlm.decoder.weight"
+             and not (k.startswith("pooler.") and model.nsp is None and model.classifier is None)]  # (unread then)
     if fresh and announce_fresh:
         log.info("%s: new heads, initialised fresh (train them before use): %s", folder, ", ".join(fresh))
     unexpected = [k for k in unused if not _BERT_IGNORABLE.search(k)]

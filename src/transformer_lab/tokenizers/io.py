@@ -113,7 +113,9 @@ def load_tokenizer(path: str | Path, cased: bool | None = None, split_special_to
         tok = load_hf_json(path)
     elif path.suffix == ".txt":
         tok = load_bert_vocab(path, cased=cased)  # (as transformers' BertTokenizer(vocab_file): its defaults)
-        _warn_of_settings_beside(path, tok, cased)
+        if split_special_tokens is not None:
+            tok.split_special_tokens = split_special_tokens
+        _warn_of_settings_beside(path, tok, cased, split_special_tokens)
     elif not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     else:
@@ -123,16 +125,19 @@ def load_tokenizer(path: str | Path, cased: bool | None = None, split_special_to
     return tok
 
 
-def _warn_of_settings_beside(vocab: Path, tok: WordPieceTokenizer, cased: bool | None) -> None:
-    """A vocab.txt read alone takes BERT's defaults; say so when its folder's tokenizer_config.json sets others."""
-    beside = vocab.parent / CONFIG_FILE
-    if vocab.name != BERT_VOCAB or not beside.is_file():
+def _warn_of_settings_beside(vocab: Path, tok: WordPieceTokenizer, cased: bool | None,
+                             split_special_tokens: bool | None) -> None:
+    """A vocab.txt read alone takes BERT's defaults; say so when its folder, read whole, would read text otherwise
+    (its tokenizer_config.json: transformers' keys, or ours), leaving out what the caller set itself."""
+    if vocab.name != BERT_VOCAB or not (vocab.parent / CONFIG_FILE).is_file():
         return
     try:
-        there = load_bert_vocab(vocab, read_json_object(beside), str(beside), cased)
-    except ValueError:
-        return  # (not a BERT tokenizer_config.json: nothing to compare)
-    differ = [k for k in ("lowercase", "strip_accents", "split_special_tokens") if getattr(tok, k) != getattr(there, k)]
+        there = load_tokenizer(vocab.parent, split_special_tokens=split_special_tokens)
+    except (ValueError, OSError, TypeError, KeyError):
+        return  # (a folder that does not read as a tokenizer: nothing to compare)
+    keys = ("strip_accents", "split_special_tokens") if cased is not None else ("lowercase", "strip_accents",
+                                                                               "split_special_tokens")
+    differ = [k for k in keys if getattr(tok, k) != getattr(there, k, getattr(tok, k))]
     if differ:
         log.warning("%s is read alone, with BERT's defaults (%s); the %s beside it sets %s: give the folder %s to "
                     "read it as its model does", vocab, ", ".join(f"{k}={getattr(tok, k)}" for k in differ), CONFIG_FILE,
