@@ -266,6 +266,26 @@ def test_finetune_translate_with_an_adapter_then_translate_and_merge(tiny_run, t
         assert main(["translate", "--checkpoint", str(merged), "--beam", "2", sentence]) == 0
         assert capsys.readouterr().out == adapted
     assert main(args[:-2] + ["--peft", method]) == 2  # the folder holds a run: --resume or --overwrite
+    # resumed without --peft: with the run's own adapter (refused before, printing the recorded adapter as a dict)
+    assert main(args[:12] + ["--resume", str(out), "--max-steps", "31", "--cache-dir", str(tmp_path / "cache"),
+                                "--no-progress"]) == 0
+
+
+def test_a_prompt_leaves_room_in_a_translation_models_positions(tiny_run, tmp_path, caplog):
+    """finetune translate --peft prompt|prefix kept pairs as long as --max-len (100), which with the virtual
+    positions overflowed the model's table: the run died at its first validation. Pairs that do not fit beside
+    them are now skipped, counted, and the log says why."""
+    from transformer_lab.tasks.translation import load_translator
+
+    run, files = tiny_run
+    table = load_translator(run)[0].config.max_len
+    with caplog.at_level("INFO"):
+        assert main(["finetune", "translate", "--model", str(run), "--train-src", str(files[0]), "--train-tgt",
+                     str(files[1]), "--valid-src", str(files[2]), "--valid-tgt", str(files[3]), "--max-steps", "2",
+                     "--eval-every", "0", "--max-tokens", "800", "--bleu-sample", "2", "--out", str(tmp_path / "ft"),
+                     "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--peft", "prompt", "--prompt-len",
+                     str(table - 12)]) == 0
+    assert f"skipped as longer than 11 tokens: the model's {table} positions less {table - 12} prefix or prompt" in caplog.text
 
 
 def test_finetune_translate_without_data_names_the_options(tmp_path, capsys):

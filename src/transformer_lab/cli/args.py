@@ -254,8 +254,10 @@ def adapter_config(args: argparse.Namespace) -> AdapterConfig | None:
         if getattr(args, name) != default and args.peft not in methods:
             raise ValueError(f"--{name.replace('_', '-')}: an option of --peft {' or '.join(methods)}, "
                              f"{'given without --peft' if args.peft is None else f'not of --peft {args.peft}'}")
-    if args.peft is None:
-        return None
+    if args.peft is None:  # a resumed --peft run continues with its own adapter (it was refused, printing a dict)
+        recorded = resumed(args)[2].get("adapter") if getattr(args, "resume", None) else None
+        known = {f.name for f in fields(AdapterConfig)}
+        return AdapterConfig(**{k: v for k, v in recorded.items() if k in known}) if isinstance(recorded, dict) else None
     return AdapterConfig(method=args.peft, r=args.r, alpha=args.alpha, dropout=args.lora_dropout, targets=args.target,
                          prefix_len=args.prefix_len, prefix_hidden=args.prefix_hidden, prompt_len=args.prompt_len,
                          seed=run_seed(args))

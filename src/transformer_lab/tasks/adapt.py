@@ -96,7 +96,8 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> dic
     run = _run_settings(adapter)
     if isinstance(run.get("adapter"), dict) and run["adapter"].get("method") == "qlora":
         log.warning("%s: trained as QLoRA, on the base's 4-bit (NF4) weights; merged into the fp32 base, as is usual, "
-                    "its outputs differ a little from the run's (and from the accuracy it reported)", adapter)
+                    "its outputs differ from the run's and from the scores it reported (on a small model, most of "
+                    "them): evaluate the merged model", adapter)
     model = merge_lora(model.eval())
     for p in model.parameters():
         p.requires_grad_(True)

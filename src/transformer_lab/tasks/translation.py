@@ -507,15 +507,25 @@ def finetune(cfg: TranslationFinetuneConfig, runtime: Runtime | None = None) -> 
     with open_run(cfg.run, runtime, reads=cfg.model) as folder:
         model, tok_src, tok_tgt = load_translator(cfg.model, runtime.device)
         if getattr(model, "adapter_config", None) is not None:
-            raise ValueError(f"{cfg.model}: the model carries a {model.adapter_config.method} adapter; merge it "
-                             "(transformer-lab peft merge) or start from its base")
+            method = model.adapter_config.method  # (prefix and prompt adapters add inputs: nothing to merge)
+            raise ValueError(f"{cfg.model}: the model carries a {method} adapter; " + (
+                "merge it (transformer-lab peft merge) or start from its base" if method in ("lora", "qlora")
+                else "start from its base"))
         if cfg.adapter is not None:
             apply_adapter(model, task_adapter(cfg.adapter, tok_src, cfg.prompt_text))
         counts = parameter_counts(model)
-        data = encode_data(tok_src, tok_tgt, train_files, valid_files, cfg.max_len,
+        # a pair fits with <s> or </s> beside the prefix or prompt positions (it failed at its first batch)
+        max_len = min(cfg.max_len, model.config.max_len - 1 - model.n_virtual)
+        if max_len < 1:
+            raise ValueError(f"{model.n_virtual} prefix or prompt positions leave no room in the model's "
+                             f"{model.config.max_len} positions; a shorter --prefix-len or --prompt-len")
+        data = encode_data(tok_src, tok_tgt, train_files, valid_files, max_len,
                            Path(cfg.cache_dir) if cfg.cache_dir else None)
-        log.info("fine-tuning %s on %d pairs (%d skipped as longer than %d tokens), %d validation; %s%s", cfg.model,
-                 len(data.train), data.train.skipped_long, cfg.max_len, len(data.valid), counts,
+        log.info("fine-tuning %s on %d pairs (%d skipped as longer than %d tokens%s), %d validation; %s%s", cfg.model,
+                 len(data.train), data.train.skipped_long, max_len,
+                 f": the model's {model.config.max_len} positions" + (f" less {model.n_virtual} prefix or prompt positions"
+                                                                       if model.n_virtual else "")
+                 if max_len < cfg.max_len else "", len(data.valid), counts,
                  f" ({cfg.adapter.method})" if cfg.adapter else " (every weight)")
         validate = make_validate(data, cfg.bleu_sample)
         before = validate(model)
