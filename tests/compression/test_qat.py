@@ -79,3 +79,20 @@ def test_convert_gives_plain_linears_with_the_trained_parameters():
     assert type(model[0]) is torch.nn.Linear and model[0].weight is weight
     with pytest.raises(ValueError, match="SmoothQuant"):
         prepare_qat(model, QuantConfig(smooth=0.5))
+
+
+def test_qat_skips_the_layers_quantize_model_skips():
+    """A skip name is read as quantize_model reads it (a name or its end: ``w_q`` is every layer's); QAT took only
+    full paths, so it fake-quantized layers the quantization then left in fp32."""
+    from transformer_lab.models.presets import preset
+    from transformer_lab.models.transformer import Transformer
+
+    def fake(m):
+        return {n for n, x in m.named_modules() if isinstance(x, (FakeQuantLinear, QuantLinear))}
+
+    cfg = QuantConfig(skip="w_q")
+    model = Transformer(preset("tiny", src_vocab_size=20, tgt_vocab_size=20, d_model=16, d_ff=32, n_heads=2))
+    trained = prepare_qat(model, cfg)
+    assert fake(trained) and not any(n.endswith("w_q") for n in fake(trained))
+    assert fake(quantize_model(convert_qat(trained), cfg)) == fake(prepare_qat(
+        Transformer(preset("tiny", src_vocab_size=20, tgt_vocab_size=20, d_model=16, d_ff=32, n_heads=2)), cfg))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_lab.compression.linear import quantize_tokens
-from transformer_lab.compression.model import QuantConfig, _check_quantizable, _set, target_linears
+from transformer_lab.compression.model import QuantConfig, _check_quantizable, _set, resolve_skip, target_linears
 from transformer_lab.compression.quant import fake_quantize, qparams_from_range
 
 
@@ -82,7 +82,8 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     if cfg.smooth is not None:
         raise ValueError("smooth: SmoothQuant rescales weights from calibration statistics; train without it "
                          "(quantization-aware training adapts the weights itself) and smooth at quantization if wanted")
-    for n in target_linears(model, cfg.skipped):
+    skip = resolve_skip(model, cfg.skipped) if cfg.skipped else ()  # (as quantize_model reads it: w_q, every layer's)
+    for n in target_linears(model, skip):
         _set(model, n, FakeQuantLinear(model.get_submodule(n), cfg))
     return model
 
