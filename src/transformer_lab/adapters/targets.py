@@ -1,9 +1,7 @@
 """Which layers an adapter touches: module names chosen by pattern, as ``peft``'s ``target_modules``.
 
-A pattern is a module name or the end of one at a dot: ``w_q`` matches every
-``encoder.layers.3.self_attn.w_q``; ``self_attn.w_q`` only self-attention's, not cross-attention's.
-A pattern with regular-expression characters is matched against the whole name
-(``encoder\\.layers\\.[0-5]\\..*w_q``). Hugging Face's ``query``, ``key`` and ``value`` are accepted
+Patterns as ``nn.names`` reads them: a module name or the end of one at a dot (``w_q``, ``self_attn.w_q``),
+or a regular expression matched against the whole name. Hugging Face's ``query``, ``key`` and ``value`` are accepted
 for ``w_q``, ``w_k`` and ``w_v`` (the names here: ``nn.attention.MultiHeadAttention``).
 
 A pattern that matches no Linear layer is an error listing the layer names there are.
@@ -11,12 +9,11 @@ A pattern that matches no Linear layer is an error listing the layer names there
 
 from __future__ import annotations
 
-import re
-
 from torch import nn
 
+from transformer_lab.nn.names import matches, short_name
+
 ALIASES = {"query": "w_q", "key": "w_k", "value": "w_v"}
-_REGEX = re.compile(r"[\\^$*+?()\[\]{}|]")
 
 
 def parse_targets(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -27,12 +24,6 @@ def parse_targets(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(ALIASES.get(t, t) for t in items)
 
 
-def matches(name: str, pattern: str) -> bool:
-    if _REGEX.search(pattern):
-        return re.fullmatch(pattern, name) is not None
-    return name == pattern or name.endswith("." + pattern)
-
-
 def find_linears(model: nn.Module, patterns: tuple[str, ...], kinds: tuple[type, ...] = (nn.Linear,)) -> list[str]:
     """Names of the ``kinds`` layers of ``model`` that some pattern matches, in model order. Every
     pattern must match at least one."""
@@ -40,18 +31,11 @@ def find_linears(model: nn.Module, patterns: tuple[str, ...], kinds: tuple[type,
     found = [name for name in layers if any(matches(name, p) for p in patterns)]
     unmatched = [p for p in patterns if not any(matches(name, p) for name in layers)]
     if unmatched:
-        short = sorted({_short(name) for name in layers})
+        short = sorted({short_name(name) for name in layers})
         raise ValueError(f"target: {', '.join(map(repr, unmatched))} matches no Linear layer of this "
                          f"{type(model).__name__}; its Linear layers are named {', '.join(short)} "
                          f"(e.g. {layers[0] if layers else 'none'})")
     return found
-
-
-def _short(name: str) -> str:
-    """A layer's name as a pattern names it: its last part, or its last two where the last is an index
-    (``classifier.1``, a Linear inside an nn.Sequential; "1" alone reads as no layer)."""
-    parts = name.split(".")
-    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from transformer_lab.cli.args import (adapter_config, add_json_summary, add_peft_args, add_run_args,
                                       add_split_special_tokens, add_train_args, finish, kept, positive_float, positive_int,
                                       refuse_unused, resumed, run_options, train_config)
-from transformer_lab.cli.train import add_translation_data_args, translation_data
+from transformer_lab.cli.train import add_translation_data_args, take_named_set, translation_data
 from transformer_lab.compression import OBSERVERS, QuantConfig
 from transformer_lab.compression.linear import SCHEMES
 from transformer_lab.data.text import locate
@@ -122,9 +122,7 @@ def translate_cmd(args: argparse.Namespace) -> int:
     adapter = adapter_config(args)
     data = ("data", "src", "tgt", "train_src", "train_tgt", "valid_src", "valid_tgt")
     if args.resume and not any(getattr(args, n) for n in data):  # a run on a named set resumes with --resume alone
-        then = resumed(args)[2]
-        if then.get("data"):
-            args.data, args.src, args.tgt = then["data"], then.get("src"), then.get("tgt")
+        take_named_set(args, resumed(args)[2])
     cfg = translation.TranslationFinetuneConfig(
         run_options(args), Path(args.model), train_config(args, translation.finetune_recipe(adapter), "transformer"),
         **translation_data(args), **kept(args, "transformer", max_len=args.max_len, max_tokens=args.max_tokens,

@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
         if kind == "transformer" and then.get("data"):  # a named set: its preset, or its name and languages
             if then.get("name") in translation.TASKS:
                 args.preset = then["name"]
-            else:  # (--src/--tgt given alone: theirs, and a change the resume reports)
-                args.data, args.src, args.tgt = then["data"], args.src or then.get("src"), args.tgt or then.get("tgt")
+            else:
+                take_named_set(args, then)
             task = "translation"
             log.info("resuming a translation run: %s", f"--preset {args.preset}" if args.preset else
                      f"--data {args.data} --src {args.src} --tgt {args.tgt}")
@@ -141,6 +141,15 @@ def run(args: argparse.Namespace) -> int:
     refuse_unused("a translation model (the dates demo's or a language model's options; its batches are --max-tokens)",
                   **{n: getattr(args, n) for n in ("batch_size", "n_test", "context", "tokenizer")})
     return finish(translation.run(_translation_config(args, opts)), args.json)
+
+
+def take_named_set(args: argparse.Namespace, then: dict) -> bool:
+    """A resumed translation run on a named set (its recorded task settings ``then``): its --data, and its
+    --src/--tgt where not given (a given one is a change the resume reports). False for a run on files."""
+    if not then.get("data"):
+        return False
+    args.data, args.src, args.tgt = then["data"], args.src or then.get("src"), args.tgt or then.get("tgt")
+    return True
 
 
 def translation_data(args: argparse.Namespace, preset: str | None = None) -> dict:

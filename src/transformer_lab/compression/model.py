@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from transformer_lab.compression.linear import ACTIVATIONS, GRANULARITIES, IMPLS, SCHEMES, QuantEmbedding, QuantLinear
 from transformer_lab.compression.observers import OBSERVERS, Observer
+from transformer_lab.nn.names import matches, short_name
 
 # KL (TensorRT's entropy calibration) is for activations: one weight channel's few hundred values make a
 # sparse 2048-bin histogram, and the search took about 0.1 s a channel (half an hour for MiniLM).
@@ -104,22 +105,23 @@ PRESETS = {
 
 
 def resolve_skip(model: nn.Module, skip: tuple[str, ...], tied: bool = False, embeddings: bool = False) -> tuple[str, ...]:
-    """The full paths of the modules ``skip`` names (a name, or the end of one at a dot: ``w_q`` is every
-    layer's). A name that matches no module, or only modules with nothing the quantization would touch (a
+    """The full paths of the modules ``skip`` names (``nn.names`` patterns, as an adapter's targets: ``w_q`` is
+    every layer's). A name that matches no module, or only modules with nothing the quantization would touch (a
     Linear layer; with ``tied`` one tied to a table; with ``embeddings`` a table), is an error: it would keep
     nothing in fp32, silently."""
     def touched(kept: tuple[str, ...]) -> set[str]:
         return set(target_linears(model, kept, tied) + (target_embeddings(model, kept) if embeddings else []))
 
     modules = [name for name, _ in model.named_modules() if name]
-    out: list[str] = []
+    everything, out = touched(()), []
     for s in skip:
-        hits = [n for n in modules if n == s or n.endswith("." + s)]
-        if not hits or not touched(()) - touched(tuple(hits)):
-            short = sorted({n.rsplit(".", 1)[-1] for n in target_linears(model) if not n.rsplit(".", 1)[-1].isdigit()})
+        hits = [n for n in modules if matches(n, s)]
+        if not hits or not everything - touched(tuple(hits)):
+            linears = target_linears(model)
             what = "matches no module" if not hits else "names modules with nothing in them this quantization changes"
             raise ValueError(f"skip: {s!r} {what} (a {type(model).__name__}); its Linear layers are named "
-                             f"{', '.join(short)} (e.g. {target_linears(model)[0]}); a path names one of them")
+                             f"{', '.join(sorted({short_name(n) for n in linears}))} (e.g. {linears[0]}); a path "
+                             "names one of them")
         out += [n for n in hits if n not in out]
     return tuple(out)
 

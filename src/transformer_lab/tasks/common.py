@@ -6,6 +6,7 @@ must not), the summary."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import torch
 from transformer_lab.adapters import LEARNING_RATES, AdapterConfig
 from transformer_lab.adapters.peft_format import save_peft
 from transformer_lab.runs import LAST, RunFolder, exit_code, find_checkpoint
+from transformer_lab.runs.checkpoint import recorded_settings
 from transformer_lab.runtime import Runtime
 from transformer_lab.runtime.signals import Interrupted, deferred_signals, interruptible_section
 from transformer_lab.tokenizers.io import checkpoint_tokenizer
@@ -25,6 +27,8 @@ from transformer_lab.training.config import TrainConfig
 from transformer_lab.training.loop import LossFn, Trainer, TrainResult
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,6 +110,17 @@ def resumed_tokenizer(resume: Path) -> Any:
         return checkpoint_tokenizer(find_checkpoint(resume, prefer=(LAST,)))
     except FileNotFoundError:
         return None
+
+
+def resumed_tokenizer_settings(cfg: Any, resume: Path, keys: tuple[str, ...]) -> Any:
+    """A resumed run reads with its checkpoint's tokenizer: ``cfg`` with the tokenizer ``keys`` the checkpoint
+    recorded where the command gave others, each named in a warning (so the recorded settings are those used)."""
+    then = recorded_settings(find_checkpoint(resume, prefer=(LAST,)))[2]
+    other = {k: (then[k], getattr(cfg, k)) for k in keys if k in then and then[k] != getattr(cfg, k)}
+    if other:
+        log.warning("a resumed run reads with its checkpoint's tokenizer; ignored (checkpoint, given): %s", other)
+        cfg = replace(cfg, **{k: v[0] for k, v in other.items()})
+    return cfg
 
 
 def fingerprint(path: Path, chunk: int = 1 << 20) -> str:

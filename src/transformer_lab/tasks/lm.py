@@ -34,11 +34,11 @@ from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.nn.sparse import parse_pattern
 from transformer_lab.files import refuse_onnx_export
 from transformer_lab.runs import LAST, find_checkpoint, is_ours, load_model
-from transformer_lab.runs.checkpoint import recorded_settings
 from transformer_lab.runtime import Runtime, runtime_for, unwrap
 from transformer_lab.runtime.signals import Interrupted, interruptible_section
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, after_training, open_run,
-                                          resumed_tokenizer, save_adapter, task_adapter, task_settings, train,
+                                          resumed_tokenizer, resumed_tokenizer_settings, save_adapter, task_adapter,
+                                          task_settings, train,
                                           write_summary, write_uncut)
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.char import CharTokenizer
@@ -392,12 +392,7 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
         # a resumed run reads the text with the tokenizer its weights were trained with, not one built anew
         trained = resumed_tokenizer(cfg.run.resume) if cfg.run.resume else None
         if trained is not None:  # (so the log and the recorded settings name the tokenizer actually used)
-            then = recorded_settings(find_checkpoint(cfg.run.resume, prefer=(LAST,)))[2]
-            other = {k: (then[k], getattr(cfg, k)) for k in ("tokenizer", "vocab_size")
-                     if k in then and then[k] != getattr(cfg, k)}
-            if other:
-                log.warning("a resumed run reads with its checkpoint's tokenizer; ignored (checkpoint, given): %s", other)
-                cfg = replace(cfg, **{k: v[0] for k, v in other.items()})
+            cfg = resumed_tokenizer_settings(cfg, cfg.run.resume, ("tokenizer", "vocab_size"))
         data = prepare_lm_data(cfg.data, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, context=context,
                                trained=trained)
         overrides = {"attention": cfg.attention, **({} if cfg.position is None else {"position": cfg.position})}

@@ -34,10 +34,10 @@ from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.summary import parameter_summary
 from transformer_lab.models.transformer import Transformer
 from transformer_lab.runs import LAST, clean_stale_temporaries, find_checkpoint, load_model
-from transformer_lab.runs.checkpoint import recorded_settings
 from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, open_run, save_adapter,
-                                          task_adapter, task_settings, train, write_summary, write_uncut)
+                                          resumed_tokenizer_settings, task_adapter, task_settings, train, write_summary,
+                                          write_uncut)
 from transformer_lab.tokenizers.base import Tokenizer
 from transformer_lab.tokenizers.bytelevel import ByteLevelBPETokenizer
 from transformer_lab.tokenizers.cache import encode_file_cached
@@ -431,12 +431,7 @@ def run(cfg: TranslationConfig, runtime: Runtime | None = None) -> TaskResult:
         cache = Path(cfg.cache_dir) if cfg.cache_dir else None
         if cfg.run.resume:  # the tokenizers the weights were trained with (new ones, trained on other data of the
             tok_src, tok_tgt = resumed_tokenizers(cfg.run.resume)  # same size, gave the rows other pieces)
-            then = recorded_settings(find_checkpoint(cfg.run.resume, prefer=(LAST,)))[2]
-            other = {k: (then[k], getattr(cfg, k)) for k in ("vocab_size", "joint")
-                     if k in then and then[k] != getattr(cfg, k)}
-            if other:  # (so the recorded settings are the ones used)
-                log.warning("a resumed run reads with its checkpoint's tokenizers; ignored (checkpoint, given): %s", other)
-                cfg = replace(cfg, **{k: v[0] for k, v in other.items()})
+            cfg = resumed_tokenizer_settings(cfg, cfg.run.resume, ("vocab_size", "joint"))
             data = encode_data(tok_src, tok_tgt, train_files, valid_files, cfg.max_len, cache)
         else:
             data = prepare_data(train_files, valid_files, cfg.vocab_size, cfg.joint, cfg.max_len, cache)
