@@ -51,6 +51,22 @@ def test_a_second_writer_gets_an_error_naming_the_holder(tmp_path, capsys):
         pass
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock: POSIX only")
+def test_a_reader_asking_who_writes_does_not_turn_a_starting_run_away(tmp_path):
+    """``writer_of`` (``--resume`` asking who writes a folder without a checkpoint) holds a shared lock for
+    an instant; a run taking the folder at that instant was told it was "in use". Here the reader's
+    shared lock is held for 0.1 s from another descriptor: the writer waits it out."""
+    import fcntl
+    import threading
+
+    (tmp_path / "r").mkdir()
+    fd = os.open(tmp_path / "r" / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.1, os.close, (fd,)).start()
+    with RunFolder(tmp_path / "r") as folder:
+        assert folder._lock_fd is not None
+
+
 def test_lock_is_reentrant_and_released(tmp_path):
     folder = RunFolder(tmp_path / "r")
     folder.lock()

@@ -98,7 +98,7 @@ class RunFolder:
             if fcntl is None:
                 break
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_exclusive(fd)
             except OSError as e:
                 holder = _read_pid(fd)
                 os.close(fd)
@@ -210,6 +210,21 @@ def _read_pid(fd: int) -> str:
             return text
         time.sleep(0.05)
     return "unknown"
+
+
+def _flock_exclusive(fd: int, patience_s: float = 0.5) -> None:
+    """Take the exclusive lock on ``fd``, retrying for ``patience_s``: ``writer_of`` holds a shared one for
+    an instant to ask who writes, and a run starting at that instant must not be told the folder is in use
+    (a writer holds it for the whole run, so waiting half a second changes nothing else)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def writer_of(path: Path) -> str | None:
