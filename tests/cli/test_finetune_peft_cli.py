@@ -84,7 +84,7 @@ def test_a_fine_tuned_classifier_labels_texts(tmp_path, capsys, sst):
         assert main(["classify", "--model", str(folder), "--json", *texts]) == 0
         got = json.loads(capsys.readouterr().out)["predictions"]
         torch.testing.assert_close(torch.tensor([p["probabilities"] for p in got]), want, atol=1e-5, rtol=0)
-        assert [p["label"] for p in got] == want.argmax(-1).tolist()
+        assert [p["label"] for p in got] == want.argmax(-1).tolist() and not any(p["truncated"] for p in got)
     assert main(["classify", "--model", str(out), *texts]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[2] for line in lines] == texts and all(line.split("\t")[0] in "01" for line in lines)
@@ -119,8 +119,10 @@ def test_a_fine_tuned_classifier_labels_texts(tmp_path, capsys, sst):
 
     with started(ServeConfig(str(out))) as url:
         status, body = call(url, "/classify", {"texts": texts})
-        assert status == 200 and body["labels"] == want.argmax(-1).tolist()
+        assert status == 200 and body["labels"] == want.argmax(-1).tolist() and body["truncated"] == []
         torch.testing.assert_close(torch.tensor(body["probabilities"]), want, atol=1e-5, rtol=0)
+        status, body = call(url, "/classify", {"texts": ["good", "good " * 200]})  # cut at the run's 128: told
+        assert status == 200 and body["truncated"] == [1]
         assert call(url, "/embed", {"texts": texts})[0] == 200
     with started(ServeConfig(MINILM)) as url:
         status, body = call(url, "/classify", {"texts": texts})

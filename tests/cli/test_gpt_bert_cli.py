@@ -33,11 +33,13 @@ def st_model():
     return st.SentenceTransformer(MINILM, device="cpu")
 
 
-def test_embed_json_equals_sentence_transformers(capsys, st_model):
+def test_embed_json_equals_sentence_transformers(capsys, caplog, st_model):
     long_text = " ".join(["transformers attend to every token in the sequence"] * 60)  # > 256 tokens
     texts = [*TEXTS, long_text]
     assert main(["embed", "--model", MINILM, "--json", *texts]) == 0
-    got = torch.tensor(json.loads(capsys.readouterr().out)["embeddings"])
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["truncated"] == [3] and "1 of 4 texts cut to their first 254 word pieces" in caplog.text  # told
+    got = torch.tensor(answer["embeddings"])
     ref = st_model.encode(texts, convert_to_tensor=True)
     assert got.shape == ref.shape == (4, 384)
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)

@@ -41,6 +41,9 @@ def test_embed_answers_equal_the_library_and_concurrent_requests_batch(served):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)  # each caller got its own row
     _, health = call(url, "/health")
     assert health["requests"] == 8 and health["largest_batch_requests"] > 1  # some requests shared a model call
+    assert all(a["truncated"] == [] for _, a in answers)
+    status, body = call(url, "/embed", {"texts": ["a dog", "dog " * 300]})  # the client is told of a cut (past 256)
+    assert status == 200 and body["truncated"] == [1] and len(body["embeddings"]) == 2
 
 
 def test_bad_requests_get_4xx_and_the_server_goes_on(served):
@@ -68,7 +71,7 @@ def test_bad_requests_get_4xx_and_the_server_goes_on(served):
     assert status == 404 and "/embed" in body["detail"]
     assert call(url, "/generate", {"prompt": "x"})[0] == 404
     status, body = call(url, "/embed", {"texts": ["still serving"]})
-    assert status == 200 and len(body["embeddings"][0]) == 384
+    assert status == 200 and len(body["embeddings"][0]) == 384 and body["truncated"] == []
 
 
 def test_one_requests_bad_input_fails_only_that_request():

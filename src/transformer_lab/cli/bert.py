@@ -121,9 +121,11 @@ def embed_cmd(args: argparse.Namespace) -> int:
     texts = texts_or_stdin(args.text, "embed")
     model, tok, max_len = embed.load_encoder(args.model, choose_device(args.device), args.split_special_tokens,
                                               args.compile)
-    vectors = embed.embed(model, tok, texts, max_len, args.batch_size)
+    cut: list[int] = []
+    vectors = embed.embed(model, tok, texts, max_len, args.batch_size, cut)
+    embed.warn_truncated(cut, len(texts), max_len)
     if args.json:
-        print(json.dumps({"embeddings": vectors.tolist()}))
+        print(json.dumps({"embeddings": vectors.tolist(), "truncated": cut}))
     else:
         for t, v in zip(texts, vectors):
             print(f"{t[:40]!r}: [{', '.join(f'{x:.4f}' for x in v[:6].tolist())}, ...] ({v.numel()} dims)")
@@ -143,12 +145,15 @@ def classify_cmd(args: argparse.Namespace) -> int:
     model, tok, max_len = classify.load_classifier(args.model, choose_device(args.device), args.split_special_tokens)
     if args.compile:
         model = compile_for_inference(model)
-    probs = classify.predict(model, tok, texts, max_len, args.batch_size)
+    cut: list[int] = []
+    probs = classify.predict(model, tok, texts, max_len, args.batch_size, cut)
+    embed.warn_truncated(cut, len(texts), max_len)
     best, labels = probs.max(-1)
     if args.json:
         print(json.dumps({"predictions": [{"label": int(y), "probability": round(float(p), 6),
-                                           "probabilities": [round(float(x), 6) for x in row]}
-                                          for y, p, row in zip(labels, best, probs)]}))
+                                           "probabilities": [round(float(x), 6) for x in row],
+                                           "truncated": i in cut}
+                                          for i, (y, p, row) in enumerate(zip(labels, best, probs))]}))
     else:
         for t, y, p in zip(texts, labels.tolist(), best.tolist()):
             print(f"{y}\t{p:.4f}\t{t}")

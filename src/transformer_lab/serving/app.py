@@ -2,8 +2,9 @@
 
     GET  /health      {"status": "ok", "model": "translation" | "gpt" | "bert", "quantized": ..., batching figures}
     POST /translate   {"texts": [...], "beam": 4}                  -> {"translations": [...], "truncated": [i, ...]}
-    POST /embed       {"texts": [...]}                             -> {"embeddings": [[...], ...]}
-    POST /classify    {"texts": [...]} (a BERT with a classifier)  -> {"labels": [...], "probabilities": [[...], ...]}
+    POST /embed       {"texts": [...]}                             -> {"embeddings": [[...], ...], "truncated": [i, ...]}
+    POST /classify    {"texts": [...]} (a BERT with a classifier)  -> {"labels": [...], "probabilities": [[...], ...],
+                                                                       "truncated": [i, ...]}
     POST /generate    {"prompt": "...", "max_new_tokens": 64, "temperature": 1.0, "top_k": null,
                        "top_p": 1.0, "greedy": false, "seed": null} -> {"text": "...", "tokens": n}
 
@@ -195,9 +196,12 @@ def build_app(cfg: ServeConfig) -> Any:
                                          batch_size=cfg.max_batch)
                 cut = set(res.truncated)
                 return [(text, i in cut) for i, text in enumerate(res.texts)]
+            cut: list[int] = []  # (each row, and whether its text was cut to the model's length)
             if key == "classify":
-                return classify_task.predict(model, source.tokenizer, texts, classify_len, cfg.max_batch).tolist()
-            return embed_task.embed(model, source.tokenizer, texts, max_len, cfg.max_batch).tolist()
+                rows = classify_task.predict(model, source.tokenizer, texts, classify_len, cfg.max_batch, cut)
+            else:
+                rows = embed_task.embed(model, source.tokenizer, texts, max_len, cfg.max_batch, cut)
+            return [(row, i in cut) for i, row in enumerate(rows.tolist())]
 
     worker = Worker(run_batch, cfg.max_batch, cfg.max_wait_ms)
     app = FastAPI(title="transformer-lab", description=f"serving {cfg.checkpoint} ({kind})")
@@ -225,6 +229,10 @@ def build_app(cfg: ServeConfig) -> Any:
                      "bert": "/embed and /classify" if getattr(model.config, "n_labels", 0) else "/embed"}[kind]
             raise HTTPException(404, f"this server holds a {kind} model; it answers {other}, not this endpoint")
 
+    def cut_rows(rows: list[tuple[Any, bool]]) -> list[int]:
+        """The indices of the texts cut to the model's length (the CLI warns of them; a client is told here)."""
+        return [i for i, (_, cut) in enumerate(rows) if cut]
+
     async def result(future: Future) -> Any:
         try:
             return await asyncio.wrap_future(future)
@@ -244,15 +252,15 @@ def build_app(cfg: ServeConfig) -> Any:
         beam = cfg.default_beam if req.beam is None else req.beam
         if beam > cfg.max_beam:
             raise HTTPException(422, f"beam: {beam}, the limit is {cfg.max_beam}")
-        rows = await result(worker.submit(req.texts, beam))  # the inputs cut to the model's length, by index (the
-        return {"translations": [text for text, _ in rows],     # CLI warns of them; a client was told nothing)
-                "truncated": [i for i, (_, cut) in enumerate(rows) if cut]}
+        rows = await result(worker.submit(req.texts, beam))
+        return {"translations": [text for text, _ in rows], "truncated": cut_rows(rows)}
 
     @app.post("/embed")
     async def embed_texts(req: Texts) -> dict:
         serves("bert")
         check_texts(req)
-        return {"embeddings": await result(worker.submit(req.texts))}
+        rows = await result(worker.submit(req.texts))
+        return {"embeddings": [row for row, _ in rows], "truncated": cut_rows(rows)}
 
     @app.post("/classify")
     async def classify_texts(req: Texts) -> dict:
@@ -261,8 +269,10 @@ def build_app(cfg: ServeConfig) -> Any:
             raise HTTPException(404, "this BERT has no classification head; it answers /embed (a classifier: what "
                                      "`finetune classify` writes)")
         check_texts(req)
-        probabilities = await result(worker.submit(req.texts, "classify"))
-        return {"labels": [max(range(len(p)), key=p.__getitem__) for p in probabilities], "probabilities": probabilities}
+        rows = await result(worker.submit(req.texts, "classify"))
+        probabilities = [row for row, _ in rows]
+        return {"labels": [max(range(len(p)), key=p.__getitem__) for p in probabilities], "probabilities": probabilities,
+                "truncated": cut_rows(rows)}
 
     @app.post("/generate")
     async def generate_text(req: GenerateRequest) -> dict:

@@ -126,10 +126,11 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu",
     return model.eval(), load_bert_tokenizer(where, split_special_tokens), cut_length(where, model)
 
 
-def predict(model: Bert, tok: WordPieceTokenizer, texts: Sequence[str], max_len: int, batch_size: int = 64) -> torch.Tensor:
+def predict(model: Bert, tok: WordPieceTokenizer, texts: Sequence[str], max_len: int, batch_size: int = 64,
+            truncated: list[int] | None = None) -> torch.Tensor:
     """Each text's class probabilities (N, n_labels): the softmax of the head's logits; labels are the
-    training file's (0, 1, ...)."""
-    return by_length(model, encode_texts(tok, texts, max_len), batch_size,
+    training file's (0, 1, ...) (``truncated``: as ``embed.encode_texts``)."""
+    return by_length(model, encode_texts(tok, texts, max_len, truncated), batch_size,
                      lambda m, t, mask: m(t, attention_mask=mask).class_logits.float().softmax(-1))
 
 

@@ -5,6 +5,7 @@ the encoder over batches of similar length, exporting a Hugging Face folder)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,6 +28,8 @@ from transformer_lab.training.config import TrainConfig
 # a linear warm-up (10% of the steps) and linear decay; the tasks set the rate and the steps.
 BERT_RECIPE = TrainConfig(schedule="linear", label_smoothing=0.0, clip_norm=1.0, beta2=0.999, adam_eps=1e-8,
                           weight_decay=0.01)
+
+log = logging.getLogger(__name__)
 
 
 def load_encoder(folder: str | Path, device: str | torch.device = "cpu", split_special_tokens: bool | None = None,
@@ -66,10 +69,27 @@ def special_id(tok: WordPieceTokenizer, name: str) -> int:
     return i
 
 
-def encode_texts(tok: WordPieceTokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
-    """[CLS] pieces [SEP], the pieces cut to max_len - 2 (HF's truncation of a single text)."""
+def encode_texts(tok: WordPieceTokenizer, texts: Sequence[str], max_len: int,
+                 truncated: list[int] | None = None) -> list[list[int]]:
+    """[CLS] pieces [SEP], the pieces cut to max_len - 2 (HF's truncation of a single text); the indices
+    of the texts cut are appended to ``truncated`` when given."""
     cls_id, sep_id = special_id(tok, "[CLS]"), special_id(tok, "[SEP]")
-    return [[cls_id] + tok.encode(t)[: max_len - 2] + [sep_id] for t in texts]
+    out = []
+    for i, t in enumerate(texts):
+        pieces = tok.encode(t)
+        if truncated is not None and len(pieces) > max_len - 2:
+            truncated.append(i)
+        out.append([cls_id] + pieces[: max_len - 2] + [sep_id])
+    return out
+
+
+def warn_truncated(truncated: Sequence[int], n_texts: int, max_len: int) -> None:
+    """One warning naming the texts (1-based, the first five) cut to the model's length, as sentence-
+    transformers cuts them without a word: a label or an embedding of a text's beginning only."""
+    if truncated:
+        shown = ", ".join(str(i + 1) for i in truncated[:5]) + (", ..." if len(truncated) > 5 else "")
+        log.warning("%d of %d texts cut to their first %d word pieces (max length %d with [CLS] and [SEP]): "
+                    "text %s", len(truncated), n_texts, max_len - 2, max_len, shown)
 
 
 @torch.no_grad()
@@ -92,9 +112,11 @@ def by_length(model: Bert, ids: list[list[int]], batch_size: int, head: Callable
     return out[torch.argsort(torch.tensor(order))]
 
 
-def embed(model: Bert, tok: WordPieceTokenizer, texts: Sequence[str], max_len: int, batch_size: int = 32) -> Tensor:
-    """L2-normalised mean-pooled sentence embeddings, (N, D), in the order of ``texts``."""
-    return by_length(model, encode_texts(tok, texts, max_len), batch_size,
+def embed(model: Bert, tok: WordPieceTokenizer, texts: Sequence[str], max_len: int, batch_size: int = 32,
+          truncated: list[int] | None = None) -> Tensor:
+    """L2-normalised mean-pooled sentence embeddings, (N, D), in the order of ``texts`` (``truncated``: as
+    ``encode_texts``)."""
+    return by_length(model, encode_texts(tok, texts, max_len, truncated), batch_size,
                      lambda m, t, mask: mean_pool(m(t, attention_mask=mask).hidden, mask).float())
 
 
