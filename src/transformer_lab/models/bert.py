@@ -130,6 +130,12 @@ class BertOutput:
     class_logits: Tensor | None = None  # (B, n_labels)
 
 
+# A pytree node, so that DistributedDataParallel sees the tensors inside: with ``static_graph`` it routes a
+# forward's output tensors through its backward hook, and an output it could not look into was one leaf, so
+# after the first step the gradients were never all-reduced (each process trained its own copy).
+torch.export.register_dataclass(BertOutput, serialized_type_name="transformer_lab.models.bert.BertOutput")
+
+
 class Bert(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
