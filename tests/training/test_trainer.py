@@ -568,3 +568,26 @@ def test_the_training_rate_leaves_out_validations_and_saves(tmp_path, monkeypatc
     assert result.tokens_per_s == pytest.approx(sum(tokens.values()) / 0.07)
     rates = {r["step"]: r["tokens_per_s"] for r in st.history if r.get("tokens_per_s") is not None}
     assert rates == {s: pytest.approx(n / 0.01, rel=1e-3) for s, n in tokens.items()}  # (3, 5, 7 held a validation)
+
+
+def test_a_resumed_runs_time_budget_counts_from_its_own_start(tmp_path, monkeypatch):
+    """--time-budget read the run's whole elapsed time, the earlier commands' included: a run its budget
+    stopped, resumed with the same budget, trained one more step and stopped again. The budget is the
+    command's (a job's wall-clock limit). On a clock the test moves, 10 ms a step: a budget of 35 ms
+    stops each command after 4 steps."""
+    import time
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    def timed(t: Trainer) -> Trainer:
+        step = t.train_step
+        monkeypatch.setattr(t, "train_step", lambda *b: (clock.__setitem__(0, clock[0] + 0.01), step(*b))[1])
+        return t
+
+    first = timed(trainer(tmp_path / "a", 20, time_budget_s=0.035, save_every=100))
+    assert first.fit().stopped_by == "time_budget" and first.state.step == 4
+    second = timed(trainer(tmp_path / "a", 20, time_budget_s=0.035, save_every=100))
+    second.resume(tmp_path / "a" / "checkpoints" / "last")
+    assert second.fit().stopped_by == "time_budget" and second.state.step == 8
+    assert second.state.elapsed_s == pytest.approx(0.08)  # (the run's whole time is still kept)

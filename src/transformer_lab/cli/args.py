@@ -131,7 +131,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """The options every training command shares; unset ones keep the task's recipe."""
     g = p.add_argument_group("optimisation (unset: the task's recipe)")
     g.add_argument("--max-steps", type=positive_int, default=None, help="optimizer steps")
-    g.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES", help="stop cleanly after this long")
+    g.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES", help="stop cleanly (with a checkpoint) after this command has trained this long")
     g.add_argument("--schedule", default=None, choices=SCHEDULES, help="learning rate by step (noam: the paper's)")
     g.add_argument("--lr", type=positive_float, default=None, help="noam: factor on the paper's formula; others: peak rate")
     g.add_argument("--warmup", type=non_negative_int, default=None, help="warm-up steps (0: none; noam needs >= 1)")

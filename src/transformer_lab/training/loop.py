@@ -425,6 +425,7 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=st.step, desc="train", unit="step",
                    disable=not (cfg.progress and self.runtime.is_main), dynamic_ncols=True)
         start, window_tokens, window_start = time.perf_counter() - st.elapsed_s, 0, time.perf_counter()
+        budget_from = st.elapsed_s  # the time budget is this command's: a resumed run's earlier time is not in it
         window_paused = pending = 0.0  # seconds of validations and saves: in this log window; not yet in elapsed_s
         stopped_by = "max_steps"
         unlogged: dict | None = None  # the last step's row, until a log row takes it
@@ -476,7 +477,7 @@ class Trainer:
                 if due_save:
                     paused(self.save)
                 signalled, out_of_time = self._agree(stop.signum,
-                                                     cfg.time_budget_s is not None and st.elapsed_s >= cfg.time_budget_s)
+                                                     cfg.time_budget_s is not None and st.elapsed_s - budget_from >= cfg.time_budget_s)
                 if signalled:
                     stopped_by = "signal"
                     break
