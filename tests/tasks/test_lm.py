@@ -387,3 +387,27 @@ def test_a_gzipped_text_reads_as_the_plain_one(tmp_path):
     (tmp_path / "bad.gz").write_bytes(b"not gzip")
     with pytest.raises(ValueError, match="not a gzip file"):
         read_text(tmp_path / "bad.gz")
+
+
+def test_sinusoidal_positions_come_with_the_papers_embedding_scale(tmp_path, monkeypatch):
+    """`train --position sinusoidal` built a GPT without the √d_model scale on its token embeddings, the
+    variant whose 0.02-std tokens drown under unit sinusoids (`explain positions` measured 3.41 against 2.43
+    with the scale); the paper pairs the two. A run recorded without the scale resumes as it was."""
+    (tmp_path / "t.txt").write_text(TEXT)
+    short = ["train", "--preset", "lm", "--data", str(tmp_path / "t.txt"), "--tokenizer", "char", "--context", "16",
+             "--eval-every", "0", "--no-progress"]
+    out = tmp_path / "run"
+    assert main([*short, "--position", "sinusoidal", "--out", str(out), "--max-steps", "2"]) == 0
+    config = lambda run: json.loads((run / "checkpoints" / "last" / "config.json").read_text())  # noqa: E731
+    assert config(out)["scale_embeddings"] is True
+    assert main([*short, "--resume", str(out), "--max-steps", "3"]) == 0 and config(out)["scale_embeddings"] is True
+    from transformer_lab.tasks import lm as lm_task
+
+    with monkeypatch.context() as m:  # a run of before: built without the scale
+        preset = lm_task.gpt_preset
+        m.setattr(lm_task, "gpt_preset", lambda *a, **k: preset(*a, **{**k, "scale_embeddings": False}))
+        assert main([*short, "--position", "sinusoidal", "--out", str(tmp_path / "old"), "--max-steps", "2"]) == 0
+    assert main([*short, "--resume", str(tmp_path / "old"), "--max-steps", "3"]) == 0
+    assert config(tmp_path / "old")["scale_embeddings"] is False
+    assert main([*short, "--out", str(tmp_path / "learned"), "--max-steps", "1"]) == 0  # learned: GPT-2's, no scale
+    assert config(tmp_path / "learned")["scale_embeddings"] is False

@@ -380,8 +380,13 @@ def encode_prompt(tok, text: str, eos_id: int | None) -> list[int]:
 def recorded_max_len(resume: Path, default: int) -> int:
     """The positions the model of the checkpoint a run resumes holds (a run before models held their
     context had the preset's), else ``default``."""
-    value = read_json_object(find_checkpoint(resume, prefer=(LAST,)) / "config.json").get("max_len")
+    value = recorded_config(resume).get("max_len")
     return value if isinstance(value, int) else default
+
+
+def recorded_config(resume: Path) -> dict:
+    """The model config of the checkpoint a run resumes."""
+    return read_json_object(find_checkpoint(resume, prefer=(LAST,)) / "config.json")
 
 
 def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
@@ -396,6 +401,10 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
         data = prepare_lm_data(cfg.data, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, context=context,
                                trained=trained)
         overrides = {"attention": cfg.attention, **({} if cfg.position is None else {"position": cfg.position})}
+        if (cfg.position or base.position) == "sinusoidal":  # the paper's pairing, tokens x sqrt(d_model): GPT-2's
+            # 0.02-std token vectors drowned under unit sinusoids (README, positions); a resumed run keeps its own
+            recorded = recorded_config(cfg.run.resume).get("scale_embeddings") if cfg.run.resume else None
+            overrides["scale_embeddings"] = recorded if isinstance(recorded, bool) else True
         if base.eos_id is not None:  # (gpt2's 50256 names a token of its own vocabulary: this one's, if it has one)
             find = getattr(data.tokenizer, "token_to_id", None)
             overrides["eos_id"] = find("<|endoftext|>") if find else None
