@@ -274,7 +274,7 @@ def test_peft_options_of_another_method_are_refused(tmp_path, capsys, args, matc
     assert match in capsys.readouterr().err
 
 
-def test_a_prompt_leaves_room_for_its_positions_in_training_and_embedding(tmp_path, capsys, sst):
+def test_a_prompt_leaves_room_for_its_positions_in_training_and_embedding(tmp_path, capsys, caplog, sst):
     """A prompt's virtual positions count against the model's 512: a dev sentence longer than the room
     stopped `finetune classify --peft prompt --max-len 512` at its first evaluation, and `embed` on the
     run refused a long text ("truncate the input"), where both cut texts to what fits."""
@@ -283,6 +283,8 @@ def test_a_prompt_leaves_room_for_its_positions_in_training_and_embedding(tmp_pa
     out = tmp_path / "prompt"
     assert main(["finetune", "classify", "--model", MINILM, "--train", str(sst), "--dev", str(dev), "--out", str(out),
                  "--max-steps", "1", "--max-len", "512", "--peft", "prompt", "--prompt-len", "20", "--no-progress"]) == 0
+    # the length asked for is not the length used: said (it was cut without a word)
+    assert "--max-len 512: the model holds 512 positions (20 of them a prompt's or prefix's); texts are cut at 492" in caplog.text
     capsys.readouterr()
     assert main(["embed", "--model", str(out), "--json", " ".join(["word"] * 3000)]) == 0
     assert len(json.loads(capsys.readouterr().out)["embeddings"][0]) == 384

@@ -202,6 +202,10 @@ def run(cfg: ClassifyConfig, runtime: Runtime | None = None) -> TaskResult:
         if max_len < 3:
             raise ValueError(f"--max-len {cfg.max_len}: {model.n_virtual} prefix or prompt positions leave {max_len} "
                              f"of the model's {model.config.max_len} for [CLS], text and [SEP]")
+        if max_len < cfg.max_len:
+            log.warning("--max-len %d: the model holds %d positions%s; texts are cut at %d word pieces with [CLS] and "
+                        "[SEP]", cfg.max_len, model.config.max_len,
+                        f" ({model.n_virtual} of them a prompt's or prefix's)" if model.n_virtual else "", max_len)
         train_ids, dev_ids = encode_texts(tok, train_x, max_len), encode_texts(tok, dev_x, max_len)
         source = ClassBatches(train_ids, train_y, cfg.batch_size, model.config.pad_id, cfg.train.seed)
         # (a resumed run keeps its own length, warm-up and validations unless given: cfg.train holds them)
