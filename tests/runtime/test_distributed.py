@@ -101,6 +101,19 @@ def test_two_processes_train_and_resume_as_one(straight, tmp_path, mode):
         _assert_same_weights(one_run, tmp_path / run)
 
 
+def test_a_run_with_dropout_resumes_in_as_many_processes_exactly(straight, tmp_path):
+    """Only rank 0's random streams were saved; the other processes re-seeded theirs on resume, so a
+    2-process run with dropout, stopped and resumed in 2, drew other masks than the straight run (5.7e-3
+    apart in the weights). Each process's streams are now saved: the same weights as the straight run."""
+    data, _ = straight
+    dropout = ["--dropout", "0.2"]
+    _train(data, tmp_path / "straight", 4, processes=2, extra=dropout)
+    _train(data, tmp_path / "resumed", 2, processes=2, extra=dropout)
+    _train(data, tmp_path / "resumed", 4, processes=2, resume=tmp_path / "resumed", extra=dropout)
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+    _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
 def test_outside_torchrun_the_runtime_is_one_process(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)

@@ -163,6 +163,12 @@ class DistributedRuntime(Runtime):
         dist.broadcast_object_list(box, src=0, device=self.device if self.backend == "nccl" else None)
         return box[0]
 
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every process's ``obj``, in rank order, on rank 0 (None on the others)."""
+        out = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
     def no_sync(self, model: nn.Module, last: bool):
         """Skip DDP's gradient all-reduce for a micro-batch that is not the step's last: the step's
         gradients are summed locally and all-reduced once. Not in this process's first step, where a

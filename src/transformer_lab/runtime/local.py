@@ -80,6 +80,10 @@ class Runtime:
     def broadcast(self, obj: Any) -> Any:
         return obj
 
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every process's ``obj``, in rank order, on rank 0 (None on the others): this one's."""
+        return [obj]
+
     def no_sync(self, model: nn.Module, last: bool):
         return nullcontext()
 

@@ -187,6 +187,8 @@ class Trainer:
         sharded = self.runtime.sharded
         model = self._gathered() if sharded else self.model
         optimizer = self.runtime.full_optimizer_state(self.model, self.optimizer) if with_state and sharded else None
+        # every process's random streams (its dropout masks), so a resume in as many processes continues exactly
+        streams = self.runtime.gather(rng_state()) if with_state and self.runtime.world_size > 1 else None
         if not self.runtime.is_main:
             return None
         train_state = None
@@ -195,7 +197,7 @@ class Trainer:
                 "optimizer": optimizer if sharded else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": rng_state(),
+                "rng": {**rng_state(), **({"ranks": streams} if streams else {})},
                 "trainer": {k: v for k, v in asdict(self.state).items() if k != "history"},
                 "train_config": asdict(self.cfg),
                 "task_settings": self.settings,
@@ -255,9 +257,13 @@ class Trainer:
                 group["lr"] = base * rate(self.scheduler.last_epoch)
             self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
             self.scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])  # the main process's streams
-            if self.runtime.rank:  # the others draw their own dropout masks, as they did from the start
-                torch.manual_seed(self.cfg.seed + self.runtime.rank + 1_000_003 * int(state["trainer"]["step"]))
+            ranks = state["rng"].get("ranks")  # (each process's streams, saved by a run in several processes)
+            if isinstance(ranks, list) and len(ranks) == self.runtime.world_size:
+                set_rng_state(ranks[self.runtime.rank])  # as many processes: each continues its own streams
+            else:
+                set_rng_state(state["rng"])  # the main process's streams
+                if self.runtime.rank:  # the others draw their own dropout masks, as they did from the start
+                    torch.manual_seed(self.cfg.seed + self.runtime.rank + 1_000_003 * int(state["trainer"]["step"]))
             self.state = TrainState(**state["trainer"])
             if hasattr(self.loss_fn, "load_state_dict"):
                 self.loss_fn.load_state_dict(state.get("loss", {}))
