@@ -78,7 +78,17 @@ def test_sizes_beyond_the_sequence_are_clamped_and_bad_patterns_named():
     with pytest.raises(ValueError, match="global_tokens"):
         Pattern("window", causal=True, global_tokens=(0,))
     with pytest.raises(ValueError, match="global_tokens: positions"):
-        attend(q, k, v, Pattern("window", window=2, global_tokens=(7,)))
+        Pattern("window", window=2, global_tokens=(0, -1))
+    # a global position past a sequence's end is no token of it: a BERT trained with global:0+60 read no
+    # text shorter than 61 tokens ("positions must lie in 0..n-1"); alone or padded beside a longer one
+    # (the position then a padding column), the same rows as without it
+    far = Pattern("window", window=2, global_tokens=(0, 7))
+    for efficient in (far, Pattern("window", window=2, global_tokens=(0,))):
+        torch.testing.assert_close(attend(q, k, v, far), attend(q, k, v, efficient), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(far.dense_mask(6), efficient.dense_mask(6))
+    padded = [torch.cat([x, torch.randn(1, 2, 4, 4)], dim=2) for x in (q, k, v)]
+    keep = torch.tensor([[True] * 6 + [False] * 4])
+    torch.testing.assert_close(attend(*padded, far, keep)[:, :, :6], attend(q, k, v, far), atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="keep"):
         attend(q, k, v, Pattern("window"), torch.ones(1, 5, dtype=torch.bool))
 

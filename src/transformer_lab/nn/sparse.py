@@ -5,7 +5,7 @@ dense-masked reference and an efficient implementation whose memory grows as O(n
 * ``window``: keys within ``window`` positions of the query, on both sides (bidirectional: 2w + 1
   keys; Longformer's ``attention_window`` is 2w) or before it (causal: w + 1 keys, as Mistral's
   sliding window). ``global_tokens`` (Longformer, bidirectional): those positions see every key, and
-  every query sees them.
+  every query sees them; one past a sequence's length is no token of it (a short text has none there).
 * ``block``: BigBird's block-sparse pattern: the sequence in blocks of ``block`` positions; each query
   block sees its own block and its neighbours, the first ``global_blocks`` blocks (which see every
   key), and ``random_blocks`` other blocks drawn with ``seed``.
@@ -64,6 +64,8 @@ class Pattern:
                 raise ValueError(f"{name}: expected a positive size, got {getattr(self, name)}")
         if self.global_blocks < 0 or self.random_blocks < 0:
             raise ValueError("global_blocks, random_blocks: expected counts >= 0")
+        if any(t < 0 for t in self.global_tokens):
+            raise ValueError(f"global_tokens: positions from 0, got {list(self.global_tokens)}")
         if self.global_tokens and (self.kind != "window" or self.causal):
             raise ValueError("global_tokens: Longformer's global attention is for a bidirectional window pattern; "
                              f"got kind={self.kind!r}, causal={self.causal}")
@@ -104,8 +106,7 @@ class Pattern:
         """Window: (n,) bool, True at the global tokens; None without any."""
         if not self.global_tokens:
             return None
-        g = torch.tensor(sorted(set(self.global_tokens)), dtype=torch.long, device=device)
-        _check_tokens(g, n)
+        g = _tokens_within(self.global_tokens, n, device)
         return torch.zeros(n, dtype=torch.bool, device=device).index_fill_(0, g, True)
 
     def block_matrix(self, n: int, device: torch.device | str = "cpu") -> Tensor:
@@ -159,9 +160,10 @@ def _in_window(i: Tensor, j: Tensor, w: int, causal: bool, glob: Tensor | None) 
     return ok if glob is None else ok | glob[i] | glob[j]
 
 
-def _check_tokens(g: Tensor, n: int) -> None:
-    if len(g) and (int(g.min()) < 0 or int(g.max()) >= n):
-        raise ValueError(f"global_tokens: positions must lie in 0..{n - 1}, got {g.tolist()}")
+def _tokens_within(tokens: tuple[int, ...], n: int, device: torch.device | str) -> Tensor:
+    """The global positions a sequence of ``n`` holds, as an index tensor (a position past its end, as a
+    trained ``global:0+60`` on a 20-token text, is no token of it: as its padding would be)."""
+    return torch.tensor(sorted({t for t in tokens if t < n}), dtype=torch.long, device=device)
 
 
 @functools.lru_cache(maxsize=64)  # a cached decoding step asks for it in every layer: drawn once per shape
@@ -364,8 +366,7 @@ def _window(q: Tensor, k: Tensor, v: Tensor, p: Pattern, keep: Tensor | None, bi
     a = torch.arange(c, device=q.device)[:, None]
     s_ = torch.arange(span, device=q.device)[None, :]
     band = (s_ >= a) & (s_ <= a + left + right)  # query i = start + a, key j = start - w + s: -right <= i - j <= w
-    g = torch.tensor(sorted(set(p.global_tokens)), dtype=torch.long, device=q.device)
-    _check_tokens(g, n)
+    g = _tokens_within(p.global_tokens, n, q.device)
 
     def keys(blocks: slice) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         kb, vb = kw[:, :, blocks], vw[:, :, blocks]
