@@ -372,3 +372,48 @@ def test_a_resumed_translation_run_keeps_its_settings(tiny_run, tmp_path, caplog
     assert main(["train", "--preset", "lm", "--data", str(files[0]), "--max-tokens", "800", "--n-test", "5",
                  "--out", str(tmp_path / "lm")]) == 2
     assert "--max-tokens, --n-test: not for a language model" in capsys.readouterr().err
+
+
+def test_bigbird_random_blocks_translate_and_embed_a_text_as_alone(tiny_run):
+    """BigBird's random blocks are drawn among the padded length's blocks, so a sentence padded beside a
+    longer one was encoded otherwise than alone (encoder outputs 1.08 apart): `translate`, `evaluate`,
+    `embed` and `classify` changed with what a text was batched with. Under such a pattern their batches
+    are now of one length. The oracle: each text alone."""
+    from dataclasses import replace
+
+    from transformer_lab.data.batches import inference_batches
+    from transformer_lab.models.bert import Bert, BertConfig, mean_pool
+    from transformer_lab.tasks.embed import by_length
+
+    assert inference_batches([0, 1, 2, 3], [5, 5, 5, 7], 2, same_length=True) == [[0, 1], [2], [3]]
+    assert inference_batches([0, 1, 2, 3], [5, 5, 5, 7], 2) == [[0, 1], [2, 3]]
+    run, _ = tiny_run
+    model, tok_src, tok_tgt = tr.load_translator(run)
+    torch.manual_seed(0)
+    sparse = type(model)(replace(model.config, attention="block:2,random:1")).eval()
+    sentences = ["Ein Hund.", "Ein Mann fährt Fahrrad.", "Zwei Kinder spielen im Sand am Strand.",
+                 "Eine Frau mit einem roten Hut liest ein Buch in einem Park neben einem großen Baum."]
+    memories = {}  # each source's encoder rows (its real positions), as the decoding read them
+    encode = sparse.encode
+
+    def recorded(src, *a, **k):
+        memory = encode(src, *a, **k)
+        for row, m in zip(src.tolist(), memory):
+            ids = tuple(t for t in row if t != 0)
+            memories.setdefault(ids, []).append(m[: len(ids)])
+        return memory
+
+    sparse.encode = recorded
+    alone = [tr.translate(sparse, tok_src, tok_tgt, [s], beam=1)[0] for s in sentences]
+    assert tr.translate(sparse, tok_src, tok_tgt, sentences, beam=1) == alone
+    assert len(memories) == len(sentences)
+    for first, second in memories.values():
+        torch.testing.assert_close(first, second, atol=1e-5, rtol=1e-4)
+    torch.manual_seed(0)
+    bert = Bert(BertConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=40,
+                           attention="block:2,random:1")).eval()
+    ids = [[2] + list(range(5, 5 + n)) + [3] for n in (3, 9, 20)]
+    head = lambda m, t, mask: mean_pool(m(t, attention_mask=mask).hidden, mask)  # noqa: E731  (embed's rows)
+    together = by_length(bert, ids, 8, head)
+    for row, one in zip(together, ids):
+        torch.testing.assert_close(row[None], by_length(bert, [one], 8, head), atol=1e-5, rtol=1e-4)

@@ -44,6 +44,19 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
+def inference_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int,
+                      same_length: bool = False) -> list[list[int]]:
+    """``order`` (indices, sorted by length) cut into batches of up to ``batch_size``; ``same_length``: a
+    batch also ends where the length changes, so no row is padded (a model whose rows change with
+    padding, ``nn.sparse.padding_changes_rows``, then computes each as it would alone)."""
+    out: list[list[int]] = []
+    for i in order:
+        if not out or len(out[-1]) == batch_size or same_length and lengths[out[-1][-1]] != lengths[i]:
+            out.append([])
+        out[-1].append(i)
+    return out
+
+
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> Tensor:
     """Right-pad to the longest. Shapes: -> (B, T_max) int64."""
     t = max(len(s) for s in seqs)

@@ -153,6 +153,14 @@ def parse_pattern(spec: str, causal: bool = False, position: str | None = None) 
     return pattern
 
 
+def padding_changes_rows(spec: str) -> bool:
+    """Whether a right-padded row of a bidirectional stack under the pattern ``spec`` computes other than
+    it would alone: BigBird's random blocks are drawn among the padded length's blocks (the window, the
+    neighbouring and global blocks, and chunks do not move)."""
+    pattern = parse_pattern(spec)
+    return pattern is not None and pattern.kind == "block" and pattern.random_blocks > 0
+
+
 def _in_window(i: Tensor, j: Tensor, w: int, causal: bool, glob: Tensor | None) -> Tensor:
     """The window rule, elementwise: query slot i may see key slot j (index tensors that broadcast, or
     FlexAttention's per-element indices). Global slots see and are seen by every slot."""

@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from transformer_lab.config import check_positive, read_json_object
-from transformer_lab.data.batches import padding_and_mask
+from transformer_lab.data.batches import inference_batches, padding_and_mask
 from transformer_lab.models.bert import Bert, mean_pool
 from transformer_lab.models.hf import load_bert, save_bert, sentence_max_seq_length
+from transformer_lab.nn.sparse import padding_changes_rows
 from transformer_lab.runs import find_checkpoint, is_ours, load_model
 from transformer_lab.runs.checkpoint import recorded_settings
 from transformer_lab.runtime import compile_for_inference
@@ -95,7 +96,8 @@ def warn_truncated(truncated: Sequence[int], n_texts: int, max_len: int) -> None
 @torch.no_grad()
 def by_length(model: Bert, ids: list[list[int]], batch_size: int, head: Callable[[Bert, Tensor, Tensor], Tensor]) -> Tensor:
     """``head(model, tokens, mask)`` over batches of similar length (as sentence-transformers
-    batches, so padding stays small), rows returned in the order of ``ids``, in eval mode."""
+    batches, so padding stays small; of one length under BigBird's random blocks, which padding moves),
+    rows returned in the order of ``ids``, in eval mode."""
     check_positive("batch_size", batch_size)
     if not ids:
         raise ValueError("texts: nothing to encode (no text given)")
@@ -104,8 +106,8 @@ def by_length(model: Bert, ids: list[list[int]], batch_size: int, head: Callable
     device = next(model.parameters()).device
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     parts = []
-    for k in range(0, len(order), batch_size):
-        tokens, mask = padding_and_mask([ids[i] for i in order[k:k + batch_size]], model.config.pad_id)
+    for batch in inference_batches(order, [len(x) for x in ids], batch_size, padding_changes_rows(model.config.attention)):
+        tokens, mask = padding_and_mask([ids[i] for i in batch], model.config.pad_id)
         parts.append(head(model, tokens.to(device), mask.to(device)).cpu())
     model.train(was_training)
     out = torch.cat(parts)

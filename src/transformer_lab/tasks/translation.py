@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from transformer_lab.adapters import AdapterConfig, apply_adapter, parameter_counts
 from transformer_lab.config import check_positive
-from transformer_lab.data.batches import Batch, TokenBuckets, pad_sequences
+from transformer_lab.data.batches import Batch, TokenBuckets, inference_batches, pad_sequences
 from transformer_lab.data.parallel import EncodedPairs, filter_long, multi30k_files, read_parallel, user_cache_dir
 from transformer_lab.data.vocab import VOCAB_FILE, SymbolText, Vocab
 from transformer_lab.generation.search import Seq2SeqStep, beam_search, greedy_search
@@ -33,6 +33,7 @@ from transformer_lab.generation.static_decoding import StaticSeq2Seq
 from transformer_lab.models.presets import PRESETS, preset
 from transformer_lab.models.summary import parameter_summary
 from transformer_lab.models.transformer import Transformer
+from transformer_lab.nn.sparse import padding_changes_rows
 from transformer_lab.runs import LAST, clean_stale_temporaries, find_checkpoint, load_model
 from transformer_lab.runtime import Runtime, runtime_for
 from transformer_lab.tasks.common import (RunOptions, TaskResult, adapter_recipe, open_run, save_adapter,
@@ -332,8 +333,8 @@ def translate_detailed(
         make_step = engine.step
     bar = tqdm(total=len(order), desc="translate", unit="sent", leave=False, file=sys.stderr,
                disable=None if progress else True)  # (None: only on a terminal)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    src_lengths = {i: len(ids) for i, ids in encoded.items()}  # (BigBird's random blocks: batches of one length)
+    for idx in inference_batches(order, src_lengths, batch_size, padding_changes_rows(model.config.attention)):
         src = pad_sequences([encoded[i] for i in idx], PAD_ID).to(device)
         lengths = max_output_lengths(src).clamp(max=limit)
         step = make_step(src) if make_step is not None else Seq2SeqStep(model, src, use_cache=use_cache)
