@@ -411,3 +411,18 @@ def test_sinusoidal_positions_come_with_the_papers_embedding_scale(tmp_path, mon
     assert config(tmp_path / "old")["scale_embeddings"] is False
     assert main([*short, "--out", str(tmp_path / "learned"), "--max-steps", "1"]) == 0  # learned: GPT-2's, no scale
     assert config(tmp_path / "learned")["scale_embeddings"] is False
+
+
+def test_a_relative_position_run_resumed_at_a_longer_context_holds_it(tmp_path):
+    """ALiBi has no position table to outgrow, and a resume at a longer --context trained at it, but the
+    model kept its first max_len: `evaluate` and `generate` then read the old length. It holds the
+    longest context it trained at now (a shorter one later keeps it)."""
+    (tmp_path / "t.txt").write_text(TEXT)
+    short = ["train", "--preset", "lm", "--data", str(tmp_path / "t.txt"), "--tokenizer", "char", "--position", "alibi",
+             "--eval-every", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    config = lambda: json.loads((tmp_path / "run" / "checkpoints" / "last" / "config.json").read_text())  # noqa: E731
+    assert main([*short, "--context", "16", "--max-steps", "2"]) == 0 and config()["max_len"] == 16
+    assert main([*short, "--resume", str(tmp_path / "run"), "--context", "32", "--max-steps", "3"]) == 0
+    assert config()["max_len"] == 32
+    assert main([*short, "--resume", str(tmp_path / "run"), "--context", "16", "--max-steps", "4"]) == 0
+    assert config()["max_len"] == 32

@@ -413,6 +413,8 @@ def run(cfg: LMConfig, runtime: Runtime | None = None) -> TaskResult:
         # of max_len, and positions never trained would be read too (a checkpoint keeps its own: a resume)
         max_len = context if trained is None else recorded_max_len(cfg.run.resume, context)
         bounded = not POSITION_ENCODINGS[cfg.position or base.position].acts_in_attention  # (a table: learned, sinusoids)
+        if not bounded:  # no table to outgrow: the model holds the longest context it trained at (evaluate and
+            max_len = max(max_len, context)  # generate read it; a resume at a longer --context kept the first)
         if context > max_len and bounded:
             raise ValueError(f"--context {context}: the run's model holds {max_len} positions (its training context, "
                              f"{cfg.position or base.position} positions); resume with --context <= {max_len}, or "

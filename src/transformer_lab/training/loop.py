@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from transformer_lab.nn.checks import values_checked
 from transformer_lab.nn.layers import set_dropout
+from transformer_lab.nn.positions import POSITION_ENCODINGS
 from transformer_lab.runs import (LAST, RunFolder, find_checkpoint, load_model, load_train_state, run_folder_of,
                                   save_checkpoint)
 from transformer_lab.runtime import Runtime
@@ -229,9 +230,11 @@ class Trainer:
                         if then is not None and now is not None and type(then) is type(now) else {"": (then, now)})
                 raise ValueError(f"{directory}: the checkpoint's {kind.split('_')[0]} differs from this run's: {diff} "
                                  "(checkpoint, now); resume with the run's own --peft / --qat options and --seed")
-        if loaded.model.config != model.config:
-            diff = {k: (v, getattr(model.config, k)) for k, v in asdict(loaded.model.config).items()
-                    if getattr(model.config, k) != v}
+        # a relative encoding (inside attention) has no table to outgrow: it resumes at another length
+        relative = getattr(POSITION_ENCODINGS.get(getattr(model.config, "position", "")), "acts_in_attention", False)
+        diff = {k: (v, getattr(model.config, k)) for k, v in asdict(loaded.model.config).items()
+                if getattr(model.config, k) != v and not (k == "max_len" and relative)}
+        if diff:
             raise ValueError(f"{directory}: the checkpoint's model differs from this run's: {diff} (checkpoint, now)")
         state = load_train_state(directory)
         self.runtime.load_full_weights(self.model, loaded.model.state_dict())
