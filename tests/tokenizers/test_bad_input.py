@@ -62,3 +62,13 @@ def test_ten_megabyte_line(tokenizer):
     line = _long_line(10_000_000)
     ids = tokenizer.encode(line)
     assert ids == FastTokenizer.from_tokenizer(tokenizer).encode(line)
+
+
+@pytest.mark.parametrize("ids", [[5, 10**6], [-1], [1000 + 10**3]])
+def test_ids_outside_the_vocabulary_are_an_error_in_both_backends(tokenizer, ids):
+    """Ours refused an id outside the vocabulary; the fast backend (HF ``tokenizers``) dropped it silently
+    ('!' for [5, 99999]) or overflowed on a negative one. Both now refuse it, naming it."""
+    for backend in (tokenizer, FastTokenizer.from_tokenizer(tokenizer)):
+        with pytest.raises(ValueError, match="out of range"):
+            backend.decode(ids)
+    assert FastTokenizer.from_tokenizer(tokenizer).decode([5, 6]) == tokenizer.decode([5, 6])

@@ -42,4 +42,9 @@ class FastTokenizer:
         return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=skip_special)
+        """As our tokenizers decode: an id outside the vocabulary is an error (HF's drops it silently)."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids: id {bad[0]} is out of range; expected 0 <= id < {self.vocab_size}")
+        return self.hf.decode(ids, skip_special_tokens=skip_special)
