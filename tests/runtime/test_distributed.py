@@ -114,12 +114,13 @@ def test_a_run_with_dropout_resumes_in_as_many_processes_exactly(straight, tmp_p
     _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
-def test_outside_torchrun_the_runtime_is_one_process(monkeypatch):
+def test_outside_torchrun_the_runtime_is_one_process(monkeypatch, caplog):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "4")  # a leftover variable alone does not make a distributed run
     assert not launched_by_torchrun()
-    rt = runtime_for("cpu")
+    rt = runtime_for("cpu")  # but it is said (a half-set launch trained alone, silently)
+    assert "torchrun's variables are set in part (WORLD_SIZE; not RANK, LOCAL_RANK, MASTER_ADDR" in caplog.text
     assert type(rt) is Runtime and rt.world_size == 1 and rt.is_main
     assert rt.shard([3, 1, 2]) == ([3, 1, 2], 1.0) and rt.sum([1.0, 2.0]) == [1.0, 2.0] and rt.broadcast("x") == "x"
     with pytest.raises(ValueError, match="torchrun"):

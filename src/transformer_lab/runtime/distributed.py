@@ -43,6 +43,7 @@ from transformer_lab.runtime.local import Runtime, choose_device
 
 # torchrun's variables; WORLD_SIZE alone can be left over in a shell, so RANK and the rendezvous too
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -65,6 +66,11 @@ def runtime_for(device: str | torch.device | None = None, fsdp: bool = False) ->
     model (FSDP2) instead of replicating it (DDP); only under torchrun."""
     if launched_by_torchrun():
         return DistributedRuntime(device, fsdp=fsdp)
+    partly = [k for k in ENV if k in os.environ]
+    if partly and os.environ.get("WORLD_SIZE", "1") != "1":
+        log.warning("torchrun's variables are set in part (%s; not %s): running as one process; launch several "
+                    "with torchrun --nproc-per-node N -m transformer_lab ...", ", ".join(partly),
+                    ", ".join(k for k in ENV if k not in os.environ))
     if fsdp:
         raise ValueError("fsdp: shards the model over the processes of a torchrun launch; run the command under "
                          "torchrun --nproc-per-node N -m transformer_lab ...")
