@@ -86,11 +86,15 @@ def test_resume_without_the_runs_adapter_is_a_clear_error(tmp_path):
 
     first = trainer(tmp_path / "a", 2, m=apply_adapter(model(), AdapterConfig(method="lora")))
     first.fit()
-    with pytest.raises(ValueError, match=r"checkpoint's adapter differs from this run's: \{'': \(AdapterConfig.*, None\)"):
+    with pytest.raises(ValueError, match=r"checkpoint holds a lora adapter and this run has none: resume with"):
         trainer(tmp_path / "b", 4).resume(tmp_path / "a")
     # another seed only: the message names that field, not two whole configurations
     with pytest.raises(ValueError, match=r"differs from this run's: \{'seed': \(0, 6\)\}"):
         trainer(tmp_path / "c", 4, m=apply_adapter(model(), AdapterConfig(method="lora", seed=6))).resume(tmp_path / "a")
+    # a full run resumed with an adapter: named, not printed as {'': (None, AdapterConfig(...))}
+    trainer(tmp_path / "full", 2).fit()
+    with pytest.raises(ValueError, match=r"checkpoint has no adapter and this run adds a lora adapter: that is a new run"):
+        trainer(tmp_path / "d", 4, m=apply_adapter(model(), AdapterConfig(method="lora"))).resume(tmp_path / "full")
 
 
 def test_a_decaying_schedule_resumed_longer_takes_the_new_schedules_rate_at_once(tmp_path):

@@ -226,8 +226,16 @@ class Trainer:
         for kind in ("adapter_config", "quant_config"):  # LoRA, prefix ...; QAT's fake-quantized layers
             then, now = getattr(loaded.model, kind, None), getattr(model, kind, None)
             if then != now:
+                what = kind.split("_")[0]
+                if then is None or now is None:  # one side has none: say which, not a dataclass's repr
+                    held = f"a {getattr(then or now, 'method', None) or 'quantization-aware'} {what}"
+                    raise ValueError(
+                        f"{directory}: the checkpoint has no {what} and this run adds {held}: that is a new run "
+                        "starting from the checkpoint's model (--model RUN, another --out), not a resume" if then is None
+                        else f"{directory}: the checkpoint holds {held} and this run has none: resume with the run's "
+                             "own --peft / --qat options")
                 diff = ({k: (v, getattr(now, k)) for k, v in asdict(then).items() if getattr(now, k) != v}
-                        if then is not None and now is not None and type(then) is type(now) else {"": (then, now)})
+                        if type(then) is type(now) else {"": (then, now)})
                 raise ValueError(f"{directory}: the checkpoint's {kind.split('_')[0]} differs from this run's: {diff} "
                                  "(checkpoint, now); resume with the run's own --peft / --qat options and --seed")
         # a relative encoding (inside attention) has no table to outgrow: it resumes at another length
