@@ -185,6 +185,16 @@ def test_model_summary_of_a_folder(capsys, tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "t5"}')
     assert main(["model", "summary", "--model", str(tmp_path)]) == 2
     assert "model_type 't5'" in capsys.readouterr().err
+    # the position encoding and the pattern are shown (they were not: the one place to check a run's)
+    config = json.loads((gt.get_model_path() / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "transformer-lab-bert",
+                                                      "position_embedding_type": "absolute",
+                                                      "transformer_lab": {"position": "alibi", "attention": "window:8"}}))
+    assert main(["model", "summary", "--model", str(tmp_path)]) == 0
+    assert "positions=alibi attention=window:8" in capsys.readouterr().out
+    assert main(["model", "summary", "--preset", "base"]) == 0
+    out = capsys.readouterr().out
+    assert "positions=sinusoidal" in out and "attention=" not in out
 
 
 @pytest.mark.parametrize("kind", ["lora", "qlora", "int8"])

@@ -75,10 +75,12 @@ def folder_model(path: str | Path) -> nn.Module:
 
 def describe(model: nn.Module) -> str:
     c = model.config
+    where = f" positions={c.position}" + ("" if c.attention == "full" else f" attention={c.attention}")
     if isinstance(model, Transformer):
         return (f"d_model={c.d_model} h={c.n_heads} d_ff={c.d_ff} N={c.n_encoder_layers}/{c.n_decoder_layers} "
-                f"vocab={c.src_vocab_size}/{c.tgt_vocab_size}")
-    return f"d_model={c.d_model} h={c.n_heads} d_ff={c.d_ff} N={c.n_layers} vocab={c.vocab_size} context={c.max_len}"
+                f"vocab={c.src_vocab_size}/{c.tgt_vocab_size}{where}")
+    return (f"d_model={c.d_model} h={c.n_heads} d_ff={c.d_ff} N={c.n_layers} vocab={c.vocab_size} "
+            f"context={c.max_len}{where}")
 
 
 def summary(args: argparse.Namespace) -> int:
