@@ -39,7 +39,7 @@ def test_all_is_resumable(smoke_all, capsys):
     before = {i: (smoke_all / i / "result.json").stat().st_mtime_ns for i in RUNNABLE}
     assert main(["explain", "--all", "--budget", "smoke", "--out", str(smoke_all), "--no-progress"]) == 0
     assert {i: (smoke_all / i / "result.json").stat().st_mtime_ns for i in RUNNABLE} == before  # kept
-    capsys.readouterr()
+    assert "smoke budget: a few steps of tiny models" in capsys.readouterr().out  # its verdicts are no answers
     assert main(["explain", "sinusoids", "--budget", "smoke", "--seed", "1", "--out", str(smoke_all), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["settings"]["seed"] == 1  # other settings: measured again
 

@@ -56,6 +56,7 @@ def explain_cmd(args: argparse.Namespace) -> int:
         runnable = sum(1 for x in EXPERIMENTS if not x.needs)
         print(f"{len(results)} of {runnable} experiments measured in {args.out}; `transformer-lab report {args.out}` "
               "renders them")
+        _smoke_note(args.budget)
         return 0 if len(results) == runnable else 2
     if not args.id:
         raise ValueError("ID: give a question id, --all or --list")
@@ -66,7 +67,14 @@ def explain_cmd(args: argparse.Namespace) -> int:
         print(f"{res.id}: {res.outcome.upper()} (claim: {res.claim})")
         print(f"  {res.verdict['because']}")
         print(f"  {Path(args.out) / res.id / RESULT}, figures: {', '.join(res.figures)}; {res.wall_s:.0f} s")
+        _smoke_note(args.budget)
     return 0
+
+
+def _smoke_note(budget: str) -> None:
+    if budget == "smoke":  # its rules run on a few steps of tiny models: a verdict there is no answer
+        print("smoke budget: a few steps of tiny models, to check that the experiments run; the verdicts are not "
+              "measurements (--budget quick or full answers the questions)")
 
 
 def _list(out: Path) -> int:
