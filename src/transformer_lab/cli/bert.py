@@ -150,9 +150,10 @@ def classify_cmd(args: argparse.Namespace) -> int:
     embed.warn_truncated(cut, len(texts), max_len)
     best, labels = probs.max(-1)
     if args.json:
+        cut_set = set(cut)
         print(json.dumps({"predictions": [{"label": int(y), "probability": round(float(p), 6),
                                            "probabilities": [round(float(x), 6) for x in row],
-                                           "truncated": i in cut}
+                                           "truncated": i in cut_set}
                                           for i, (y, p, row) in enumerate(zip(labels, best, probs))]}))
     else:
         for t, y, p in zip(texts, labels.tolist(), best.tolist()):

@@ -191,17 +191,17 @@ def build_app(cfg: ServeConfig) -> Any:
 
     def run_batch(texts: list[str], key: Any) -> list[Any]:
         with torch.no_grad():
-            if kind == "translation":  # (each text, and whether it was cut to the model's length)
+            cut: list[int] = []
+            if kind == "translation":
                 res = translate_detailed(model, source.tokenizer, source.target_tokenizer, texts, beam=key,
                                          batch_size=cfg.max_batch)
-                cut = set(res.truncated)
-                return [(text, i in cut) for i, text in enumerate(res.texts)]
-            cut: list[int] = []  # (each row, and whether its text was cut to the model's length)
-            if key == "classify":
-                rows = classify_task.predict(model, source.tokenizer, texts, classify_len, cfg.max_batch, cut)
+                rows, cut = res.texts, res.truncated
+            elif key == "classify":
+                rows = classify_task.predict(model, source.tokenizer, texts, classify_len, cfg.max_batch, cut).tolist()
             else:
-                rows = embed_task.embed(model, source.tokenizer, texts, max_len, cfg.max_batch, cut)
-            return [(row, i in cut) for i, row in enumerate(rows.tolist())]
+                rows = embed_task.embed(model, source.tokenizer, texts, max_len, cfg.max_batch, cut).tolist()
+            cut_set = set(cut)  # (each row, and whether its text was cut to the model's length)
+            return [(row, i in cut_set) for i, row in enumerate(rows)]
 
     worker = Worker(run_batch, cfg.max_batch, cfg.max_wait_ms)
     app = FastAPI(title="transformer-lab", description=f"serving {cfg.checkpoint} ({kind})")

@@ -189,7 +189,8 @@ class Trainer:
         model = self._gathered() if sharded else self.model
         optimizer = self.runtime.full_optimizer_state(self.model, self.optimizer) if with_state and sharded else None
         # every process's random streams (its dropout masks), so a resume in as many processes continues exactly
-        streams = self.runtime.gather(rng_state()) if with_state and self.runtime.world_size > 1 else None
+        rng = rng_state()
+        streams = self.runtime.gather(rng) if with_state and self.runtime.world_size > 1 else None
         if not self.runtime.is_main:
             return None
         train_state = None
@@ -198,7 +199,7 @@ class Trainer:
                 "optimizer": optimizer if sharded else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": {**rng_state(), **({"ranks": streams} if streams else {})},
+                "rng": {**rng, **({"ranks": streams} if streams else {})},
                 "trainer": {k: v for k, v in asdict(self.state).items() if k != "history"},
                 "train_config": asdict(self.cfg),
                 "task_settings": self.settings,
@@ -236,7 +237,7 @@ class Trainer:
                              "own --peft / --qat options")
                 diff = ({k: (v, getattr(now, k)) for k, v in asdict(then).items() if getattr(now, k) != v}
                         if type(then) is type(now) else {"": (then, now)})
-                raise ValueError(f"{directory}: the checkpoint's {kind.split('_')[0]} differs from this run's: {diff} "
+                raise ValueError(f"{directory}: the checkpoint's {what} differs from this run's: {diff} "
                                  "(checkpoint, now); resume with the run's own --peft / --qat options and --seed")
         # a relative encoding (inside attention) has no table to outgrow: it resumes at another length
         relative = getattr(POSITION_ENCODINGS.get(getattr(model.config, "position", "")), "acts_in_attention", False)
